@@ -1,0 +1,83 @@
+"""``qkv.attend``: the one function every attention in qkv goes through."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.attention.backends import run_backend
+from qkv.attention.call import AttentionCall, build_call
+from qkv.attention.scores import ScoreFunction
+
+__all__ = ["attend"]
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    causal: bool = False,
+    window: int | tuple[int, int] | None = None,
+    bias: Tensor | None = None,
+    score: str | ScoreFunction = "scaled_dot",
+    scale: float | None = None,
+    dropout: float = 0.0,
+    backend: str = "auto",
+    return_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention: ``softmax(score(q, k) · scale + bias, masked) · v``.
+
+    Args:
+        q: queries ``(batch, heads, q_len, q_dim)``.
+        k: keys ``(batch, kv_heads, k_len, k_dim)``; ``heads`` must be a multiple of ``kv_heads`` (grouped-query
+            attention: query head ``h`` uses key/value head ``h // (heads // kv_heads)``).
+        v: values ``(batch, kv_heads, k_len, v_dim)``.
+        mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``; **True = may attend**.
+        causal: query ``i`` sees keys up to its own position, aligned to the *end* of the keys (``q_len < k_len``
+            is a query block appended after cached keys).
+        window: local attention; query ``i`` sees key ``j`` iff ``-left <= j - off - i <= right`` with
+            ``off = k_len - q_len``. An int ``w`` means ``(w, w)``; with ``causal=True`` the right side is 0.
+        bias: float, broadcastable like ``mask``, added to the scaled scores (ALiBi, relative positions, ...).
+        score: a registered score name (``dot``, ``scaled_dot``, ``cosine``, or your own parameter-free one) or a
+            :class:`~qkv.attention.scores.ScoreFunction` module (needed for ``general``, ``additive``, ``location``).
+        scale: multiplies the scores; ``None`` uses the score's default (``1/sqrt(q_dim)`` for ``scaled_dot``, else 1).
+        dropout: probability of dropping an attention weight (pass 0 at evaluation time).
+        backend: ``"reference"``, ``"chunked"``, ``"fused"`` or ``"auto"`` (see :func:`choose_backend`).
+        return_weights: also return the weights ``(batch, heads, q_len, k_len)`` (before dropout). Only the
+            reference backend lets gradients flow through them; the others recompute them for inspection.
+
+    Returns:
+        ``(out, weights)``: ``out`` is ``(batch, heads, q_len, v_dim)`` in the dtype of ``q``; ``weights`` is None
+        unless asked for. A query with no allowed key gets an all-zero output and weight row, never NaN.
+
+    Raises:
+        qkv.errors.ShapeError, DTypeError, MaskError, ConfigError, UnknownNameError, BackendUnsupportedError.
+    """
+    call = build_call(
+        q,
+        k,
+        v,
+        mask,
+        causal=causal,
+        window=window,
+        bias=bias,
+        score=score,
+        scale=scale,
+        dropout=dropout,
+        return_weights=return_weights,
+    )
+    if 0 in (call.batch, call.heads, call.q_len, call.k_len):
+        return _empty_result(call)
+    return run_backend(backend, call)
+
+
+def _empty_result(call: AttentionCall) -> tuple[Tensor, Tensor | None]:
+    """Zero-size inputs: no key means every row is fully masked, so the output is zeros (still in the graph)."""
+    link = (call.q.sum() + call.k.sum() + call.v.sum()) * 0  # keeps requires_grad and gives zero gradients
+    out = torch.zeros(call.batch, call.heads, call.q_len, call.v.shape[-1], dtype=call.q.dtype, device=call.q.device)
+    weights = None
+    if call.return_weights:
+        weights = call.q.new_zeros(call.batch, call.heads, call.q_len, call.k_len)
+    return out + link, weights

@@ -1,0 +1,88 @@
+"""The fused backend: ``torch.nn.functional.scaled_dot_product_attention`` wherever its semantics match ours.
+
+It serves every score that is a dot product after transforming q and k (``dot``, ``scaled_dot``, ``cosine``,
+``general``); the transform runs first and SDPA does the rest. Our conventions are mapped here, in one place:
+
+* causal is aligned to the end of the keys; SDPA's ``is_causal`` is aligned to the start, so it is used only when
+  ``q_len == k_len`` and otherwise the mask is passed explicitly;
+* a bool mask keeps PyTorch's polarity (True = may attend), a bias becomes a float mask with ``-inf`` where masked;
+* rows with no allowed key are given one dummy key and their output is zeroed afterwards, so no PyTorch version or
+  kernel can produce NaN for them;
+* weights, when asked for, are recomputed by the reference softmax (SDPA never returns them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qkv.attention.backends.reference import reference_weights
+from qkv.attention.call import AttentionCall, repeat_kv
+from qkv.attention.masks import Span
+
+__all__ = ["fused_attention", "fused_unsupported_reason"]
+
+_CAUSAL = Span(None, 0)
+# enable_gqa arrived in torch 2.5; on older releases k and v are repeated per head instead.
+_HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def fused_unsupported_reason(call: AttentionCall) -> str | None:
+    """Why SDPA cannot compute this call exactly, or None when it can."""
+    if not call.is_dot_product:
+        return f"score {call.score.extra_name()!r} is not a dot product of (transformed) q and k"
+    return None
+
+
+def _sdpa_mask(call: AttentionCall) -> tuple[Tensor | None, bool, Tensor | None]:
+    """Returns ``(attn_mask, is_causal, empty_rows)`` in SDPA's terms; ``empty_rows`` marks rows to zero."""
+    if (
+        call.mask is None
+        and call.bias is None
+        and (call.span.unbounded or (call.span == _CAUSAL and call.q_len == call.k_len))
+    ):
+        return None, not call.span.unbounded, None
+    allowed = call.dense_mask()
+    if call.bias is None:
+        assert allowed is not None
+        attn_mask: Tensor = allowed
+    else:
+        attn_mask = call.bias.to(call.q.dtype)
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+    visible = attn_mask if attn_mask.dtype == torch.bool else attn_mask > float("-inf")
+    empty_rows = ~visible.any(dim=-1, keepdim=True)  # (.., q_len, 1)
+    if not bool(empty_rows.any()):
+        return attn_mask, False, None
+    # give each empty row key 0 so the kernel has something to normalise over; its output is zeroed below
+    first_key = torch.zeros_like(visible)
+    first_key[..., 0] = True
+    fix = empty_rows & first_key
+    attn_mask = attn_mask | fix if attn_mask.dtype == torch.bool else attn_mask.masked_fill(fix, 0.0)
+    return attn_mask, False, empty_rows
+
+
+def fused_attention(call: AttentionCall) -> tuple[Tensor, Tensor | None]:
+    """Returns ``out (batch, heads, q_len, v_dim)`` and, when asked for, recomputed weights."""
+    pair = call.score.as_dot_product(call.q, call.k)
+    assert pair is not None, fused_unsupported_reason(call)
+    q, k = pair
+    v = call.v
+    attn_mask, is_causal, empty_rows = _sdpa_mask(call)
+    kwargs = {}
+    if call.group > 1:
+        if _HAS_ENABLE_GQA:
+            kwargs["enable_gqa"] = True
+        else:  # pragma: no cover - torch < 2.5
+            k, v = repeat_kv(k, call.group), repeat_kv(v, call.group)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=call.dropout, is_causal=is_causal, scale=call.scale, **kwargs
+    )
+    if empty_rows is not None:
+        out = out.masked_fill(empty_rows, 0.0)
+    weights = None
+    if call.return_weights:
+        with torch.no_grad():
+            weights = reference_weights(call).to(call.q.dtype)
+    return out, weights

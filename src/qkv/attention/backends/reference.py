@@ -1,0 +1,34 @@
+"""The reference backend: materialise scores and weights, exactly as the texts write attention down.
+
+softmax(score(Q, K) · scale + bias, masked) · V, computed in fp32. It is the oracle of the test suite and the
+source of weights for visualisation; memory is O(q_len × k_len).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from qkv.attention.call import AttentionCall, repeat_kv
+from qkv.attention.softmax import compute_dtype, safe_softmax
+
+__all__ = ["reference_attention", "reference_weights"]
+
+
+def reference_weights(call: AttentionCall) -> Tensor:
+    """Attention weights ``(batch, heads, q_len, k_len)`` in fp32, before dropout."""
+    dtype = compute_dtype(call.q.dtype)
+    q = call.q.to(dtype)
+    k = repeat_kv(call.k, call.group).to(dtype)
+    scores = call.score(q, k) * call.scale
+    if call.bias is not None:
+        scores = scores + call.bias.to(dtype)
+    return safe_softmax(scores, call.dense_mask())
+
+
+def reference_attention(call: AttentionCall) -> tuple[Tensor, Tensor | None]:
+    """Returns ``out (batch, heads, q_len, v_dim)`` in the input dtype and the weights when asked for."""
+    weights = reference_weights(call)
+    applied = F.dropout(weights, p=call.dropout) if call.dropout > 0 else weights
+    out = applied @ repeat_kv(call.v, call.group).to(applied.dtype)
+    return out.to(call.q.dtype), (weights.to(call.q.dtype) if call.return_weights else None)

@@ -1,0 +1,95 @@
+"""A key/value cache with preallocated buffers, for step-by-step decoding.
+
+Each layer appends the keys and values of its new positions and attends over everything cached so far; buffers are
+allocated once, so a decoding step does no reallocation and no concatenation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.errors import ConfigError, ShapeError, describe_shape
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    """Keys and values of ``num_layers`` layers: buffers ``(num_layers, batch, kv_heads, max_seq_len, head_dim)``."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        max_seq_len: int,
+        head_dim: int,
+        v_dim: int | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        for name, value in (
+            ("num_layers", num_layers),
+            ("batch_size", batch_size),
+            ("num_kv_heads", num_kv_heads),
+            ("max_seq_len", max_seq_len),
+            ("head_dim", head_dim),
+        ):
+            if value < 1:
+                raise ConfigError(f"KVCache needs {name} >= 1, got {value}")
+        v_dim = head_dim if v_dim is None else v_dim
+        shape = (num_layers, batch_size, num_kv_heads, max_seq_len)
+        self.keys = torch.zeros(*shape, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros(*shape, v_dim, dtype=dtype, device=device)
+        self.lengths = [0] * num_layers
+        self.max_seq_len = max_seq_len
+
+    @property
+    def num_layers(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def seq_len(self, layer: int = 0) -> int:
+        """How many positions layer ``layer`` holds."""
+        return self.lengths[layer]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append ``k (batch, kv_heads, n, head_dim)`` and ``v`` to layer ``layer``; return all cached keys/values.
+
+        The returned tensors are views ``(batch, kv_heads, seq_len, dim)`` into the buffers.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise ConfigError(f"layer {layer} is outside this cache's {self.num_layers} layers")
+        expected = self.keys.shape[1:3]
+        if k.dim() != 4 or k.shape[:2] != expected or k.shape[-1] != self.keys.shape[-1] or v.shape[:3] != k.shape[:3]:
+            raise ShapeError(
+                f"KVCache holds (batch={expected[0]}, kv_heads={expected[1]}, seq, head_dim={self.keys.shape[-1]}); "
+                f"got k {describe_shape(k.shape)} and v {describe_shape(v.shape)}"
+            )
+        start, end = self.lengths[layer], self.lengths[layer] + k.shape[2]
+        if end > self.max_seq_len:
+            raise ConfigError(
+                f"KVCache is full: it holds at most max_seq_len={self.max_seq_len} positions and would hold {end}; "
+                "make a larger cache or stop generating earlier"
+            )
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        self.lengths[layer] = end
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def reorder(self, batch_indices: Tensor) -> None:
+        """Keep batch rows ``batch_indices`` (e.g. the beams that survived a beam-search step), in that order."""
+        if batch_indices.shape != (self.batch_size,):
+            raise ShapeError(
+                f"reorder needs one index per batch row ({self.batch_size}), got {tuple(batch_indices.shape)}"
+            )
+        self.keys = self.keys.index_select(1, batch_indices)
+        self.values = self.values.index_select(1, batch_indices)
+
+    def reset(self) -> None:
+        """Forget every cached position (the buffers are kept)."""
+        self.lengths = [0] * self.num_layers

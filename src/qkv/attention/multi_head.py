@@ -1,0 +1,168 @@
+"""Multi-head attention: project, split into heads, :func:`qkv.attend`, merge, project back.
+
+Covers self- and cross-attention, grouped-query / multi-query attention (``num_kv_heads``), rotary positions and a
+:class:`~qkv.attention.kv_cache.KVCache` for decoding. Inputs are batch-first ``(batch, seq, embed_dim)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qkv.attention.attend import attend
+from qkv.attention.call import as_4d
+from qkv.attention.kv_cache import KVCache
+from qkv.attention.positional import RotaryEmbedding
+from qkv.attention.scores import ScoreFunction, make_score, resolve_score
+from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
+
+__all__ = ["MultiHeadAttention"]
+
+_PARAMETER_FREE_SCORES = {"dot", "scaled_dot", "cosine"}
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with W_Q, W_K, W_V, W_O.
+
+    Args:
+        embed_dim: model width; queries are ``(batch, q_len, embed_dim)``.
+        num_heads: query heads; ``head_dim = embed_dim // num_heads``.
+        num_kv_heads: key/value heads (default ``num_heads``); 1 is multi-query attention, anything dividing
+            ``num_heads`` is grouped-query attention.
+        kdim, vdim: feature sizes of keys/values for cross-attention (default ``embed_dim``).
+        bias: biases in the four projections.
+        dropout: attention-weight dropout while training.
+        score: score name or module; parametric scores (``general``, ``additive``) are built per module with
+            ``head_dim`` and shared by the heads. ``location`` needs ``score_kwargs={"max_len": ...}``.
+        rotary: apply RoPE to queries and keys of self-attention (positions continue after a cache's contents).
+        backend: passed to :func:`qkv.attend`.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        score: str | ScoreFunction = "scaled_dot",
+        score_kwargs: dict[str, int] | None = None,
+        rotary: bool = False,
+        rotary_base: float = 10000.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads < 1 or embed_dim % num_heads:
+            raise ConfigError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ConfigError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
+        self.head_dim = embed_dim // num_heads
+        self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
+        self.dropout, self.backend = dropout, backend
+        kv_width = num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(self.kdim, kv_width, bias=bias)
+        self.v_proj = nn.Linear(self.vdim, kv_width, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        if isinstance(score, str) and score not in _PARAMETER_FREE_SCORES:
+            kwargs = {"q_dim": self.head_dim, **(score_kwargs or {})}
+            score = make_score(score, **kwargs)
+        self.score = resolve_score(score)
+        self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
+
+    def _split(self, x: Tensor, heads: int) -> Tensor:
+        # (batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)
+        b, n, _ = x.shape
+        return x.view(b, n, heads, self.head_dim).transpose(1, 2)
+
+    def _check_input(self, name: str, x: Tensor, width: int) -> None:
+        if x.dim() != 3 or x.shape[-1] != width:
+            raise ShapeError(
+                f"{name} must be (batch, seq, {width}), got {describe_shape(x.shape)}"
+                + ("; did you forget the batch dim?" if x.dim() == 2 else "")
+            )
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+        window: int | tuple[int, int] | None = None,
+        bias: Tensor | None = None,
+        cache: KVCache | None = None,
+        layer_idx: int = 0,
+        positions: Tensor | None = None,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query (batch, q_len, embed_dim)`` to ``key``/``value`` (default: the query itself).
+
+        Args:
+            mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``, True = may attend.
+            key_padding_mask: bool ``(batch, k_len)``, True = a real token (keys that are False are ignored).
+            causal, window, bias: as in :func:`qkv.attend`.
+            cache: self-attention only: new keys/values are appended to layer ``layer_idx`` of the cache and the
+                queries attend over everything cached (``causal`` stays aligned to the end).
+            positions: rotary positions ``(q_len,)`` or ``(batch, q_len)``; default continues after the cache.
+            return_weights: also return per-head weights ``(batch, heads, q_len, k_len)``.
+
+        Returns:
+            ``(out (batch, q_len, embed_dim), weights or None)``.
+        """
+        self._check_input("query", query, self.embed_dim)
+        is_self = key is None
+        key = query if key is None else key
+        value = key if value is None else value
+        self._check_input("key", key, self.kdim)
+        self._check_input("value", value, self.vdim)
+        if cache is not None and not is_self:
+            raise ConfigError("the KV cache serves self-attention; for cross-attention compute the keys once instead")
+        q = self._split(self.q_proj(query), self.num_heads)
+        k = self._split(self.k_proj(key), self.num_kv_heads)
+        v = self._split(self.v_proj(value), self.num_kv_heads)
+        if self.rotary is not None and is_self:
+            if positions is None:
+                start = cache.seq_len(layer_idx) if cache is not None else 0
+                positions = torch.arange(start, start + q.shape[2], device=q.device)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)
+        mask = self._merge_padding(mask, key_padding_mask, query.shape[0], k.shape[2])
+        out, weights = attend(
+            q,
+            k,
+            v,
+            mask,
+            causal=causal,
+            window=window,
+            bias=bias,
+            score=self.score,
+            dropout=self.dropout if self.training else 0.0,
+            backend=self.backend,
+            return_weights=return_weights,
+        )
+        # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)
+        out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.embed_dim)
+        return self.out_proj(out), weights
+
+    @staticmethod
+    def _merge_padding(mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, k_len: int) -> Tensor | None:
+        if key_padding_mask is None:
+            return mask
+        if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (batch, k_len):
+            raise MaskError(
+                f"key_padding_mask must be bool (batch, k_len) = ({batch}, {k_len}) with True = real token, got "
+                f"{key_padding_mask.dtype} {describe_shape(key_padding_mask.shape)}"
+            )
+        padding = key_padding_mask[:, None, None, :]
+        return padding if mask is None else as_4d(mask) & padding
