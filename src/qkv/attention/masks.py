@@ -35,19 +35,25 @@ class Span:
     def unbounded(self) -> bool:
         return self.left is None and self.right is None
 
-    def key_range(self, t: int, k_len: int) -> tuple[int, int]:
-        """Half-open range ``[lo, hi)`` of keys visible from absolute query position ``t`` (may be empty)."""
-        lo = 0 if self.left is None else max(0, t - self.left)
-        hi = k_len if self.right is None else min(k_len, t + self.right + 1)
-        return lo, max(lo, hi)
-
     def dense(self, q_len: int, k_len: int, device: torch.device | str | None = None) -> Tensor | None:
         """The bool mask ``(q_len, k_len)`` of this span, or None when it allows everything."""
         if self.unbounded:
             return None
-        t = torch.arange(k_len - q_len, k_len, device=device).unsqueeze(1)  # absolute query positions
-        j = torch.arange(k_len, device=device).unsqueeze(0)
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+        return self.block(q_len, k_len, (0, q_len), (0, k_len), device)
+
+    def block(
+        self,
+        q_len: int,
+        k_len: int,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """The bool mask of queries ``[rows)`` x keys ``[cols)`` of a ``(q_len, k_len)`` attention."""
+        off = k_len - q_len
+        t = torch.arange(rows[0] + off, rows[1] + off, device=device).unsqueeze(1)  # absolute query positions
+        j = torch.arange(cols[0], cols[1], device=device).unsqueeze(0)
+        allowed = torch.ones(t.shape[0], j.shape[1], dtype=torch.bool, device=device)
         if self.left is not None:
             allowed &= j >= t - self.left
         if self.right is not None:

@@ -84,6 +84,20 @@ class ScoreFunction(nn.Module):
         return q2 @ k2.transpose(-2, -1)
 
 
+class _SizedScore(ScoreFunction):
+    """A parametric score built for fixed query and key sizes (``self.q_dim``, ``self.k_dim``)."""
+
+    q_dim: int
+    k_dim: int
+
+    def check_dims(self, q_dim: int, k_dim: int) -> None:
+        if (q_dim, k_dim) != (self.q_dim, self.k_dim):
+            raise ShapeError(
+                f"score {self.extra_name()!r} was built for q_dim={self.q_dim}, k_dim={self.k_dim} but got "
+                f"q_dim={q_dim}, k_dim={k_dim}"
+            )
+
+
 class DotScore(ScoreFunction):
     """``q · k`` (Luong's ``dot``)."""
 
@@ -115,7 +129,7 @@ class CosineScore(ScoreFunction):
         return F.normalize(q, dim=-1, eps=1e-12), F.normalize(k, dim=-1, eps=1e-12)
 
 
-class GeneralScore(ScoreFunction):
+class GeneralScore(_SizedScore):
     """Bilinear ``qᵀ W k`` (Luong's ``general``); W maps keys of size ``k_dim`` into the query space."""
 
     def __init__(self, q_dim: int, k_dim: int | None = None) -> None:
@@ -128,19 +142,12 @@ class GeneralScore(ScoreFunction):
     def extra_name(self) -> str:
         return "general"
 
-    def check_dims(self, q_dim: int, k_dim: int) -> None:
-        if (q_dim, k_dim) != (self.q_dim, self.k_dim):
-            raise ShapeError(
-                f"score 'general' was built for q_dim={self.q_dim}, k_dim={self.k_dim} but got q_dim={q_dim}, "
-                f"k_dim={k_dim}"
-            )
-
     def as_dot_product(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         # q W kᵀ == q (k Wᵀ)ᵀ: transforming the keys keeps the score a plain dot product.
         return q, k @ self.weight.to(k.dtype).t()
 
 
-class AdditiveScore(ScoreFunction):
+class AdditiveScore(_SizedScore):
     """Additive / concat score ``vᵀ tanh(W_q q + W_k k + b)`` (Bahdanau; Luong's ``concat``).
 
     Memory is ``q_len × k_len × hidden_dim`` per block: the chunked backend keeps it bounded for long inputs.
@@ -157,13 +164,6 @@ class AdditiveScore(ScoreFunction):
 
     def extra_name(self) -> str:
         return "additive"
-
-    def check_dims(self, q_dim: int, k_dim: int) -> None:
-        if (q_dim, k_dim) != (self.q_dim, self.k_dim):
-            raise ShapeError(
-                f"score 'additive' was built for q_dim={self.q_dim}, k_dim={self.k_dim} but got q_dim={q_dim}, "
-                f"k_dim={k_dim}"
-            )
 
     def forward(self, q: Tensor, k: Tensor, key_start: int = 0) -> Tensor:
         wq = self.query_proj(q)  # (b, h, q_len, hidden)

@@ -28,10 +28,13 @@ from qkv.attention.masks import Span
 from qkv.attention.scores import ScoreFunction
 from qkv.attention.softmax import compute_dtype
 
-__all__ = ["Tile", "chunked_attention", "plan_tiles", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
+__all__ = ["DEFAULT_BLOCK_K", "DEFAULT_BLOCK_Q", "Tile", "chunked_attention", "chunked_weights", "plan_tiles"]
 
+# Tile sizes measured on a 2-core CPU (benchmarks/attention.py): 256×256 tiles keep a tile's scores in cache;
+# a sliding window wastes less of each tile with narrower key blocks.
 DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 256
+WINDOW_BLOCK_K = 128
 _NEG_INF = float("-inf")
 
 
@@ -112,15 +115,7 @@ class _Plan:
 
 def _band_mask(tile: Tile, plan: _Plan, device: torch.device) -> Tensor:
     """The causal/window mask of one tile, ``(tq, tk)``."""
-    off = plan.k_len - plan.q_len
-    t = torch.arange(tile.q0 + off, tile.q1 + off, device=device).unsqueeze(1)
-    j = torch.arange(tile.k0, tile.k1, device=device).unsqueeze(0)
-    allowed = torch.ones(t.shape[0], j.shape[1], dtype=torch.bool, device=device)
-    if plan.span.left is not None:
-        allowed &= j >= t - plan.span.left
-    if plan.span.right is not None:
-        allowed &= j <= t + plan.span.right
-    return allowed
+    return plan.span.block(plan.q_len, plan.k_len, (tile.q0, tile.q1), (tile.k0, tile.k1), device)
 
 
 def _score_tile(plan: _Plan, qt: Tensor, kt: Tensor, k0: int) -> Tensor:
@@ -260,8 +255,10 @@ class _ChunkedAttention(torch.autograd.Function):
         )
 
 
-def _prepare(call: AttentionCall, block_q: int, block_k: int) -> tuple[Tensor, Tensor, Tensor, _Plan, tuple]:
+def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Tensor, Tensor, Tensor, _Plan, tuple]:
     """Transform/scale q and k where possible and view everything as 5-D ``(b, kv_heads, group, len, dim)``."""
+    if block_k is None:
+        block_k = DEFAULT_BLOCK_K if call.span.left is None else WINDOW_BLOCK_K
     q, k, v = call.q, call.k, call.v
     pair = call.score.as_dot_product(q, k)
     if pair is not None:
@@ -291,7 +288,7 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int) -> tuple[Tensor, T
     return q5, k.unsqueeze(2), v.unsqueeze(2), plan, params
 
 
-def chunked_weights(call: AttentionCall, block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K) -> Tensor:
+def chunked_weights(call: AttentionCall, block_q: int = DEFAULT_BLOCK_Q, block_k: int | None = None) -> Tensor:
     """Exact weights ``(batch, heads, q_len, k_len)`` (fp32, before dropout) by recomputing tile by tile.
 
     Needs no gradient and computes the row statistics with one streaming pass first, so the peak memory besides the
@@ -324,7 +321,7 @@ class _NoCtx:
 
 
 def chunked_attention(
-    call: AttentionCall, block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K
+    call: AttentionCall, block_q: int = DEFAULT_BLOCK_Q, block_k: int | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """Returns ``out (batch, heads, q_len, v_dim)`` and, when asked for, exact weights recomputed tile by tile."""
     q5, k5, v5, plan, params = _prepare(call, block_q, block_k)

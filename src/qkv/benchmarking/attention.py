@@ -1,0 +1,181 @@
+"""Attention benchmarks P1-P3 of the core (see benchmarks/attention.py and ``qkv bench attention``).
+
+* P1: ``attend(backend="auto")`` forward+backward, causal, fp32, B=1, H=8, d=64 vs torch SDPA: time ratio.
+* P2: the chunked backend vs naive materialised attention: peak memory ratio (fresh process per figure), and the
+  chunked backend's time vs SDPA.
+* P3: a causal sliding window (window=256) at N=16384: qkv vs SDPA given the equivalent dense bool mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import qkv
+from qkv.benchmarking.measure import peak_memory_of, peak_rss_since_reset, reset_peak_rss, time_pair
+from qkv.benchmarking.report import Report, Row
+
+__all__ = ["AttentionBenchConfig", "run_attention_bench"]
+
+HEADS, HEAD_DIM = 8, 64
+
+
+@dataclass
+class AttentionBenchConfig:
+    p1_sizes: Sequence[int] = (1024, 2048, 4096)
+    p2_sizes: Sequence[int] = (2048, 4096, 8192)
+    p3_size: int = 16384
+    window: int = 256
+    repeats: int = 5
+
+    @classmethod
+    def quick(cls) -> AttentionBenchConfig:
+        """Small sizes that finish in well under a minute on 2 cores (for smoke runs and CI)."""
+        return cls(p1_sizes=(256, 512), p2_sizes=(512, 1024), p3_size=2048, window=64, repeats=3)
+
+
+def _inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v ``(1, HEADS, n, HEAD_DIM)`` requiring grad."""
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM, generator=g).requires_grad_() for _ in range(3))
+    return q, k, v
+
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _fwd_bwd(fn: Attention, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        for t in inputs:
+            t.grad = None
+        fn(*inputs).sum().backward()
+
+    return run
+
+
+def _time_fwd_bwd(n: int, ours: Attention, reference: Attention, repeats: int) -> tuple[float, float]:
+    inputs = _inputs(n)
+    return time_pair(_fwd_bwd(ours, inputs), _fwd_bwd(reference, inputs), repeats)
+
+
+def _auto_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return qkv.attend(q, k, v, causal=True)[0]
+
+
+def _chunked_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return qkv.attend(q, k, v, causal=True, backend="chunked")[0]
+
+
+def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention the textbook way: the full score matrix, plain PyTorch ops."""
+    n = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def _banded_dense_mask(n: int, window: int) -> torch.Tensor:
+    i = torch.arange(n)
+    return (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - window)
+
+
+def probe(kind: str, n: int) -> int:
+    """Peak bytes of one causal forward+backward of ``kind`` at length ``n`` (run in a fresh process)."""
+    inputs = _inputs(n)
+    fns = {"chunked": _chunked_causal, "naive": naive_attention}
+    baseline = reset_peak_rss()
+    _fwd_bwd(fns[kind], inputs)()
+    return peak_rss_since_reset(baseline)
+
+
+def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bool = True) -> Report:
+    """Run P1-P3 and return the report (the caller prints and writes it)."""
+    report = Report("Attention core benchmarks (P1-P3)", command)
+    published = config == AttentionBenchConfig()
+
+    def target(text: str) -> str:
+        return text if published else ""  # the issue's targets are stated for the published sizes only
+
+    steps = len(config.p1_sizes) + 2 * len(config.p2_sizes) + 1
+    bar = tqdm(total=steps, desc="qkv bench attention", disable=not progress, unit="case")
+
+    for n in config.p1_sizes:
+        bar.set_postfix_str(f"P1 N={n}")
+        ours, ref = _time_fwd_bwd(n, _auto_causal, _sdpa_causal, config.repeats)
+        report.rows.append(Row("P1 auto vs SDPA", f"N={n}", "fwd+bwd time", ours, ref, "SDPA", target("<= 1.05")))
+        bar.update()
+
+    chunked_peaks = {}
+    for n in config.p2_sizes:
+        bar.set_postfix_str(f"P2 memory N={n}")
+        ours = peak_memory_of(__name__, "--probe", "chunked", str(n))
+        ref = peak_memory_of(__name__, "--probe", "naive", str(n))
+        chunked_peaks[n] = ours
+        goal = target("<= 1/20") if n == max(config.p2_sizes) else ""
+        report.rows.append(Row("P2 chunked vs naive", f"N={n}", "peak memory", ours, ref, "naive", goal, "MiB"))
+        bar.update()
+        bar.set_postfix_str(f"P2 time N={n}")
+        ours_t, ref_t = _time_fwd_bwd(n, _chunked_causal, _sdpa_causal, config.repeats)
+        report.rows.append(Row("P2 chunked vs SDPA", f"N={n}", "fwd+bwd time", ours_t, ref_t, "SDPA", target("<= 1.5")))
+        bar.update()
+    sizes = sorted(chunked_peaks)
+    growth = ", ".join(
+        f"N={a}→{b}: {(chunked_peaks[b] - chunked_peaks[a]) / (b - a) / 1024:.1f} KiB per added token"
+        for a, b in zip(sizes, sizes[1:])
+    )
+    report.notes.append(
+        "P2 chunked peak memory grows linearly in N (a constant cost per added token; the naive one grows with N²): "
+        f"{growth or 'one size only'}."
+    )
+
+    n, w = config.p3_size, config.window
+    bar.set_postfix_str(f"P3 N={n} window={w}")
+    dense = _banded_dense_mask(n, w)
+    ours, ref = _time_fwd_bwd(
+        n,
+        lambda q, k, v: qkv.attend(q, k, v, causal=True, window=w)[0],
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
+        max(1, config.repeats // 2),
+    )
+    report.rows.append(
+        Row(
+            "P3 window vs SDPA+mask",
+            f"N={n}, w={w}",
+            "fwd+bwd speed-up",
+            ours,
+            ref,
+            "SDPA",
+            target(">= 10"),
+            speedup=True,
+        )
+    )
+    bar.update()
+    bar.close()
+    report.notes.append(
+        "P3's ratio is the speed-up (reference time / ours), so the target reads '>= 10'. All timings are medians of "
+        f"{config.repeats} alternating runs; B=1, H={HEADS}, d={HEAD_DIM}, fp32, causal, forward+backward."
+    )
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--probe", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        kind, n = args.probe
+        print(json.dumps({"peak_bytes": probe(kind, int(n))}))
+
+
+if __name__ == "__main__":
+    main()

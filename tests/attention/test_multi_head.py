@@ -1,0 +1,99 @@
+"""MultiHeadAttention against torch.nn.MultiheadAttention, GQA by hand, and KV-cache decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from tests.conftest import plain_attention
+
+
+def _torch_twin(ours: qkv.MultiHeadAttention, kdim=None, vdim=None) -> torch.nn.MultiheadAttention:
+    theirs = torch.nn.MultiheadAttention(ours.embed_dim, ours.num_heads, batch_first=True, kdim=kdim, vdim=vdim)
+    with torch.no_grad():
+        if kdim is None:
+            theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+        else:
+            theirs.q_proj_weight.copy_(ours.q_proj.weight)
+            theirs.k_proj_weight.copy_(ours.k_proj.weight)
+            theirs.v_proj_weight.copy_(ours.v_proj.weight)
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.out_proj.weight.copy_(ours.out_proj.weight)
+        theirs.out_proj.bias.copy_(ours.out_proj.bias)
+    return theirs
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "fused", "auto"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_matches_torch(backend, causal):
+    ours = qkv.MultiHeadAttention(32, 4, backend=backend)
+    theirs = _torch_twin(ours)
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    keep = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 6 + [False]])
+    out, w = ours(x, key_padding_mask=keep, causal=causal, return_weights=True)
+    # torch's polarity is the opposite: True = ignore
+    blocked = torch.ones(7, 7, dtype=torch.bool).triu(1) if causal else None
+    ref, ref_w = theirs(x, x, x, key_padding_mask=~keep, attn_mask=blocked, average_attn_weights=False)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=0)
+    g = torch.randn_like(out)
+    ours_grads = torch.autograd.grad(out, [x, ours.q_proj.weight, ours.out_proj.weight], g)
+    theirs_grads = torch.autograd.grad(ref, [x, theirs.in_proj_weight, theirs.out_proj.weight], g)
+    torch.testing.assert_close(ours_grads[0], theirs_grads[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours_grads[1], theirs_grads[1][:32], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours_grads[2], theirs_grads[2], atol=1e-5, rtol=0)
+
+
+def test_cross_attention_with_other_dims_matches_torch():
+    ours = qkv.MultiHeadAttention(32, 4, kdim=12, vdim=20)
+    theirs = _torch_twin(ours, kdim=12, vdim=20)
+    x, mem_k, mem_v = torch.randn(2, 5, 32), torch.randn(2, 9, 12), torch.randn(2, 9, 20)
+    out, w = ours(x, mem_k, mem_v, return_weights=True)
+    ref, ref_w = theirs(x, mem_k, mem_v, average_attn_weights=False)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_kv_heads", [1, 2])
+def test_grouped_query_attention_by_hand(num_kv_heads):
+    mha = qkv.MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, bias=False)
+    x = torch.randn(2, 6, 32)
+    out, _ = mha(x, causal=True)
+    q = (x @ mha.q_proj.weight.t()).view(2, 6, 4, 8).transpose(1, 2)
+    k = (x @ mha.k_proj.weight.t()).view(2, 6, num_kv_heads, 8).transpose(1, 2)
+    v = (x @ mha.v_proj.weight.t()).view(2, 6, num_kv_heads, 8).transpose(1, 2)
+    ref, _ = plain_attention(q, k, v, torch.ones(6, 6, dtype=torch.bool).tril())
+    ref = ref.transpose(1, 2).reshape(2, 6, 32).float() @ mha.out_proj.weight.t()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("num_kv_heads", "rotary"), [(4, False), (2, True), (1, True)])
+def test_kv_cache_decoding_equals_full_causal_forward(num_kv_heads, rotary):
+    mha = qkv.MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, rotary=rotary).eval()
+    x = torch.randn(2, 10, 32)
+    full, _ = mha(x, causal=True)
+    cache = qkv.KVCache(1, 2, num_kv_heads, 16, 8)
+    prefix, _ = mha(x[:, :4], causal=True, cache=cache)  # a prompt of 4, then one token at a time
+    steps = [prefix] + [mha(x[:, t : t + 1], causal=True, cache=cache)[0] for t in range(4, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert cache.seq_len() == 10
+
+
+def test_kv_cache_reorder_and_reset():
+    cache = qkv.KVCache(2, 3, 1, 8, 4)
+    k = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 4)
+    cache.update(1, k, k)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    keys, _ = cache.update(1, torch.zeros(3, 1, 1, 4), torch.zeros(3, 1, 1, 4))
+    assert keys[:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0] and keys.shape == (3, 1, 3, 4)
+    assert cache.seq_len(0) == 0 and cache.seq_len(1) == 3
+    cache.reset()
+    assert cache.seq_len(1) == 0
+
+
+def test_parametric_score_inside_multi_head():
+    mha = qkv.MultiHeadAttention(16, 2, score="additive")
+    out, w = mha(torch.randn(2, 5, 16), return_weights=True)
+    assert out.shape == (2, 5, 16) and torch.allclose(w.sum(-1), torch.ones(2, 2, 5))
+    assert any("score" in name for name, _ in mha.named_parameters())

@@ -1,0 +1,67 @@
+"""Shared test helpers: an independent float64 attention oracle built only from PyTorch's own ops."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+# pytest-xdist runs one worker per core: one torch thread each keeps them from fighting over the cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("slow", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def plain_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q kᵀ · scale + bias) v in float64 with ``torch.softmax``; fully masked rows -> zeros.
+
+    Written from the definition, independently of qkv: GQA by ``repeat_interleave``, masking with ``-inf``.
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if scores is None:
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        scores = q @ k.transpose(-2, -1) * scale
+    scores = scores.double()
+    if bias is not None:
+        scores = scores + bias.double()
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    weights = torch.nan_to_num(weights, nan=0.0)  # a row of all -inf is NaN in torch.softmax; ours must be 0
+    return weights @ v, weights
+
+
+def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:  # noqa: ANN001
+    """The causal/window mask from its definition: -left <= j - off - i <= right."""
+    off = k_len - q_len
+    i = torch.arange(q_len).unsqueeze(1)
+    j = torch.arange(k_len).unsqueeze(0)
+    rel = j - off - i
+    allowed = torch.ones(q_len, k_len, dtype=torch.bool)
+    if window is not None:
+        left, right = (window, window) if isinstance(window, int) else window
+        allowed &= (rel >= -left) & (rel <= right)
+    if causal:
+        allowed &= rel <= 0
+    return allowed
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
