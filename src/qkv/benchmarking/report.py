@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -58,7 +58,7 @@ class Report:
         lines = [
             f"# {self.title}",
             "",
-            f"Produced by `{self.command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+            f"Produced by `{self.command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
             f"{torch.get_num_threads()} threads. Ratios are ours / reference (speed-ups: reference / ours), "
             "both measured in this run.",

@@ -1,0 +1,105 @@
+"""Batched beam search on the KV cache, with a length penalty and end-of-sequence handling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qkv.decoding.stepper import DecodableModel, Stepper
+
+__all__ = ["beam_search"]
+
+
+def beam_search(
+    model: DecodableModel,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    num_beams: int,
+    length_penalty: float,
+    eos_token_id: int | None,
+    use_cache: bool,
+) -> Tensor:
+    """Best continuation per row of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``.
+
+    Beams are rows of one big batch ``(batch * num_beams, seq)``; after each step the surviving beams are gathered
+    (and the KV cache reordered the same way). A hypothesis that emits EOS is set aside with score
+    ``sum log p / new_len ** length_penalty``; the search ends when every row has ``num_beams`` finished hypotheses
+    that no live beam can beat, or after ``max_new_tokens``.
+    """
+    batch, prompt_len = input_ids.shape
+    k = num_beams
+    ids = input_ids.repeat_interleave(k, dim=0)  # (batch * k, seq)
+    stepper = Stepper(model, batch * k, use_cache)
+    # only the first beam of each row is live at the start, so the k beams do not all pick the same token
+    scores = torch.full((batch, k), float("-inf"), device=ids.device)
+    scores[:, 0] = 0.0
+    finished: list[list[tuple[float, Tensor]]] = [[] for _ in range(batch)]
+    for step in range(max_new_tokens):
+        logp = F.log_softmax(stepper.logits(ids), dim=-1)  # (batch * k, vocab)
+        vocab = logp.shape[-1]
+        candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab)
+        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)
+        next_rows, next_tokens, next_scores = [], [], []
+        for b in range(batch):
+            chosen = 0
+            for score, index in zip(top_scores[b].tolist(), top_index[b].tolist()):
+                beam, token = divmod(index, vocab)
+                row = b * k + beam
+                if score == float("-inf"):
+                    break
+                if eos_token_id is not None and token == eos_token_id:
+                    hyp = torch.cat([ids[row, prompt_len:], ids.new_tensor([token])])
+                    finished[b].append((score / (step + 1) ** length_penalty, hyp))
+                    continue
+                next_rows.append(row)
+                next_tokens.append(token)
+                next_scores.append(score)
+                chosen += 1
+                if chosen == k:
+                    break
+            while chosen < k:  # every candidate ended: keep dead beams so the batch keeps its shape
+                next_rows.append(b * k)
+                next_tokens.append(eos_token_id if eos_token_id is not None else 0)
+                next_scores.append(float("-inf"))
+                chosen += 1
+        rows = torch.tensor(next_rows, device=ids.device)
+        ids = torch.cat([ids[rows], torch.tensor(next_tokens, device=ids.device)[:, None]], dim=1)
+        stepper.reorder(rows)
+        scores = torch.tensor(next_scores, device=ids.device).view(batch, k)
+        if eos_token_id is not None and _all_done(finished, scores, step + 1, length_penalty, k):
+            break
+    new_len = ids.shape[1] - prompt_len
+    results = []
+    for b in range(batch):
+        pool = list(finished[b])
+        for beam in range(k):
+            if scores[b, beam] > float("-inf"):
+                pool.append(
+                    (scores[b, beam].item() / max(new_len, 1) ** length_penalty, ids[b * k + beam, prompt_len:])
+                )
+        best = max(pool, key=lambda item: item[0])[1] if pool else ids.new_zeros(0)
+        results.append(best)
+    width = max(len(r) for r in results)
+    pad = eos_token_id if eos_token_id is not None else 0
+    out = input_ids.new_full((batch, prompt_len + width), pad)
+    out[:, :prompt_len] = input_ids
+    for b, r in enumerate(results):
+        out[b, prompt_len : prompt_len + len(r)] = r
+    return out
+
+
+def _all_done(finished: list, scores: Tensor, length: int, length_penalty: float, k: int) -> bool:
+    """True when every row has k finished hypotheses and its best live beam cannot beat the worst of them.
+
+    Log-probs only fall as a beam grows, so a live beam's best final score is bounded by its current sum divided by
+    the largest length penalty still reachable; we use the current length, which is exact for length_penalty <= 0
+    and the usual heuristic (as in HuggingFace) otherwise.
+    """
+    for b, hyps in enumerate(finished):
+        if len(hyps) < k:
+            return False
+        worst = sorted(h[0] for h in hyps)[-k]
+        if scores[b].max().item() / length**length_penalty > worst:
+            return False
+    return True

@@ -1,0 +1,108 @@
+"""``qkv.generate``: greedy, beam search or sampling from any qkv language model."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.decoding.stepper import DecodableModel, Stepper
+from qkv.errors import ConfigError, ShapeError, describe_shape
+
+__all__ = ["generate"]
+
+STRATEGIES = ("greedy", "beam", "sample")
+
+
+def _filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """Keep the ``top_k`` largest logits and the smallest set whose probability reaches ``top_p``; -inf the rest."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens before it already reach top_p (the top token always stays)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _check(input_ids: Tensor, max_new_tokens: int, strategy: str, **kw: object) -> None:
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        got = describe_shape(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+        raise ShapeError(f"input_ids must be an integer tensor (batch, seq), got {got}")
+    if input_ids.shape[1] == 0:
+        raise ShapeError("the prompt is empty: give at least one token to continue from")
+    if max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if kw["temperature"] <= 0:  # type: ignore[operator]
+        raise ConfigError(f"temperature must be > 0, got {kw['temperature']}")
+    if kw["top_k"] is not None and kw["top_k"] < 1:  # type: ignore[operator]
+        raise ConfigError(f"top_k must be >= 1, got {kw['top_k']}")
+    if kw["top_p"] is not None and not 0 < kw["top_p"] <= 1:  # type: ignore[operator]
+        raise ConfigError(f"top_p must be in (0, 1], got {kw['top_p']}")
+    if kw["num_beams"] < 1:  # type: ignore[operator]
+        raise ConfigError(f"num_beams must be >= 1, got {kw['num_beams']}")
+
+
+@torch.no_grad()
+def generate(
+    model: DecodableModel,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    strategy: str = "greedy",
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    eos_token_id: int | None = None,
+    use_cache: bool = True,
+) -> Tensor:
+    """Continue ``input_ids (batch, seq)`` by up to ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
+
+    Args:
+        strategy: ``"greedy"`` (argmax), ``"beam"`` (beam search, ``num_beams`` wide, score = sum of log-probs /
+            length^``length_penalty``) or ``"sample"`` (``temperature``, then ``top_k`` / ``top_p`` filtering,
+            reproducible with ``seed``).
+        eos_token_id: a sequence that emits it is finished; the rest of its row is filled with it.
+        use_cache: decode on the KV cache (same tokens as without, much faster).
+    """
+    _check(input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        if strategy == "beam":
+            from qkv.decoding.beam import beam_search
+
+            return beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, use_cache)
+        generator = None
+        if strategy == "sample":
+            generator = torch.Generator(device=input_ids.device)
+            generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        stepper = Stepper(model, input_ids.shape[0], use_cache)
+        ids = input_ids
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            logits = stepper.logits(ids)
+            if strategy == "greedy":
+                token = logits.argmax(dim=-1)
+            else:
+                probs = torch.softmax(_filter_logits(logits / temperature, top_k, top_p), dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            if eos_token_id is not None:
+                token = token.masked_fill(done, eos_token_id)
+                done |= token == eos_token_id
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            if eos_token_id is not None and bool(done.all()):
+                break
+        return ids
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()

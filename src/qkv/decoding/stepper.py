@@ -1,0 +1,47 @@
+"""Next-token logits for a growing batch of sequences, with or without a KV cache.
+
+The model always conditions on the last ``max_seq_len`` tokens. With a cache, each step feeds only the newest token;
+when the cache is full, it is refilled from the last ``max_seq_len`` tokens, which is exactly what the no-cache path
+computes, so both give the same tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor
+
+from qkv.attention.kv_cache import KVCache
+
+__all__ = ["DecodableModel", "Stepper"]
+
+
+class DecodableModel(Protocol):
+    config: object
+
+    def __call__(self, input_ids: Tensor, *, cache: KVCache | None = None): ...  # -> ModelOutput
+
+    def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache: ...
+
+
+class Stepper:
+    def __init__(self, model: DecodableModel, batch_size: int, use_cache: bool) -> None:
+        self.model = model
+        self.context = int(model.config.max_seq_len)  # type: ignore[attr-defined]
+        self.cache = model.new_cache(batch_size) if use_cache else None
+
+    def logits(self, ids: Tensor) -> Tensor:
+        """Logits ``(batch, vocab)`` of the token after ``ids (batch, seq)``, in fp32."""
+        window = ids[:, -self.context :]
+        if self.cache is None:
+            return self.model(window).logits[:, -1].float()
+        cached = self.cache.seq_len(0)
+        if cached == 0 or cached >= self.context or cached != ids.shape[1] - 1:
+            self.cache.reset()  # first step, or a full cache: (re)fill from the window
+            return self.model(window, cache=self.cache).logits[:, -1].float()
+        return self.model(ids[:, -1:], cache=self.cache).logits[:, -1].float()
+
+    def reorder(self, rows: Tensor) -> None:
+        """Keep cache rows ``rows`` (beam search)."""
+        if self.cache is not None:
+            self.cache.reorder(rows)

@@ -1,0 +1,7 @@
+"""Models built on the attention core: each has a dataclass config, ``from_config`` and a ``forward`` that can hand
+back per-layer attention weights."""
+
+from qkv.models.gpt import GPT, GPTConfig
+from qkv.models.output import ModelOutput
+
+__all__ = ["GPT", "GPTConfig", "ModelOutput"]

@@ -1,0 +1,183 @@
+"""A decoder-only language model that predicts the next token (GPT), built on :class:`MultiHeadAttention`.
+
+Token embeddings (tied with the output layer by default), a choice of positions (learned, sinusoidal, rotary, ALiBi),
+pre-norm blocks, a final LayerNorm. With a :class:`KVCache` it decodes one token at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from qkv.attention.kv_cache import KVCache
+from qkv.attention.positional import LearnedPositions, SinusoidalPositions, alibi_bias
+from qkv.errors import ConfigError, ShapeError, describe_shape
+from qkv.models.blocks import PreNormBlock
+from qkv.models.output import ModelOutput
+
+__all__ = ["GPT", "GPTConfig"]
+
+POSITIONS = ("learned", "sinusoidal", "rotary", "alibi")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256
+    max_seq_len: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None = num_heads; fewer = grouped-query attention
+    embed_dim: int = 128
+    ffn_dim: int | None = None  # None = 4 * embed_dim
+    dropout: float = 0.0
+    positions: str = "learned"  # learned | sinusoidal | rotary | alibi
+    bias: bool = True
+    activation: str = "gelu"  # gelu | gelu_tanh | relu
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"model.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown GPT config keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GPT(nn.Module):
+    """``forward(input_ids (batch, seq)) -> ModelOutput(logits (batch, seq, vocab), attentions, cache)``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        c = config
+        self.token_embedding = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.position_embedding: nn.Module | None = None
+        if c.positions == "learned":
+            self.position_embedding = LearnedPositions(c.max_seq_len, c.embed_dim)
+        elif c.positions == "sinusoidal":
+            self.position_embedding = SinusoidalPositions(c.embed_dim, c.max_seq_len)
+        self.dropout = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            PreNormBlock(
+                c.embed_dim,
+                c.num_heads,
+                c.num_kv_heads,
+                c.ffn_dim or 4 * c.embed_dim,
+                activation=c.activation,
+                dropout=c.dropout,
+                bias=c.bias,
+                norm_eps=c.norm_eps,
+                rotary=c.positions == "rotary",
+                backend=c.backend,
+            )
+            for _ in range(c.num_layers)
+        )
+        self.final_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps, bias=c.bias)
+        self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+        self._init_weights()
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> GPT:
+        return cls(config)
+
+    def _init_weights(self) -> None:
+        # GPT-2: N(0, 0.02), and the projections that write into the residual stream scaled by 1/sqrt(2 * layers)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        for block in self.blocks:
+            for proj in (block.attn.out_proj, block.ffn.down):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.num_layers))
+
+    def num_parameters(self, exclude_embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and isinstance(self.position_embedding, LearnedPositions):
+            n -= self.position_embedding.embedding.weight.numel()
+        return n
+
+    def new_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences of up to ``max_seq_len`` (default: the context)."""
+        c = self.config
+        head_dim = c.embed_dim // c.num_heads
+        param = next(self.parameters())
+        return KVCache(
+            c.num_layers,
+            batch_size,
+            c.num_kv_heads or c.num_heads,
+            max_seq_len or c.max_seq_len,
+            head_dim,
+            dtype=dtype or param.dtype,
+            device=param.device,
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        cache: KVCache | None = None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        """Next-token logits for every position.
+
+        Args:
+            input_ids: ``(batch, seq)`` token ids; with a cache, the tokens that follow the cached ones.
+            cache: a :class:`KVCache` from :meth:`new_cache`; it is updated in place.
+            return_attention: also return per-layer weights ``(batch, heads, seq, cached + seq)``.
+        """
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise ShapeError(
+                f"input_ids must be integer (batch, seq), got {input_ids.dtype} {describe_shape(input_ids.shape)}"
+            )
+        start = cache.seq_len(0) if cache is not None else 0
+        seq = input_ids.shape[1]
+        if start + seq > self.config.max_seq_len:
+            raise ShapeError(
+                f"{start + seq} tokens exceed the model's context max_seq_len={self.config.max_seq_len}; "
+                "keep only the last max_seq_len tokens"
+            )
+        if input_ids.numel() and (int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0):
+            raise ShapeError(f"token ids must be in [0, {self.config.vocab_size}), got {int(input_ids.max())}")
+        positions = torch.arange(start, start + seq, device=input_ids.device)
+        x = self.token_embedding(input_ids)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(positions)
+        x = self.dropout(x)
+        bias = None
+        if self.config.positions == "alibi":
+            bias = alibi_bias(self.config.num_heads, seq, start + seq, device=input_ids.device).to(x.dtype)
+        attentions = []
+        for i, block in enumerate(self.blocks):
+            x, weights = block(
+                x, bias=bias, cache=cache, layer_idx=i, positions=positions, return_weights=return_attention
+            )
+            if return_attention:
+                attentions.append(weights)
+        logits = self.lm_head(self.final_norm(x))
+        return ModelOutput(logits=logits, attentions=tuple(attentions) if return_attention else None, cache=cache)

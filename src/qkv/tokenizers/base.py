@@ -1,0 +1,44 @@
+"""The small protocol every qkv tokenizer follows, and loading one from its file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from qkv.errors import CheckpointError
+
+__all__ = ["Tokenizer", "load_tokenizer_file"]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text <-> token ids. ``encode`` never fails on unknown characters (they map to ``<unk>`` or bytes)."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def save(self, path: str | Path) -> None: ...
+
+
+def load_tokenizer_file(path: str | Path) -> Tokenizer:
+    """Load a tokenizer saved by :meth:`Tokenizer.save` (or a HuggingFace ``tokenizer.json``)."""
+    from qkv.tokenizers.bpe import BPETokenizer
+    from qkv.tokenizers.char import CharTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"tokenizer file {path} does not exist (or is not a file)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"tokenizer file {path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("qkv_tokenizer") == "char":
+        return CharTokenizer.from_dict(data, source=path)
+    if isinstance(data, dict) and "model" in data:
+        return BPETokenizer.load(path)
+    raise CheckpointError(f"{path} is neither a qkv character tokenizer nor a HuggingFace tokenizer.json")

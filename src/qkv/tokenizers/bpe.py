@@ -1,0 +1,55 @@
+"""Byte-level BPE trained, saved and loaded with HuggingFace ``tokenizers``: any text encodes, nothing is unknown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from qkv.errors import CheckpointError
+
+__all__ = ["BPETokenizer"]
+
+
+class BPETokenizer:
+    """GPT-2-style byte-level BPE: every string maps to bytes first, so no character is ever unknown."""
+
+    def __init__(self, tokenizer: HFTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int = 512) -> BPETokenizer:
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing can be unknown
+            show_progress=False,
+        )
+        tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def unknown_characters(self, text: str) -> list[str]:
+        return []  # byte-level: every character is some bytes
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> BPETokenizer:
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as exc:  # the Rust library raises its own exception types
+            raise CheckpointError(f"could not load tokenizer {path}: {exc}") from None

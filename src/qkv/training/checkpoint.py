@@ -1,0 +1,180 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+Layout of a run directory::
+
+    RUN/checkpoints/step-0000500/{model,optimizer,rng}.safetensors, trainer.json, tokenizer.json
+    RUN/checkpoints/latest          # the name of the newest complete checkpoint
+
+A checkpoint is written into ``step-XXXXXXX.tmp-PID`` first, every file flushed to disk, and only then renamed into
+place; ``latest`` is replaced with ``os.replace``. A crash at any moment leaves the previous checkpoint intact and
+never a half-written one under a final name. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from qkv.errors import CheckpointError
+from qkv.tokenizers import Tokenizer, load_tokenizer_file
+
+__all__ = ["CheckpointInfo", "load_checkpoint_info", "restore_training_state", "resolve_checkpoint", "save_checkpoint"]
+
+FORMAT = "qkv-checkpoint"
+FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer.json", "tokenizer.json")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"{index}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return tensors, state["param_groups"]
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Tokenizer,
+    meta: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` of ``run_dir`` atomically and prune all but the ``keep`` newest."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f"{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    tensors, groups = _optimizer_tensors(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    tokenizer.save(tmp / "tokenizer.json")
+    _write_json(tmp / "trainer.json", {"format": FORMAT, "version": 1, "step": step, "param_groups": groups, **meta})
+    for name in FILES:
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # the same step written again (e.g. a resumed run saving where it started)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    latest_tmp = root / f"latest.tmp-{os.getpid()}"
+    latest_tmp.write_text(final.name)
+    os.replace(latest_tmp, root / "latest")
+    _fsync_dir(root)
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir() and ".tmp-" not in p.name)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory, its ``checkpoints/`` folder, or the checkpoint itself."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file; give a run directory or a checkpoint directory (step-...)")
+    for root in (path / "checkpoints", path):
+        latest = root / "latest"
+        if latest.is_file():
+            target = root / latest.read_text().strip()
+            if not target.is_dir():
+                raise CheckpointError(f"{latest} points to {target.name}, which is missing")
+            return target
+    if (path / "trainer.json").exists():
+        return path
+    raise CheckpointError(f"{path} holds no qkv checkpoint (no checkpoints/latest and no trainer.json)")
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", ""))
+
+    def tokenizer(self) -> Tokenizer:
+        return load_tokenizer_file(self.path / "tokenizer.json")
+
+    def load_model_weights(self, model: nn.Module) -> None:
+        try:
+            missing, unexpected = load_model(model, str(self.path / "model.safetensors"), strict=False)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{self.path / 'model.safetensors'} is corrupt or not a safetensors file: {exc}"
+            ) from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{self.path / 'model.safetensors'} does not fit the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+
+
+def load_checkpoint_info(path: str | Path, kind: str | None = None) -> CheckpointInfo:
+    """Resolve and validate a checkpoint: every file present, metadata readable, of the expected ``kind``."""
+    ckpt = resolve_checkpoint(path)
+    for name in FILES:
+        if not (ckpt / name).is_file():
+            raise CheckpointError(f"checkpoint {ckpt} is incomplete: {name} is missing")
+    try:
+        meta = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{ckpt / 'trainer.json'} is corrupt: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "step" not in meta:
+        raise CheckpointError(f"{ckpt / 'trainer.json'} is not a qkv checkpoint description")
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{ckpt} holds a {meta.get('kind')!r} model, but a {kind!r} model is needed here")
+    return CheckpointInfo(ckpt, meta)
+
+
+def restore_training_state(info: CheckpointInfo, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load model weights, optimizer state and the RNG state of a checkpoint."""
+    info.load_model_weights(model)
+    try:
+        tensors = load_file(str(info.path / "optimizer.safetensors"))
+        rng = load_file(str(info.path / "rng.safetensors"))["torch"]
+    except (SafetensorError, OSError, KeyError) as exc:
+        raise CheckpointError(f"optimizer or RNG state in {info.path} is corrupt: {exc}") from None
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": info.meta["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"optimizer state in {info.path} does not fit this model: {exc}") from None
+    torch.set_rng_state(rng)

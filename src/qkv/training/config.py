@@ -1,0 +1,167 @@
+"""Run configurations: dataclasses loaded from TOML, with ``--set section.key=value`` overrides checked against the
+fields (unknown keys and wrong types are errors that suggest the right spelling)."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from qkv.errors import ConfigError
+from qkv.models.gpt import GPTConfig
+
+__all__ = ["DataConfig", "RunConfig", "TrainConfig", "apply_overrides", "load_run_config"]
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # a UTF-8 text file; empty = the bundled Shakespeare corpus
+    tokenizer: str = "char"  # char | bpe
+    bpe_vocab_size: int = 512
+    val_fraction: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 12  # sequences per micro-step, summed over all processes
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    bf16: bool = False  # autocast matmuls to bfloat16
+    log_interval: int = 50
+
+
+@dataclass
+class RunConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        config = cls()
+        _merge(config, data, "")
+        return config
+
+
+SECTIONS = {f.name for f in fields(RunConfig)}
+
+
+def _suggest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field's type, converting int -> float where that is lossless."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} must be {annotation}, got {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only the types above appear in configs
+        return value
+    raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _merge(target: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(target))
+    names = {f.name for f in fields(target)}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(name, names)}; known: {', '.join(sorted(names))}")
+        current = getattr(target, name)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} is a section; set its keys, e.g. {key}.{fields(current)[0].name}=...")
+            _merge(current, value, f"{key}.")
+        else:
+            setattr(target, name, _coerce(value, hints[name], key))
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (numbers, true/false, quoted strings); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(config: RunConfig, overrides: typing.Sequence[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings to ``config`` in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set takes key=value (e.g. train.lr=3e-4), got {item!r}")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            section = parts[0]
+            hint = _suggest(section, SECTIONS)
+            raise ConfigError(f"--set key must be section.key with section in {sorted(SECTIONS)}, got {key!r}{hint}")
+        section, name = parts
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown config section {section!r}{_suggest(section, SECTIONS)}; known: {sorted(SECTIONS)}"
+            )
+        _merge(config, {section: {name: _parse_value(text.strip())}}, "")
+    return config
+
+
+def load_run_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Defaults, then the TOML file (if any), then the overrides."""
+    config = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        unknown = set(data) - SECTIONS
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(f"unknown config section {name!r} in {path}{_suggest(name, SECTIONS)}")
+        _merge(config, data, "")
+    apply_overrides(config, overrides)
+    config.model.validate()
+    return config

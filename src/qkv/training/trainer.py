@@ -1,0 +1,247 @@
+"""One ``Trainer`` for every qkv model: AdamW with decay groups, warmup + cosine, clipping, accumulation, bf16
+autocast, periodic evaluation, atomic checkpoints, resume, ``torchrun`` (DDP), a progress bar, and ``metrics.json``.
+
+The model-specific part is a :class:`Task`: how to get the batch of a step and how to compute its loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from qkv.errors import ConfigError
+from qkv.tokenizers import Tokenizer
+from qkv.training.checkpoint import load_checkpoint_info, restore_training_state, save_checkpoint
+from qkv.training.config import TrainConfig
+from qkv.training.distributed import DistributedContext
+
+__all__ = ["Task", "Trainer", "lr_at"]
+
+
+class Task(Protocol):
+    kind: str
+
+    def batch(self, split: str, batch_size: int, seed: int, step: int, rows: slice | None) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor: ...
+
+    def tokens_in(self, batch: Any) -> int: ...
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / (config.warmup_steps + 1)
+    if step >= config.steps:
+        return config.min_lr
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices (linear and embedding weights), none on biases and norm scales."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        config: TrainConfig,
+        out_dir: str | Path,
+        tokenizer: Tokenizer,
+        run_config: dict[str, Any],
+        dist_ctx: DistributedContext | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config, self.task, self.tokenizer = config, task, tokenizer
+        self.out_dir = Path(out_dir)
+        self.run_config = run_config
+        self.dist = dist_ctx or DistributedContext()
+        self._check_config()
+        self.model = model
+        self.optimizer = torch.optim.AdamW(
+            _decay_groups(model, config.weight_decay),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            fused=True,  # one kernel for all parameters (CPU and CUDA) instead of a Python loop per tensor
+        )
+        self.train_model: nn.Module = model
+        if self.dist.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(model)
+        self.progress = progress and self.dist.is_main
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    def _check_config(self) -> None:
+        c = self.config
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "eval_iters",
+            "eval_interval",
+            "checkpoint_interval",
+            "keep_checkpoints",
+            "log_interval",
+        ):
+            if getattr(c, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(c, name)}")
+        if c.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"train.batch_size ({c.batch_size}) must be divisible by the number of processes "
+                f"({self.dist.world_size}): it is the global batch, split evenly"
+            )
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def resume(self) -> int:
+        """Continue from ``out_dir``'s latest checkpoint; returns the step it holds."""
+        info = load_checkpoint_info(self.out_dir, kind=self.task.kind)
+        restore_training_state(info, self.model, self.optimizer)
+        self.step = info.step
+        log = self.out_dir / "log.jsonl"
+        if log.exists():  # keep the history of the steps the checkpoint covers
+            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r.get("step", 0) <= self.step]
+        return self.step
+
+    def save(self) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            meta = {"kind": self.task.kind, "config": self.run_config, "history_len": len(self.history)}
+            path = save_checkpoint(
+                self.out_dir,
+                self.step,
+                self.model,
+                self.optimizer,
+                self.tokenizer,
+                meta,
+                keep=self.config.keep_checkpoints,
+            )
+            self._write_log()
+        self.dist.barrier()
+        return path
+
+    def _write_log(self) -> None:
+        tmp = self.out_dir / "log.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+        tmp.replace(self.out_dir / "log.jsonl")
+
+    # -- loop ----------------------------------------------------------------------------------------------------
+    def _autocast(self):  # type: ignore[no-untyped-def]
+        if not self.config.bf16:
+            return nullcontext()
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over ``eval_iters`` fixed batches of each split, and the validation perplexity."""
+        self.model.eval()
+        out = {}
+        for split in ("train", "val"):
+            losses = []
+            for i in range(self.config.eval_iters):
+                batch = self.task.batch(split, self.config.batch_size, self.config.seed + 7919, i, None)
+                with self._autocast():
+                    losses.append(float(self.task.loss(self.model, batch)))
+            out[f"{split}_loss"] = sum(losses) / len(losses)
+        out["val_perplexity"] = math.exp(min(out["val_loss"], 50.0))
+        self.model.train()
+        return out
+
+    def _train_step(self) -> float:
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, c)
+        total = 0.0
+        rows = self.dist.rows(c.batch_size) if self.dist.enabled else None
+        for micro in range(c.grad_accum):
+            batch = self.task.batch("train", c.batch_size, c.seed, self.step * c.grad_accum + micro, rows)
+            last = micro == c.grad_accum - 1
+            sync = nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()  # type: ignore[operator]
+            with sync:
+                with self._autocast():
+                    loss = self.task.loss(self.train_model, batch) / c.grad_accum
+                loss.backward()
+            total += float(loss.detach())
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.dist.enabled:  # report the global mean loss, as one process would see it
+            t = torch.tensor([total])
+            torch.distributed.all_reduce(t)
+            total = float(t) / self.dist.world_size
+        return total
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.step`` to ``config.steps``; returns (and writes) the metrics."""
+        c = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        start_step, train_time, tokens = self.step, 0.0, 0
+        bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        last_eval: dict[str, float] = {}
+        try:
+            while self.step < c.steps:
+                t0 = time.perf_counter()
+                loss = self._train_step()
+                train_time += time.perf_counter() - t0
+                tokens += c.batch_size * c.grad_accum * self._tokens_per_row()
+                self.step += 1
+                self.history.append({"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, c)})
+                bar.update()
+                if self.step % c.log_interval == 0 or self.step == c.steps:
+                    bar.set_postfix(
+                        loss=f"{loss:.4f}", **({"val": f"{last_eval['val_loss']:.4f}"} if last_eval else {})
+                    )
+                if self.step % c.eval_interval == 0 or self.step == c.steps:
+                    if self.dist.is_main:
+                        last_eval = self.evaluate()
+                        self.history[-1].update(last_eval)
+                        bar.write(
+                            f"step {self.step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}"
+                        )
+                    self.dist.barrier()
+                if self.step % c.checkpoint_interval == 0 or self.step == c.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.save()
+            raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}") from None
+        bar.close()
+        steps_run = self.step - start_step
+        ms_per_iter = 1000 * train_time / steps_run if steps_run else float("nan")
+        metrics = {
+            "steps": self.step,
+            "steps_this_run": steps_run,
+            "train_loss": last_eval.get("train_loss", float("nan")),
+            "val_loss": last_eval.get("val_loss", float("nan")),
+            "val_perplexity": last_eval.get("val_perplexity", float("nan")),
+            "ms_per_iter": ms_per_iter,
+            "tokens_per_s": tokens / train_time if train_time else float("nan"),
+            "world_size": self.dist.world_size,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+        if self.dist.is_main:
+            tmp = self.out_dir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(metrics, indent=2))
+            tmp.replace(self.out_dir / "metrics.json")
+        return metrics
+
+    def _tokens_per_row(self) -> int:
+        return int(getattr(self.task, "tokens_per_row", 1))
