@@ -2,6 +2,17 @@
 
 from qkv import errors
 from qkv.attention import KVCache, MultiHeadAttention, attend, register_score
+from qkv.decoding import generate
+from qkv.models.output import ModelOutput
 
 __version__ = "0.1.0"
-__all__ = ["KVCache", "MultiHeadAttention", "attend", "errors", "register_score", "__version__"]
+__all__ = [
+    "KVCache",
+    "ModelOutput",
+    "MultiHeadAttention",
+    "attend",
+    "errors",
+    "generate",
+    "register_score",
+    "__version__",
+]

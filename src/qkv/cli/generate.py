@@ -1,0 +1,59 @@
+"""``qkv generate``: continue a prompt with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=200, help="how many tokens to add (200)")
+    p.add_argument(
+        "--strategy",
+        choices=("greedy", "beam", "sample"),
+        default="sample",
+        help="greedy: most likely token; beam: beam search; sample: draw from the distribution (default)",
+    )
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0.8); lower = safer")
+    p.add_argument("--top-k", type=int, help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample only among the most likely tokens whose probability sums to p")
+    p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (0): same seed, same text")
+    p.add_argument("--no-cache", action="store_true", help="recompute every step instead of using the KV cache")
+
+
+def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
+    p = verbs.add_parser(
+        name,
+        help="continue a prompt with a trained model",
+        description="Continue --prompt with a trained qkv model. A prompt longer than the model's context is cut "
+        "from the left with a warning; an empty prompt or characters the model never saw are errors.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a run directory (from qkv train) or a checkpoint directory")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    add_generation_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkv.cli.common import encode_prompt, load_gpt
+    from qkv.decoding import generate
+
+    model, tokenizer, _ = load_gpt(args.checkpoint)
+    ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
+    out = generate(
+        model,
+        ids,
+        args.max_new_tokens,
+        args.strategy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        num_beams=args.num_beams,
+        use_cache=not args.no_cache,
+    )
+    print(tokenizer.decode(out[0].tolist()))
+    return 0

@@ -1,0 +1,68 @@
+"""``qkv train``: train a model from a TOML config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from qkv.errors import ConfigError
+
+__all__ = ["add_parser"]
+
+
+def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
+    p = verbs.add_parser(
+        name,
+        help="train a model from a TOML config",
+        description="Train a model described by a TOML config (see configs/). Checkpoints (safetensors + JSON) are "
+        "written atomically to OUT/checkpoints; OUT/metrics.json summarises the run. Run it under "
+        "`torchrun --nproc_per_node=N` to train on N processes with the same global batch.",
+    )
+    p.add_argument("config", type=Path, help="a TOML file with [model], [data] and [train] sections")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=500 --set data.path=my.txt (repeatable; keys are "
+        "checked against the config's fields)",
+    )
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkv.training import Trainer, load_checkpoint_info, load_run_config
+    from qkv.training.config import RunConfig, apply_overrides
+    from qkv.training.distributed import setup_distributed
+    from qkv.training.lm import build_lm
+
+    out = args.out or Path("runs") / args.config.stem
+    tokenizer = None
+    if args.resume:
+        info = load_checkpoint_info(out, kind="gpt")
+        config = apply_overrides(RunConfig.from_dict(info.meta["config"]), args.overrides)
+        tokenizer = info.tokenizer()
+    else:
+        config = load_run_config(args.config, args.overrides)
+        if (out / "checkpoints" / "latest").exists():
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --out for a new one")
+    dist_ctx = setup_distributed()
+    try:
+        model, task, tokenizer = build_lm(config, tokenizer)
+        trainer = Trainer(
+            model, task, config.train, out, tokenizer, config.to_dict(), dist_ctx, progress=not args.no_progress
+        )
+        if args.resume:
+            trainer.resume()
+        metrics = trainer.fit()
+    finally:
+        dist_ctx.shutdown()
+    if dist_ctx.is_main:
+        print(json.dumps(metrics, indent=2))
+        print(f"checkpoints: {out / 'checkpoints'}\nmetrics:     {out / 'metrics.json'}")
+    return 0

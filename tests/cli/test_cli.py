@@ -1,0 +1,102 @@
+"""The CLI: a short end-to-end run, and bad input answered with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qkv.cli import main
+
+TINY = [
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.embed_dim=16",
+    "model.max_seq_len=16",
+    "train.steps=3",
+    "train.batch_size=2",
+    "train.eval_iters=1",
+    "train.eval_interval=3",
+]
+
+
+def sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    config = out / "c.toml"
+    config.write_text("[train]\nseed = 3\n")
+    assert main(["train", str(config), "--out", str(out), "--no-progress", *sets(TINY)]) == 0
+    return out
+
+
+def test_train_then_generate(run_dir, capsys):
+    assert (run_dir / "metrics.json").exists() and (run_dir / "checkpoints" / "latest").exists()
+    capsys.readouterr()
+    assert main(["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "5", "--strategy", "greedy"]) == 0
+    assert capsys.readouterr().out.startswith("Ham.")
+
+
+def test_long_prompt_is_cut_from_the_left_with_a_warning(run_dir, capsys):
+    assert main(["generate", str(run_dir), "--prompt", "a" * 40, "--max-new-tokens", "2"]) == 0
+    assert "keeping the last 16" in capsys.readouterr().err
+
+
+def _corrupt(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "corrupt"
+    shutil.copytree(run_dir, copy)
+    latest = copy / "checkpoints" / (copy / "checkpoints" / "latest").read_text().strip()
+    (latest / "model.safetensors").write_bytes(b"\x00" * 10)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("make_args", "fragment"),
+    [
+        (lambda d, t: ["generate", str(t / "nope"), "--prompt", "x"], "does not exist"),
+        (lambda d, t: ["generate", str(_corrupt(d, t)), "--prompt", "x"], "model.safetensors is corrupt"),
+        (lambda d, t: ["generate", str(d), "--prompt", ""], "prompt is empty"),
+        (lambda d, t: ["generate", str(d), "--prompt", "안녕"], "never saw in training"),
+        (lambda d, t: ["generate", str(d / "metrics.json"), "--prompt", "x"], "is a file"),
+        (lambda d, t: ["train", str(d / "c.toml"), "--set", "train.stepz=3", "--out", str(t / "o")], "did you mean"),
+        (lambda d, t: ["train", str(d / "c.toml"), "--set", "train.steps=x", "--out", str(t / "o")], "must be a int"),
+        (lambda d, t: ["train", str(t / "missing.toml")], "does not exist"),
+        (lambda d, t: ["train", str(d / "c.toml"), "--out", str(d)], "already holds a run"),
+        (lambda d, t: ["train", str(d / "c.toml"), "--resume", "--out", str(t / "empty")], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(run_dir, tmp_path, capsys, make_args, fragment):
+    capsys.readouterr()
+    assert main(make_args(run_dir, tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0]
+
+
+def test_no_traceback_from_the_real_executable(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "qkv.cli", "generate", str(tmp_path), "--prompt", "x"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "holds no qkv checkpoint" in proc.stderr
+
+
+def test_help_explains_every_option(capsys):
+    for verb in ("train", "generate", "quickstart", "bench"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        text = capsys.readouterr().out
+        assert "usage: qkv " + verb in text
+
+
+def test_quickstart_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--steps", "3", "--max-new-tokens", "20", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "---- sample ----" in printed and str(out / "attention.png") in printed
+    assert (out / "attention.png").stat().st_size > 10_000 and (out / "sample.txt").read_text().startswith("Ham.")
