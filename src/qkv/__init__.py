@@ -4,6 +4,7 @@ from qkv import errors
 from qkv.attention import KVCache, MultiHeadAttention, attend, register_score
 from qkv.decoding import generate
 from qkv.models.output import ModelOutput
+from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained
 
 __version__ = "0.1.0"
 __all__ = [
@@ -11,8 +12,12 @@ __all__ = [
     "ModelOutput",
     "MultiHeadAttention",
     "attend",
+    "embed",
     "errors",
     "generate",
+    "load_pretrained",
+    "load_tokenizer",
     "register_score",
+    "save_pretrained",
     "__version__",
 ]

@@ -97,3 +97,31 @@ def test_parametric_score_inside_multi_head():
     out, w = mha(torch.randn(2, 5, 16), return_weights=True)
     assert out.shape == (2, 5, 16) and torch.allclose(w.sum(-1), torch.ones(2, 2, 5))
     assert any("score" in name for name, _ in mha.named_parameters())
+
+
+def test_weights_derived_inside_frozen_weights_are_never_stale():
+    """A fused optimizer updates weights in place; nothing derived before (stacked QKV, transposed LM head) leaks."""
+    import copy
+
+    from qkv.attention import frozen_weights
+    from qkv.models import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=30, max_seq_len=8, num_layers=1, embed_dim=16, num_heads=2))
+    x = torch.randint(0, 30, (2, 8))
+    with torch.no_grad(), frozen_weights():
+        before = model(x).logits
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model(x).logits.sum().backward()
+    opt.step()
+    fresh = copy.deepcopy(model)
+    fresh._lm_head_t = None
+    for block in fresh.blocks:
+        block.attn._stacked = None
+    with torch.no_grad():
+        expected = fresh(x).logits
+        plain = model(x).logits
+        with frozen_weights():
+            frozen = model(x).logits
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(frozen, expected, atol=1e-6, rtol=0)

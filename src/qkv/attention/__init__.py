@@ -5,6 +5,7 @@ This package imports nothing from the rest of qkv except :mod:`qkv.errors`.
 
 from qkv.attention.attend import attend
 from qkv.attention.backends import available_backends, choose_backend
+from qkv.attention.frozen import frozen_weights
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.masks import causal_mask, combine, local_mask, padding_mask
 from qkv.attention.multi_head import MultiHeadAttention
@@ -35,6 +36,7 @@ __all__ = [
     "causal_mask",
     "choose_backend",
     "combine",
+    "frozen_weights",
     "local_mask",
     "make_score",
     "padding_mask",

@@ -171,7 +171,7 @@ def build_call(
     """Validate the arguments of :func:`qkv.attend` (see there) and bundle them."""
     _check_qkv(q, k, v)
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    span = make_span(causal, window)
+    span = make_span(causal, window).simplify(q.shape[2], k.shape[2])
     score_fn = resolve_score(score)
     score_fn.check_dims(q.shape[-1], k.shape[-1])
     if scale is None:

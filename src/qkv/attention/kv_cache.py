@@ -76,10 +76,11 @@ class KVCache:
                 f"KVCache is full: it holds at most max_seq_len={self.max_seq_len} positions and would hold {end}; "
                 "make a larger cache or stop generating earlier"
             )
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
+        keys, values = self.keys[layer], self.values[layer]  # (batch, kv_heads, max_seq_len, dim) views
+        keys.narrow(2, start, end - start).copy_(k)
+        values.narrow(2, start, end - start).copy_(v)
         self.lengths[layer] = end
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def reorder(self, batch_indices: Tensor) -> None:
         """Keep batch rows ``batch_indices`` (e.g. the beams that survived a beam-search step), in that order."""

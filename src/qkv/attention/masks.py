@@ -35,6 +35,16 @@ class Span:
     def unbounded(self) -> bool:
         return self.left is None and self.right is None
 
+    def simplify(self, q_len: int, k_len: int) -> Span:
+        """The same span with sides that exclude nothing at these lengths dropped.
+
+        ``j - off - i`` ranges over ``[-(k_len - 1), q_len - 1]``; a bound outside that range never masks anything.
+        One decoding step (``q_len = 1``) under ``causal=True`` therefore needs no mask at all.
+        """
+        left = None if self.left is not None and self.left >= k_len - 1 else self.left
+        right = None if self.right is not None and self.right >= q_len - 1 else self.right
+        return Span(left, right)
+
     def dense(self, q_len: int, k_len: int, device: torch.device | str | None = None) -> Tensor | None:
         """The bool mask ``(q_len, k_len)`` of this span, or None when it allows everything."""
         if self.unbounded:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from qkv.attention.attend import attend
 from qkv.attention.call import as_4d
+from qkv.attention.frozen import frozen_generation
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.positional import RotaryEmbedding
 from qkv.attention.scores import ScoreFunction, make_score, resolve_score
@@ -77,6 +78,7 @@ class MultiHeadAttention(nn.Module):
             score = make_score(score, **kwargs)
         self.score = resolve_score(score)
         self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
+        self._stacked: tuple[int, Tensor, Tensor | None] | None = None  # see _stacked_qkv
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         # (batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)
@@ -87,15 +89,23 @@ class MultiHeadAttention(nn.Module):
         """Q, K, V split into heads: ``(batch, heads | kv_heads, seq, head_dim)``."""
         if is_self:
             # one matmul with the three weights stacked is faster than three small ones (same numbers)
-            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            bias = None
-            if self.q_proj.bias is not None:
-                bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            weight, bias = self._stacked_qkv()
             kv_width = self.num_kv_heads * self.head_dim
             q, k, v = F.linear(query, weight, bias).split([self.embed_dim, kv_width, kv_width], dim=-1)
         else:
             q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
         return self._split(q, self.num_heads), self._split(k, self.num_kv_heads), self._split(v, self.num_kv_heads)
+
+    def _stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
+        """W_Q, W_K, W_V stacked (and their biases); reused inside :func:`frozen_weights` (decoding)."""
+        generation = frozen_generation()
+        if generation is not None and self._stacked is not None and self._stacked[0] == generation:
+            return self._stacked[1], self._stacked[2]
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
+        self._stacked = (generation, weight, bias) if generation is not None else None
+        return weight, bias
 
     def _check_input(self, name: str, x: Tensor, width: int) -> None:
         if x.dim() != 3 or x.shape[-1] != width:

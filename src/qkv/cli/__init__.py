@@ -10,12 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import bench, generate, quickstart, train
+from qkv.cli import bench, embed, generate, quickstart, train
 from qkv.errors import QkvError
 
 __all__ = ["main"]
 
-VERBS = {"train": train, "generate": generate, "quickstart": quickstart, "bench": bench}
+VERBS = {"train": train, "generate": generate, "quickstart": quickstart, "embed": embed, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qkv.attention.frozen import frozen_weights
+from qkv.decoding.beam import beam_search
 from qkv.decoding.stepper import DecodableModel, Stepper
 from qkv.errors import ConfigError, ShapeError, describe_shape
 
@@ -78,31 +80,47 @@ def generate(
     if hasattr(model, "eval"):
         model.eval()
     try:
-        if strategy == "beam":
-            from qkv.decoding.beam import beam_search
-
-            return beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, use_cache)
-        generator = None
-        if strategy == "sample":
-            generator = torch.Generator(device=input_ids.device)
-            generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        stepper = Stepper(model, input_ids.shape[0], use_cache)
-        ids = input_ids
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            logits = stepper.logits(ids)
-            if strategy == "greedy":
-                token = logits.argmax(dim=-1)
-            else:
-                probs = torch.softmax(_filter_logits(logits / temperature, top_k, top_p), dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            if eos_token_id is not None:
-                token = token.masked_fill(done, eos_token_id)
-                done |= token == eos_token_id
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            if eos_token_id is not None and bool(done.all()):
-                break
-        return ids
+        with frozen_weights():  # weights do not change while decoding: tensors derived from them may be reused
+            if strategy == "beam":
+                return beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, use_cache)
+            return _sample_or_greedy(
+                model, input_ids, max_new_tokens, strategy, temperature, top_k, top_p, seed, eos_token_id, use_cache
+            )
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
+
+
+def _sample_or_greedy(
+    model: DecodableModel,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    strategy: str,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    eos_token_id: int | None,
+    use_cache: bool,
+) -> Tensor:
+    generator = None
+    if strategy == "sample":
+        generator = torch.Generator(device=input_ids.device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    stepper = Stepper(model, input_ids.shape[0], use_cache)
+    ids = input_ids
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for _ in range(max_new_tokens):
+        logits = stepper.logits(ids)
+        if strategy == "greedy":
+            token = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(_filter_logits(logits / temperature, top_k, top_p), dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        if eos_token_id is not None:
+            token = token.masked_fill(done, eos_token_id)
+            done |= token == eos_token_id
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        if eos_token_id is not None and bool(done.all()):
+            break
+    return ids

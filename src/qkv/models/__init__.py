@@ -1,7 +1,8 @@
 """Models built on the attention core: each has a dataclass config, ``from_config`` and a ``forward`` that can hand
 back per-layer attention weights."""
 
+from qkv.models.bert import BertConfig, BertEncoder
 from qkv.models.gpt import GPT, GPTConfig
 from qkv.models.output import ModelOutput
 
-__all__ = ["GPT", "GPTConfig", "ModelOutput"]
+__all__ = ["GPT", "BertConfig", "BertEncoder", "GPTConfig", "ModelOutput"]

@@ -9,13 +9,18 @@ from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "FeedForward", "PreNormBlock"]
+__all__ = ["ACTIVATIONS", "FeedForward", "PreNormBlock", "dropout_layer"]
 
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
     "relu": F.relu,
 }
+
+
+def dropout_layer(p: float) -> nn.Module:
+    """``nn.Dropout(p)``, or a no-op module when ``p == 0`` (saves a call per layer and token when decoding)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 class FeedForward(nn.Module):
@@ -28,7 +33,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(dim, hidden_dim, bias=bias)
         self.down = nn.Linear(hidden_dim, dim, bias=bias)
         self.activation = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.down(self.activation(self.up(x))))
@@ -58,7 +63,7 @@ class PreNormBlock(nn.Module):
         )
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
         self.ffn = FeedForward(dim, hidden_dim, activation, dropout, bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = dropout_layer(dropout)
 
     def forward(
         self,

@@ -14,9 +14,11 @@ __all__ = ["ModelOutput"]
 @dataclass
 class ModelOutput:
     """``logits (batch, seq, vocab)`` (or ``last_hidden_state (batch, seq, dim)`` for encoders), per-layer
-    ``attentions`` ``(batch, heads, q, k)`` when asked for (else None), and the ``cache`` used (or None)."""
+    ``attentions`` ``(batch, heads, q, k)`` when asked for (else None), the ``cache`` used (or None), and per-layer
+    ``hidden_states`` when asked for."""
 
     logits: Tensor | None = None
     last_hidden_state: Tensor | None = None
     attentions: tuple[Tensor, ...] | None = None
     cache: KVCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings, then every layer's output, when asked for

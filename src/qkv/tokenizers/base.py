@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from qkv.errors import CheckpointError
+from qkv.jsonfile import read_json
 
 __all__ = ["Tokenizer", "load_tokenizer_file"]
 
@@ -31,12 +31,7 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
     from qkv.tokenizers.char import CharTokenizer
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"tokenizer file {path} does not exist (or is not a file)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"tokenizer file {path} is not valid JSON: {exc}") from None
+    data = read_json(path)
     if isinstance(data, dict) and data.get("qkv_tokenizer") == "char":
         return CharTokenizer.from_dict(data, source=path)
     if isinstance(data, dict) and "model" in data:

@@ -8,15 +8,13 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from qkv.errors import CheckpointError
+from qkv.tokenizers.hf import HFBackedTokenizer
 
 __all__ = ["BPETokenizer"]
 
 
-class BPETokenizer:
+class BPETokenizer(HFBackedTokenizer):
     """GPT-2-style byte-level BPE: every string maps to bytes first, so no character is ever unknown."""
-
-    def __init__(self, tokenizer: HFTokenizer) -> None:
-        self.tokenizer = tokenizer
 
     @classmethod
     def train(cls, text: str, vocab_size: int = 512) -> BPETokenizer:
@@ -31,21 +29,8 @@ class BPETokenizer:
         tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
         return cls(tok)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
-
     def unknown_characters(self, text: str) -> list[str]:
         return []  # byte-level: every character is some bytes
-
-    def save(self, path: str | Path) -> None:
-        self.tokenizer.save(str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:

@@ -42,7 +42,8 @@ class TrainConfig:
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2
     seed: int = 1337
-    bf16: bool = False  # autocast matmuls to bfloat16
+    bf16: bool = False  # autocast matmuls to bfloat16 (fast only where the CPU/GPU has bf16 units)
+    flush_denormal: bool = True  # treat fp32 denormals as 0 while training: CPUs slow down badly on them
     log_interval: int = 50
 
 

