@@ -65,8 +65,7 @@ class AttentionCall:
     @cached_property
     def is_dot_product(self) -> bool:
         """True when the score is ``q' · k'`` for some transform of q and k (fused and fast paths apply)."""
-        probe = self.score.as_dot_product(self.q[:0], self.k[:0])
-        return probe is not None
+        return type(self.score).as_dot_product is not ScoreFunction.as_dot_product
 
     def dense_mask(self) -> Tensor | None:
         """User mask AND the causal/window span, as one 4-D bool tensor (or None when everything is allowed)."""

@@ -7,12 +7,11 @@ Covers self- and cross-attention, grouped-query / multi-query attention (``num_k
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention.attend import attend
 from qkv.attention.call import as_4d
-from qkv.attention.frozen import frozen_generation
+from qkv.attention.frozen import derived, frozen_linear
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.positional import RotaryEmbedding
 from qkv.attention.scores import ScoreFunction, make_score, resolve_score
@@ -78,7 +77,6 @@ class MultiHeadAttention(nn.Module):
             score = make_score(score, **kwargs)
         self.score = resolve_score(score)
         self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
-        self._stacked: tuple[int, Tensor, Tensor | None] | None = None  # see _stacked_qkv
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         # (batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)
@@ -88,24 +86,26 @@ class MultiHeadAttention(nn.Module):
     def _project(self, query: Tensor, key: Tensor, value: Tensor, is_self: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Q, K, V split into heads: ``(batch, heads | kv_heads, seq, head_dim)``."""
         if is_self:
-            # one matmul with the three weights stacked is faster than three small ones (same numbers)
-            weight, bias = self._stacked_qkv()
+            # one matmul with the three weights stacked is faster than three small ones (same numbers); while
+            # decoding (frozen_weights) the stack is kept, transposed for fast vector-matrix products
+            weight_t, bias = derived(self, "qkv", self._stacked_qkv_t)
             kv_width = self.num_kv_heads * self.head_dim
-            q, k, v = F.linear(query, weight, bias).split([self.embed_dim, kv_width, kv_width], dim=-1)
+            qkv = query @ weight_t
+            if bias is not None:
+                qkv = qkv + bias
+            q, k, v = qkv.split([self.embed_dim, kv_width, kv_width], dim=-1)
         else:
             q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
         return self._split(q, self.num_heads), self._split(k, self.num_kv_heads), self._split(v, self.num_kv_heads)
 
-    def _stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
-        """W_Q, W_K, W_V stacked (and their biases); reused inside :func:`frozen_weights` (decoding)."""
-        generation = frozen_generation()
-        if generation is not None and self._stacked is not None and self._stacked[0] == generation:
-            return self._stacked[1], self._stacked[2]
+    def _stacked_qkv_t(self) -> tuple[Tensor, Tensor | None]:
+        """(W_Q; W_K; W_V)ᵀ ``(embed_dim, (heads + 2 kv_heads) head_dim)`` and the stacked biases."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([p.weight for p in projections])
+        weight_t = torch.cat([p.weight for p in projections]).t()
+        if not torch.is_grad_enabled():
+            weight_t = weight_t.contiguous()
         bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
-        self._stacked = (generation, weight, bias) if generation is not None else None
-        return weight, bias
+        return weight_t, bias
 
     def _check_input(self, name: str, x: Tensor, width: int) -> None:
         if x.dim() != 3 or x.shape[-1] != width:
@@ -176,7 +176,7 @@ class MultiHeadAttention(nn.Module):
         )
         # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)
         out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.embed_dim)
-        return self.out_proj(out), weights
+        return frozen_linear(out, self.out_proj), weights
 
     @staticmethod
     def _merge_padding(mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, k_len: int) -> Tensor | None:

@@ -36,6 +36,14 @@ def _check_positions(positions: Tensor, limit: int | None, what: str) -> None:
         )
 
 
+def _check_span(start: int, length: int, limit: int, what: str) -> None:
+    if start < 0 or start + length > limit:
+        raise ConfigError(
+            f"{what} positions {start}..{start + length - 1} go beyond max_seq_len={limit}; shorten the input or "
+            "build the model with a larger max_seq_len"
+        )
+
+
 def sinusoidal_table(max_len: int, dim: int) -> Tensor:
     """``(max_len, dim)``: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(p / 10000^(2i/dim))."""
     if dim % 2:
@@ -60,6 +68,11 @@ class SinusoidalPositions(nn.Module):
         _check_positions(positions, self.max_seq_len, "sinusoidal")
         return self.table[positions]
 
+    def span(self, start: int, length: int) -> Tensor:
+        """Encodings of positions ``start .. start + length - 1``: ``(length, dim)`` (a slice, no gather)."""
+        _check_span(start, length, self.max_seq_len, "sinusoidal")
+        return self.table[start : start + length]
+
 
 class LearnedPositions(nn.Module):
     """A learned embedding per position (GPT-2, BERT); ``forward(positions) -> (..., dim)``."""
@@ -72,6 +85,11 @@ class LearnedPositions(nn.Module):
     def forward(self, positions: Tensor) -> Tensor:
         _check_positions(positions, self.max_seq_len, "learned")
         return self.embedding(positions)
+
+    def span(self, start: int, length: int) -> Tensor:
+        """Embeddings of positions ``start .. start + length - 1``: ``(length, dim)`` (a slice, no gather)."""
+        _check_span(start, length, self.max_seq_len, "learned")
+        return self.embedding.weight[start : start + length]
 
 
 class RotaryEmbedding(nn.Module):

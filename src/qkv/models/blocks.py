@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.attention.frozen import frozen_linear
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError
@@ -36,7 +37,7 @@ class FeedForward(nn.Module):
         self.dropout = dropout_layer(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.down(self.activation(self.up(x))))
+        return self.dropout(frozen_linear(self.activation(frozen_linear(x, self.up)), self.down))
 
 
 class PreNormBlock(nn.Module):
