@@ -5,6 +5,7 @@ from qkv.attention import KVCache, MultiHeadAttention, attend, register_score
 from qkv.decoding import generate
 from qkv.models.output import ModelOutput
 from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained
+from qkv.visualization import capture_attention
 
 __version__ = "0.1.0"
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "ModelOutput",
     "MultiHeadAttention",
     "attend",
+    "capture_attention",
     "embed",
     "errors",
     "generate",

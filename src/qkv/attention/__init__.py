@@ -19,6 +19,7 @@ from qkv.attention.positional import (
 )
 from qkv.attention.scores import ScoreFunction, available_scores, make_score, register_score
 from qkv.attention.softmax import safe_softmax
+from qkv.attention.weights import attention_weights
 
 __all__ = [
     "KVCache",
@@ -31,6 +32,7 @@ __all__ = [
     "alibi_slopes",
     "sinusoidal_table",
     "attend",
+    "attention_weights",
     "available_backends",
     "available_scores",
     "causal_mask",

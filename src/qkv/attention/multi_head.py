@@ -6,6 +6,8 @@ Covers self- and cross-attention, grouped-query / multi-query attention (``num_k
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -77,6 +79,7 @@ class MultiHeadAttention(nn.Module):
             score = make_score(score, **kwargs)
         self.score = resolve_score(score)
         self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
+        self.capture: Callable[..., None] | None = None  # set by qkv.capture_attention
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         # (batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)
@@ -174,6 +177,8 @@ class MultiHeadAttention(nn.Module):
             backend=self.backend,
             return_weights=return_weights,
         )
+        if self.capture is not None:  # qkv.capture_attention: exact weights recomputed from Q and K
+            self.capture(q, k, mask=mask, causal=causal, window=window, bias=bias, score=self.score)
         # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)
         out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.embed_dim)
         return frozen_linear(out, self.out_proj), weights

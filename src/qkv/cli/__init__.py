@@ -40,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"qkv {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"qkv {args.verb}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"qkv {args.verb}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -1,0 +1,55 @@
+"""Attention weights alone, recomputed exactly from Q and K (for inspection: capture, visualisation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from qkv.attention.backends import MATERIALISE_LIMIT
+from qkv.attention.backends.chunked import chunked_weights
+from qkv.attention.backends.reference import reference_weights
+from qkv.attention.call import build_call, repeat_kv
+from qkv.attention.scores import ScoreFunction
+from qkv.errors import ConfigError
+
+__all__ = ["attention_weights"]
+
+
+@torch.no_grad()
+def attention_weights(
+    q: Tensor,
+    k: Tensor,
+    mask: Tensor | None = None,
+    *,
+    causal: bool = False,
+    window: int | tuple[int, int] | None = None,
+    bias: Tensor | None = None,
+    score: str | ScoreFunction = "scaled_dot",
+    scale: float | None = None,
+    heads: Sequence[int] | None = None,
+) -> Tensor:
+    """The weights :func:`qkv.attend` uses, ``(batch, len(heads), q_len, k_len)`` in fp32, without computing outputs.
+
+    ``q (batch, heads, q_len, d)`` and ``k (batch, kv_heads, k_len, d)`` as for ``attend``; ``heads`` picks query
+    heads (default: all). Long inputs are recomputed tile by tile (the chunked backend), short ones materialised.
+    """
+    if heads is not None:
+        heads = list(heads)
+        if not heads or min(heads) < 0 or max(heads) >= q.shape[1]:
+            raise ConfigError(f"heads must be indices in [0, {q.shape[1]}), got {heads}")
+        group = q.shape[1] // max(k.shape[1], 1)
+        index = torch.tensor(heads, device=q.device)
+        q = q.index_select(1, index)
+        k = repeat_kv(k, group).index_select(1, index) if k.shape[1] else k
+        if mask is not None and mask.dim() == 4 and mask.shape[1] > 1:
+            mask = mask.index_select(1, index)
+        if bias is not None and bias.dim() == 4 and bias.shape[1] > 1:
+            bias = bias.index_select(1, index)
+    options = {"causal": causal, "window": window, "bias": bias, "score": score, "scale": scale}
+    # the values are not needed for weights: the keys stand in for them (same batch, heads and length)
+    call = build_call(q, k, k, mask, dropout=0.0, return_weights=True, **options)  # type: ignore[arg-type]
+    if call.q_len * call.k_len > MATERIALISE_LIMIT:
+        return chunked_weights(call).float()
+    return reference_weights(call).float()

@@ -1,0 +1,89 @@
+"""``qkv.capture_attention``: the exact attention weights of any qkv model, while it runs on its fast backend.
+
+Only the requested layers recompute their weights, from the very Q and K the layer used (after rotary positions, with
+the cache's keys); the forward pass itself is untouched, so outputs are identical with or without a capture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from qkv.attention.multi_head import MultiHeadAttention
+from qkv.attention.weights import attention_weights
+from qkv.errors import ConfigError
+
+__all__ = ["AttentionCapture", "capture_attention"]
+
+
+@dataclass
+class AttentionCapture:
+    """What a capture recorded, per layer index (the order of the model's attention modules)."""
+
+    layers: list[int]
+    heads: list[int] | None
+    calls: dict[int, list[Tensor]] = field(default_factory=dict)  # weights (batch, heads, q, k) per forward call
+    queries: dict[int, list[Tensor]] = field(default_factory=dict)  # q (batch, heads, q, head_dim) per call
+    keys: dict[int, list[Tensor]] = field(default_factory=dict)  # k (batch, kv_heads, k, head_dim) per call
+
+    def weights(self, layer: int) -> Tensor:
+        """All rows recorded for ``layer``: ``(batch, heads, total_q, max_k)``.
+
+        Successive calls (decoding steps on a KV cache) append their query rows; keys a row could not see yet are 0.
+        """
+        if layer not in self.calls or not self.calls[layer]:
+            raise ConfigError(f"nothing was captured for layer {layer}; captured layers: {sorted(self.calls)}")
+        parts = self.calls[layer]
+        width = max(p.shape[-1] for p in parts)
+        padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts]
+        return torch.cat(padded, dim=2)
+
+    def all_layers(self) -> list[Tensor]:
+        return [self.weights(layer) for layer in self.layers if self.calls.get(layer)]
+
+
+def attention_modules(model: nn.Module) -> list[MultiHeadAttention]:
+    """The model's attention modules in definition order (= layer order for qkv models)."""
+    return [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+
+
+@contextmanager
+def capture_attention(
+    model: nn.Module, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None
+) -> Iterator[AttentionCapture]:
+    """Record exact attention weights of ``layers`` (default: all) and ``heads`` (default: all) of ``model``.
+
+    ``with qkv.capture_attention(model, layers=[0, 3]) as cap: model(ids)`` then ``cap.weights(3)`` is
+    ``(batch, heads, q, k)``. Works with padding, batches, cross-attention and KV-cache decoding (rows accumulate).
+    """
+    modules = attention_modules(model)
+    if not modules:
+        raise ConfigError(f"{type(model).__name__} has no qkv MultiHeadAttention modules to capture")
+    chosen = list(range(len(modules))) if layers is None else [int(i) for i in layers]
+    bad = [i for i in chosen if not -len(modules) <= i < len(modules)]
+    if bad:
+        raise ConfigError(f"layers {bad} do not exist: the model has {len(modules)} attention layers")
+    chosen = [i % len(modules) for i in chosen]
+    capture = AttentionCapture(chosen, list(heads) if heads is not None else None)
+    previous = {i: modules[i].capture for i in chosen}
+
+    def recorder(index: int):  # noqa: ANN202
+        def record(q: Tensor, k: Tensor, **kwargs: object) -> None:
+            w = attention_weights(q.detach(), k.detach(), heads=capture.heads, **kwargs)  # type: ignore[arg-type]
+            capture.calls.setdefault(index, []).append(w)
+            capture.queries.setdefault(index, []).append(q.detach())
+            capture.keys.setdefault(index, []).append(k.detach())
+
+        return record
+
+    for i in chosen:
+        modules[i].capture = recorder(i)
+    try:
+        yield capture
+    finally:
+        for i in chosen:
+            modules[i].capture = previous[i]

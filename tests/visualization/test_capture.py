@@ -1,0 +1,86 @@
+"""capture_attention: exact weights while the model runs fused, without changing what the model computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from qkv.errors import ConfigError
+from qkv.models import GPT, BertConfig, BertEncoder, GPTConfig
+
+
+def gpt(backend: str = "fused", **kw) -> GPT:
+    torch.manual_seed(0)
+    config = dict(vocab_size=40, max_seq_len=32, num_layers=3, num_heads=4, embed_dim=32, backend=backend)
+    config.update(kw)
+    return GPT(GPTConfig(**config)).eval()
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary", "alibi"])
+def test_captured_weights_equal_the_reference_backend(positions):
+    fused, reference = gpt("fused", positions=positions), gpt("reference", positions=positions)
+    x = torch.randint(0, 40, (2, 20))
+    with torch.no_grad():
+        expected = reference(x, return_attention=True).attentions
+        with qkv.capture_attention(fused) as cap:
+            fused(x)
+    for layer in range(3):
+        torch.testing.assert_close(cap.weights(layer), expected[layer].float(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(cap.weights(layer).sum(-1), torch.ones(2, 4, 20), atol=1e-6, rtol=0)
+
+
+def test_capturing_a_subset_changes_nothing_the_model_computes():
+    model = gpt()
+    x = torch.randint(0, 40, (2, 20))
+    with torch.no_grad():
+        plain = model(x).logits
+        with qkv.capture_attention(model, layers=[1], heads=[0, 2]) as cap:
+            captured = model(x).logits
+    assert torch.equal(plain, captured)
+    assert sorted(cap.calls) == [1] and cap.weights(1).shape == (2, 2, 20, 20)
+    full = gpt("reference")(x, return_attention=True).attentions[1]
+    torch.testing.assert_close(cap.weights(1), full[:, [0, 2]].float(), atol=1e-6, rtol=0)
+    assert model.blocks[1].attn.capture is None  # the hook is gone afterwards
+
+
+def test_padding_positions_get_zero_weight():
+    torch.manual_seed(0)
+    model = BertEncoder(BertConfig(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, ffn_dim=64)).eval()
+    ids = torch.randint(1, 50, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad(), qkv.capture_attention(model) as cap:
+        model(ids, mask)
+    for layer in range(2):
+        w = cap.weights(layer)
+        assert w[1, :, :, 6:].abs().max() == 0
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 9), atol=1e-6, rtol=0)
+
+
+def test_decoding_steps_append_rows_equal_to_the_full_pattern():
+    model = gpt()
+    x = torch.randint(0, 40, (1, 6))
+    with qkv.capture_attention(model, layers=[2]) as cap:
+        out = qkv.generate(model, x, 8)
+    with torch.no_grad():
+        full = gpt("reference")(out[:, :-1], return_attention=True).attentions[2]
+    torch.testing.assert_close(cap.weights(2), full.float(), atol=1e-6, rtol=0)
+    assert len(cap.calls[2]) == 8  # the prompt, then one row per new token but the last
+
+
+def test_cross_attention_is_captured():
+    mha = qkv.MultiHeadAttention(16, 2, backend="fused")
+    x, memory = torch.randn(1, 3, 16), torch.randn(1, 5, 16)
+    with torch.no_grad(), qkv.capture_attention(mha) as cap:
+        mha(x, memory)
+        _, expected = mha(x, memory, return_weights=True)
+    torch.testing.assert_close(cap.weights(0)[:, :, :3], expected.float(), atol=1e-6, rtol=0)
+    assert cap.queries[0][0].shape == (1, 2, 3, 8) and cap.keys[0][0].shape == (1, 2, 5, 8)
+
+
+def test_bad_requests():
+    with pytest.raises(ConfigError, match="has 3 attention layers"), qkv.capture_attention(gpt(), layers=[5]):
+        pass
+    with pytest.raises(ConfigError, match="no qkv MultiHeadAttention"), qkv.capture_attention(torch.nn.Linear(2, 2)):
+        pass
