@@ -100,3 +100,18 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "---- sample ----" in printed and str(out / "attention.png") in printed
     assert (out / "attention.png").stat().st_size > 10_000 and (out / "sample.txt").read_text().startswith("Ham.")
+
+
+def test_attention_verb_writes_png_and_page(run_dir, tmp_path, capsys):
+    png, page = tmp_path / "a.png", tmp_path / "a.html"
+    assert main(["attention", str(run_dir), "Ham. To be", "--png", str(png), "--html", str(page)]) == 0
+    assert png.stat().st_size > 5_000 and "qkvDraws" in page.read_text()
+    assert (
+        main(["attention", str(run_dir), "Ham.", "--png", str(tmp_path / "b.svg"), "--layer", "0", "--head", "1"]) == 0
+    )
+    assert (tmp_path / "b.svg").read_text().startswith("<?xml")
+    capsys.readouterr()
+    assert main(["attention", str(run_dir), "Ham."]) == 2
+    assert "--png FILE and/or --html FILE" in capsys.readouterr().err
+    assert main(["attention", str(run_dir), "Ham.", "--png", str(png), "--layer", "7"]) == 2
+    assert "layer 7 does not exist" in capsys.readouterr().err

@@ -10,12 +10,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import bench, embed, generate, quickstart, train
+from qkv.cli import attention, bench, embed, generate, quickstart, train
 from qkv.errors import QkvError
 
 __all__ = ["main"]
 
-VERBS = {"train": train, "generate": generate, "quickstart": quickstart, "embed": embed, "bench": bench}
+VERBS = {
+    "train": train,
+    "generate": generate,
+    "quickstart": quickstart,
+    "embed": embed,
+    "attention": attention,
+    "bench": bench,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         name,
         help="train a small GPT on bundled Shakespeare, print a sample and draw its attention",
         description="The five-minute tour: trains a character-level GPT on the bundled Shakespeare corpus "
-        "(about 3 minutes on 2 cores), prints a sample, and writes the attention pattern of the sample as a PNG.",
+        "(about 3 minutes on 2 cores), prints a sample, and draws its attention: a PNG grid and an interactive page.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run directory (runs/quickstart)")
     p.add_argument("--steps", type=int, help="training steps (1500); fewer for a faster, worse model")
@@ -45,13 +45,11 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    import torch
-
+    from qkv.cli.attention import attention_report
     from qkv.cli.common import encode_prompt, load_gpt
     from qkv.decoding import generate
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
-    from qkv.visualization import plot_attention_overview
 
     overrides = list(QUICKSTART_OVERRIDES)
     if args.steps is not None:
@@ -81,19 +79,19 @@ def run(args: argparse.Namespace) -> int:
     sample = tokenizer.decode(ids[0].tolist())
     print("\n---- sample ----\n" + sample + "\n----------------\n")
     (out / "sample.txt").write_text(sample, encoding="utf-8")
-    # the attention report: every layer and head over the sample's last 48 characters
-    window = ids[:, -48:]
-    with torch.no_grad():
-        attentions = model(window, return_attention=True).attentions
-    tokens = [tokenizer.decode([i]) for i in window[0].tolist()]
-    png = plot_attention_overview(
-        [a[0] for a in attentions],
-        tokens,
+    # the attention report over the sample's last 48 characters: the PNG grid and the interactive page
+    png, page = attention_report(
+        model,
+        tokenizer,
+        None,
         out / "attention.png",
-        title="qkv quickstart: attention over the sample's last 48 characters",
+        out / "attention.html",
+        title="qkv quickstart: the sample's last 48 characters",
+        token_ids=ids[:, -48:],
     )
     print(
         f"model:     {out / 'checkpoints'}\nmetrics:   {out / 'metrics.json'}\nsample:    {out / 'sample.txt'}\n"
-        f"attention: {png}\nmore text: qkv generate {out} --prompt 'Ham.\\n'"
+        f"attention: {png}\nexplorer:  {page} (open it in a browser; it works offline)\n"
+        f"more text: qkv generate {out} --prompt 'Ham.\\n'"
     )
     return 0

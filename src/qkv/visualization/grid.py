@@ -1,61 +1,131 @@
-"""The attention pattern drawn as a grid: one panel per (layer, head), queries down, keys across."""
+"""The attention pattern drawn as a grid (PNG or SVG by suffix): one head, a layer's heads, the head average, or the
+layer × head overview. Queries down, keys across; token labels on both axes; Korean and other CJK text renders with
+a CJK-capable font when one is installed (Noto CJK from the setup script)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed (and none on a server)
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-__all__ = ["plot_attention_overview"]
+from qkv.errors import ConfigError  # noqa: E402
+
+__all__ = ["downsample", "plot_attention", "plot_attention_overview"]
 
 MAX_LABELS = 48  # beyond this many tokens the axis labels are unreadable and are left out
+MAX_CELLS = 128  # longer inputs are averaged down to at most this many rows/columns per panel
+CJK_FONTS = ("Noto Sans CJK KR", "Noto Sans CJK JP", "Noto Sans CJK SC", "NanumGothic", "Noto Sans KR")
+
+
+@lru_cache(maxsize=1)
+def _font_family() -> list[str]:
+    """A CJK-capable font first when one is installed, so Hangul labels are not drawn as boxes."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not installed.intersection(CJK_FONTS):
+        # installed after matplotlib built its font cache (e.g. by scripts/setup.sh): register the files directly
+        for file in sorted(Path("/usr/share/fonts").glob("**/NotoSansCJK-Regular.tt[cf]")):
+            font_manager.fontManager.addfont(str(file))
+        installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in CJK_FONTS if name in installed] + ["DejaVu Sans"]
 
 
 def _label(token: str) -> str:
-    return {"\n": "⏎", " ": "␣", "\t": "⇥"}.get(token, token)
+    return {"\n": "⏎", " ": "␣", "\t": "⇥"}.get(token, token.replace("\n", "⏎"))
 
 
-def plot_attention_overview(
+def downsample(weights: Tensor, cells: int = MAX_CELLS) -> tuple[Tensor, int]:
+    """Average ``(..., q, k)`` into at most ``cells`` × ``cells`` blocks; returns the grid and the block size."""
+    size = max(1, -(-max(weights.shape[-2:]) // cells))
+    if size == 1:
+        return weights, 1
+    pooled = torch.nn.functional.avg_pool2d(weights.reshape(-1, 1, *weights.shape[-2:]).float(), size, ceil_mode=True)
+    return pooled.reshape(*weights.shape[:-2], *pooled.shape[-2:]), size
+
+
+def _panel(ax, w: Tensor, tokens: Sequence[str], title: str, labels: bool):  # noqa: ANN001, ANN202
+    grid, block = downsample(w)
+    image = ax.imshow(grid.numpy(), cmap="viridis", vmin=0.0, vmax=float(grid.max()) or 1.0, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    if labels and block == 1 and len(tokens) <= MAX_LABELS:
+        names = [_label(t) for t in tokens]
+        ax.set_xticks(range(w.shape[1]), names[-w.shape[1] :], fontsize=6, rotation=90)
+        ax.set_yticks(range(w.shape[0]), names[-w.shape[0] :], fontsize=6)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return image, block
+
+
+def plot_attention(
     attentions: Sequence[Tensor],
     tokens: Sequence[str],
     path: str | Path,
+    *,
+    layer: int | None = None,
+    head: int | None = None,
+    average: bool = False,
     title: str = "attention",
 ) -> Path:
-    """Write a layer × head grid of attention maps to ``path`` (PNG or SVG by suffix).
+    """Draw one sequence's attention and write it to ``path`` (``.png`` or ``.svg``).
 
     Args:
-        attentions: per layer, weights ``(heads, q_len, k_len)`` of one sequence.
-        tokens: the ``k_len`` token strings (labels of both axes when they fit).
+        attentions: per layer, weights ``(heads, q_len, k_len)``.
+        tokens: the key tokens (the last ``q_len`` of them label the queries).
+        layer, head: both -> one head; ``layer`` only -> all heads of that layer (``average`` -> their mean);
+            neither -> the layer × head overview (``average`` -> one panel per layer).
     """
-    layers = len(attentions)
-    heads = attentions[0].shape[0]
-    size = 2.2 if len(tokens) > MAX_LABELS else 3.2
-    fig, axes = plt.subplots(layers, heads, figsize=(size * heads, size * layers), squeeze=False)
-    labels = [_label(t) for t in tokens]
-    image = None
-    for layer, weights in enumerate(attentions):
-        for head in range(heads):
-            ax = axes[layer][head]
-            w = weights[head].detach().float().cpu().numpy()
-            image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(f"layer {layer} · head {head}", fontsize=8)
-            if len(tokens) <= MAX_LABELS:
-                ax.set_xticks(range(len(labels)), labels, fontsize=5, rotation=90)
-                ax.set_yticks(range(w.shape[0]), labels[-w.shape[0] :], fontsize=5)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
-    note = "" if len(tokens) <= MAX_LABELS else f" ({len(tokens)} tokens: labels omitted)"
-    fig.suptitle(f"{title}{note} — rows: queries, columns: keys", fontsize=10)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    layers, heads = len(attentions), attentions[0].shape[0]
+    if layer is not None and not 0 <= layer < layers:
+        raise ConfigError(f"layer {layer} does not exist: the model has {layers} layers (0..{layers - 1})")
+    if head is not None and not 0 <= head < heads:
+        raise ConfigError(f"head {head} does not exist: layers have {heads} heads (0..{heads - 1})")
+    if head is not None and layer is None:
+        raise ConfigError("--head needs --layer: say which layer's head to draw")
+    panels: list[tuple[int, int, Tensor, str]] = []  # (row, col, weights, title)
+    chosen = [layer] if layer is not None else list(range(layers))
+    for row, li in enumerate(chosen):
+        w = attentions[li].detach().float().cpu()
+        if head is not None:
+            panels.append((0, 0, w[head], f"layer {li} · head {head}"))
+        elif average:
+            panels.append((row, 0, w.mean(0), f"layer {li} · mean of {heads} heads"))
+        elif layer is not None:  # one layer's heads, four to a row
+            panels += [(h // 4, h % 4, w[h], f"layer {li} · head {h}") for h in range(heads)]
+        else:
+            panels += [(row, h, w[h], f"layer {li} · head {h}") for h in range(heads)]
+    rows = 1 + max(p[0] for p in panels)
+    cols = 1 + max(p[1] for p in panels)
+    single = len(panels) == 1
+    size = 6.5 if single else (3.2 if len(tokens) <= MAX_LABELS else 2.2)
+    with plt.rc_context({"font.family": _font_family()}):
+        fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.6), squeeze=False)
+        image, block = None, 1
+        for ax in axes.flat:  # panels that stay empty (a last row of heads) show nothing
+            ax.set_axis_off()
+        for row, col, w, name in panels:
+            axes[row][col].set_axis_on()
+            image, block = _panel(axes[row][col], w, tokens, name, labels=single or len(tokens) <= 24)
+        note = f" (averaged over {block}×{block} blocks: {len(tokens)} tokens)" if block > 1 else ""
+        fig.suptitle(f"{title}{note} — rows: queries, columns: keys", fontsize=10)
+        if image is not None:
+            fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
     return path
+
+
+def plot_attention_overview(
+    attentions: Sequence[Tensor], tokens: Sequence[str], path: str | Path, title: str = "attention"
+) -> Path:
+    """The layer × head overview (see :func:`plot_attention`)."""
+    return plot_attention(attentions, tokens, path, title=title)

@@ -1,0 +1,112 @@
+"""``qkv attention``: what a model attends to in a text, as a PNG grid and/or an interactive HTML page."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parser", "attention_report"]
+
+
+def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
+    p = verbs.add_parser(
+        name,
+        help="draw a model's attention over a text (PNG grid, interactive HTML page)",
+        description="Run MODEL on TEXT, capture the exact attention weights of every layer, and write them as a PNG "
+        "grid and/or a self-contained interactive HTML page (works offline). MODEL is a qkv run/checkpoint directory, "
+        "a HuggingFace-format directory (BERT or GPT-2), or 'minilm'.",
+    )
+    p.add_argument("model", help="qkv checkpoint, HF-format directory, or 'minilm'")
+    p.add_argument("text", help="the text to look at")
+    p.add_argument("--layer", type=int, help="draw only this layer (PNG) / focus it (query-key view of the page)")
+    p.add_argument("--head", type=int, help="with --layer: only this head")
+    p.add_argument("--average", action="store_true", help="PNG: average the heads of each layer")
+    p.add_argument("--png", type=Path, help="write the grid here (.png or .svg)")
+    p.add_argument("--html", type=Path, help="write the interactive page here")
+    p.set_defaults(run=run)
+
+
+def _load(model_ref: str):  # noqa: ANN202
+    """(model, encode(text) -> (ids, extra kwargs), token strings)."""
+    from qkv.pretrained.weights import resolve_pretrained
+    from qkv.training.checkpoint import resolve_checkpoint
+
+    path = Path(model_ref)
+    if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
+        from qkv.cli.common import load_gpt
+
+        resolve_checkpoint(path)
+        model, tokenizer, _ = load_gpt(path)
+        return model, tokenizer, False
+    from qkv.pretrained import load_pretrained, load_tokenizer
+
+    resolve_pretrained(model_ref)
+    return load_pretrained(model_ref), load_tokenizer(model_ref), True
+
+
+def attention_report(
+    model,  # noqa: ANN001 - a qkv GPT or BertEncoder
+    tokenizer,  # noqa: ANN001
+    text: str | None,
+    png: Path | None,
+    html: Path | None,
+    *,
+    layer: int | None = None,
+    head: int | None = None,
+    average: bool = False,
+    title: str = "attention",
+    pretrained: bool = False,
+    token_ids=None,  # noqa: ANN001 - (1, n) ids to use instead of encoding text
+) -> list[Path]:
+    """Capture ``model``'s attention over ``text`` (or ready ``token_ids (1, n)``) and write the PNG and/or the page;
+    returns the paths written."""
+    import torch
+
+    from qkv.cli.common import encode_prompt
+    from qkv.visualization import capture_attention, plot_attention
+    from qkv.visualization.html import write_attention_page
+
+    if pretrained:
+        ids, mask = tokenizer.batch([text])
+        tokens = tokenizer.tokenizer.encode(text).tokens[: ids.shape[1]]
+        kwargs = {"attention_mask": mask} if mask is not None and hasattr(model, "embeddings") else {}
+    else:
+        ids = token_ids if token_ids is not None else encode_prompt(tokenizer, text, model.config.max_seq_len)
+        tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+        kwargs = {}
+    with torch.no_grad(), capture_attention(model) as cap:
+        model(ids, **kwargs)
+    attentions = [w[0] for w in cap.all_layers()]
+    written = []
+    if png is not None:
+        written.append(plot_attention(attentions, tokens, png, layer=layer, head=head, average=average, title=title))
+    if html is not None:
+        focus = (layer if layer is not None else len(attentions) - 1, head if head is not None else 0)
+        q = cap.queries[focus[0]][0][0, focus[1]]
+        kv_heads = cap.keys[focus[0]][0].shape[1]
+        group = cap.queries[focus[0]][0].shape[1] // kv_heads
+        k = cap.keys[focus[0]][0][0, focus[1] // group]
+        written.append(write_attention_page(html, attentions, tokens, title=title, queries=q, keys=k, focus=focus))
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkv.errors import ConfigError
+
+    if args.png is None and args.html is None:
+        raise ConfigError("say where to write: --png FILE and/or --html FILE")
+    model, tokenizer, pretrained = _load(args.model)
+    for path in attention_report(
+        model,
+        tokenizer,
+        args.text,
+        args.png,
+        args.html,
+        layer=args.layer,
+        head=args.head,
+        average=args.average,
+        title=f"{Path(args.model).name}: {args.text[:40]}",
+        pretrained=pretrained,
+    ):
+        print(f"written: {path}")
+    return 0

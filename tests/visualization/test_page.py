@@ -1,0 +1,110 @@
+"""The interactive page in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright): it loads
+offline with no console errors and no network requests, the controls change what is drawn, and it is not blank."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkv.visualization.html import write_attention_page
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _attention(layers: int, heads: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    return [
+        torch.softmax(torch.randn(heads, n, n, generator=g).masked_fill(~causal, float("-inf")), -1)
+        for _ in range(layers)
+    ]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def _open(browser, path: Path):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(path.as_uri())
+    page.wait_for_function("window.qkvDraws >= 1")
+    return page, errors, requests
+
+
+def _canvas_hash(page, canvas_id: str) -> str:
+    return hashlib.sha256(page.evaluate(f"document.getElementById('{canvas_id}').toDataURL()").encode()).hexdigest()
+
+
+def test_page_loads_offline_and_controls_redraw(browser, tmp_path):
+    tokens = list("To be, 또는 not")
+    n = len(tokens)
+    path = write_attention_page(
+        tmp_path / "page.html",
+        _attention(3, 4, n),
+        tokens,
+        title="test page",
+        queries=torch.randn(n, 8),
+        keys=torch.randn(n, 8),
+        focus=(2, 1),
+        alignment=(["le", "chat"], ["the", "cat"], torch.tensor([[0.9, 0.1], [0.2, 0.8]])),
+    )
+    page, errors, requests = _open(browser, path)
+    head_before = _canvas_hash(page, "headCanvas")
+    page.select_option("#layer", "0")
+    assert page.evaluate("window.qkvState.layer") == 0
+    head_layer0 = _canvas_hash(page, "headCanvas")
+    assert head_layer0 != head_before, "switching the layer did not change the drawing"
+    page.check("#head-2")
+    assert _canvas_hash(page, "headCanvas") != head_layer0, "adding a head did not change the drawing"
+    page.click("#tab-model")
+    zoom_before = _canvas_hash(page, "zoom")
+    page.click("#thumb-0-3")
+    assert page.evaluate("window.qkvState.zoom") == [0, 3]
+    assert _canvas_hash(page, "zoom") != zoom_before, "zooming into another head did not change the drawing"
+    page.click("#tab-qk")
+    qk_before = _canvas_hash(page, "qkCanvas")
+    page.select_option("#qtok", "5")
+    assert _canvas_hash(page, "qkCanvas") != qk_before
+    page.click("#tab-align")
+    shot = page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
+    assert len(set(shot[100:])) > 50  # a blank page compresses to a handful of distinct bytes
+    assert errors == [], errors
+    assert requests == [path.as_uri()], f"the page made network requests: {requests}"
+
+
+def test_long_input_stays_responsive_and_says_so(browser, tmp_path):
+    n = 512
+    tokens = [f"t{i}" for i in range(n)]
+    path = write_attention_page(tmp_path / "long.html", _attention(12, 12, n, seed=1), tokens, title="long")
+    assert path.stat().st_size < 15_000_000
+    page, errors, _ = _open(browser, path)
+    assert "8 largest weights" in page.inner_text("#note")
+    took = page.evaluate("""() => { const t = performance.now(); document.getElementById('tab-model').click();
+                                   return performance.now() - t; }""")
+    assert took < 5000, f"drawing 144 thumbnails took {took:.0f} ms"
+    page.select_option("#layer", "5")
+    assert errors == []
