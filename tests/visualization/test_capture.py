@@ -84,3 +84,20 @@ def test_bad_requests():
         pass
     with pytest.raises(ConfigError, match="no qkv MultiHeadAttention"), qkv.capture_attention(torch.nn.Linear(2, 2)):
         pass
+
+
+@pytest.mark.parametrize("eos", [None, 7])
+def test_beam_search_capture_follows_the_chosen_beam(eos):
+    model = gpt()
+    x = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(3))
+    with qkv.capture_attention(model, layers=[1]) as cap:
+        out = qkv.generate(model, x, 9, "beam", num_beams=3, eos_token_id=eos)
+    assert cap.beam_rows is not None
+    reference = gpt("reference")
+    for b in range(2):
+        row = out[b].tolist()
+        end = row.index(eos, 5) + 1 if eos is not None and eos in row[5:] else len(row)
+        with torch.no_grad():
+            full = reference(out[b : b + 1, : end - 1], return_attention=True).attentions[1][0]
+        got = cap.weights(1)[b, :, : end - 1, : end - 1]
+        torch.testing.assert_close(got, full.float(), atol=1e-6, rtol=0)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.decoding.stepper import DecodableModel, Stepper
+from qkv.decoding.trace import BEAM_OBSERVER
 
 __all__ = ["beam_search"]
 
@@ -34,7 +35,8 @@ def beam_search(
     # only the first beam of each row is live at the start, so the k beams do not all pick the same token
     scores = torch.full((batch, k), float("-inf"), device=ids.device)
     scores[:, 0] = 0.0
-    finished: list[list[tuple[float, Tensor]]] = [[] for _ in range(batch)]
+    finished: list[list[tuple[float, int, int, Tensor]]] = [[] for _ in range(batch)]  # (score, step, row, tokens)
+    parents: list[Tensor] = []  # per step: for each new beam, its row in that step's model call
     for step in range(max_new_tokens):
         logp = F.log_softmax(stepper.logits(ids), dim=-1)  # (batch * k, vocab)
         vocab = logp.shape[-1]
@@ -50,7 +52,7 @@ def beam_search(
                     break
                 if eos_token_id is not None and token == eos_token_id:
                     hyp = torch.cat([ids[row, prompt_len:], ids.new_tensor([token])])
-                    finished[b].append((score / (step + 1) ** length_penalty, hyp))
+                    finished[b].append((score / (step + 1) ** length_penalty, step, row, hyp))
                     continue
                 next_rows.append(row)
                 next_tokens.append(token)
@@ -64,22 +66,27 @@ def beam_search(
                 next_scores.append(float("-inf"))
                 chosen += 1
         rows = torch.tensor(next_rows, device=ids.device)
+        parents.append(rows)
         ids = torch.cat([ids[rows], torch.tensor(next_tokens, device=ids.device)[:, None]], dim=1)
         stepper.reorder(rows)
         scores = torch.tensor(next_scores, device=ids.device).view(batch, k)
         if eos_token_id is not None and _all_done(finished, scores, step + 1, length_penalty, k):
             break
     new_len = ids.shape[1] - prompt_len
-    results = []
+    results, origins = [], []  # origins: (model call, row) where each chosen hypothesis was last extended
     for b in range(batch):
         pool = list(finished[b])
         for beam in range(k):
             if scores[b, beam] > float("-inf"):
-                pool.append(
-                    (scores[b, beam].item() / max(new_len, 1) ** length_penalty, ids[b * k + beam, prompt_len:])
-                )
-        best = max(pool, key=lambda item: item[0])[1] if pool else ids.new_zeros(0)
-        results.append(best)
+                normalised = scores[b, beam].item() / max(new_len, 1) ** length_penalty
+                row = b * k + beam
+                pool.append((normalised, len(parents) - 1, int(parents[-1][row]), ids[row, prompt_len:]))
+        best = max(pool, key=lambda item: item[0]) if pool else None
+        results.append(best[3] if best else ids.new_zeros(0))
+        origins.append((best[1], best[2]) if best else (0, b * k))
+    observer = BEAM_OBSERVER.get()
+    if observer is not None and parents:
+        observer(_trace_rows(parents, origins))
     width = max(len(r) for r in results)
     pad = eos_token_id if eos_token_id is not None else 0
     out = input_ids.new_full((batch, prompt_len + width), pad)
@@ -87,6 +94,22 @@ def beam_search(
     for b, r in enumerate(results):
         out[b, prompt_len : prompt_len + len(r)] = r
     return out
+
+
+def _trace_rows(parents: list[Tensor], origins: list[tuple[int, int]]) -> list[Tensor]:
+    """For every model call, the row of each batch item's chosen hypothesis: ``[(batch,) per call]``.
+
+    A hypothesis last extended in call ``s`` from row ``r`` came, in call ``c - 1``, from row ``parents[c - 1][r_c]``;
+    calls after ``s`` (it had ended) get -1.
+    """
+    calls = len(parents)
+    trace = [[-1] * len(origins) for _ in range(calls)]
+    for b, (last_call, row) in enumerate(origins):
+        for c in range(last_call, -1, -1):
+            trace[c][b] = row
+            if c > 0:
+                row = int(parents[c - 1][row])
+    return [torch.tensor(t) for t in trace]
 
 
 def _all_done(finished: list, scores: Tensor, length: int, length_penalty: float, k: int) -> bool:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.weights import attention_weights
+from qkv.decoding.trace import BEAM_OBSERVER
 from qkv.errors import ConfigError
 
 __all__ = ["AttentionCapture", "capture_attention"]
@@ -29,6 +30,7 @@ class AttentionCapture:
     calls: dict[int, list[Tensor]] = field(default_factory=dict)  # weights (batch, heads, q, k) per forward call
     queries: dict[int, list[Tensor]] = field(default_factory=dict)  # q (batch, heads, q, head_dim) per call
     keys: dict[int, list[Tensor]] = field(default_factory=dict)  # k (batch, kv_heads, k, head_dim) per call
+    beam_rows: list[Tensor] | None = None  # after a beam search: per call, the rows of the chosen hypotheses
 
     def weights(self, layer: int) -> Tensor:
         """All rows recorded for ``layer``: ``(batch, heads, total_q, max_k)``.
@@ -38,12 +40,20 @@ class AttentionCapture:
         if layer not in self.calls or not self.calls[layer]:
             raise ConfigError(f"nothing was captured for layer {layer}; captured layers: {sorted(self.calls)}")
         parts = self.calls[layer]
+        if self.beam_rows is not None:  # follow the winning beam of each batch item through the reorderings
+            parts = [_pick_rows(p, rows) for p, rows in zip(parts, self.beam_rows)]
         width = max(p.shape[-1] for p in parts)
         padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts]
         return torch.cat(padded, dim=2)
 
     def all_layers(self) -> list[Tensor]:
         return [self.weights(layer) for layer in self.layers if self.calls.get(layer)]
+
+
+def _pick_rows(weights: Tensor, rows: Tensor) -> Tensor:
+    """Batch rows ``rows`` of ``weights``; -1 (a hypothesis that had already ended) gives zeros."""
+    picked = weights.index_select(0, rows.clamp(min=0))
+    return picked.masked_fill((rows < 0).view(-1, 1, 1, 1), 0.0)
 
 
 def attention_modules(model: nn.Module) -> list[MultiHeadAttention]:
@@ -58,7 +68,8 @@ def capture_attention(
     """Record exact attention weights of ``layers`` (default: all) and ``heads`` (default: all) of ``model``.
 
     ``with qkv.capture_attention(model, layers=[0, 3]) as cap: model(ids)`` then ``cap.weights(3)`` is
-    ``(batch, heads, q, k)``. Works with padding, batches, cross-attention and KV-cache decoding (rows accumulate).
+    ``(batch, heads, q, k)``. Works with padding, batches, cross-attention and KV-cache decoding (rows accumulate);
+    after a beam search, ``weights`` follows the chosen beam of each batch item.
     """
     modules = attention_modules(model)
     if not modules:
@@ -80,10 +91,15 @@ def capture_attention(
 
         return record
 
+    def on_beam_search(rows: list[Tensor]) -> None:
+        capture.beam_rows = rows
+
     for i in chosen:
         modules[i].capture = recorder(i)
+    token = BEAM_OBSERVER.set(on_beam_search)
     try:
         yield capture
     finally:
+        BEAM_OBSERVER.reset(token)
         for i in chosen:
             modules[i].capture = previous[i]
