@@ -62,3 +62,41 @@ def test_random_calls_agree_with_the_oracle(case):
 def test_random_calls_agree_with_the_oracle_slow(case):
     """Same property; the `slow` job runs it with the `slow` hypothesis profile (1,000 examples)."""
     test_random_calls_agree_with_the_oracle.hypothesis.inner_test(case)
+
+
+@st.composite
+def low_precision_case(draw):
+    case = list(draw(attention_case()))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    return (*case, dtype)
+
+
+def _low_precision_check(case) -> None:
+    """Any dtype: finite, and equal to the float64 oracle on the same (rounded) inputs within the dtype's precision."""
+    b, h, kvh, lq, lk, d, causal, window, mask_p, with_bias, score, backend, seed, dtype = case
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, n_heads, n, d, generator=g).to(dtype) for n_heads, n in ((h, lq), (kvh, lk), (kvh, lk)))
+    mask = None if mask_p is None else torch.rand(b, 1, lq, lk, generator=g) >= mask_p
+    bias = torch.randn(1, h, lq, lk, generator=g) if with_bias else None
+    out, _ = qkv.attend(q, k, v, mask, causal=causal, window=window, bias=bias, score=score, backend=backend)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    allowed = band(lq, lk, causal, window) if mask is None else band(lq, lk, causal, window) & mask
+    qq, kk = q.double(), k.double()
+    if score == "cosine":
+        qq, kk = torch.nn.functional.normalize(qq, dim=-1), torch.nn.functional.normalize(kk, dim=-1)
+    scale = {"scaled_dot": d**-0.5, "dot": 1.0, "cosine": 1.0}[score]
+    ref, _ = plain_attention(qq, kk, v.double(), allowed, bias, scale=scale)
+    # the output is rounded to the dtype: bf16 keeps 8 bits (2^-8 relative), fp16 11; values are O(1)-O(3)
+    tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+
+
+@given(low_precision_case())
+def test_any_dtype_is_finite_and_matches_the_oracle(case):
+    _low_precision_check(case)
+
+
+@pytest.mark.slow
+@given(low_precision_case())
+def test_any_dtype_is_finite_and_matches_the_oracle_slow(case):
+    _low_precision_check(case)
