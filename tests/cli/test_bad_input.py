@@ -26,14 +26,26 @@ CASES = [
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.stpes=1"], "did you mean 'steps'"),
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=fast"], "must be a float"),
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "steps=1"], "section.key"),
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", f"data.path={f / 'empty.txt'}",
-                            "--out", str(f / "o1")], "is empty"),
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", f"data.path={f / 'latin1.txt'}",
-                            "--out", str(f / "o2")], "is not UTF-8"),
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", f"data.path={f / 'dir'}",
-                            "--out", str(f / "o3")], "is a directory"),
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "model.positions='absolute'",
-                            "--out", str(f / "o4")], "model.positions must be one of"),
+    (
+        "train",
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", f"data.path={f / 'empty.txt'}", "--out", str(f / "o1")],
+        "is empty",
+    ),
+    (
+        "train",
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", f"data.path={f / 'latin1.txt'}", "--out", str(f / "o2")],
+        "is not UTF-8",
+    ),
+    (
+        "train",
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", f"data.path={f / 'dir'}", "--out", str(f / "o3")],
+        "is a directory",
+    ),
+    (
+        "train",
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", "model.positions='absolute'", "--out", str(f / "o4")],
+        "model.positions must be one of",
+    ),
     # generate
     ("generate", lambda r, f: ["generate", str(f / "dir"), "--prompt", "x"], "holds no qkv checkpoint"),
     ("generate", lambda r, f: ["generate", str(f / "empty.txt"), "--prompt", "x"], "is a file"),
@@ -49,8 +61,11 @@ CASES = [
     # attention
     ("attention", lambda r, f: ["attention", str(f / "nope"), "x", "--png", str(f / "a.png")], "does not exist"),
     ("attention", lambda r, f: ["attention", str(r), "", "--png", str(f / "a.png")], "prompt is empty"),
-    ("attention", lambda r, f: ["attention", str(r), "Ham.", "--png", str(f / "a.png"), "--head", "1"],
-     "--head needs --layer"),
+    (
+        "attention",
+        lambda r, f: ["attention", str(r), "Ham.", "--png", str(f / "a.png"), "--head", "1"],
+        "--head needs --layer",
+    ),
     # bench
     ("bench", lambda r, f: ["bench", "attention", "--long", "0"], "must be >= 1"),
 ]
