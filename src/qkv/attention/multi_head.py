@@ -151,8 +151,9 @@ class MultiHeadAttention(nn.Module):
         is_self = key is None
         key = query if key is None else key
         value = key if value is None else value
-        self._check_input("key", key, self.kdim)
-        self._check_input("value", value, self.vdim)
+        if not is_self:  # self-attention's keys and values are the query, already checked
+            self._check_input("key", key, self.kdim)
+            self._check_input("value", value, self.vdim)
         if cache is not None and not is_self:
             raise ConfigError("the KV cache serves self-attention; for cross-attention compute the keys once instead")
         q, k, v = self._project(query, key, value, is_self)
