@@ -27,20 +27,15 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 
 def _load(model_ref: str):  # noqa: ANN202
-    """(model, encode(text) -> (ids, extra kwargs), token strings)."""
-    from qkv.pretrained.weights import resolve_pretrained
-    from qkv.training.checkpoint import resolve_checkpoint
-
+    """(model, tokenizer, whether it is a HuggingFace-format model) for a checkpoint, HF directory or bundled name."""
     path = Path(model_ref)
     if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
         from qkv.cli.common import load_gpt
 
-        resolve_checkpoint(path)
         model, tokenizer, _ = load_gpt(path)
         return model, tokenizer, False
     from qkv.pretrained import load_pretrained, load_tokenizer
 
-    resolve_pretrained(model_ref)
     return load_pretrained(model_ref), load_tokenizer(model_ref), True
 
 

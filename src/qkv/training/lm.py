@@ -34,9 +34,6 @@ class LMTask:
         logits = model(x).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
-    def tokens_in(self, batch: tuple[Tensor, Tensor]) -> int:
-        return batch[0].numel()
-
 
 def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[GPT, LMTask, Tokenizer]:
     """The model, task and tokenizer of a run (a tokenizer from a checkpoint is reused as is)."""

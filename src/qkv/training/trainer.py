@@ -28,12 +28,11 @@ __all__ = ["Task", "Trainer", "lr_at"]
 
 class Task(Protocol):
     kind: str
+    tokens_per_row: int  # tokens one row of a batch trains on (for tokens/s)
 
     def batch(self, split: str, batch_size: int, seed: int, step: int, rows: slice | None) -> Any: ...
 
     def loss(self, model: nn.Module, batch: Any) -> Tensor: ...
-
-    def tokens_in(self, batch: Any) -> int: ...
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -202,7 +201,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss = self._train_step()
                 train_time += time.perf_counter() - t0
-                tokens += c.batch_size * c.grad_accum * self._tokens_per_row()
+                tokens += c.batch_size * c.grad_accum * self.task.tokens_per_row
                 self.step += 1
                 self.history.append({"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, c)})
                 bar.update()
@@ -246,6 +245,3 @@ class Trainer:
             tmp.write_text(json.dumps(metrics, indent=2))
             tmp.replace(self.out_dir / "metrics.json")
         return metrics
-
-    def _tokens_per_row(self) -> int:
-        return int(getattr(self.task, "tokens_per_row", 1))

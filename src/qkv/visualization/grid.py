@@ -18,7 +18,7 @@ from torch import Tensor  # noqa: E402
 
 from qkv.errors import ConfigError  # noqa: E402
 
-__all__ = ["downsample", "plot_attention", "plot_attention_overview"]
+__all__ = ["downsample", "plot_attention"]
 
 MAX_LABELS = 48  # beyond this many tokens the axis labels are unreadable and are left out
 MAX_CELLS = 128  # longer inputs are averaged down to at most this many rows/columns per panel
@@ -122,10 +122,3 @@ def plot_attention(
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return path
-
-
-def plot_attention_overview(
-    attentions: Sequence[Tensor], tokens: Sequence[str], path: str | Path, title: str = "attention"
-) -> Path:
-    """The layer × head overview (see :func:`plot_attention`)."""
-    return plot_attention(attentions, tokens, path, title=title)
