@@ -2,7 +2,7 @@
 
 from qkv import errors
 from qkv.attention import KVCache, MultiHeadAttention, attend, register_score
-from qkv.decoding import generate
+from qkv.decoding import generate, translate
 from qkv.models.output import ModelOutput
 from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained
 from qkv.visualization import capture_attention
@@ -21,5 +21,6 @@ __all__ = [
     "load_tokenizer",
     "register_score",
     "save_pretrained",
+    "translate",
     "__version__",
 ]

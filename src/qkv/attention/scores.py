@@ -18,6 +18,7 @@ through :meth:`ScoreFunction.as_dot_product`, which lets the fused (SDPA) and fa
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import TypeVar, overload
@@ -206,6 +207,7 @@ class LocationScore(ScoreFunction):
 
 
 ScoreFactory = Callable[..., ScoreFunction]
+STANDARD_DIMS = frozenset({"q_dim", "k_dim", "hidden_dim", "max_len"})
 _REGISTRY: dict[str, ScoreFactory] = {}
 _PARAMETER_FREE: dict[str, ScoreFunction] = {}
 F_ = TypeVar("F_", bound=ScoreFactory)
@@ -247,9 +249,24 @@ def _lookup(name: str) -> ScoreFactory:
 
 
 def make_score(name: str, **dims: int) -> ScoreFunction:
-    """Build a score module by name, e.g. ``make_score("general", q_dim=64)``."""
+    """Build a score module by name, e.g. ``make_score("general", q_dim=64)``.
+
+    The standard sizes (``q_dim``, ``k_dim``, ``hidden_dim``, ``max_len``) are dropped when the score does not take
+    them, so a caller can offer every size it knows and switch scores by name alone; any other keyword goes through
+    (a misspelt one is an error, not silently ignored).
+    """
+    factory = _lookup(name)
     try:
-        return _lookup(name)(**dims)
+        # a score class without its own __init__ shows nn.Module's (*args, **kwargs), yet takes nothing
+        own_init = not (isinstance(factory, type) and factory.__init__ is nn.Module.__init__)
+        parameters = inspect.signature(factory).parameters.values() if own_init else []
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            taken = {p.name for p in parameters}
+            dims = {key: value for key, value in dims.items() if key in taken or key not in STANDARD_DIMS}
+    except (TypeError, ValueError):  # pragma: no cover - a callable without a signature gets everything
+        pass
+    try:
+        return factory(**dims)
     except TypeError as exc:
         raise ConfigError(f"could not build score {name!r} from {dims}: {exc}") from None
 

@@ -6,32 +6,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.decoding.stepper import DecodableModel, Stepper
+from qkv.decoding.stepper import TokenStepper
 from qkv.decoding.trace import BEAM_OBSERVER
 
 __all__ = ["beam_search"]
 
 
 def beam_search(
-    model: DecodableModel,
+    stepper: TokenStepper,
     input_ids: Tensor,
     max_new_tokens: int,
     num_beams: int,
     length_penalty: float,
     eos_token_id: int | None,
-    use_cache: bool,
 ) -> Tensor:
     """Best continuation per row of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``.
 
-    Beams are rows of one big batch ``(batch * num_beams, seq)``; after each step the surviving beams are gathered
-    (and the KV cache reordered the same way). A hypothesis that emits EOS is set aside with score
+    Beams are rows of one big batch ``(batch * num_beams, seq)``: ``stepper`` must step that many rows (row
+    ``b * num_beams + j`` is beam j of item b). After each step the surviving beams are gathered (and the stepper's
+    KV cache or decoder state reordered the same way). A hypothesis that emits EOS is set aside with score
     ``sum log p / new_len ** length_penalty``; the search ends when every row has ``num_beams`` finished hypotheses
     that no live beam can beat, or after ``max_new_tokens``.
     """
     batch, prompt_len = input_ids.shape
     k = num_beams
     ids = input_ids.repeat_interleave(k, dim=0)  # (batch * k, seq)
-    stepper = Stepper(model, batch * k, use_cache)
     # only the first beam of each row is live at the start, so the k beams do not all pick the same token
     scores = torch.full((batch, k), float("-inf"), device=ids.device)
     scores[:, 0] = 0.0

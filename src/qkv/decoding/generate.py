@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
 from qkv.attention.frozen import frozen_weights
 from qkv.decoding.beam import beam_search
-from qkv.decoding.stepper import DecodableModel, Stepper
+from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.errors import ConfigError, ShapeError, describe_shape
 
 __all__ = ["generate"]
@@ -30,7 +33,7 @@ def _filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Te
     return logits
 
 
-def _check(input_ids: Tensor, max_new_tokens: int, strategy: str, **kw: object) -> None:
+def check_decoding_args(input_ids: Tensor, max_new_tokens: int, strategy: str, **kw: object) -> None:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
         got = describe_shape(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
         raise ShapeError(f"input_ids must be an integer tensor (batch, seq), got {got}")
@@ -75,39 +78,47 @@ def generate(
         eos_token_id: a sequence that emits it is finished; the rest of its row is filled with it.
         use_cache: decode on the KV cache (same tokens as without, much faster).
     """
-    _check(input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
+    check_decoding_args(
+        input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
+    )
+    with decoding_mode(model):
+        if strategy == "beam":
+            stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache)
+            return beam_search(stepper, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id)
+        stepper = Stepper(model, input_ids.shape[0], use_cache)
+        return decode_loop(stepper, input_ids, max_new_tokens, strategy, temperature, top_k, top_p, seed, eos_token_id)
+
+
+@contextmanager
+def decoding_mode(model: object) -> Iterator[None]:
+    """Evaluation mode (no dropout) and frozen weights while decoding; the model's mode is restored afterwards."""
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
     try:
         with frozen_weights():  # weights do not change while decoding: tensors derived from them may be reused
-            if strategy == "beam":
-                return beam_search(model, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, use_cache)
-            return _sample_or_greedy(
-                model, input_ids, max_new_tokens, strategy, temperature, top_k, top_p, seed, eos_token_id, use_cache
-            )
+            yield
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
 
 
-def _sample_or_greedy(
-    model: DecodableModel,
+def decode_loop(
+    stepper: TokenStepper,
     input_ids: Tensor,
     max_new_tokens: int,
     strategy: str,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int | None,
-    eos_token_id: int | None,
-    use_cache: bool,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_token_id: int | None = None,
 ) -> Tensor:
+    """Greedy or sampled continuation of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``, one token per step."""
     generator = None
     if strategy == "sample":
         generator = torch.Generator(device=input_ids.device)
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-    stepper = Stepper(model, input_ids.shape[0], use_cache)
     ids = input_ids
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):

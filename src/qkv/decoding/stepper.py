@@ -13,7 +13,15 @@ from torch import Tensor
 
 from qkv.attention.kv_cache import KVCache
 
-__all__ = ["DecodableModel", "Stepper"]
+__all__ = ["DecodableModel", "Seq2SeqStepper", "Stepper", "TokenStepper"]
+
+
+class TokenStepper(Protocol):
+    """What greedy, sampling and beam search need: next-token logits, and keeping chosen rows."""
+
+    def logits(self, ids: Tensor) -> Tensor: ...
+
+    def reorder(self, rows: Tensor) -> None: ...
 
 
 class DecodableModel(Protocol):
@@ -25,6 +33,8 @@ class DecodableModel(Protocol):
 
 
 class Stepper:
+    """Steps a decoder-only language model (GPT)."""
+
     def __init__(self, model: DecodableModel, batch_size: int, use_cache: bool) -> None:
         self.model = model
         self.context = int(model.config.max_seq_len)  # type: ignore[attr-defined]
@@ -45,3 +55,22 @@ class Stepper:
         """Keep cache rows ``rows`` (beam search)."""
         if self.cache is not None:
             self.cache.reorder(rows)
+
+
+class Seq2SeqStepper:
+    """Steps the decoder of a sequence-to-sequence model over an encoded source.
+
+    The model provides ``begin_decoding(src_ids) -> state`` (encodes once), ``decode_next(ids, state) ->
+    (logits (batch, vocab), state)`` and ``state.select(rows)``.
+    """
+
+    def __init__(self, model: object, src_ids: Tensor) -> None:
+        self.model = model
+        self.state = model.begin_decoding(src_ids)  # type: ignore[attr-defined]
+
+    def logits(self, ids: Tensor) -> Tensor:
+        logits, self.state = self.model.decode_next(ids, self.state)  # type: ignore[attr-defined]
+        return logits.float()
+
+    def reorder(self, rows: Tensor) -> None:
+        self.state = self.state.select(rows)

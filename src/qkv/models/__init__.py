@@ -4,5 +4,17 @@ back per-layer attention weights."""
 from qkv.models.bert import BertConfig, BertEncoder
 from qkv.models.gpt import GPT, GPTConfig
 from qkv.models.output import ModelOutput
+from qkv.models.rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig
+from qkv.models.transformer import Transformer, TransformerConfig
 
-__all__ = ["GPT", "BertConfig", "BertEncoder", "GPTConfig", "ModelOutput"]
+__all__ = [
+    "GPT",
+    "BertConfig",
+    "BertEncoder",
+    "GPTConfig",
+    "ModelOutput",
+    "RNNSeq2Seq",
+    "RNNSeq2SeqConfig",
+    "Transformer",
+    "TransformerConfig",
+]

@@ -3,7 +3,7 @@ BERT/MiniLM checkpoints exactly (see :mod:`qkv.pretrained`)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -11,13 +11,14 @@ from torch import Tensor, nn
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
 from qkv.models.blocks import FeedForward, dropout_layer
+from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 
 __all__ = ["BertConfig", "BertEncoder"]
 
 
 @dataclass
-class BertConfig:
+class BertConfig(ModelConfig):
     vocab_size: int = 30522
     embed_dim: int = 384
     num_layers: int = 6
@@ -34,9 +35,6 @@ class BertConfig:
     def validate(self) -> None:
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class BertEmbeddings(nn.Module):

@@ -7,7 +7,7 @@ pre-norm blocks, a final LayerNorm. With a :class:`KVCache` it decodes one token
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from qkv.attention.kv_cache import KVCache
 from qkv.attention.positional import LearnedPositions, SinusoidalPositions, alibi_bias
 from qkv.errors import ConfigError, ShapeError, describe_shape
 from qkv.models.blocks import PreNormBlock, dropout_layer
+from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 
 __all__ = ["GPT", "GPTConfig"]
@@ -25,7 +26,7 @@ POSITIONS = ("learned", "sinusoidal", "rotary", "alibi")
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     vocab_size: int = 256
     max_seq_len: int = 256
     num_layers: int = 4
@@ -42,26 +43,11 @@ class GPTConfig:
     backend: str = "auto"
 
     def validate(self) -> None:
-        if self.positions not in POSITIONS:
-            raise ConfigError(f"model.positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
-        for name in ("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        self.check_choice("positions", POSITIONS)
+        self.check_positive("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"model.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown GPT config keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        self.check_dropout()
 
 
 class GPT(nn.Module):

@@ -22,3 +22,7 @@ class ModelOutput:
     attentions: tuple[Tensor, ...] | None = None
     cache: KVCache | None = None
     hidden_states: tuple[Tensor, ...] | None = None  # embeddings, then every layer's output, when asked for
+    # sequence-to-sequence models: decoder-to-source weights (batch, heads, tgt_len, src_len) per decoder layer (the
+    # alignment), and the encoder's self-attention per layer
+    cross_attentions: tuple[Tensor, ...] | None = None
+    encoder_attentions: tuple[Tensor, ...] | None = None

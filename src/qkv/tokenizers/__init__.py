@@ -3,8 +3,9 @@
 from qkv.tokenizers.base import Tokenizer, load_tokenizer_file
 from qkv.tokenizers.bpe import BPETokenizer
 from qkv.tokenizers.char import CharTokenizer
+from qkv.tokenizers.pair import PairTokenizer
 
-__all__ = ["BPETokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer_file", "train_tokenizer"]
+__all__ = ["BPETokenizer", "CharTokenizer", "PairTokenizer", "Tokenizer", "load_tokenizer_file", "train_tokenizer"]
 
 
 def train_tokenizer(kind: str, text: str, vocab_size: int = 512) -> Tokenizer:

@@ -29,11 +29,14 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
     """Load a tokenizer saved by :meth:`Tokenizer.save` (or a HuggingFace ``tokenizer.json``)."""
     from qkv.tokenizers.bpe import BPETokenizer
     from qkv.tokenizers.char import CharTokenizer
+    from qkv.tokenizers.pair import PairTokenizer
 
     path = Path(path)
     data = read_json(path)
     if isinstance(data, dict) and data.get("qkv_tokenizer") == "char":
         return CharTokenizer.from_dict(data, source=path)
+    if isinstance(data, dict) and data.get("qkv_tokenizer") == "pair":
+        return PairTokenizer.from_dict(data, source=path)  # type: ignore[return-value]
     if isinstance(data, dict) and "model" in data:
         return BPETokenizer.load(path)
     raise CheckpointError(f"{path} is neither a qkv character tokenizer nor a HuggingFace tokenizer.json")

@@ -1,0 +1,49 @@
+"""``qkv.translate``: greedy, beam search or sampling from a sequence-to-sequence model (RNN or Transformer)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.decoding.beam import beam_search
+from qkv.decoding.generate import check_decoding_args, decode_loop, decoding_mode
+from qkv.decoding.stepper import Seq2SeqStepper
+
+__all__ = ["translate"]
+
+BOS_ID, EOS_ID = 1, 2  # as in qkv.tokenizers.pair (decoding sits below the tokenizers and does not import them)
+
+
+@torch.no_grad()
+def translate(
+    model: torch.nn.Module,
+    src_ids: Tensor,
+    max_new_tokens: int | None = None,
+    strategy: str = "greedy",
+    *,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    bos_token_id: int = BOS_ID,
+    eos_token_id: int = EOS_ID,
+) -> Tensor:
+    """Target ids ``(batch, n)`` for sources ``src_ids (batch, src_len)`` (0 = padding).
+
+    The source is encoded once; the decoder starts from ``<s>`` and stops at ``</s>`` or after ``max_new_tokens``
+    (default: the model's ``max_target_len``). Rows are returned without ``<s>``, and a row that ended early is
+    filled with ``</s>``. ``strategy`` and its options are those of :func:`qkv.generate`.
+    """
+    limit = int(model.config.max_target_len) if max_new_tokens is None else max_new_tokens  # type: ignore[union-attr]
+    start = torch.full((src_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=src_ids.device)
+    check_decoding_args(start, limit, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
+    with decoding_mode(model):
+        if strategy == "beam":
+            stepper = Seq2SeqStepper(model, src_ids.repeat_interleave(num_beams, dim=0))
+            ids = beam_search(stepper, start, limit, num_beams, length_penalty, eos_token_id)
+        else:
+            stepper = Seq2SeqStepper(model, src_ids)
+            ids = decode_loop(stepper, start, limit, strategy, temperature, top_k, top_p, seed, eos_token_id)
+    return ids[:, 1:]

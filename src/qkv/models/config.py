@@ -1,0 +1,45 @@
+"""What every model config shares: building from a dict with checked keys, and back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any, TypeVar
+
+from qkv.errors import ConfigError
+
+__all__ = ["ModelConfig"]
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+class ModelConfig:
+    """Mixin for a model's ``@dataclass`` config; subclasses add ``validate()``."""
+
+    def validate(self) -> None:  # pragma: no cover - every config overrides it
+        pass
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def check_positive(self, *names: str) -> None:
+        """ConfigError naming the first of ``names`` that is below 1."""
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+
+    def check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            raise ConfigError(f"model.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+    def check_dropout(self, name: str = "dropout") -> None:
+        value = getattr(self, name)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {value}")
