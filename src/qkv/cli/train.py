@@ -19,7 +19,12 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         "written atomically to OUT/checkpoints; OUT/metrics.json summarises the run. Run it under "
         "`torchrun --nproc_per_node=N` to train on N processes with the same global batch.",
     )
-    p.add_argument("config", type=Path, help="a TOML file with [model], [data] and [train] sections")
+    p.add_argument(
+        "config",
+        type=Path,
+        help='a TOML file with [model], [data] and [train] sections and an optional top-level kind = "gpt" | '
+        '"rnn-seq2seq" | "transformer"',
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -39,12 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from qkv.training import Trainer, load_checkpoint_info, load_run_config
     from qkv.training.config import RunConfig, apply_overrides
     from qkv.training.distributed import setup_distributed
-    from qkv.training.lm import build_lm
+    from qkv.training.runs import build_run
 
     out = args.out or Path("runs") / args.config.stem
     tokenizer = None
     if args.resume:
-        info = load_checkpoint_info(out, kind="gpt")
+        info = load_checkpoint_info(out)
         config = apply_overrides(RunConfig.from_dict(info.meta["config"]), args.overrides)
         tokenizer = info.tokenizer()
     else:
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --out for a new one")
     dist_ctx = setup_distributed()
     try:
-        model, task, tokenizer = build_lm(config, tokenizer)
+        model, task, tokenizer = build_run(config, tokenizer)
         trainer = Trainer(
             model, task, config.train, out, tokenizer, config.to_dict(), dist_ctx, progress=not args.no_progress
         )

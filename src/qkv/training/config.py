@@ -13,8 +13,18 @@ from typing import Any
 
 from qkv.errors import ConfigError
 from qkv.models.gpt import GPTConfig
+from qkv.models.rnn_seq2seq import RNNSeq2SeqConfig
+from qkv.models.transformer import TransformerConfig
 
-__all__ = ["DataConfig", "RunConfig", "TrainConfig", "apply_overrides", "load_run_config"]
+__all__ = [
+    "KINDS",
+    "DataConfig",
+    "RunConfig",
+    "Seq2SeqDataConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_run_config",
+]
 
 
 @dataclass
@@ -23,6 +33,19 @@ class DataConfig:
     tokenizer: str = "char"  # char | bpe
     bpe_vocab_size: int = 512
     val_fraction: float = 0.1
+
+
+@dataclass
+class Seq2SeqDataConfig:
+    task: str = "dates"  # dates | numbers-en | numbers-ko (generated from seed); ignored when path is set
+    path: str = ""  # a UTF-8 file of source<TAB>target lines instead (split 90/5/5 after shuffling with seed)
+    seed: int = 0
+    train_size: int = 20000  # generated tasks: training pairs
+    eval_size: int = 1000  # generated tasks: pairs in each of valid, test and long
+    source_tokenizer: str = "char"  # char | word
+    target_tokenizer: str = "char"  # char | word
+    shared_vocab: bool = False  # one vocabulary for both sides (for model.share_embeddings)
+    bleu_tokenize: str = "13a"  # sacrebleu's tokenizer for BLEU: 13a (words), char (e.g. Korean numerals), intl, ...
 
 
 @dataclass
@@ -47,23 +70,42 @@ class TrainConfig:
     log_interval: int = 50
 
 
+#: what a run trains: kind -> (model config, data config); a TOML file picks one with a top-level ``kind = "..."``
+KINDS: dict[str, tuple[type, type]] = {
+    "gpt": (GPTConfig, DataConfig),
+    "rnn-seq2seq": (RNNSeq2SeqConfig, Seq2SeqDataConfig),
+    "transformer": (TransformerConfig, Seq2SeqDataConfig),
+}
+
+
 @dataclass
 class RunConfig:
-    model: GPTConfig = field(default_factory=GPTConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    kind: str = "gpt"  # gpt | rnn-seq2seq | transformer: decides the types of model and data
+    model: Any = None
+    data: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown kind {self.kind!r}{_suggest(self.kind, KINDS)}; known: {', '.join(KINDS)}")
+        model_type, data_type = KINDS[self.kind]
+        self.model = model_type() if self.model is None else self.model
+        self.data = data_type() if self.data is None else self.data
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        config = cls()
-        _merge(config, data, "")
+        kind = data.get("kind", "gpt")
+        if not isinstance(kind, str):
+            raise ConfigError(f"kind must be a string, one of {', '.join(KINDS)}; got {kind!r}")
+        config = cls(kind=kind)
+        _merge(config, {k: v for k, v in data.items() if k != "kind"}, "")
         return config
 
 
-SECTIONS = {f.name for f in fields(RunConfig)}
+SECTIONS = {f.name for f in fields(RunConfig)} - {"kind"}
 
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:
@@ -158,11 +200,11 @@ def load_run_config(path: str | Path | None, overrides: typing.Sequence[str] = (
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        unknown = set(data) - SECTIONS
+        unknown = set(data) - SECTIONS - {"kind"}
         if unknown:
             name = sorted(unknown)[0]
             raise ConfigError(f"unknown config section {name!r} in {path}{_suggest(name, SECTIONS)}")
-        _merge(config, data, "")
+        config = RunConfig.from_dict(data)
     apply_overrides(config, overrides)
     config.model.validate()
     return config

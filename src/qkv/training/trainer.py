@@ -240,6 +240,9 @@ class Trainer:
             "world_size": self.dist.world_size,
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
+        report = getattr(self.task, "report", None)
+        if report is not None and self.dist.is_main:  # task-specific evaluation, e.g. BLEU of a translation model
+            metrics["evaluation"] = report(self.model, progress=self.progress)
         if self.dist.is_main:
             tmp = self.out_dir / "metrics.json.tmp"
             tmp.write_text(json.dumps(metrics, indent=2))
