@@ -130,11 +130,10 @@ def main() -> None:
                 f"| {r['seconds'] / 60:.1f} min"
             )
     ordered = [results[run] for run in runs]
-    command = "python benchmarks/seq2seq.py" + (
-        ""
-        if len(runs) == len(TASKS) * len(MODELS)
-        else f" --tasks {' '.join(args.tasks)} --models {' '.join(args.models)}"
-    )
+    command = "python benchmarks/seq2seq.py"
+    if len(runs) != len(TASKS) * len(MODELS):
+        command += f" --tasks {' '.join(args.tasks)} --models {' '.join(args.models)}"
+    command += "".join(f" --set {item}" for item in args.extra)
     text = markdown(ordered, command)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
