@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import attention, bench, embed, generate, quickstart, train
+from qkv.cli import attention, bench, embed, generate, quickstart, train, translate
 from qkv.errors import QkvError
 
 __all__ = ["main"]
@@ -18,6 +18,7 @@ __all__ = ["main"]
 VERBS = {
     "train": train,
     "generate": generate,
+    "translate": translate,
     "quickstart": quickstart,
     "embed": embed,
     "attention": attention,

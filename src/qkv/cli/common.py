@@ -1,4 +1,4 @@
-"""Pieces the CLI verbs share: loading a trained GPT and turning a prompt into token ids."""
+"""Pieces the CLI verbs share: loading a trained model and turning a prompt into token ids."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from qkv.errors import ConfigError
+from qkv.errors import CheckpointError, ConfigError
 from qkv.models.gpt import GPT, GPTConfig
-from qkv.tokenizers import Tokenizer
+from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
-__all__ = ["encode_prompt", "load_gpt", "warn"]
+__all__ = ["encode_prompt", "load_gpt", "load_seq2seq", "warn"]
 
 
 def warn(message: str) -> None:
@@ -26,6 +27,28 @@ def load_gpt(path: str | Path) -> tuple[GPT, Tokenizer, CheckpointInfo]:
     model = GPT(config)
     info.load_model_weights(model)
     return model.eval(), info.tokenizer(), info
+
+
+def load_seq2seq(path: str | Path) -> tuple[nn.Module, PairTokenizer, CheckpointInfo]:
+    """A trained RNN or Transformer encoder-decoder, its pair tokenizer and checkpoint info."""
+    from qkv.training.config import RunConfig
+    from qkv.training.seq2seq import SEQ2SEQ_KINDS, seq2seq_model
+
+    info = load_checkpoint_info(path)
+    kind = info.meta.get("kind")
+    if kind not in SEQ2SEQ_KINDS:
+        raise CheckpointError(
+            f"{info.path} holds a {kind!r} model, but translating needs a sequence-to-sequence model "
+            f"({' or '.join(SEQ2SEQ_KINDS)}); train one with e.g. qkv train configs/dates-rnn.toml"
+            + ("; for a GPT use qkv generate" if kind == "gpt" else "")
+        )
+    config = RunConfig.from_dict(info.meta["config"])
+    model = seq2seq_model(kind, config.model)
+    info.load_model_weights(model)
+    tokenizer = info.tokenizer()
+    if not isinstance(tokenizer, PairTokenizer):
+        raise CheckpointError(f"{info.path}/tokenizer.json is not a source/target (pair) tokenizer")
+    return model.eval(), tokenizer, info
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, context: int) -> torch.Tensor:

@@ -8,8 +8,9 @@ from torch import Tensor
 from qkv.decoding.beam import beam_search
 from qkv.decoding.generate import check_decoding_args, decode_loop, decoding_mode
 from qkv.decoding.stepper import Seq2SeqStepper
+from qkv.errors import ConfigError
 
-__all__ = ["translate"]
+__all__ = ["alignment", "translate"]
 
 BOS_ID, EOS_ID = 1, 2  # as in qkv.tokenizers.pair (decoding sits below the tokenizers and does not import them)
 
@@ -47,3 +48,18 @@ def translate(
             stepper = Seq2SeqStepper(model, src_ids)
             ids = decode_loop(stepper, start, limit, strategy, temperature, top_k, top_p, seed, eos_token_id)
     return ids[:, 1:]
+
+
+@torch.no_grad()
+def alignment(model: torch.nn.Module, src_ids: Tensor, out_ids: Tensor, *, bos_token_id: int = BOS_ID) -> Tensor:
+    """Where each output token looked: ``(batch, out_len, src_len)`` weights of the last decoder layer, mean of heads.
+
+    ``out_ids (batch, out_len)`` is what :func:`translate` returned; the decoder is run once more with those tokens
+    as its inputs (teacher forcing), which gives exactly the weights it used while decoding them.
+    """
+    start = torch.full((out_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=out_ids.device)
+    with decoding_mode(model):
+        output = model(src_ids, torch.cat([start, out_ids[:, :-1]], dim=1), return_attention=True)
+    if not output.cross_attentions:
+        raise ConfigError("this model has no attention (the no-attention baseline): there is no alignment to show")
+    return output.cross_attentions[-1].float().mean(dim=1)

@@ -1,6 +1,7 @@
-"""The attention pattern drawn as a grid (PNG or SVG by suffix): one head, a layer's heads, the head average, or the
-layer × head overview. Queries down, keys across; token labels on both axes; Korean and other CJK text renders with
-a CJK-capable font when one is installed (Noto CJK from the setup script)."""
+"""The attention pattern drawn as a grid (PNG or SVG by suffix): one head, a layer's heads, the head average, the
+layer × head overview, or a seq2seq alignment (target down, source across). Queries down, keys across; token labels
+on both axes; Korean and other CJK text renders with a CJK-capable font when one is installed (Noto CJK from the
+setup script)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import torch  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from qkv.errors import ConfigError  # noqa: E402
+from qkv.errors import ConfigError, ShapeError, describe_shape  # noqa: E402
 
-__all__ = ["downsample", "plot_attention"]
+__all__ = ["downsample", "plot_alignment", "plot_attention"]
 
 MAX_LABELS = 48  # beyond this many tokens the axis labels are unreadable and are left out
 MAX_CELLS = 128  # longer inputs are averaged down to at most this many rows/columns per panel
@@ -50,14 +51,13 @@ def downsample(weights: Tensor, cells: int = MAX_CELLS) -> tuple[Tensor, int]:
     return pooled.reshape(*weights.shape[:-2], *pooled.shape[-2:]), size
 
 
-def _panel(ax, w: Tensor, tokens: Sequence[str], title: str, labels: bool):  # noqa: ANN001, ANN202
+def _panel(ax, w: Tensor, keys: Sequence[str], queries: Sequence[str], title: str, labels: bool):  # noqa: ANN001, ANN202
     grid, block = downsample(w)
     image = ax.imshow(grid.numpy(), cmap="viridis", vmin=0.0, vmax=float(grid.max()) or 1.0, interpolation="nearest")
     ax.set_title(title, fontsize=8)
-    if labels and block == 1 and len(tokens) <= MAX_LABELS:
-        names = [_label(t) for t in tokens]
-        ax.set_xticks(range(w.shape[1]), names[-w.shape[1] :], fontsize=6, rotation=90)
-        ax.set_yticks(range(w.shape[0]), names[-w.shape[0] :], fontsize=6)
+    if labels and block == 1 and max(len(keys), len(queries)) <= MAX_LABELS:
+        ax.set_xticks(range(w.shape[1]), [_label(t) for t in keys[-w.shape[1] :]], fontsize=6, rotation=90)
+        ax.set_yticks(range(w.shape[0]), [_label(t) for t in queries[-w.shape[0] :]], fontsize=6)
     else:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -112,13 +112,39 @@ def plot_attention(
             ax.set_axis_off()
         for row, col, w, name in panels:
             axes[row][col].set_axis_on()
-            image, block = _panel(axes[row][col], w, tokens, name, labels=single or len(tokens) <= 24)
+            image, block = _panel(axes[row][col], w, tokens, tokens, name, labels=single or len(tokens) <= 24)
         note = f" (averaged over {block}×{block} blocks: {len(tokens)} tokens)" if block > 1 else ""
         fig.suptitle(f"{title}{note} — rows: queries, columns: keys", fontsize=10)
-        if image is not None:
-            fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        return _finish(fig, axes, image, path)
+
+
+def _finish(fig, axes, image, path: str | Path) -> Path:  # noqa: ANN001
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
+
+
+def plot_alignment(
+    weights: Tensor, source: Sequence[str], target: Sequence[str], path: str | Path, *, title: str = "alignment"
+) -> Path:
+    """Draw a seq2seq alignment, ``weights (target_len, source_len)``: row t = where target token t looked.
+
+    ``source`` and ``target`` label the columns and rows; written to ``path`` (``.png`` or ``.svg``).
+    """
+    weights = weights.detach().float().cpu()
+    if weights.dim() != 2 or weights.shape != (len(target), len(source)):
+        raise ShapeError(
+            f"alignment weights must be (target_len, source_len) = ({len(target)}, {len(source)}), "
+            f"got {describe_shape(weights.shape)}"
+        )
+    with plt.rc_context({"font.family": _font_family()}):
+        width, height = max(4.0, 0.32 * len(source) + 2.0), max(3.0, 0.32 * len(target) + 1.5)
+        fig, axes = plt.subplots(1, 1, figsize=(width, height), squeeze=False)
+        image, block = _panel(axes[0][0], weights, source, target, "", labels=True)
+        note = f" (averaged over {block}×{block} blocks)" if block > 1 else ""
+        fig.suptitle(f"{title}{note} — rows: target, columns: source", fontsize=10)
+        return _finish(fig, axes, image, path)

@@ -1,0 +1,88 @@
+"""``qkv translate``: run a trained sequence-to-sequence model on text, optionally drawing its alignment."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qkv.errors import ConfigError
+
+__all__ = ["add_parser"]
+
+
+def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
+    p = verbs.add_parser(
+        name,
+        help="translate text with a trained seq2seq model (RNN or Transformer)",
+        description="Translate each TEXT (or each line of --file) with a model trained by `qkv train` on a seq2seq "
+        "config (configs/*-rnn.toml, configs/*-transformer.toml) and print one result per line. "
+        "--show-attention draws the source x target alignment: where each output token looked.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a run directory (from qkv train) or a checkpoint directory")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="what to translate, e.g. 'March 5, 2021'")
+    p.add_argument("--file", type=Path, help="a UTF-8 file with one text per line (instead of, or after, TEXT)")
+    p.add_argument("--strategy", choices=("greedy", "beam"), default="greedy", help="decoding strategy (greedy)")
+    p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
+    p.add_argument("--max-new-tokens", type=int, help="output length limit (default: the model's max_target_len)")
+    p.add_argument(
+        "--show-attention",
+        type=Path,
+        metavar="PNG",
+        help="write the alignment grid (target rows x source columns; a Transformer's last layer, mean of heads) "
+        "here; with several texts, one file each: NAME-1.png, NAME-2.png, ...",
+    )
+    p.set_defaults(run=run)
+
+
+def _texts(args: argparse.Namespace) -> list[str]:
+    from qkv.data.text import read_text_file
+
+    texts = list(args.texts)
+    if args.file is not None:
+        texts += [line.strip() for line in read_text_file(args.file).splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError("nothing to translate: give a TEXT argument (e.g. 'March 5, 2021') or --file")
+    for text in texts:
+        if not text.strip():
+            raise ConfigError("a TEXT is empty: give something to translate, e.g. 'March 5, 2021'")
+    return texts
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from qkv.cli.common import load_seq2seq
+    from qkv.data.pairs import pad_rows
+    from qkv.decoding.translate import alignment, translate
+    from qkv.tokenizers.pair import EOS_ID
+    from qkv.visualization.grid import plot_alignment
+
+    texts = _texts(args)
+    model, tokenizer, _ = load_seq2seq(args.checkpoint)
+    limit = getattr(model.config, "max_source_len", None) or model.config.max_seq_len
+    encoded = []
+    for text in texts:
+        unknown = tokenizer.source.unknown(text)
+        if unknown:
+            shown = ", ".join(repr(p) for p in unknown[:10])
+            raise ConfigError(f"{text!r} has pieces the model never saw in training: {shown}; remove or replace them")
+        ids = tokenizer.encode_source(text)
+        if len(ids) > limit:
+            raise ConfigError(f"{text!r} is {len(ids)} tokens long (with </s>); this model reads at most {limit}")
+        encoded.append(ids)
+    src = pad_rows(encoded)
+    out = translate(model, src, args.max_new_tokens, args.strategy, num_beams=args.num_beams)
+    for row in out.tolist():
+        print(tokenizer.decode_target(row))
+    if args.show_attention is not None:
+        for i, (ids, row) in enumerate(zip(encoded, out.tolist())):
+            kept = row[: row.index(EOS_ID) + 1] if EOS_ID in row else row  # up to and with </s>
+            weights = alignment(model, torch.tensor([ids]), torch.tensor([kept]))[0]
+            source = [tokenizer.source.decode([t]) or "</s>" for t in ids]
+            target = [tokenizer.target.decode([t]) or "</s>" for t in kept]
+            path = args.show_attention
+            if len(texts) > 1:
+                path = path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}")
+            plot_alignment(weights, source, target, path, title=f"{texts[i]!r} -> {tokenizer.decode_target(kept)!r}")
+            print(f"alignment: {path}")
+    return 0
