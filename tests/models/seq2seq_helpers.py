@@ -1,0 +1,44 @@
+"""Small pieces the seq2seq model tests share: a tiny task, a padded batch, and a quick overfitting loop."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qkv.data.pairs import pad_rows
+from qkv.tokenizers.pair import PAD_ID, PairTokenizer
+
+TINY_PAIRS = [
+    ("March 5, 2021", "2021-03-05"),
+    ("5 Mar 99", "2099-03-05"),
+    ("2021년 3월 7일", "2021-03-07"),
+    ("Jan 12 2050", "2050-01-12"),
+    ("2064.7.30.", "2064-07-30"),
+    ("the 1st of May, 2003", "2003-05-01"),
+]
+
+
+def tiny_tokenizer() -> PairTokenizer:
+    return PairTokenizer.train(TINY_PAIRS, "char", "char", shared=True)
+
+
+def tiny_batch(tok: PairTokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(src, tgt_in, tgt_out)`` of every tiny pair, padded with 0."""
+    src = pad_rows([tok.encode_source(s) for s, _ in TINY_PAIRS])
+    tgt = pad_rows([tok.encode_target(t) for _, t in TINY_PAIRS])
+    return src, tgt[:, :-1], tgt[:, 1:]
+
+
+def overfit(model: torch.nn.Module, batch, steps: int = 300, lr: float = 1e-2) -> float:
+    """Train on one batch; returns the last loss."""
+    torch.manual_seed(0)
+    src, tgt_in, tgt_out = batch
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        logits = model(src, tgt_in).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD_ID)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
