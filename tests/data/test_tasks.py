@@ -82,3 +82,13 @@ def test_read_pairs(tmp_path):
         read_pairs(tmp_path / "bad.tsv")
     with pytest.raises(ConfigError, match="unknown task"):
         task_splits("poems")
+
+
+@pytest.mark.parametrize("task", ["numbers-en", "numbers-ko"])
+def test_every_number_below_1000_is_trained_on_and_evaluation_composes(task):
+    splits = task_splits(task, seed=1, sizes={"train": 3000, "valid": 100, "test": 100, "long": 50})
+    train = {int(src) for src, _ in splits["train"]}
+    assert set(range(1000)) <= train and len(splits["train"]) == 3000
+    for split in ("valid", "test"):
+        assert all(4 <= len(src) <= 5 for src, _ in splits[split])
+    assert all(len(src) == 6 for src, _ in splits["long"])

@@ -144,13 +144,30 @@ def _number_pair(rng: random.Random, words: Callable[[int], str], digits: int) -
     return str(n), words(n)
 
 
-TASKS: dict[str, Callable[[random.Random, bool], Pair]] = {
-    # (rng, long) -> pair; "long" draws inputs longer than any of the ordinary splits
-    "dates": lambda rng, long: _date_of_length(rng, long),
-    # long numbers have 6 digits: longer than any training input, yet every word they need (up to "thousand",
-    # and 십만 in Korean) occurs in training, so a model can get them right by composing what it learnt
-    "numbers-en": lambda rng, long: _number_pair(rng, english_number, 6 if long else rng.randint(1, 5)),
-    "numbers-ko": lambda rng, long: _number_pair(rng, korean_number, 6 if long else rng.randint(1, 5)),
+def _number_task(words: Callable[[int], str]) -> Callable[[random.Random, str], Pair]:
+    # training draws 1 to 5 digits; evaluation 4 or 5 (every number below 1000 is a training basic, see BASICS);
+    # long numbers have 6 digits: longer than any training input, yet every word they need (up to "thousand", and
+    # 십만 in Korean) occurs in training, so a model can get them right by composing what it learnt
+    def draw(rng: random.Random, split: str) -> Pair:
+        if split == "long":
+            return _number_pair(rng, words, 6)
+        return _number_pair(rng, words, rng.randint(1, 5) if split == "train" else rng.randint(4, 5))
+
+    return draw
+
+
+TASKS: dict[str, Callable[[random.Random, str], Pair]] = {
+    # (rng, split) -> pair; split "long" draws inputs longer than any of the ordinary splits
+    "dates": lambda rng, split: _date_of_length(rng, split == "long"),
+    "numbers-en": _number_task(english_number),
+    "numbers-ko": _number_task(korean_number),
+}
+#: pairs every training split holds: the "vocabulary" of a task, which evaluation must not take away. Without them,
+#: the few one- to three-digit numbers would be drawn into test and valid first, and training would never see
+#: "thirteen" on its own.
+BASICS: dict[str, Callable[[], list[Pair]]] = {
+    "numbers-en": lambda: [(str(n), english_number(n)) for n in range(1000)],
+    "numbers-ko": lambda: [(str(n), korean_number(n)) for n in range(1000)],
 }
 DATE_LONG_MIN = 24  # date inputs of at least this many characters form the long split (the longest reach 29)
 
@@ -164,21 +181,27 @@ def _date_of_length(rng: random.Random, long: bool) -> Pair:
 
 
 def task_splits(name: str, seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[Pair]]:
-    """``{"train", "valid", "test", "long"}`` pair lists of task ``name``, disjoint and reproducible from ``seed``."""
+    """``{"train", "valid", "test", "long"}`` pair lists of task ``name``, disjoint and reproducible from ``seed``.
+
+    The training split starts with the task's :data:`BASICS` (if any), in an order drawn from ``seed``.
+    """
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)} (or a TSV file via data.path)")
     sizes = sizes or {"train": 20000, "valid": 1000, "test": 1000, "long": 1000}
     rng = random.Random(f"{name}:{seed}")
-    seen: set[str] = set()
+    basics = BASICS.get(name, list)()
+    rng.shuffle(basics)
+    basics = basics[: sizes.get("train", 0)]
+    seen: set[str] = {src for src, _ in basics}
     splits: dict[str, list[Pair]] = {}
     for split in ("test", "valid", "long", "train"):  # evaluation sets first: train never repeats their inputs
-        pairs: list[Pair] = []
+        pairs: list[Pair] = list(basics) if split == "train" else []
         attempts = 0
         while len(pairs) < sizes.get(split, 0):
             attempts += 1
             if attempts > 50 * sizes[split] + 1000:
                 raise ConfigError(f"task {name!r} cannot produce {sizes[split]} distinct {split} examples")
-            src, tgt = TASKS[name](rng, split == "long")
+            src, tgt = TASKS[name](rng, split)
             if src in seen:
                 continue
             seen.add(src)
