@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from qkv.cli import main
-from tests.cli.test_cli import run_dir  # noqa: F401 - the trained tiny run, shared
+from tests.cli.test_cli import _corrupt, run_dir  # noqa: F401 - the trained tiny run, shared
+from tests.cli.test_translate import ROOT, baseline_dir, seq2seq_dir  # noqa: F401 - trained tiny seq2seq runs
 
 
 @pytest.fixture
@@ -15,6 +16,7 @@ def files(tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "ok.toml").write_text("[train]\nsteps = 2\n")
     (tmp_path / "bad.toml").write_text("[train\nsteps = 2\n")
+    (tmp_path / "kind.toml").write_text('kind = "seq2seq"\n')
     return tmp_path
 
 
@@ -71,14 +73,60 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("verb", "make_args", "fragment"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_matrix(run_dir, files, capsys, verb, make_args, fragment):  # noqa: F811
+def assert_one_clear_line(args: list[str], verb: str, fragment: str, capsys) -> None:
     capsys.readouterr()
-    assert main(make_args(run_dir, files)) == 2
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert fragment in err[0] and "Traceback" not in err[0]
     assert err[0].startswith(f"qkv {verb}: error:")
+
+
+@pytest.mark.parametrize(("verb", "make_args", "fragment"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_matrix(run_dir, files, capsys, verb, make_args, fragment):  # noqa: F811
+    assert_one_clear_line(make_args(run_dir, files), verb, fragment, capsys)
+
+
+# translate and seq2seq training: (gpt run, seq2seq run, baseline run, files) -> args
+SEQ2SEQ = str(ROOT / "configs" / "dates-rnn.toml")
+SEQ2SEQ_CASES = [
+    ("translate", lambda g, s, b, f: ["translate", str(f / "nope"), "x"], "does not exist"),
+    ("translate", lambda g, s, b, f: ["translate", str(f / "dir"), "x"], "holds no qkv checkpoint"),
+    ("translate", lambda g, s, b, f: ["translate", str(f / "empty.txt"), "x"], "is a file"),
+    ("translate", lambda g, s, b, f: ["translate", str(_corrupt(s, f)), "x"], "model.safetensors is corrupt"),
+    ("translate", lambda g, s, b, f: ["translate", str(g), "x"], "holds a 'gpt' model"),
+    ("translate", lambda g, s, b, f: ["translate", str(s)], "nothing to translate"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), ""], "is empty"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), "March → 5"], "never saw in training"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), "1" * 70], "reads at most 64"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), "--file", str(f / "latin1.txt")], "is not UTF-8"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), "--file", str(f / "nope.txt")], "does not exist"),
+    (
+        "translate",
+        lambda g, s, b, f: ["translate", str(s), "5 Mar 21", "--num-beams", "0", "--strategy", "beam"],
+        "num_beams must be >= 1",
+    ),  # fmt: skip
+    (
+        "translate",
+        lambda g, s, b, f: ["translate", str(b), "5 Mar 21", "--show-attention", str(f / "a.png")],
+        "no attention",
+    ),  # fmt: skip
+    ("generate", lambda g, s, b, f: ["generate", str(s), "--prompt", "x"], "holds a 'rnn-seq2seq' model"),
+    ("train", lambda g, s, b, f: ["train", SEQ2SEQ, "--set", "model.scroe=dot"], "did you mean 'score'"),
+    (
+        "train",
+        lambda g, s, b, f: ["train", SEQ2SEQ, "--set", "data.task='time'", "--out", str(f / "o5")],
+        "unknown data.task 'time'",
+    ),  # fmt: skip
+    ("train", lambda g, s, b, f: ["train", str(f / "kind.toml")], "unknown kind 'seq2seq'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("verb", "make_args", "fragment"), SEQ2SEQ_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SEQ2SEQ_CASES)]
+)
+def test_bad_input_matrix_seq2seq(run_dir, seq2seq_dir, baseline_dir, files, capsys, verb, make_args, fragment):  # noqa: F811
+    assert_one_clear_line(make_args(run_dir, seq2seq_dir, baseline_dir, files), verb, fragment, capsys)
 
 
 def test_debug_shows_the_traceback(files):

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     texts = _texts(args)
     model, tokenizer, _ = load_seq2seq(args.checkpoint)
-    limit = getattr(model.config, "max_source_len", None) or model.config.max_seq_len
+    limit = model.source_limit
     encoded = []
     for text in texts:
         unknown = tokenizer.source.unknown(text)
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             shown = ", ".join(repr(p) for p in unknown[:10])
             raise ConfigError(f"{text!r} has pieces the model never saw in training: {shown}; remove or replace them")
         ids = tokenizer.encode_source(text)
-        if len(ids) > limit:
+        if limit is not None and len(ids) > limit:
             raise ConfigError(f"{text!r} is {len(ids)} tokens long (with </s>); this model reads at most {limit}")
         encoded.append(ids)
     src = pad_rows(encoded)

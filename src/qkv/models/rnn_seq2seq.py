@@ -137,6 +137,12 @@ class RNNSeq2Seq(nn.Module):
     def from_config(cls, config: RNNSeq2SeqConfig) -> RNNSeq2Seq:
         return cls(config)
 
+    @property
+    def source_limit(self) -> int | None:
+        """The most source tokens (with ``</s>``) the model can read: only the location score has a limit."""
+        c = self.config
+        return c.max_source_len if c.attention == "luong" and c.score == "location" else None
+
     # -- encoder -------------------------------------------------------------------------------------------------
     def begin_decoding(self, src_ids: Tensor) -> RNNDecoderState:
         """Encode ``src_ids (batch, src_len)`` (0 = padding) into the decoder's first state."""

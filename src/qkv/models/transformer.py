@@ -180,6 +180,11 @@ class Transformer(nn.Module):
     def from_config(cls, config: TransformerConfig) -> Transformer:
         return cls(config)
 
+    @property
+    def source_limit(self) -> int:
+        """The most source tokens (with ``</s>``) the positions cover."""
+        return self.config.max_seq_len
+
     def _embed(self, table: nn.Embedding, ids: Tensor, start: int = 0) -> Tensor:
         if start + ids.shape[1] > self.config.max_seq_len:
             raise ShapeError(
