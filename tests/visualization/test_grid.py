@@ -42,3 +42,14 @@ def test_a_cjk_font_is_used_when_installed():
     if not any("CJK" in n for n in names):
         pytest.skip("no CJK font installed (scripts/setup.sh installs fonts-noto-cjk on Debian)")
     assert "CJK" in _font_family()[0]
+
+
+def test_plot_alignment_draws_target_rows_over_source_columns(tmp_path):
+    from qkv.errors import ShapeError
+    from qkv.visualization import plot_alignment
+
+    weights = torch.softmax(torch.randn(4, 6), dim=-1)
+    path = plot_alignment(weights, list("2021년</s>"[:5]) + ["</s>"], list("2021"), tmp_path / "a.png")
+    assert path.stat().st_size > 5000
+    with pytest.raises(ShapeError, match=r"\(target_len, source_len\) = \(3, 6\)"):
+        plot_alignment(weights, list("abcdef"), list("xyz"), tmp_path / "b.png")

@@ -142,9 +142,15 @@ def plot_alignment(
             f"got {describe_shape(weights.shape)}"
         )
     with plt.rc_context({"font.family": _font_family()}):
-        width, height = max(4.0, 0.32 * len(source) + 2.0), max(3.0, 0.32 * len(target) + 1.5)
-        fig, axes = plt.subplots(1, 1, figsize=(width, height), squeeze=False)
+        width, height = (
+            max(4.0, 0.3 * min(len(source), MAX_CELLS) + 2.5),
+            max(3.0, 0.3 * min(len(target), MAX_CELLS) + 1.5),
+        )
+        fig, axes = plt.subplots(1, 1, figsize=(width, height), squeeze=False, layout="constrained")
         image, block = _panel(axes[0][0], weights, source, target, "", labels=True)
+        axes[0][0].tick_params(labelsize=9)
+        if max(len(_label(t)) for t in source) <= 4:  # short labels read upright (Hangul turned sideways does not)
+            plt.setp(axes[0][0].get_xticklabels(), rotation=0)
         note = f" (averaged over {block}×{block} blocks)" if block > 1 else ""
         fig.suptitle(f"{title}{note} — rows: target, columns: source", fontsize=10)
         return _finish(fig, axes, image, path)
