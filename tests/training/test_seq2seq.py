@@ -79,13 +79,13 @@ def test_the_loss_ignores_padding(tmp_path, config_name):
 
 @pytest.mark.parametrize("config_name", ["dates-rnn.toml", "numbers-ko-transformer.toml"])
 def test_train_reports_translation_scores_and_resumes_bit_identically(tmp_path, config_name):
-    full = make_trainer(tmp_path / "full", config_name)
+    full = make_trainer(tmp_path / "full", config_name, ["data.eval_strategy='beam'", "data.eval_num_beams=2"])
     metrics = full.fit()
     for split in ("test", "long"):
         scores = metrics["evaluation"][split]
         assert scores["count"] == 12 and 0 <= scores["exact_match"] <= 100 and 0 <= scores["bleu"] <= 100
         assert sum(b["count"] for b in scores["buckets"].values()) == 12
-    part = make_trainer(tmp_path / "part", config_name)
+    part = make_trainer(tmp_path / "part", config_name, ["data.eval_strategy='beam'", "data.eval_num_beams=2"])
     real_step = part._train_step
 
     def stop_after_five() -> float:
@@ -96,7 +96,7 @@ def test_train_reports_translation_scores_and_resumes_bit_identically(tmp_path, 
     part._train_step = stop_after_five  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt, match="checkpoint saved"):
         part.fit()
-    resumed = make_trainer(tmp_path / "part", config_name)
+    resumed = make_trainer(tmp_path / "part", config_name, ["data.eval_strategy='beam'", "data.eval_num_beams=2"])
     assert resumed.resume() == 5
     resumed.fit()
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
@@ -137,6 +137,7 @@ def test_scores_by_hand():
         (["data.bleu_tokenize='words'"], "not a sacrebleu tokenizer"),
         (["data.target_tokenizer='bpe'"], "data.target_tokenizer must be one of"),
         (["data.task='dates2'"], "unknown data.task 'dates2'"),
+        (["data.eval_strategy='sample'"], "data.eval_strategy must be greedy or beam"),
     ],
 )
 def test_data_and_model_mismatches_are_named(tmp_path, overrides, message):

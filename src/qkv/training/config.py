@@ -46,6 +46,8 @@ class Seq2SeqDataConfig:
     target_tokenizer: str = "char"  # char | word
     shared_vocab: bool = False  # one vocabulary for both sides (for model.share_embeddings)
     bleu_tokenize: str = "13a"  # sacrebleu's tokenizer for BLEU: 13a (words), char (e.g. Korean numerals), intl, ...
+    eval_strategy: str = "greedy"  # how the end-of-run evaluation decodes: greedy | beam
+    eval_num_beams: int = 4  # beam width when eval_strategy = "beam"
 
 
 @dataclass

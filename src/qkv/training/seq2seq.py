@@ -29,6 +29,8 @@ class Seq2SeqTask:
     data: PairData
     kind: str
     bleu_tokenize: str = "13a"
+    eval_strategy: str = "greedy"
+    eval_num_beams: int = 4
     eval_splits: tuple[str, ...] = ("test", "long")
 
     @property
@@ -44,10 +46,16 @@ class Seq2SeqTask:
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD_ID)
 
     def report(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
-        """Greedy exact match, BLEU and chrF on the evaluation splits (the Trainer adds them to metrics.json)."""
+        """Exact match, BLEU and chrF on the evaluation splits (the Trainer adds them to metrics.json)."""
         return {
             split: evaluate_pairs(
-                model, self.data.tokenizer, self.data.splits[split], bleu_tokenize=self.bleu_tokenize, progress=progress
+                model,
+                self.data.tokenizer,
+                self.data.splits[split],
+                strategy=self.eval_strategy,
+                num_beams=self.eval_num_beams,
+                bleu_tokenize=self.bleu_tokenize,
+                progress=progress,
             )
             for split in self.eval_splits
             if self.data.splits.get(split)
@@ -67,6 +75,10 @@ def _check_data_config(config: RunConfig) -> None:
     if d.bleu_tokenize not in sacrebleu.metrics.bleu.BLEU.TOKENIZERS:
         known = ", ".join(sorted(sacrebleu.metrics.bleu.BLEU.TOKENIZERS))
         raise ConfigError(f"data.bleu_tokenize {d.bleu_tokenize!r} is not a sacrebleu tokenizer; known: {known}")
+    if d.eval_strategy not in ("greedy", "beam"):
+        raise ConfigError(f"data.eval_strategy must be greedy or beam, got {d.eval_strategy!r}")
+    if d.eval_num_beams < 1:
+        raise ConfigError(f"data.eval_num_beams must be >= 1, got {d.eval_num_beams}")
     if getattr(config.model, "share_embeddings", False) and not d.shared_vocab:
         raise ConfigError("model.share_embeddings needs data.shared_vocab = true (one vocabulary for both sides)")
 
@@ -96,4 +108,5 @@ def build_seq2seq(
         )
     torch.manual_seed(config.train.seed)  # the same initial weights on every process and every run
     model = seq2seq_model(config.kind, m)
-    return model, Seq2SeqTask(data, config.kind, d.bleu_tokenize), tokenizer
+    task = Seq2SeqTask(data, config.kind, d.bleu_tokenize, d.eval_strategy, d.eval_num_beams)
+    return model, task, tokenizer
