@@ -46,7 +46,7 @@ def torch_reference(model: Transformer) -> nn.Transformer:
     c = model.config
     ref = nn.Transformer(
         c.embed_dim, c.num_heads, c.encoder_layers, c.decoder_layers, c.ffn_dim, dropout=0.0,
-        batch_first=True, norm_first=c.norm == "pre", layer_norm_eps=c.norm_eps, enable_nested_tensor=False,
+        batch_first=True, norm_first=c.norm == "pre", layer_norm_eps=c.norm_eps,
     )  # fmt: skip
     with torch.no_grad():
         for ours, theirs in zip(model.encoder, ref.encoder.layers):
@@ -70,6 +70,7 @@ def torch_reference(model: Transformer) -> nn.Transformer:
     return ref
 
 
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # nn.Transformer's note on norm_first
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_equals_pytorch_nn_transformer_forward_and_backward(norm):
     tok = tiny_tokenizer()
@@ -154,3 +155,11 @@ def test_attention_outputs_and_errors():
         make(tok, max_seq_len=8)(torch.ones(1, 9, dtype=torch.long), tgt_in[:1])
     with pytest.raises(ShapeError, match="tgt_ids must be an integer tensor"):
         model(src, tgt_in.float())
+
+
+def test_the_same_seed_gives_the_same_weights():
+    """Initialisation must not depend on where objects live in memory (it once iterated over a set of modules)."""
+    models = [make() for _ in range(6)]  # kept alive: each lives at new addresses
+    for other in models[1:]:
+        for (name, a), b in zip(models[0].state_dict().items(), other.state_dict().values()):
+            assert torch.equal(a, b), name

@@ -169,7 +169,9 @@ class Transformer(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)  # as the paper's reference implementation (tensor2tensor)
-        for embedding in {self.src_embed, self.tgt_embed}:
+        # a list, not a set: a set's order follows memory addresses, and the draws must not depend on them
+        tables = [self.src_embed] if c.share_embeddings else [self.src_embed, self.tgt_embed]
+        for embedding in tables:
             nn.init.normal_(embedding.weight, std=c.embed_dim**-0.5)  # · √d at the input gives unit variance
             with torch.no_grad():
                 embedding.weight[0].zero_()  # the padding row
