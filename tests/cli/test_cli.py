@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qkv.cli import main
+from qkv.training import load_checkpoint_info
 
 TINY = [
     "model.num_layers=1",
@@ -100,6 +102,19 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "---- sample ----" in printed and str(out / "attention.png") in printed
     assert (out / "attention.png").stat().st_size > 10_000 and (out / "sample.txt").read_text().startswith("Ham.")
+
+
+def test_quickstart_resumes_an_interrupted_run(tmp_path, capsys):
+    out = tmp_path / "qs"
+    args = ["quickstart", "--out", str(out), "--max-new-tokens", "5", "--no-progress"]
+    assert main([*args, "--steps", "3"]) == 0
+    (out / "metrics.json").unlink()  # as if killed after its last checkpoint
+    capsys.readouterr()
+    assert main([*args, "--steps", "5"]) == 0
+    assert f"resuming the interrupted run in {out} from step 3" in capsys.readouterr().out
+    assert load_checkpoint_info(out).step == 5
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
 
 
 def test_attention_verb_writes_png_and_page(run_dir, tmp_path, capsys):

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         )
         model, task, tokenizer = build_lm(config)
         trainer = Trainer(model, task, config.train, out, tokenizer, config.to_dict(), progress=not args.no_progress)
+        if (out / "checkpoints" / "latest").exists():  # an interrupted quickstart: carry on rather than start over
+            print(f"resuming the interrupted run in {out} from step {trainer.resume()} (use --fresh to start over)")
         metrics = trainer.fit()
         print(
             f"validation loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.2f}), "

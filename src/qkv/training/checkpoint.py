@@ -5,9 +5,10 @@ Layout of a run directory::
     RUN/checkpoints/step-0000500/{model,optimizer,rng}.safetensors, trainer.json, tokenizer.json
     RUN/checkpoints/latest          # the name of the newest complete checkpoint
 
-A checkpoint is written into ``step-XXXXXXX.tmp-PID`` first, every file flushed to disk, and only then renamed into
+A checkpoint is written into ``step-XXXXXXX.tmp-...`` first, every file flushed to disk, and only then renamed into
 place; ``latest`` is replaced with ``os.replace``. A crash at any moment leaves the previous checkpoint intact and
-never a half-written one under a final name. Nothing is ever unpickled.
+never a half-written one under a final name; an old checkpoint is renamed away before it is deleted, so neither is
+a half-deleted one. ``latest`` always names a complete checkpoint. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,10 +72,7 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    # leftovers of a writer that was killed mid-write (only one process writes a run's checkpoints)
-    for stale in root.glob("*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    tmp = root / f"{final.name}.tmp-{os.getpid()}"
+    tmp = _temporary_name(final)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     tensors, groups = _optimizer_tensors(optimizer)
@@ -81,20 +80,56 @@ def save_checkpoint(
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     tokenizer.save(tmp / "tokenizer.json")
     _write_json(tmp / "trainer.json", {"format": FORMAT, "version": 1, "step": step, "param_groups": groups, **meta})
-    for name in FILES:
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # the same step written again (e.g. a resumed run saving where it started)
-        shutil.rmtree(final)
+    _fsync_checkpoint(tmp)
+    if final.exists():
+        # The same step written again (a resumed run interrupted where it started, a fresh run in an old directory).
+        # ``latest`` names the complete new copy, untouched, while the old one is removed and a second copy takes the
+        # final name: renaming the directory ``latest`` names would leave it dangling for a moment.
+        _set_latest(root, tmp.name)
+        _remove(final)
+        staged, tmp = tmp, _temporary_name(final)
+        shutil.copytree(staged, tmp)
+        _fsync_checkpoint(tmp)
     os.rename(tmp, final)
+    _set_latest(root, final.name)
+    # Only now, with ``latest`` naming the new checkpoint, are leftovers of a writer killed mid-write or mid-delete
+    # surely unused (a killed replacement may have left ``latest`` naming its temporary directory).
+    for stale in root.glob("*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir() and ".tmp-" not in p.name and p != final)
+    for old in steps[: max(len(steps) - (keep - 1), 0)]:
+        _remove(old)
+    return final
+
+
+def _fsync_checkpoint(path: Path) -> None:
+    """Flush a checkpoint directory's files and entries to disk, so that a rename publishes only complete data."""
+    for name in FILES:
+        with open(path / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def _temporary_name(path: Path) -> Path:
+    """A fresh name beside ``path`` that the next save treats as a leftover (unique even if a PID is reused)."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
+
+
+def _set_latest(root: Path, name: str) -> None:
+    """Point ``root/latest`` at checkpoint ``name`` atomically and durably."""
     latest_tmp = root / f"latest.tmp-{os.getpid()}"
-    latest_tmp.write_text(final.name)
+    latest_tmp.write_text(name)
     os.replace(latest_tmp, root / "latest")
     _fsync_dir(root)
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir() and ".tmp-" not in p.name)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint directory so that no half-deleted one is ever left under a checkpoint's name: renamed to a
+    temporary name first (atomic), then deleted; a crash in between leaves a leftover the next save removes."""
+    doomed = _temporary_name(path)
+    os.rename(path, doomed)
+    _fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
