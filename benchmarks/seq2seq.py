@@ -62,6 +62,7 @@ def train_and_evaluate(task: str, model_name: str, extra: list[str]) -> dict:
         "model": model_name,
         "parameters": metrics["parameters"],
         "steps": metrics["steps"],
+        "batch_size": config.train.batch_size,
         "seconds": seconds,
         "ms_per_iter": metrics["ms_per_iter"],
         "val_loss": metrics["val_loss"],
@@ -70,13 +71,18 @@ def train_and_evaluate(task: str, model_name: str, extra: list[str]) -> dict:
     }
 
 
+def _budget(results: list[dict]) -> str:
+    budgets = sorted({(r["steps"], r.get("batch_size")) for r in results})
+    return ", ".join(f"{steps} training steps of {batch} pairs" for steps, batch in budgets)
+
+
 def markdown(results: list[dict], command: str) -> str:
     lines = [
         "# Seq2seq: attention vs the no-attention baseline",
         "",
         f"Produced by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, one thread "
         "per run, two runs at a time on 2 cores. Greedy decoding. Reference = the no-attention RNN baseline (encoder's "
-        "last state only) trained in the same run with the same budget. `ΔBLEU` = model BLEU - baseline BLEU on the "
+        f"last state only) trained in the same run with the same budget ({_budget(results)}). `ΔBLEU` = model BLEU - baseline BLEU on the "
         "test split; `long` = inputs longer than any training input; `drop` = test BLEU - long BLEU.",
         "",
     ]
@@ -134,6 +140,8 @@ def main() -> None:
     if len(runs) != len(TASKS) * len(MODELS):
         command += f" --tasks {' '.join(args.tasks)} --models {' '.join(args.models)}"
     command += "".join(f" --set {item}" for item in args.extra)
+    if args.out != RESULTS / "seq2seq.md":
+        command += f" --out {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
     text = markdown(ordered, command)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
