@@ -1,4 +1,5 @@
-"""Small pieces the seq2seq model tests share: a tiny task, a padded batch, and a quick overfitting loop."""
+"""Small pieces the seq2seq model tests share: a tiny task, a padded batch, a quick overfitting loop, and the
+padding-invariance check."""
 
 from __future__ import annotations
 
@@ -42,3 +43,17 @@ def overfit(model: torch.nn.Module, batch, steps: int = 300, lr: float = 1e-2) -
         loss.backward()
         opt.step()
     return float(loss.detach())
+
+
+def assert_padding_never_changes_results(model: torch.nn.Module, tok: PairTokenizer) -> None:
+    """A padded batch gives each row exactly what the row gives alone: logits and every cross-attention map,
+    and padded source positions get no weight."""
+    src, tgt_in, _ = tiny_batch(tok)
+    together = model(src, tgt_in, return_attention=True)
+    for i in range(len(TINY_PAIRS)):
+        s_len, t_len = int((src[i] != PAD_ID).sum()), int((tgt_in[i] != PAD_ID).sum())
+        alone = model(src[i : i + 1, :s_len], tgt_in[i : i + 1, :t_len], return_attention=True)
+        torch.testing.assert_close(together.logits[i, :t_len], alone.logits[0], atol=1e-5, rtol=1e-5)
+        for w, w_alone in zip(together.cross_attentions or (), alone.cross_attentions or ()):
+            torch.testing.assert_close(w[i, :, :t_len, :s_len], w_alone[0], atol=1e-6, rtol=1e-5)
+            assert torch.all(w[i, :, :, s_len:] == 0)  # padded source positions get no weight

@@ -12,7 +12,13 @@ from qkv.decoding import translate
 from qkv.errors import ConfigError, ShapeError
 from qkv.models import RNNSeq2Seq, RNNSeq2SeqConfig
 from qkv.models.rnn_seq2seq import RNNDecoderState
-from tests.models.seq2seq_helpers import TINY_PAIRS, overfit, tiny_batch, tiny_tokenizer
+from tests.models.seq2seq_helpers import (
+    TINY_PAIRS,
+    assert_padding_never_changes_results,
+    overfit,
+    tiny_batch,
+    tiny_tokenizer,
+)
 
 VARIANTS = {
     "none": {"attention": "none"},
@@ -50,19 +56,8 @@ def test_every_variant_overfits_a_tiny_set(variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS) + list(DEEP))
 def test_padding_never_changes_results(variant):
-    """A padded batch gives each row exactly what the row gives alone (logits and alignment)."""
     tok = tiny_tokenizer()
-    model = make(tok, **{**VARIANTS, **DEEP}[variant]).eval()
-    src, tgt_in, _ = tiny_batch(tok)
-    together = model(src, tgt_in, return_attention=True)
-    for i in range(len(TINY_PAIRS)):
-        s_len, t_len = int((src[i] != 0).sum()), int((tgt_in[i] != 0).sum())
-        alone = model(src[i : i + 1, :s_len], tgt_in[i : i + 1, :t_len], return_attention=True)
-        torch.testing.assert_close(together.logits[i, :t_len], alone.logits[0], atol=1e-5, rtol=1e-5)
-        if alone.cross_attentions is not None:
-            w = together.cross_attentions[0][i, 0, :t_len]
-            torch.testing.assert_close(w[:, :s_len], alone.cross_attentions[0][0, 0], atol=1e-6, rtol=1e-5)
-            assert torch.all(w[:, s_len:] == 0)  # padded source positions get no weight
+    assert_padding_never_changes_results(make(tok, **{**VARIANTS, **DEEP}[variant]).eval(), tok)
 
 
 def test_alignment_shapes_and_global_weights_sum_to_one():

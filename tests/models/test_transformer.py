@@ -12,7 +12,13 @@ from torch import nn
 from qkv.decoding import translate
 from qkv.errors import ConfigError, ShapeError
 from qkv.models import Transformer, TransformerConfig
-from tests.models.seq2seq_helpers import TINY_PAIRS, overfit, tiny_batch, tiny_tokenizer
+from tests.models.seq2seq_helpers import (
+    TINY_PAIRS,
+    assert_padding_never_changes_results,
+    overfit,
+    tiny_batch,
+    tiny_tokenizer,
+)
 
 
 def make(tok=None, **kw) -> Transformer:
@@ -119,16 +125,7 @@ def test_cached_step_by_step_decoding_equals_the_full_pass(norm):
 
 def test_padding_never_changes_results():
     tok = tiny_tokenizer()
-    model = make(tok).eval()
-    src, tgt_in, _ = tiny_batch(tok)
-    together = model(src, tgt_in, return_attention=True)
-    for i in range(len(TINY_PAIRS)):
-        s_len, t_len = int((src[i] != 0).sum()), int((tgt_in[i] != 0).sum())
-        alone = model(src[i : i + 1, :s_len], tgt_in[i : i + 1, :t_len], return_attention=True)
-        torch.testing.assert_close(together.logits[i, :t_len], alone.logits[0], atol=1e-5, rtol=1e-5)
-        for w, w_alone in zip(together.cross_attentions, alone.cross_attentions):
-            torch.testing.assert_close(w[i, :, :t_len, :s_len], w_alone[0], atol=1e-6, rtol=1e-5)
-            assert torch.all(w[i, :, :, s_len:] == 0)
+    assert_padding_never_changes_results(make(tok).eval(), tok)
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
