@@ -63,6 +63,7 @@ CASES = [
     # attention
     ("attention", lambda r, f: ["attention", str(f / "nope"), "x", "--png", str(f / "a.png")], "does not exist"),
     ("attention", lambda r, f: ["attention", str(r), "", "--png", str(f / "a.png")], "prompt is empty"),
+    ("attention", lambda r, f: ["attention", str(r), "Ham.", "--html", str(f)], "is a directory; give a file name"),
     (
         "attention",
         lambda r, f: ["attention", str(r), "Ham.", "--png", str(f / "a.png"), "--head", "1"],
@@ -111,6 +112,8 @@ SEQ2SEQ_CASES = [
         lambda g, s, b, f: ["translate", str(b), "5 Mar 21", "--show-attention", str(f / "a.png")],
         "no attention",
     ),  # fmt: skip
+    ("translate", lambda g, s, b, f: ["translate", str(b), "5 Mar 21", "--html", str(f / "a.html")], "no attention"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), "5 Mar 21", "--html", str(f)], "is a directory; give"),
     ("generate", lambda g, s, b, f: ["generate", str(s), "--prompt", "x"], "holds a 'rnn-seq2seq' model"),
     ("train", lambda g, s, b, f: ["train", SEQ2SEQ, "--set", "model.scroe=dot"], "did you mean 'score'"),
     (

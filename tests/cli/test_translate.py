@@ -1,7 +1,9 @@
-"""qkv train on a seq2seq config, then qkv translate: output lines, beam search, the alignment PNG."""
+"""qkv train on a seq2seq config, then qkv translate: output lines, beam search, alignment PNG, explorer page."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,11 @@ TINY = [
 ]
 
 
-def train(out: Path, *overrides: str) -> Path:
-    sets = [arg for item in (*TINY, *overrides) for arg in ("--set", item)]
-    assert main(["train", str(ROOT / "configs" / "dates-rnn.toml"), "--out", str(out), "--no-progress", *sets]) == 0
+def train(out: Path, *overrides: str, family: str = "rnn") -> Path:
+    tiny = TINY if family == "rnn" else [*TINY[:-2], "model.embed_dim=16", "model.ffn_dim=32", "model.num_heads=2"]
+    sets = [arg for item in (*tiny, *overrides) for arg in ("--set", item)]
+    config = ROOT / "configs" / f"dates-{family}.toml"
+    assert main(["train", str(config), "--out", str(out), "--no-progress", *sets]) == 0
     return out
 
 
@@ -61,3 +65,42 @@ def test_translate_reads_a_file_and_beam_search(seq2seq_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["translate", str(seq2seq_dir), "--file", str(tmp_path / "in.txt"), "--strategy", "beam"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2  # blank lines are skipped
+
+
+@pytest.fixture(scope="module")
+def transformer_dir(tmp_path_factory) -> Path:
+    return train(tmp_path_factory.mktemp("transformer"), family="transformer")
+
+
+def _page_data(path: Path) -> dict:
+    """The JSON the explorer page embeds (``const D = {...};``)."""
+    text = path.read_text(encoding="utf-8")
+    return json.loads(re.search(r"const D = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))
+
+
+@pytest.mark.parametrize("model", ["rnn", "transformer"])
+def test_translate_writes_the_explorer_page(model, seq2seq_dir, transformer_dir, tmp_path, capsys):
+    run = {"rnn": seq2seq_dir, "transformer": transformer_dir}[model]
+    capsys.readouterr()
+    assert main(["translate", str(run), "5 Mar 21", "--html", str(tmp_path / "page.html")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"explorer:  {tmp_path / 'page.html'} (open it in a browser; it works offline)"
+    data = _page_data(tmp_path / "page.html")
+    layers, heads = (1, 1) if model == "rnn" else (2, 2)
+    assert (data["layers"], data["heads"], data["cross"], data["queryOffset"]) == (layers, heads, True, 0)
+    assert data["tokens"] == [*"5 Mar 21", "</s>"]
+    # the query tokens are the printed output, up to and with </s> (which decoding shows <unk> as \ufffd)
+    shown = {"<pad>": "", "<s>": "", "</s>": "", "<unk>": "\ufffd"}
+    assert "".join(shown.get(t, t) for t in data["queryTokens"]) == out[0]
+    assert data["queryTokens"] == data["alignment"]["target"]
+    # the alignment view is the mean over heads of the last layer drawn in the head and model views
+    dense = [[dict(row) for row in head] for head in data["rows"][-1]]  # key index -> weight, every key kept
+    for t, aligned in enumerate(data["alignment"]["weights"]):
+        mean = [sum(head[t].get(s, 0.0) for head in dense) / heads for s in range(len(data["tokens"]))]
+        assert mean == pytest.approx(aligned, abs=2e-4)  # both rounded to 4 decimals
+        assert sum(aligned) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_translate_numbers_one_page_per_text(seq2seq_dir, tmp_path, capsys):
+    assert main(["translate", str(seq2seq_dir), "5 Mar 21", "March 5, 2021", "--html", str(tmp_path / "p.html")]) == 0
+    assert [_page_data(tmp_path / f"p-{i}.html")["tokens"][0] for i in (1, 2)] == ["5", "M"]

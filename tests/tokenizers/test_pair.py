@@ -25,6 +25,17 @@ def test_char_source_word_target_round_trip_with_specials():
     assert tok.source.encode("39") == [tok.source.encode("3")[0], UNK_ID]
     assert tok.source.unknown("3x9") == ["9", "x"]
     assert tok.target.decode([999]) == "\ufffd"
+    # labels for drawings name every id, special ones included
+    assert [tok.target.piece(i) for i in [PAD_ID, BOS_ID, EOS_ID, UNK_ID, *tgt[1:-1], 999]] == [
+        "<pad>",
+        "<s>",
+        "</s>",
+        "<unk>",
+        "three",
+        "hundred",
+        "twelve",
+        "\ufffd",
+    ]
 
 
 def test_shared_vocabulary_and_its_checks():

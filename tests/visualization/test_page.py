@@ -108,3 +108,31 @@ def test_long_input_stays_responsive_and_says_so(browser, tmp_path):
     assert took < 5000, f"drawing 144 thumbnails took {took:.0f} ms"
     page.select_option("#layer", "5")
     assert errors == []
+
+
+@pytest.mark.parametrize("targets", [3, 11], ids=["fewer-queries", "more-queries"])
+def test_cross_attention_page_draws_target_rows_against_source_rows(browser, tmp_path, targets):
+    """A decoder's cross-attention: query tokens (the target) are not a suffix of the keys (the source)."""
+    source, target = list("5 Mar 21"), [f"y{i}" for i in range(targets)]
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.softmax(torch.randn(2, targets, len(source), generator=g), -1) for _ in range(2)]
+    path = write_attention_page(
+        tmp_path / "cross.html",
+        layers,
+        source,
+        query_tokens=target,
+        title="cross",
+        alignment=(source, target, layers[-1].mean(0)),
+    )
+    page, errors, requests = _open(browser, path)
+    assert f"{targets} target tokens (left) looking at {len(source)} source tokens" in page.inner_text("#note")
+    height = page.evaluate("document.getElementById('headCanvas').height")
+    assert height >= 20 + max(targets, len(source)) * 18  # every target and source row has room
+    before = _canvas_hash(page, "headCanvas")
+    page.hover("#headCanvas", position={"x": 100, "y": 10 + 18 * (targets - 1) + 9})  # the last target token
+    assert page.evaluate("window.qkvState.hover") == targets - 1
+    assert _canvas_hash(page, "headCanvas") != before, "hovering a target token did not focus its lines"
+    page.click("#tab-model")
+    page.click("#tab-align")
+    assert errors == [], errors
+    assert requests == [path.as_uri()]

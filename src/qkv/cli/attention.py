@@ -86,10 +86,12 @@ def attention_report(
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkv.cli.common import check_output_files
     from qkv.errors import ConfigError
 
     if args.png is None and args.html is None:
         raise ConfigError("say where to write: --png FILE and/or --html FILE")
+    check_output_files(png=args.png, html=args.html)
     model, tokenizer, pretrained = _load(args.model)
     for path in attention_report(
         model,

@@ -13,11 +13,19 @@ from qkv.models.gpt import GPT, GPTConfig
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
-__all__ = ["encode_prompt", "load_gpt", "load_seq2seq", "warn"]
+__all__ = ["check_output_files", "encode_prompt", "load_gpt", "load_seq2seq", "warn"]
 
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def check_output_files(**flags: Path | None) -> None:
+    """Refuse an output path that is a directory before any work is done: ``check_output_files(html=args.html)``."""
+    for flag, path in flags.items():
+        if path is not None and path.is_dir():
+            option = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{option} {path} is a directory; give a file name inside it, e.g. {path / 'out'}")
 
 
 def load_gpt(path: str | Path) -> tuple[GPT, Tokenizer, CheckpointInfo]:

@@ -31,6 +31,13 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         help="write the alignment grid (target rows x source columns; a Transformer's last layer, mean of heads) "
         "here; with several texts, one file each: NAME-1.png, NAME-2.png, ...",
     )
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="PAGE",
+        help="write the interactive page here: every layer and head of the cross-attention (target tokens looking "
+        "at source tokens) and the alignment; it works offline. With several texts: NAME-1.html, ...",
+    )
     p.set_defaults(run=run)
 
 
@@ -48,17 +55,31 @@ def _texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def _numbered(path: Path, index: int, count: int, suffix: str) -> Path:
+    """``path`` itself for one text; ``NAME-1.png``, ``NAME-2.png``, ... for several."""
+    if count == 1:
+        return path
+    return path.with_name(f"{path.stem}-{index + 1}{path.suffix or suffix}")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from qkv.cli.common import load_seq2seq
+    from qkv.cli.common import check_output_files, load_seq2seq
     from qkv.data.pairs import pad_rows
-    from qkv.decoding.translate import alignment, translate
+    from qkv.decoding.translate import cross_attention, translate
     from qkv.tokenizers.pair import EOS_ID
     from qkv.visualization.grid import plot_alignment
+    from qkv.visualization.html import write_attention_page
 
     texts = _texts(args)
+    check_output_files(show_attention=args.show_attention, html=args.html)
     model, tokenizer, _ = load_seq2seq(args.checkpoint)
+    if (args.show_attention or args.html) and getattr(model.config, "attention", None) == "none":
+        raise ConfigError(
+            "this model has no attention (the no-attention baseline): there is no alignment to show; "
+            "drop --show-attention/--html"
+        )
     limit = model.source_limit
     encoded = []
     for text in texts:
@@ -74,15 +95,22 @@ def run(args: argparse.Namespace) -> int:
     out = translate(model, src, args.max_new_tokens, args.strategy, num_beams=args.num_beams)
     for row in out.tolist():
         print(tokenizer.decode_target(row))
-    if args.show_attention is not None:
+    if args.show_attention is not None or args.html is not None:
         for i, (ids, row) in enumerate(zip(encoded, out.tolist())):
             kept = row[: row.index(EOS_ID) + 1] if EOS_ID in row else row  # up to and with </s>
-            weights = alignment(model, torch.tensor([ids]), torch.tensor([kept]))[0]
-            source = [tokenizer.source.decode([t]) or "</s>" for t in ids]
-            target = [tokenizer.target.decode([t]) or "</s>" for t in kept]
-            path = args.show_attention
-            if len(texts) > 1:
-                path = path.with_name(f"{path.stem}-{i + 1}{path.suffix or '.png'}")
-            plot_alignment(weights, source, target, path, title=f"{texts[i]!r} -> {tokenizer.decode_target(kept)!r}")
-            print(f"alignment: {path}")
+            layers = [w[0] for w in cross_attention(model, torch.tensor([ids]), torch.tensor([kept]))]
+            weights = layers[-1].mean(dim=0)  # the alignment: last layer, mean of heads
+            source = [tokenizer.source.piece(t) for t in ids]
+            target = [tokenizer.target.piece(t) for t in kept]
+            title = f"{texts[i]!r} -> {tokenizer.decode_target(kept)!r}"
+            if args.show_attention is not None:
+                path = _numbered(args.show_attention, i, len(texts), ".png")
+                plot_alignment(weights, source, target, path, title=title)
+                print(f"alignment: {path}")
+            if args.html is not None:
+                path = _numbered(args.html, i, len(texts), ".html")
+                write_attention_page(
+                    path, layers, source, query_tokens=target, title=title, alignment=(source, target, weights)
+                )
+                print(f"explorer:  {path} (open it in a browser; it works offline)")
     return 0

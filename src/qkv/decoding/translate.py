@@ -10,7 +10,7 @@ from qkv.decoding.generate import check_decoding_args, decode_loop, decoding_mod
 from qkv.decoding.stepper import Seq2SeqStepper
 from qkv.errors import ConfigError
 
-__all__ = ["alignment", "translate"]
+__all__ = ["alignment", "cross_attention", "translate"]
 
 BOS_ID, EOS_ID = 1, 2  # as in qkv.tokenizers.pair (decoding sits below the tokenizers and does not import them)
 
@@ -51,8 +51,11 @@ def translate(
 
 
 @torch.no_grad()
-def alignment(model: torch.nn.Module, src_ids: Tensor, out_ids: Tensor, *, bos_token_id: int = BOS_ID) -> Tensor:
-    """Where each output token looked: ``(batch, out_len, src_len)`` weights of the last decoder layer, mean of heads.
+def cross_attention(
+    model: torch.nn.Module, src_ids: Tensor, out_ids: Tensor, *, bos_token_id: int = BOS_ID
+) -> tuple[Tensor, ...]:
+    """Where each output token looked, per decoder layer: ``(batch, heads, out_len, src_len)`` weights each (an RNN
+    decoder has one layer and one head).
 
     ``out_ids (batch, out_len)`` is what :func:`translate` returned; the decoder is run once more with those tokens
     as its inputs (teacher forcing), which gives exactly the weights it used while decoding them.
@@ -62,4 +65,10 @@ def alignment(model: torch.nn.Module, src_ids: Tensor, out_ids: Tensor, *, bos_t
         output = model(src_ids, torch.cat([start, out_ids[:, :-1]], dim=1), return_attention=True)
     if not output.cross_attentions:
         raise ConfigError("this model has no attention (the no-attention baseline): there is no alignment to show")
-    return output.cross_attentions[-1].float().mean(dim=1)
+    return tuple(w.float() for w in output.cross_attentions)
+
+
+def alignment(model: torch.nn.Module, src_ids: Tensor, out_ids: Tensor, *, bos_token_id: int = BOS_ID) -> Tensor:
+    """Where each output token looked: ``(batch, out_len, src_len)`` weights of the last decoder layer, mean of heads
+    (see :func:`cross_attention`)."""
+    return cross_attention(model, src_ids, out_ids, bos_token_id=bos_token_id)[-1].mean(dim=1)

@@ -58,6 +58,13 @@ class Vocabulary:
         """The distinct pieces of ``text`` this vocabulary has no id for."""
         return sorted({p for p in self.split(self.level, text) if p not in self._ids})
 
+    def piece(self, token_id: int) -> str:
+        """The label of one id, special tokens included (``<pad>``, ``<s>``, ``</s>``, ``<unk>``): for drawings."""
+        if 0 <= token_id < len(SPECIALS):
+            return SPECIALS[token_id]
+        index = token_id - len(SPECIALS)
+        return self.pieces[index] if index < len(self.pieces) else "\ufffd"
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``, stopping at the first ``</s>``; padding and ``<s>`` are skipped, unknown ids are ``�``."""
         pieces = []

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from qkv.errors import ShapeError
+
 __all__ = ["attention_page", "write_attention_page"]
 
 DENSE_LIMIT = 64  # up to this many tokens every weight is kept; beyond, the top_k per query row
@@ -42,6 +44,7 @@ def attention_page(
     focus: tuple[int, int] = (0, 0),
     scale: float | None = None,
     alignment: tuple[Sequence[str], Sequence[str], Tensor] | None = None,
+    query_tokens: Sequence[str] | None = None,
     top_k: int = 8,
 ) -> str:
     """The page's HTML.
@@ -51,14 +54,24 @@ def attention_page(
         queries, keys: ``(q_len, head_dim)`` and ``(k_len, head_dim)`` of the ``focus`` (layer, head), for the
             query/key view (optional).
         alignment: ``(source_tokens, target_tokens, weights (target, source))`` of a seq2seq model (optional).
+        query_tokens: the ``q_len`` query tokens when they are not the last ``q_len`` of ``tokens``: a decoder's
+            cross-attention, target tokens looking at source tokens. Default: self-attention, the queries are the
+            last ``q_len`` tokens (all of them, or the new ones of a cached step).
     """
     k_len = attentions[0].shape[-1]
     keep = None if k_len <= DENSE_LIMIT else top_k
     q_len = attentions[0].shape[-2]
+    if len(tokens) != k_len:
+        raise ShapeError(f"tokens has {len(tokens)} entries but the attention has {k_len} keys")
+    if query_tokens is not None and len(query_tokens) != q_len:
+        raise ShapeError(f"query_tokens has {len(query_tokens)} entries but the attention has {q_len} queries")
     payload = {
         "title": title,
         "tokens": list(tokens),
-        "queryTokens": list(tokens)[-q_len:],
+        "queryTokens": list(tokens)[-q_len:] if query_tokens is None else list(query_tokens),
+        # rows at which query i is drawn: self-attention queries sit beside their own key rows
+        "queryOffset": k_len - q_len if query_tokens is None else 0,
+        "cross": query_tokens is not None,
         "layers": len(attentions),
         "heads": int(attentions[0].shape[0]),
         "rows": [[_rows(layer[h], keep) for h in range(layer.shape[0])] for layer in attentions],
