@@ -82,8 +82,9 @@ def markdown(results: list[dict], command: str) -> str:
         "",
         f"Produced by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, one thread "
         "per run, two runs at a time on 2 cores. Greedy decoding. Reference = the no-attention RNN baseline (encoder's "
-        f"last state only) trained in the same run with the same budget ({_budget(results)}). `ΔBLEU` = model BLEU - baseline BLEU on the "
-        "test split; `long` = inputs longer than any training input; `drop` = test BLEU - long BLEU.",
+        f"last state only) trained in the same run with the same budget ({_budget(results)}). `ΔBLEU` = model BLEU "
+        "- baseline BLEU on the test split; `long` = inputs longer than any training input; `drop` = test BLEU - long "
+        "BLEU.",
         "",
     ]
     for task in dict.fromkeys(r["task"] for r in results):

