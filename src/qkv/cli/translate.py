@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from qkv.cli.common import check_output_files, load_seq2seq
     from qkv.data.pairs import pad_rows
-    from qkv.decoding.translate import cross_attention, translate
+    from qkv.decoding.translate import NO_ALIGNMENT, cross_attention, translate
     from qkv.tokenizers.pair import EOS_ID
     from qkv.visualization.grid import plot_alignment
     from qkv.visualization.html import write_attention_page
@@ -76,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(show_attention=args.show_attention, html=args.html)
     model, tokenizer, _ = load_seq2seq(args.checkpoint)
     if (args.show_attention or args.html) and getattr(model.config, "attention", None) == "none":
-        raise ConfigError(
-            "this model has no attention (the no-attention baseline): there is no alignment to show; "
-            "drop --show-attention/--html"
-        )
+        raise ConfigError(f"{NO_ALIGNMENT}; drop --show-attention/--html")
     limit = model.source_limit
     encoded = []
     for text in texts:

@@ -12,6 +12,7 @@ from qkv.errors import ConfigError
 
 __all__ = ["alignment", "cross_attention", "translate"]
 
+NO_ALIGNMENT = "this model has no attention (the no-attention baseline): there is no alignment to show"
 BOS_ID, EOS_ID = 1, 2  # as in qkv.tokenizers.pair (decoding sits below the tokenizers and does not import them)
 
 
@@ -64,7 +65,7 @@ def cross_attention(
     with decoding_mode(model):
         output = model(src_ids, torch.cat([start, out_ids[:, :-1]], dim=1), return_attention=True)
     if not output.cross_attentions:
-        raise ConfigError("this model has no attention (the no-attention baseline): there is no alignment to show")
+        raise ConfigError(NO_ALIGNMENT)
     return tuple(w.float() for w in output.cross_attentions)
 
 

@@ -60,10 +60,12 @@ class Vocabulary:
 
     def piece(self, token_id: int) -> str:
         """The label of one id, special tokens included (``<pad>``, ``<s>``, ``</s>``, ``<unk>``): for drawings."""
-        if 0 <= token_id < len(SPECIALS):
-            return SPECIALS[token_id]
+        return SPECIALS[token_id] if 0 <= token_id < len(SPECIALS) else self._text_piece(token_id)
+
+    def _text_piece(self, token_id: int) -> str:
+        """The piece of a regular id; ``�`` for any other (``<unk>`` included), as decoded text shows it."""
         index = token_id - len(SPECIALS)
-        return self.pieces[index] if index < len(self.pieces) else "\ufffd"
+        return self.pieces[index] if 0 <= index < len(self.pieces) else "\ufffd"
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``, stopping at the first ``</s>``; padding and ``<s>`` are skipped, unknown ids are ``�``."""
@@ -73,8 +75,7 @@ class Vocabulary:
                 break
             if i in (PAD_ID, BOS_ID):
                 continue
-            index = i - len(SPECIALS)
-            pieces.append(self.pieces[index] if 0 <= index < len(self.pieces) else "\ufffd")
+            pieces.append(self._text_piece(i))
         return ("" if self.level == "char" else " ").join(pieces)
 
 
