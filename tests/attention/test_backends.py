@@ -14,10 +14,9 @@ from qkv.attention.backends import choose_backend
 from qkv.attention.backends.chunked import _dropout_keep, _Plan, chunked_attention, plan_tiles
 from qkv.attention.call import build_call
 from qkv.attention.masks import Span
-from tests.conftest import band, plain_attention
+from tests.conftest import FP32, FP32_TIGHT, band, plain_attention
 
 BACKENDS = ["reference", "chunked", "fused"]
-ATOL = 1e-5  # fp32 against float64, as the project standard asks
 
 
 def _inputs(b=2, h=4, kvh=2, lq=9, lk=13, d=8, dv=8, dtype=torch.float32):
@@ -62,11 +61,11 @@ def test_backend_matches_float64_oracle(backend, causal, window, mask_kind, with
     if mask is not None:
         allowed = allowed & mask
     ref_out, ref_w = plain_attention(q, k, v, allowed, bias)
-    torch.testing.assert_close(out.double(), ref_out, atol=ATOL, rtol=0)
-    torch.testing.assert_close(weights.double(), ref_w, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.double(), ref_out, **FP32)
+    torch.testing.assert_close(weights.double(), ref_w, **FP32)
     inputs = [q, k, v] + ([bias] if with_bias else [])
     for got, want in zip(_grads(out, inputs), _grads(ref_out, inputs)):
-        torch.testing.assert_close(got.double(), want.double(), atol=ATOL, rtol=0)
+        torch.testing.assert_close(got.double(), want.double(), **FP32)
 
 
 def _score_oracle(name, module, q, k):
@@ -102,7 +101,7 @@ def test_every_score_on_every_backend(name, backend, causal):
     module = score if not isinstance(score, str) else None
     raw = _score_oracle(name, module, q, k)
     ref_out, _ = plain_attention(q, k, v, band(7, 11, causal, None), scores=raw)
-    torch.testing.assert_close(out.double(), ref_out, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.double(), ref_out, **FP32)
     params = list(module.parameters()) if module is not None else []
     inputs = [q, k, v, *params]
     got = torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
@@ -111,7 +110,7 @@ def test_every_score_on_every_backend(name, backend, causal):
         if b is None:  # location scores ignore the key vectors
             assert a is None or a.abs().max() == 0
         else:
-            torch.testing.assert_close(a.double(), b.double(), atol=ATOL, rtol=0)
+            torch.testing.assert_close(a.double(), b.double(), **FP32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -154,22 +153,22 @@ def test_fused_matches_pytorch_sdpa_directly():
     # GQA with enable_gqa
     ours, _ = qkv.attend(q, k, v, backend="fused")
     theirs = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, theirs, **FP32_TIGHT)
     # a bool mask keeps its polarity: True = may attend in both
     mask = torch.rand(2, 1, 6, 10) > 0.2
     ours, _ = qkv.attend(q, k, v, mask, backend="fused")
     theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, theirs, **FP32_TIGHT)
     # causal with q_len < k_len: ours is aligned to the end of the keys, i.e. tril with offset k_len - q_len
     ours, _ = qkv.attend(q, k, v, causal=True, backend="fused")
     end_aligned = torch.ones(6, 10, dtype=torch.bool).tril(diagonal=10 - 6)
     theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=end_aligned, enable_gqa=True)
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, theirs, **FP32_TIGHT)
     # q_len == k_len causal is SDPA's is_causal
     q2, k2, v2 = _inputs(lq=8, lk=8)
     ours, _ = qkv.attend(q2, k2, v2, causal=True, scale=0.3, backend="fused")
     theirs = F.scaled_dot_product_attention(q2, k2, v2, is_causal=True, scale=0.3, enable_gqa=True)
-    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours, theirs, **FP32_TIGHT)
 
 
 @pytest.mark.parametrize("score", ["dot", "additive"])
@@ -250,9 +249,9 @@ def test_chunked_dropout_equals_reference_with_same_keep_mask():
         keep[..., tile.q0 : tile.q1, tile.k0 : tile.k1] = _dropout_keep(plan, index, shape, q.device).float()[:, :, 0]
     _, w = plain_attention(q, k, v, band(6, 8, True, None))
     ref = (w * keep.double() / (1 - p)) @ v.double()
-    torch.testing.assert_close(out.double(), ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.double(), ref, **FP32)
     for a, b in zip(_grads(out, [q, k, v]), _grads(ref, [q, k, v])):
-        torch.testing.assert_close(a.double(), b.double(), atol=ATOL, rtol=0)
+        torch.testing.assert_close(a.double(), b.double(), **FP32)
 
 
 @pytest.mark.parametrize(("lq", "lk"), [(1, 1), (7, 7), (3, 20), (20, 20), (64, 100)])
@@ -326,10 +325,10 @@ def test_huge_logits_and_identical_keys(backend):
     out, _ = qkv.attend(q.detach() * 1e4, k, v, backend=backend)
     ref, _ = plain_attention(q * 1e4, k, v)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.double(), ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.double(), ref, **FP32)
     same = k.detach()[:, :, :1].expand_as(k)
     out, w = qkv.attend(q, same, v, backend=backend, return_weights=True)
-    torch.testing.assert_close(w, torch.full_like(w, 1 / 6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(w, torch.full_like(w, 1 / 6), **FP32_TIGHT)
 
 
 def test_backends_agree_on_larger_gqa_inputs_with_many_tiles():
@@ -339,4 +338,4 @@ def test_backends_agree_on_larger_gqa_inputs_with_many_tiles():
         outs = [qkv.attend(q, k, v, causal=causal, window=window, backend=b)[0] for b in BACKENDS]
         ref, _ = plain_attention(q, k, v, band(600, 700, causal, window))
         for out in outs:
-            torch.testing.assert_close(out.double(), ref, atol=ATOL, rtol=0)
+            torch.testing.assert_close(out.double(), ref, **FP32)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qkv
-from tests.conftest import plain_attention
+from tests.conftest import FP32, FP32_TIGHT, plain_attention
 
 
 def _torch_twin(ours: qkv.MultiHeadAttention, kdim=None, vdim=None) -> torch.nn.MultiheadAttention:
@@ -35,14 +35,14 @@ def test_self_attention_matches_torch(backend, causal):
     # torch's polarity is the opposite: True = ignore
     blocked = torch.ones(7, 7, dtype=torch.bool).triu(1) if causal else None
     ref, ref_w = theirs(x, x, x, key_padding_mask=~keep, attn_mask=blocked, average_attn_weights=False)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, ref, **FP32)
+    torch.testing.assert_close(w, ref_w, **FP32)
     g = torch.randn_like(out)
     ours_grads = torch.autograd.grad(out, [x, ours.q_proj.weight, ours.out_proj.weight], g)
     theirs_grads = torch.autograd.grad(ref, [x, theirs.in_proj_weight, theirs.out_proj.weight], g)
-    torch.testing.assert_close(ours_grads[0], theirs_grads[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours_grads[1], theirs_grads[1][:32], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours_grads[2], theirs_grads[2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours_grads[0], theirs_grads[0], **FP32)
+    torch.testing.assert_close(ours_grads[1], theirs_grads[1][:32], **FP32)
+    torch.testing.assert_close(ours_grads[2], theirs_grads[2], **FP32)
 
 
 def test_cross_attention_with_other_dims_matches_torch():
@@ -51,8 +51,8 @@ def test_cross_attention_with_other_dims_matches_torch():
     x, mem_k, mem_v = torch.randn(2, 5, 32), torch.randn(2, 9, 12), torch.randn(2, 9, 20)
     out, w = ours(x, mem_k, mem_v, return_weights=True)
     ref, ref_w = theirs(x, mem_k, mem_v, average_attn_weights=False)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(w, ref_w, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, ref, **FP32)
+    torch.testing.assert_close(w, ref_w, **FP32)
 
 
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
@@ -65,7 +65,7 @@ def test_grouped_query_attention_by_hand(num_kv_heads):
     v = (x @ mha.v_proj.weight.t()).view(2, 6, num_kv_heads, 8).transpose(1, 2)
     ref, _ = plain_attention(q, k, v, torch.ones(6, 6, dtype=torch.bool).tril())
     ref = ref.transpose(1, 2).reshape(2, 6, 32).float() @ mha.out_proj.weight.t()
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, ref, **FP32)
 
 
 @pytest.mark.parametrize(("num_kv_heads", "rotary"), [(4, False), (2, True), (1, True)])
@@ -76,7 +76,7 @@ def test_kv_cache_decoding_equals_full_causal_forward(num_kv_heads, rotary):
     cache = qkv.KVCache(1, 2, num_kv_heads, 16, 8)
     prefix, _ = mha(x[:, :4], causal=True, cache=cache)  # a prompt of 4, then one token at a time
     steps = [prefix] + [mha(x[:, t : t + 1], causal=True, cache=cache)[0] for t in range(4, 10)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **FP32)
     assert cache.seq_len() == 10
 
 
@@ -123,5 +123,5 @@ def test_weights_derived_inside_frozen_weights_are_never_stale():
         with frozen_weights():
             frozen = model(x).logits
     assert not torch.allclose(before, expected)
-    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(frozen, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(plain, expected, **FP32_TIGHT)
+    torch.testing.assert_close(frozen, expected, **FP32_TIGHT)

@@ -9,6 +9,7 @@ import torch
 
 from qkv.attention import LearnedPositions, RotaryEmbedding, SinusoidalPositions, alibi_bias, alibi_slopes
 from qkv.errors import ConfigError
+from tests.conftest import FP32
 
 
 def test_sinusoidal_matches_formula():
@@ -47,7 +48,7 @@ def test_rotary_scores_depend_only_on_relative_position():
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
     s1 = rope(q, torch.tensor([7])) @ rope(k, torch.tensor([3])).transpose(-2, -1)
     s2 = rope(q, torch.tensor([104])) @ rope(k, torch.tensor([100])).transpose(-2, -1)
-    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(s1, s2, **FP32)
 
 
 def test_alibi_slopes_match_the_paper():

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qkv
-from tests.conftest import band, plain_attention
+from tests.conftest import FP32, band, plain_attention
 
 
 @st.composite
@@ -48,13 +48,13 @@ def test_random_calls_agree_with_the_oracle(case):
     scale = {"scaled_dot": d**-0.5, "dot": 1.0, "cosine": 1.0}[score]
     ref, _ = plain_attention(qq, kk, v, allowed, bias, scale=scale)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.double(), ref, **FP32)
     upstream = torch.randn(out.shape, generator=g, dtype=torch.float64)
     got = torch.autograd.grad(out, [q, k, v], upstream.float())
     want = torch.autograd.grad(ref, [q, k, v], upstream)
     for a, w in zip(got, want):
         assert torch.isfinite(a).all()
-        torch.testing.assert_close(a.double(), w.double(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.double(), w.double(), **FP32)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from qkv.decoding import translate
 from qkv.decoding.translate import alignment
 from qkv.errors import ConfigError
 from qkv.tokenizers.pair import BOS_ID, EOS_ID
+from tests.conftest import FP32, FP32_TIGHT
 from tests.models import test_rnn_seq2seq, test_transformer
 from tests.models.seq2seq_helpers import TINY_PAIRS, overfit, tiny_batch, tiny_tokenizer
 
@@ -80,12 +81,12 @@ def test_the_alignment_is_what_the_decoder_used(half_trained):
             _, state, w = model.decode_step(ids, state)
             steps.append(w)
             ids = out[:, t]
-        torch.testing.assert_close(weights, torch.stack(steps, dim=1), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(weights, torch.stack(steps, dim=1), **FP32_TIGHT)
     else:  # the Transformer: the last layer's cross-attention, head mean, as the full pass computes it
         tgt_in = torch.cat([torch.full((2, 1), BOS_ID), out[:, :-1]], dim=1)
         full = model(src, tgt_in, return_attention=True).cross_attentions[-1].mean(1)
-        torch.testing.assert_close(weights, full, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(weights, full, **FP32_TIGHT)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), **FP32)
 
 
 def test_the_baseline_has_no_alignment():

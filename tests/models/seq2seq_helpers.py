@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from qkv.data.pairs import pad_rows
 from qkv.tokenizers.pair import PAD_ID, PairTokenizer
+from tests.conftest import FP32, FP32_TIGHT
 
 TINY_PAIRS = [
     ("March 5, 2021", "2021-03-05"),
@@ -53,7 +54,7 @@ def assert_padding_never_changes_results(model: torch.nn.Module, tok: PairTokeni
     for i in range(len(TINY_PAIRS)):
         s_len, t_len = int((src[i] != PAD_ID).sum()), int((tgt_in[i] != PAD_ID).sum())
         alone = model(src[i : i + 1, :s_len], tgt_in[i : i + 1, :t_len], return_attention=True)
-        torch.testing.assert_close(together.logits[i, :t_len], alone.logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(together.logits[i, :t_len], alone.logits[0], **FP32)
         for w, w_alone in zip(together.cross_attentions or (), alone.cross_attentions or ()):
-            torch.testing.assert_close(w[i, :, :t_len, :s_len], w_alone[0], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(w[i, :, :t_len, :s_len], w_alone[0], **FP32_TIGHT)
             assert torch.all(w[i, :, :, s_len:] == 0)  # padded source positions get no weight

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from qkv.models import GPT, GPTConfig
+from tests.conftest import FP32, FP32_TIGHT
 
 
 def tiny(**kw) -> GPT:
@@ -37,7 +38,7 @@ def test_cached_forward_equals_full_forward(positions, num_kv_heads):
     full = model(x).logits
     cache = model.new_cache(2)
     parts = [model(x[:, :5], cache=cache).logits] + [model(x[:, t : t + 1], cache=cache).logits for t in range(5, 12)]
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, **FP32)
 
 
 def test_attention_weights_are_causal_distributions():
@@ -46,7 +47,7 @@ def test_attention_weights_are_causal_distributions():
     assert len(out.attentions) == 2
     for w in out.attentions:
         assert w.shape == (2, 4, 9, 9)
-        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 9), atol=1e-6, rtol=0)
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 9), **FP32_TIGHT)
         assert w.triu(1).abs().max() == 0
 
 

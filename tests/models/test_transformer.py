@@ -12,6 +12,7 @@ from torch import nn
 from qkv.decoding import translate
 from qkv.errors import ConfigError, ShapeError
 from qkv.models import Transformer, TransformerConfig
+from tests.conftest import FP32, FP64
 from tests.models.seq2seq_helpers import (
     TINY_PAIRS,
     assert_padding_never_changes_results,
@@ -95,18 +96,18 @@ def test_equals_pytorch_nn_transformer_forward_and_backward(norm):
 
     ours, theirs = model(src, tgt_in).logits, reference_logits()
     real = (tgt_in != 0)[..., None].expand_as(ours)  # rows past a target's end read padding: compare real ones
-    torch.testing.assert_close(ours[real], theirs[real], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(ours[real], theirs[real], **FP64)
 
     probe = torch.randn_like(ours) * real
     grads = torch.autograd.grad((ours * probe).sum(), [model.src_embed.weight, model.tgt_embed.weight])
     ref_grads = torch.autograd.grad((theirs * probe).sum(), [model.src_embed.weight, model.tgt_embed.weight])
     for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(a, b, **FP64)
     q_grad = torch.autograd.grad((model(src, tgt_in).logits * probe).sum(), model.decoder[0].cross_attn.q_proj.weight)[
         0
     ]
     ref_q = torch.autograd.grad((reference_logits() * probe).sum(), ref.decoder.layers[0].multihead_attn.in_proj_weight)
-    torch.testing.assert_close(q_grad, ref_q[0][: model.config.embed_dim], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(q_grad, ref_q[0][: model.config.embed_dim], **FP64)
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
@@ -120,7 +121,7 @@ def test_cached_step_by_step_decoding_equals_the_full_pass(norm):
     for t in range(1, tgt_in.shape[1] + 1):
         logits, state = model.decode_next(tgt_in[:, :t], state)
         steps.append(logits)
-    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, **FP32)
 
 
 def test_padding_never_changes_results():

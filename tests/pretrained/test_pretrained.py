@@ -11,6 +11,7 @@ import torch
 import qkv
 from qkv.errors import CheckpointError
 from qkv.models import BertEncoder
+from tests.conftest import FP32, FP32_TIGHT, FP64
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.hf
@@ -44,9 +45,9 @@ def test_minilm_hidden_states_and_attentions_match_hf(minilm):
     assert len(o.hidden_states) == len(h.hidden_states) == 7
     for a, b in zip(o.hidden_states, h.hidden_states):
         # every real token within 1e-5 (padding rows are never used; they are checked in float64 below)
-        torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=0)
+        torch.testing.assert_close(a[real], b[real], **FP32)
     for a, b in zip(o.attentions, h.attentions):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, b, **FP32)
         for row in range(len(TEXTS)):  # padding keys get exactly zero weight
             assert a[row][..., ~real[row]].abs().sum() == 0
 
@@ -60,7 +61,7 @@ def test_minilm_is_exact_in_float64_including_padding(minilm):
         o = ours64(ids, mask, output_hidden_states=True)
         h = hf64(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     for a, b in zip(o.hidden_states, h.hidden_states):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+        torch.testing.assert_close(a, b, **FP64)
 
 
 def test_embed_matches_sentence_transformers(minilm):
@@ -69,7 +70,7 @@ def test_embed_matches_sentence_transformers(minilm):
     reference = st.SentenceTransformer(str(directory), device="cpu").encode(TEXTS, convert_to_tensor=True)
     ours = qkv.embed(TEXTS, batch_size=3)
     assert ours.shape == (4, 384)
-    torch.testing.assert_close(ours.norm(dim=-1), torch.ones(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours.norm(dim=-1), torch.ones(4), **FP32_TIGHT)
     assert (ours * reference).sum(-1).min() >= 0.99999
 
 
@@ -90,7 +91,7 @@ def test_gpt2_logits_and_greedy_generation_match_hf(gpt2_dir):
     ours = qkv.load_pretrained(directory)
     x = torch.randint(0, 120, (3, 25))
     with torch.no_grad():
-        torch.testing.assert_close(ours(x).logits, hf(x).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(x).logits, hf(x).logits, **FP32)
     prompt = x[:1, :6]
     theirs = hf.generate(
         prompt,
@@ -110,7 +111,7 @@ def test_save_pretrained_round_trips_through_hf(gpt2_dir, tmp_path):
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     x = torch.randint(0, 120, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(back(x).logits, hf(x).logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(back(x).logits, hf(x).logits, **FP32_TIGHT)
 
 
 def test_pytorch_model_bin_is_loaded_with_weights_only(gpt2_dir, tmp_path):
@@ -120,7 +121,7 @@ def test_pytorch_model_bin_is_loaded_with_weights_only(gpt2_dir, tmp_path):
     ours = qkv.load_pretrained(tmp_path)
     x = torch.randint(0, 120, (1, 10))
     with torch.no_grad():
-        torch.testing.assert_close(ours(x).logits, hf(x).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(x).logits, hf(x).logits, **FP32)
 
 
 class _Exploit:
