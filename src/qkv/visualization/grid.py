@@ -8,19 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")  # files only: no display needed (and none on a server)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib import font_manager  # noqa: E402
-from torch import Tensor  # noqa: E402
+from qkv.errors import ConfigError, ShapeError, describe_shape
 
-from qkv.errors import ConfigError, ShapeError, describe_shape  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-__all__ = ["downsample", "plot_alignment", "plot_attention"]
+__all__ = ["IMAGE_SUFFIXES", "check_image_path", "downsample", "plot_alignment", "plot_attention"]
 
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes without extra packages
 MAX_LABELS = 48  # beyond this many tokens the axis labels are unreadable and are left out
 MAX_CELLS = 128  # longer inputs are averaged down to at most this many rows/columns per panel
 CJK_FONTS = ("Noto Sans CJK KR", "Noto Sans CJK JP", "Noto Sans CJK SC", "NanumGothic", "Noto Sans KR")
@@ -29,6 +29,8 @@ CJK_FONTS = ("Noto Sans CJK KR", "Noto Sans CJK JP", "Noto Sans CJK SC", "NanumG
 @lru_cache(maxsize=1)
 def _font_family() -> list[str]:
     """A CJK-capable font first when one is installed, so Hangul labels are not drawn as boxes."""
+    from matplotlib import font_manager
+
     installed = {f.name for f in font_manager.fontManager.ttflist}
     if not installed.intersection(CJK_FONTS):
         # installed after matplotlib built its font cache (e.g. by scripts/setup.sh): register the files directly
@@ -105,8 +107,10 @@ def plot_attention(
     cols = 1 + max(p[1] for p in panels)
     single = len(panels) == 1
     size = 6.5 if single else (3.2 if len(tokens) <= MAX_LABELS else 2.2)
-    with plt.rc_context({"font.family": _font_family()}):
-        fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.6), squeeze=False)
+    path = check_image_path(path)
+    with _style():
+        fig = _figure(figsize=(size * cols + 1.2, size * rows + 0.6))
+        axes = fig.subplots(rows, cols, squeeze=False)
         image, block = None, 1
         for ax in axes.flat:  # panels that stay empty (a last row of heads) show nothing
             ax.set_axis_off()
@@ -118,13 +122,37 @@ def plot_attention(
         return _finish(fig, axes, image, path)
 
 
-def _finish(fig, axes, image, path: str | Path) -> Path:  # noqa: ANN001
+def check_image_path(path: str | Path) -> Path:
+    """``path`` as a Path when its suffix names a format the grid can be written in, else a ConfigError."""
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConfigError(
+            f"cannot write an image to {path}: the name must end in {', '.join(IMAGE_SUFFIXES)} "
+            f"(got {path.suffix or 'no suffix'})"
+        )
+    return path
+
+
+def _style():  # noqa: ANN202 - a matplotlib rc context
+    """Our font choice for the duration of one drawing; the user's matplotlib settings are left as they were."""
+    import matplotlib
+
+    return matplotlib.rc_context({"font.family": _font_family()})
+
+
+def _figure(**kwargs: object) -> Figure:
+    """A bare ``Figure``: it renders to files without pyplot, so no backend is chosen for the user (a notebook's
+    inline backend and MPLBACKEND stay as they are) and no figure is left open in pyplot's registry."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)  # type: ignore[arg-type]
+
+
+def _finish(fig: Figure, axes, image, path: Path) -> Path:  # noqa: ANN001
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # documented: missing parent directories are created
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -141,16 +169,19 @@ def plot_alignment(
             f"alignment weights must be (target_len, source_len) = ({len(target)}, {len(source)}), "
             f"got {describe_shape(weights.shape)}"
         )
-    with plt.rc_context({"font.family": _font_family()}):
+    path = check_image_path(path)
+    with _style():
         width, height = (
             max(4.0, 0.3 * min(len(source), MAX_CELLS) + 2.5),
             max(3.0, 0.3 * min(len(target), MAX_CELLS) + 1.5),
         )
-        fig, axes = plt.subplots(1, 1, figsize=(width, height), squeeze=False, layout="constrained")
+        fig = _figure(figsize=(width, height), layout="constrained")
+        axes = fig.subplots(1, 1, squeeze=False)
         image, block = _panel(axes[0][0], weights, source, target, "", labels=True)
         axes[0][0].tick_params(labelsize=9)
         if max(len(_label(t)) for t in source) <= 4:  # short labels read upright (Hangul turned sideways does not)
-            plt.setp(axes[0][0].get_xticklabels(), rotation=0)
+            for tick in axes[0][0].get_xticklabels():
+                tick.set_rotation(0)
         note = f" (averaged over {block}×{block} blocks)" if block > 1 else ""
         fig.suptitle(f"{title}{note} — rows: target, columns: source", fontsize=10)
         return _finish(fig, axes, image, path)
