@@ -8,6 +8,7 @@ import torch
 import qkv
 from qkv.errors import ConfigError
 from qkv.models import GPT, BertConfig, BertEncoder, GPTConfig
+from tests.conftest import FP32_TIGHT
 
 
 def gpt(backend: str = "fused", **kw) -> GPT:
@@ -26,8 +27,8 @@ def test_captured_weights_equal_the_reference_backend(positions):
         with qkv.capture_attention(fused) as cap:
             fused(x)
     for layer in range(3):
-        torch.testing.assert_close(cap.weights(layer), expected[layer].float(), atol=1e-6, rtol=0)
-        torch.testing.assert_close(cap.weights(layer).sum(-1), torch.ones(2, 4, 20), atol=1e-6, rtol=0)
+        torch.testing.assert_close(cap.weights(layer), expected[layer].float(), **FP32_TIGHT)
+        torch.testing.assert_close(cap.weights(layer).sum(-1), torch.ones(2, 4, 20), **FP32_TIGHT)
 
 
 def test_capturing_a_subset_changes_nothing_the_model_computes():
@@ -40,7 +41,7 @@ def test_capturing_a_subset_changes_nothing_the_model_computes():
     assert torch.equal(plain, captured)
     assert sorted(cap.calls) == [1] and cap.weights(1).shape == (2, 2, 20, 20)
     full = gpt("reference")(x, return_attention=True).attentions[1]
-    torch.testing.assert_close(cap.weights(1), full[:, [0, 2]].float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cap.weights(1), full[:, [0, 2]].float(), **FP32_TIGHT)
     assert model.blocks[1].attn.capture is None  # the hook is gone afterwards
 
 
@@ -55,7 +56,7 @@ def test_padding_positions_get_zero_weight():
     for layer in range(2):
         w = cap.weights(layer)
         assert w[1, :, :, 6:].abs().max() == 0
-        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 9), atol=1e-6, rtol=0)
+        torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 9), **FP32_TIGHT)
 
 
 def test_decoding_steps_append_rows_equal_to_the_full_pattern():
@@ -65,7 +66,7 @@ def test_decoding_steps_append_rows_equal_to_the_full_pattern():
         out = qkv.generate(model, x, 8)
     with torch.no_grad():
         full = gpt("reference")(out[:, :-1], return_attention=True).attentions[2]
-    torch.testing.assert_close(cap.weights(2), full.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cap.weights(2), full.float(), **FP32_TIGHT)
     assert len(cap.calls[2]) == 8  # the prompt, then one row per new token but the last
 
 
@@ -75,7 +76,7 @@ def test_cross_attention_is_captured():
     with torch.no_grad(), qkv.capture_attention(mha) as cap:
         mha(x, memory)
         _, expected = mha(x, memory, return_weights=True)
-    torch.testing.assert_close(cap.weights(0)[:, :, :3], expected.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cap.weights(0)[:, :, :3], expected.float(), **FP32_TIGHT)
     assert cap.queries[0][0].shape == (1, 2, 3, 8) and cap.keys[0][0].shape == (1, 2, 5, 8)
 
 
@@ -100,4 +101,27 @@ def test_beam_search_capture_follows_the_chosen_beam(eos):
         with torch.no_grad():
             full = reference(out[b : b + 1, : end - 1], return_attention=True).attentions[1][0]
         got = cap.weights(1)[b, :, : end - 1, : end - 1]
-        torch.testing.assert_close(got, full.float(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(got, full.float(), **FP32_TIGHT)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary", "alibi"])
+def test_captured_scores_are_the_softmax_input_of_the_weights(positions):
+    """cap.scores(layer) is what the softmax received: -inf exactly above the causal diagonal (and for keys a cached
+    row could not see yet), and its softmax, computed here by torch, is the captured weights."""
+    model = gpt(positions=positions)
+    x = torch.randint(0, 40, (2, 12))
+    with torch.no_grad(), qkv.capture_attention(model) as cap:
+        model(x)
+    future = torch.ones(12, 12, dtype=torch.bool).triu(1)
+    for layer in range(3):
+        scores = cap.scores(layer)
+        assert scores.shape == (2, 4, 12, 12)
+        assert torch.equal(torch.isneginf(scores), future.expand_as(scores))
+        torch.testing.assert_close(torch.softmax(scores, -1), cap.weights(layer), **FP32_TIGHT)
+    # after cached decoding steps the rows line up as for the weights, keys not yet seen are -inf
+    with torch.no_grad(), qkv.capture_attention(model, layers=[0]) as cap:
+        qkv.generate(model, x[:1, :5], 3, "greedy")
+    scores = cap.scores(0)
+    assert scores.shape == (1, 4, 7, 7)
+    assert torch.equal(torch.isneginf(scores), torch.ones(7, 7, dtype=torch.bool).triu(1).expand_as(scores))
+    torch.testing.assert_close(torch.softmax(scores, -1), cap.weights(0), **FP32_TIGHT)

@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from qkv.attention import MultiHeadAttention
+from qkv.decoding.translate import cross_attention
+from qkv.models import GPT, GPTConfig, Transformer, TransformerConfig
+from qkv.visualization import capture_attention
 from qkv.visualization.html import write_attention_page
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -67,8 +71,7 @@ def test_page_loads_offline_and_controls_redraw(browser, tmp_path):
         _attention(3, 4, n),
         tokens,
         title="test page",
-        queries=torch.randn(n, 8),
-        keys=torch.randn(n, 8),
+        scores=[torch.randn(4, n, n) for _ in range(3)],
         focus=(2, 1),
         alignment=(["le", "chat"], ["the", "cat"], torch.tensor([[0.9, 0.1], [0.2, 0.8]])),
     )
@@ -136,3 +139,85 @@ def test_cross_attention_page_draws_target_rows_against_source_rows(browser, tmp
     page.click("#tab-align")
     assert errors == [], errors
     assert requests == [path.as_uri()]
+
+
+class _WindowedOrPadded(torch.nn.Module):
+    """One self-attention layer with a causal sliding window or a key padding mask (qkv's GPT has neither)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.attn = MultiHeadAttention(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "window":
+            return self.attn(x, causal=True, window=(2, 0))[0]
+        keep = torch.ones(x.shape[:2], dtype=torch.bool)
+        keep[:, -3:] = False  # the last three tokens are padding
+        return self.attn(x, key_padding_mask=keep)[0]
+
+
+def _captured_page(tmp_path, kind: str):
+    """(page path, per-layer captured weights (heads, q, k), per-layer scores or None, tokens, forbidden (q, k))."""
+    torch.manual_seed(0)
+    if kind == "cross":
+        model = Transformer(
+            TransformerConfig(src_vocab_size=12, tgt_vocab_size=10, embed_dim=16, num_heads=2, ffn_dim=32, dropout=0)
+        ).eval()
+        src, out = torch.tensor([[3, 4, 5, 6, 7, 2]]), torch.tensor([[4, 5, 6, 2]])
+        weights = [w[0] for w in cross_attention(model, src, out)]
+        source, target = [f"s{i}" for i in range(6)], [f"t{i}" for i in range(4)]
+        path = write_attention_page(tmp_path / "p.html", weights, source, query_tokens=target, title=kind)
+        return path, weights, None, source, torch.zeros(4, 6, dtype=torch.bool)
+    n = 10
+    tokens = [f"w{i}" for i in range(n)]
+    if kind == "causal":
+        model = GPT(GPTConfig(vocab_size=20, max_seq_len=16, num_layers=2, num_heads=2, embed_dim=16)).eval()
+        inputs = (torch.randint(0, 20, (1, n)),)
+        forbidden = torch.ones(n, n, dtype=torch.bool).triu(1)
+    else:
+        model = _WindowedOrPadded(kind).eval()
+        inputs = (torch.randn(1, n, 16),)
+        i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        forbidden = (j > i) | (j < i - 2) if kind == "window" else (j >= n - 3).expand(n, n)
+    with torch.no_grad(), capture_attention(model) as cap:
+        model(*inputs)
+    weights = [w[0] for w in cap.all_layers()]
+    scores = [cap.scores(layer)[0] for layer in cap.layers]
+    path = write_attention_page(tmp_path / "p.html", weights, tokens, scores=scores, title=kind)
+    return path, weights, scores, tokens, forbidden
+
+
+@pytest.mark.parametrize("kind", ["causal", "window", "padded", "cross"])
+def test_query_view_draws_exactly_the_captured_weights(browser, tmp_path, kind):
+    """The numbers the query view draws are the weights the model used (capture_attention / the decoder's own
+    cross-attention), for every layer, head and query; masked keys have weight 0 and no score; bars are labelled."""
+    path, weights, scores, tokens, forbidden = _captured_page(tmp_path, kind)
+    page, errors, _ = _open(browser, path)
+    page.click("#tab-qk")
+    heads = weights[0].shape[0]
+    for h in range(1, heads):
+        page.check(f"#head-{h}")
+    for layer in range(len(weights)):
+        page.select_option("#layer", str(layer))
+        for query in range(weights[layer].shape[1]):
+            page.select_option("#qtok", str(query))
+            drawn = page.evaluate("window.qkvDrawn")
+            assert drawn["layer"] == layer and drawn["query"] == query
+            assert drawn["labels"] == tokens and drawn["keys"] == list(range(len(tokens)))
+            assert [d["head"] for d in drawn["heads"]] == list(range(heads))
+            for d in drawn["heads"]:
+                want = weights[layer][d["head"], query]
+                torch.testing.assert_close(
+                    torch.tensor(d["weights"], dtype=torch.float32), want.float(), rtol=0, atol=5e-5
+                )  # 4 decimals
+                assert all(w == 0 for w, f in zip(d["weights"], forbidden[query]) if f)
+                if scores is None:
+                    assert d["scores"] is None
+                    continue
+                assert [s is None for s in d["scores"]] == forbidden[query].tolist()
+                got = torch.tensor([s if s is not None else float("-inf") for s in d["scores"]])
+                torch.testing.assert_close(got, scores[layer][d["head"], query], rtol=0, atol=5e-5)
+        caption = page.inner_text("#qkInfo")
+        assert caption.startswith(f"layer {layer} · {heads} heads"), caption
+    assert errors == [], errors

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from qkv.attention.backends import MATERIALISE_LIMIT
 from qkv.attention.backends.chunked import chunked_weights
-from qkv.attention.backends.reference import reference_weights
+from qkv.attention.backends.reference import reference_scores, reference_weights
 from qkv.attention.call import build_call, repeat_kv
 from qkv.attention.scores import ScoreFunction
 from qkv.errors import ConfigError
 
-__all__ = ["attention_weights"]
+__all__ = ["attention_scores", "attention_weights"]
 
 
 @torch.no_grad()
@@ -35,6 +36,34 @@ def attention_weights(
     ``q (batch, heads, q_len, d)`` and ``k (batch, kv_heads, k_len, d)`` as for ``attend``; ``heads`` picks query
     heads (default: all). Long inputs are recomputed tile by tile (the chunked backend), short ones materialised.
     """
+    call = _weights_call(q, k, mask, causal, window, bias, score, scale, heads)
+    if call.q_len * call.k_len > MATERIALISE_LIMIT:
+        return chunked_weights(call).float()
+    return reference_weights(call).float()
+
+
+@torch.no_grad()
+def attention_scores(q: Tensor, k: Tensor, mask: Tensor | None = None, **options: Any) -> Tensor:
+    """What :func:`qkv.attend`'s softmax receives, ``(batch, len(heads), q_len, k_len)`` in fp32: the score times
+    the scale plus the bias, and ``-inf`` at every key the mask, the causal rule or the window forbids.
+
+    Arguments (``causal``, ``window``, ``bias``, ``score``, ``scale``, ``heads``) as for :func:`attention_weights`;
+    always materialised (meant for inspecting short inputs).
+    """
+    options = {
+        "causal": False,
+        "window": None,
+        "bias": None,
+        "score": "scaled_dot",
+        "scale": None,
+        "heads": None,
+        **options,
+    }
+    return reference_scores(_weights_call(q, k, mask, **options)).float()
+
+
+def _weights_call(q, k, mask, causal, window, bias, score, scale, heads):  # noqa: ANN001, ANN202
+    """The validated call for the weights or scores of ``heads`` (all by default); keys stand in for the values."""
     if heads is not None:
         heads = list(heads)
         if not heads or min(heads) < 0 or max(heads) >= q.shape[1]:
@@ -49,7 +78,4 @@ def attention_weights(
             bias = bias.index_select(1, index)
     options = {"causal": causal, "window": window, "bias": bias, "score": score, "scale": scale}
     # the values are not needed for weights: the keys stand in for them (same batch, heads and length)
-    call = build_call(q, k, k, mask, dropout=0.0, return_weights=True, **options)  # type: ignore[arg-type]
-    if call.q_len * call.k_len > MATERIALISE_LIMIT:
-        return chunked_weights(call).float()
-    return reference_weights(call).float()
+    return build_call(q, k, k, mask, dropout=0.0, return_weights=True, **options)

@@ -59,7 +59,7 @@ def attention_report(
 
     from qkv.cli.common import encode_prompt
     from qkv.visualization import capture_attention, plot_attention
-    from qkv.visualization.html import write_attention_page
+    from qkv.visualization.html import DENSE_LIMIT, write_attention_page
 
     if pretrained:
         ids, mask = tokenizer.batch([text])
@@ -77,11 +77,9 @@ def attention_report(
         written.append(plot_attention(attentions, tokens, png, layer=layer, head=head, average=average, title=title))
     if html is not None:
         focus = (layer if layer is not None else len(attentions) - 1, head if head is not None else 0)
-        q = cap.queries[focus[0]][0][0, focus[1]]
-        kv_heads = cap.keys[focus[0]][0].shape[1]
-        group = cap.queries[focus[0]][0].shape[1] // kv_heads
-        k = cap.keys[focus[0]][0][0, focus[1] // group]
-        written.append(write_attention_page(html, attentions, tokens, title=title, queries=q, keys=k, focus=focus))
+        # the softmax inputs for the query view; long inputs show their largest weights only, without scores
+        scores = [cap.scores(i)[0] for i in cap.layers] if len(tokens) <= DENSE_LIMIT else None
+        written.append(write_attention_page(html, attentions, tokens, title=title, scores=scores, focus=focus))
     return written
 
 

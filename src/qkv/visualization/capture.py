@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from qkv.attention.multi_head import MultiHeadAttention
-from qkv.attention.weights import attention_weights
+from qkv.attention.weights import attention_scores, attention_weights
 from qkv.decoding.trace import BEAM_OBSERVER
 from qkv.errors import ConfigError
 
@@ -30,6 +30,7 @@ class AttentionCapture:
     calls: dict[int, list[Tensor]] = field(default_factory=dict)  # weights (batch, heads, q, k) per forward call
     queries: dict[int, list[Tensor]] = field(default_factory=dict)  # q (batch, heads, q, head_dim) per call
     keys: dict[int, list[Tensor]] = field(default_factory=dict)  # k (batch, kv_heads, k, head_dim) per call
+    options: dict[int, list[dict]] = field(default_factory=dict)  # mask, causal, window, bias, score per call
     beam_rows: list[Tensor] | None = None  # after a beam search: per call, the rows of the chosen hypotheses
 
     def weights(self, layer: int) -> Tensor:
@@ -37,23 +38,36 @@ class AttentionCapture:
 
         Successive calls (decoding steps on a KV cache) append their query rows; keys a row could not see yet are 0.
         """
-        if layer not in self.calls or not self.calls[layer]:
+        return self._rows(layer, self.calls.get(layer), fill=0.0)
+
+    def scores(self, layer: int) -> Tensor:
+        """What the softmax of ``layer`` received, laid out as :meth:`weights`: ``(batch, heads, total_q, max_k)``
+        in fp32, the scaled score plus any bias, ``-inf`` at keys the layer's mask, causal rule or window forbade
+        (and at keys a row could not see yet). Recomputed on demand from the recorded Q and K: materialised, so
+        meant for short inputs."""
+        parts = [
+            attention_scores(q, k, heads=self.heads, **options)
+            for q, k, options in zip(self.queries.get(layer, []), self.keys.get(layer, []), self.options.get(layer, []))
+        ]
+        return self._rows(layer, parts, fill=float("-inf"))
+
+    def _rows(self, layer: int, parts: list[Tensor] | None, fill: float) -> Tensor:
+        if not parts:
             raise ConfigError(f"nothing was captured for layer {layer}; captured layers: {sorted(self.calls)}")
-        parts = self.calls[layer]
         if self.beam_rows is not None:  # follow the winning beam of each batch item through the reorderings
-            parts = [_pick_rows(p, rows) for p, rows in zip(parts, self.beam_rows)]
+            parts = [_pick_rows(p, rows, fill) for p, rows in zip(parts, self.beam_rows)]
         width = max(p.shape[-1] for p in parts)
-        padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts]
+        padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=fill) for p in parts]
         return torch.cat(padded, dim=2)
 
     def all_layers(self) -> list[Tensor]:
         return [self.weights(layer) for layer in self.layers if self.calls.get(layer)]
 
 
-def _pick_rows(weights: Tensor, rows: Tensor) -> Tensor:
-    """Batch rows ``rows`` of ``weights``; -1 (a hypothesis that had already ended) gives zeros."""
-    picked = weights.index_select(0, rows.clamp(min=0))
-    return picked.masked_fill((rows < 0).view(-1, 1, 1, 1), 0.0)
+def _pick_rows(values: Tensor, rows: Tensor, fill: float) -> Tensor:
+    """Batch rows ``rows`` of ``values``; -1 (a hypothesis that had already ended) gives ``fill``."""
+    picked = values.index_select(0, rows.clamp(min=0))
+    return picked.masked_fill((rows < 0).view(-1, 1, 1, 1), fill)
 
 
 def attention_modules(model: nn.Module) -> list[MultiHeadAttention]:
@@ -88,6 +102,7 @@ def capture_attention(
             capture.calls.setdefault(index, []).append(w)
             capture.queries.setdefault(index, []).append(q.detach())
             capture.keys.setdefault(index, []).append(k.detach())
+            capture.options.setdefault(index, []).append(kwargs)
 
         return record
 

@@ -1,8 +1,13 @@
 """An interactive attention explorer as one self-contained HTML file: no CDN, no network, JS and CSS inlined.
 
 Views: *head view* (query tokens linked to key tokens, line opacity = weight; pick the layer and heads), *model view*
-(layer × head thumbnails, click one to zoom), *query/key view* (the scaled dot products q·k behind one query's row of
-weights, for one head), and, when given, the *alignment* of a source and a target sentence (seq2seq).
+(layer × head thumbnails, click one to zoom), *query view* (one query's weights over the keys, labelled, for the
+chosen layer and each chosen head; with ``scores``, the softmax's input above them and the keys the mask forbade),
+and, when given, the *alignment* of a source and a target sentence (seq2seq).
+
+The page draws only numbers it is given: the weights the model used (from :func:`qkv.capture_attention` or the
+model's own output) and the scores its softmax received. It computes no softmax and applies no mask of its own, so
+what it shows for causal, windowed, padded and cross-attention is what the model computed.
 
 Long inputs stay responsive because each query row keeps only its ``top_k`` largest weights (all of them for short
 inputs); the page says which.
@@ -24,6 +29,11 @@ __all__ = ["attention_page", "write_attention_page"]
 DENSE_LIMIT = 64  # up to this many tokens every weight is kept; beyond, the top_k per query row
 
 
+def _round(x: float) -> float | None:
+    """4 decimals; ``-inf`` (a key the mask forbade) becomes ``null`` in the JSON."""
+    return None if x == float("-inf") else round(x, 4)
+
+
 def _rows(weights: Tensor, top_k: int | None) -> list:
     """``(q, k)`` weights -> per query row ``[[key, weight], ...]`` rounded to 4 decimals, largest first."""
     w = weights.float()
@@ -39,10 +49,8 @@ def attention_page(
     tokens: Sequence[str],
     *,
     title: str = "attention",
-    queries: Tensor | None = None,
-    keys: Tensor | None = None,
-    focus: tuple[int, int] = (0, 0),
-    scale: float | None = None,
+    scores: Sequence[Tensor] | None = None,
+    focus: tuple[int, int] | None = None,
     alignment: tuple[Sequence[str], Sequence[str], Tensor] | None = None,
     query_tokens: Sequence[str] | None = None,
     top_k: int = 8,
@@ -51,8 +59,10 @@ def attention_page(
 
     Args:
         attentions: per layer ``(heads, q_len, k_len)`` for one sequence; ``tokens`` are the ``k_len`` key tokens.
-        queries, keys: ``(q_len, head_dim)`` and ``(k_len, head_dim)`` of the ``focus`` (layer, head), for the
-            query/key view (optional).
+        scores: per layer ``(heads, q_len, k_len)``, what each softmax received (``-inf`` where the key was
+            forbidden), e.g. :meth:`AttentionCapture.scores`; shown in the query view for inputs of up to
+            ``DENSE_LIMIT`` keys (optional).
+        focus: the (layer, head) the page opens on (default: the last layer, head 0).
         alignment: ``(source_tokens, target_tokens, weights (target, source))`` of a seq2seq model (optional).
         query_tokens: the ``q_len`` query tokens when they are not the last ``q_len`` of ``tokens``: a decoder's
             cross-attention, target tokens looking at source tokens. Default: self-attention, the queries are the
@@ -65,6 +75,14 @@ def attention_page(
         raise ShapeError(f"tokens has {len(tokens)} entries but the attention has {k_len} keys")
     if query_tokens is not None and len(query_tokens) != q_len:
         raise ShapeError(f"query_tokens has {len(query_tokens)} entries but the attention has {q_len} queries")
+    if scores is not None and [tuple(s.shape) for s in scores] != [tuple(w.shape) for w in attentions]:
+        raise ShapeError(
+            f"scores must have the shape of the weights, layer by layer: {[tuple(w.shape) for w in attentions]}, "
+            f"got {[tuple(s.shape) for s in scores]}"
+        )
+    layer, head = focus if focus is not None else (len(attentions) - 1, 0)
+    if not (0 <= layer < len(attentions) and 0 <= head < attentions[0].shape[0]):
+        raise ShapeError(f"focus {focus} is not a (layer, head) of {len(attentions)} layers × {attentions[0].shape[0]}")
     payload = {
         "title": title,
         "tokens": list(tokens),
@@ -80,18 +98,14 @@ def attention_page(
             if keep is None
             else f"each query row shows its {keep} largest weights ({k_len} keys)"
         ),
-        "qk": None,
+        "topK": keep,  # null: every weight is in rows
+        "focus": [layer, head],
+        # per layer, head and query row: the softmax's input for every key (null = forbidden); short inputs only
+        "scores": None
+        if scores is None or keep is not None
+        else [[[[_round(float(x)) for x in row] for row in s[h].float()] for h in range(s.shape[0])] for s in scores],
         "alignment": None,
     }
-    if queries is not None and keys is not None:
-        d = queries.shape[-1]
-        payload["qk"] = {
-            "layer": focus[0],
-            "head": focus[1],
-            "scale": scale if scale is not None else d**-0.5,
-            "q": [[round(float(x), 4) for x in row] for row in queries.float()],
-            "k": [[round(float(x), 4) for x in row] for row in keys.float()],
-        }
     if alignment is not None:
         source, target, weights = alignment
         payload["alignment"] = {

@@ -12,18 +12,30 @@ from torch import Tensor
 from qkv.attention.call import AttentionCall, repeat_kv
 from qkv.attention.softmax import compute_dtype, safe_softmax
 
-__all__ = ["reference_attention", "reference_weights"]
+__all__ = ["reference_attention", "reference_scores", "reference_weights"]
 
 
-def reference_weights(call: AttentionCall) -> Tensor:
-    """Attention weights ``(batch, heads, q_len, k_len)`` in fp32, before dropout."""
+def _unmasked_scores(call: AttentionCall) -> Tensor:
     dtype = compute_dtype(call.q.dtype)
     q = call.q.to(dtype)
     k = repeat_kv(call.k, call.group).to(dtype)
     scores = call.score(q, k) * call.scale
     if call.bias is not None:
         scores = scores + call.bias.to(dtype)
-    return safe_softmax(scores, call.dense_mask())
+    return scores
+
+
+def reference_scores(call: AttentionCall) -> Tensor:
+    """The softmax's input ``(batch, heads, q_len, k_len)`` in fp32: ``score(q, k) · scale + bias``, ``-inf`` where
+    the mask, the causal rule or the window forbids the key."""
+    mask = call.dense_mask()
+    scores = _unmasked_scores(call)
+    return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
+
+
+def reference_weights(call: AttentionCall) -> Tensor:
+    """Attention weights ``(batch, heads, q_len, k_len)`` in fp32, before dropout."""
+    return safe_softmax(_unmasked_scores(call), call.dense_mask())
 
 
 def reference_attention(call: AttentionCall) -> tuple[Tensor, Tensor | None]:
