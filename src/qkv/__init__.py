@@ -2,7 +2,7 @@
 
 from qkv import errors
 from qkv.attention import KVCache, MultiHeadAttention, attend, register_score
-from qkv.decoding import generate, translate
+from qkv.decoding import generate, generate_stream, translate
 from qkv.models.output import ModelOutput
 from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained
 from qkv.visualization import capture_attention
@@ -17,6 +17,7 @@ __all__ = [
     "embed",
     "errors",
     "generate",
+    "generate_stream",
     "load_pretrained",
     "load_tokenizer",
     "register_score",

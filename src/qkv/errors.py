@@ -43,3 +43,11 @@ class CheckpointError(QkvError):
 def describe_shape(shape: object) -> str:
     """Render a shape as ``(2, 8, 16, 64)`` for messages."""
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"  # type: ignore[attr-defined]
+
+
+class OutOfMemoryError(QkvError, MemoryError):
+    """An allocation qkv sized beforehand would not fit in the memory of the device it is meant for."""
+
+
+class TrainingDivergedError(QkvError, ArithmeticError):
+    """The training loss became NaN or infinite; the step that produced it was not applied or saved."""

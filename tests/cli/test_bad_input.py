@@ -53,17 +53,44 @@ CASES = [
     ("generate", lambda r, f: ["generate", str(f / "empty.txt"), "--prompt", "x"], "is a file"),
     ("generate", lambda r, f: ["generate", str(r), "--prompt", ""], "prompt is empty"),
     ("generate", lambda r, f: ["generate", str(r), "--prompt", "→"], "never saw in training"),
-    ("generate", lambda r, f: ["generate", str(r), "--prompt", "a", "--temperature", "0"], "temperature must be > 0"),
+    ("generate", lambda r, f: ["generate", str(r), "--prompt", "a", "--temperature", "0"], "finite number > 0"),
+    ("generate", lambda r, f: ["generate", str(r), "--prompt", "a", "--temperature", "nan"], "finite number > 0"),
+    (
+        "generate",
+        lambda r, f: ["generate", str(r), "--prompt", "a", "--max-new-tokens", "999999999999"],
+        "needs at least",
+    ),
+    (
+        "generate",
+        lambda r, f: ["generate", str(r), "--prompt", "a", "--strategy", "beam", "--num-beams", "100000000"],
+        "needs at least",
+    ),  # fmt: skip
+    # sizes refused before anything is allocated, with the figure
+    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.batch_size=100000000"], "needs at least"),
+    # non-finite settings
+    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=nan"], "must be a finite number"),
+    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=1e400"], "must be a finite number"),
+    # output paths: a file where a directory is needed, a file in the way, a format that is not written
+    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--out", str(f / "empty.txt")], "a run needs a directory"),
+    ("quickstart", lambda r, f: ["quickstart", "--out", str(f / "empty.txt" / "run")], "is a file, so no directory"),
+    ("quickstart", lambda r, f: ["quickstart", "--steps", "0", "--out", str(f / "q")], "train.steps must be >= 1"),
     # embed
     ("embed", lambda r, f: ["embed", "--file", str(f / "nope.txt")], "does not exist"),
     ("embed", lambda r, f: ["embed", "--file", str(f / "latin1.txt")], "is not UTF-8"),
     ("embed", lambda r, f: ["embed", "--file", str(f / "empty.txt")], "is empty"),
-    ("embed", lambda r, f: ["embed", "x", "--out", str(f / "e.csv")], "must end in .npy or .jsonl"),
+    ("embed", lambda r, f: ["embed", "x", "--out", str(f / "e.csv")], "must end in .npy, .jsonl"),
     ("embed", lambda r, f: ["embed", "x", "--model", str(r)], "no config.json"),
     # attention
     ("attention", lambda r, f: ["attention", str(f / "nope"), "x", "--png", str(f / "a.png")], "does not exist"),
-    ("attention", lambda r, f: ["attention", str(r), "", "--png", str(f / "a.png")], "prompt is empty"),
+    ("attention", lambda r, f: ["attention", str(r), "", "--png", str(f / "a.png")], "TEXT is empty"),
     ("attention", lambda r, f: ["attention", str(r), "Ham.", "--html", str(f)], "is a directory; give a file name"),
+    ("attention", lambda r, f: ["attention", str(r), "Ham.", "--png", str(f / "x.jpg2")], "must end in .png, .svg"),
+    ("attention", lambda r, f: ["attention", str(r), "Ham.", "--html", str(f / "x.png")], "must end in .html"),
+    (
+        "attention",
+        lambda r, f: ["attention", str(r), "Ham.", "--html", str(f / "empty.txt" / "x.html")],
+        "is a file, so nothing can be written under it",
+    ),  # fmt: skip
     (
         "attention",
         lambda r, f: ["attention", str(r), "Ham.", "--png", str(f / "a.png"), "--head", "1"],
@@ -77,15 +104,19 @@ CASES = [
 def assert_one_clear_line(args: list[str], verb: str, fragment: str, capsys) -> None:
     capsys.readouterr()
     assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    printed = capsys.readouterr()
+    err = printed.err.strip().splitlines()
     assert len(err) == 1, err
     assert fragment in err[0] and "Traceback" not in err[0]
     assert err[0].startswith(f"qkv {verb}: error:")
+    assert printed.out == "", f"printed before refusing: {printed.out!r}"
 
 
 @pytest.mark.parametrize(("verb", "make_args", "fragment"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_matrix(run_dir, files, capsys, verb, make_args, fragment):  # noqa: F811
+    before = sorted(p.relative_to(files) for p in files.rglob("*"))
     assert_one_clear_line(make_args(run_dir, files), verb, fragment, capsys)
+    assert sorted(p.relative_to(files) for p in files.rglob("*")) == before, "a refused command left files behind"
 
 
 # translate and seq2seq training: (gpt run, seq2seq run, baseline run, files) -> args

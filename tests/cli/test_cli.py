@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +132,36 @@ def test_attention_verb_writes_png_and_page(run_dir, tmp_path, capsys):
     assert "--png FILE and/or --html FILE" in capsys.readouterr().err
     assert main(["attention", str(run_dir), "Ham.", "--png", str(png), "--layer", "7"]) == 2
     assert "layer 7 does not exist" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_what_was_generated_and_exits_130(run_dir):
+    """SIGINT while streaming: the text so far stays printed, one line on stderr says so, exit code 130."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qkv.cli", "generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "1000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while len(seen) < 200 and time.monotonic() < deadline:  # wait until it is streaming
+        seen += proc.stdout.read() or b""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    text = (seen + out).decode("utf-8", errors="replace")
+    assert proc.returncode == 130, err
+    assert text.startswith("Ham.") and len(text) > 200
+    new_tokens = int(re.search(rb"interrupted after (\d+) new tokens", err).group(1))
+    assert new_tokens >= 196 and b"Traceback" not in err
+
+
+def test_attention_title_names_the_tokens_drawn_when_a_long_text_is_cut(run_dir, tmp_path, monkeypatch):
+    titles = []
+    monkeypatch.setattr("qkv.visualization.plot_attention", lambda *a, **k: titles.append(k["title"]) or a[2])
+    text = "START" + "ab" * 20 + "THE END"  # 52 characters; the model's context is 16
+    assert main(["attention", str(run_dir), text, "--png", str(tmp_path / "a.png")]) == 0
+    assert titles == [f"{run_dir.name}: {text[-16:]!r} (its last 16 tokens)"]

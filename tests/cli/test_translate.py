@@ -104,3 +104,15 @@ def test_translate_writes_the_explorer_page(model, seq2seq_dir, transformer_dir,
 def test_translate_numbers_one_page_per_text(seq2seq_dir, tmp_path, capsys):
     assert main(["translate", str(seq2seq_dir), "5 Mar 21", "March 5, 2021", "--html", str(tmp_path / "p.html")]) == 0
     assert [_page_data(tmp_path / f"p-{i}.html")["tokens"][0] for i in (1, 2)] == ["5", "M"]
+
+
+def test_one_bad_text_is_reported_and_the_others_translated(seq2seq_dir, capsys):
+    capsys.readouterr()
+    alone = main(["translate", str(seq2seq_dir), "5 Mar 21", "March 5, 2021"])
+    assert alone == 0
+    good = capsys.readouterr().out.splitlines()
+    assert main(["translate", str(seq2seq_dir), "5 Mar 21", "March → 5", "March 5, 2021"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [good[0], "", good[1]]  # line N answers text N; the skipped one is empty
+    err = printed.err.strip().splitlines()
+    assert len(err) == 1 and "'March → 5' has pieces the model never saw" in err[0] and "skipped" in err[0]

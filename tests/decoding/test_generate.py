@@ -74,3 +74,19 @@ def test_bad_arguments(model):
 
 def test_public_name():
     assert qkv.generate is generate
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample"])
+def test_generate_stream_yields_the_tokens_of_generate(model, strategy):
+    full = generate(model, prompt(), 10, strategy, seed=3, temperature=0.7)
+    streamed = list(qkv.generate_stream(model, prompt(), 10, strategy, seed=3, temperature=0.7))
+    assert len(streamed) == 10 and all(t.shape == (3,) for t in streamed)
+    assert torch.equal(torch.stack(streamed, dim=1), full[:, 4:])
+    assert torch.is_grad_enabled(), "the stream must not leave autograd disabled in the caller"
+
+
+def test_generate_stream_checks_its_arguments_when_asked_not_at_the_first_token(model):
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        qkv.generate_stream(model, prompt(), 3, "sample", temperature=float("nan"))
+    with pytest.raises(ConfigError, match="beam search cannot stream"):
+        qkv.generate_stream(model, prompt(), 3, "beam")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,37 @@ def test_bf16_autocast_runs(tmp_path):
     trainer = make_trainer(tmp_path, ["train.steps=2", "train.bf16=true", "train.eval_interval=2"])
     assert math.isfinite(trainer.fit()["val_loss"])
     assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(tmp_path):
+    """lr 1e30 without warm-up or clipping: the loss becomes NaN within a few steps. Training stops with
+    TrainingDivergedError, never applies or saves the bad update, and writes no metrics.json with a NaN in it."""
+    from qkv.errors import TrainingDivergedError
+
+    overrides = ["train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0", "train.checkpoint_interval=1"]
+    trainer = make_trainer(tmp_path, overrides + ["model.dropout=0.0", "train.steps=50"])
+    with pytest.raises(TrainingDivergedError, match=r"the training loss became (nan|inf) at step (\d+)") as info:
+        trainer.fit()
+    bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+    assert f"last good checkpoint is {tmp_path / 'checkpoints'}" in str(info.value)
+    assert not (tmp_path / "metrics.json").exists()
+    latest = load_checkpoint_info(tmp_path)
+    assert latest.step == bad_step - 1
+    model, _, _ = build_lm(load_run_config(None, TINY))
+    latest.load_model_weights(model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), "the bad update was applied"
+
+
+def test_the_progress_bar_shows_the_evaluation_of_its_own_step(tmp_path, capfd):
+    trainer = make_trainer(
+        tmp_path,
+        ["train.steps=6", "train.eval_interval=3"],
+    )
+    trainer.progress = True
+    trainer.fit()
+    printed = capfd.readouterr()
+    last_eval = re.findall(r"step 6: train [\d.]+, val ([\d.]+)", printed.out + printed.err)
+    assert last_eval, printed
+    final_bar = printed.err.rstrip().split("\r")[-1]
+    assert f"val={last_eval[-1]}" in final_bar, final_bar

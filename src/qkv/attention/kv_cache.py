@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from qkv.errors import ConfigError, ShapeError, describe_shape
+from qkv.memory import check_fits
 
 __all__ = ["KVCache"]
 
@@ -40,6 +41,13 @@ class KVCache:
                 raise ConfigError(f"KVCache needs {name} >= 1, got {value}")
         v_dim = head_dim if v_dim is None else v_dim
         shape = (num_layers, batch_size, num_kv_heads, max_seq_len)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        check_fits(
+            num_layers * batch_size * num_kv_heads * max_seq_len * (head_dim + v_dim) * itemsize,
+            f"a KV cache for {batch_size} sequences of up to {max_seq_len} positions",
+            "decode fewer sequences at once (fewer beams, a smaller batch)",
+            device,
+        )
         self.keys = torch.zeros(*shape, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros(*shape, v_dim, dtype=dtype, device=device)
         self.lengths = [0] * num_layers

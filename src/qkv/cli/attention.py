@@ -7,6 +7,8 @@ from pathlib import Path
 
 __all__ = ["add_parser", "attention_report"]
 
+HINT = "give some text to look at, e.g. qkv attention runs/quickstart 'To be, or not to be' --png grid.png"
+
 
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p = verbs.add_parser(
@@ -49,12 +51,13 @@ def attention_report(
     layer: int | None = None,
     head: int | None = None,
     average: bool = False,
-    title: str = "attention",
+    title: str | None = None,
+    name: str = "attention",
     pretrained: bool = False,
     token_ids=None,  # noqa: ANN001 - (1, n) ids to use instead of encoding text
 ) -> list[Path]:
     """Capture ``model``'s attention over ``text`` (or ready ``token_ids (1, n)``) and write the PNG and/or the page;
-    returns the paths written."""
+    returns the paths written. ``title`` defaults to ``name`` and the start of the tokens drawn."""
     import torch
 
     from qkv.cli.common import encode_prompt
@@ -66,9 +69,17 @@ def attention_report(
         tokens = tokenizer.tokenizer.encode(text).tokens[: ids.shape[1]]
         kwargs = {"attention_mask": mask} if mask is not None and hasattr(model, "embeddings") else {}
     else:
-        ids = token_ids if token_ids is not None else encode_prompt(tokenizer, text, model.config.max_seq_len)
+        ids = token_ids if token_ids is not None else encode_prompt(tokenizer, text, model.config.max_seq_len, HINT)
         tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
         kwargs = {}
+    if title is None:  # name what is drawn: the tokens kept, not the start of a text that was cut
+        shown = "".join(tokens) if not pretrained else text
+        cut = (
+            ""
+            if pretrained or token_ids is not None or len(shown) == len(text or "")
+            else f" (its last {len(tokens)} tokens)"
+        )
+        title = f"{name}: {shown[:40]!r}{'…' if len(shown) > 40 else ''}{cut}"
     with torch.no_grad(), capture_attention(model) as cap:
         model(ids, **kwargs)
     attentions = [w[0] for w in cap.all_layers()]
@@ -84,12 +95,15 @@ def attention_report(
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import check_output_files
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files
     from qkv.errors import ConfigError
+    from qkv.visualization.grid import IMAGE_SUFFIXES
 
+    if not args.text:
+        raise ConfigError(f"TEXT is empty: {HINT}")
     if args.png is None and args.html is None:
         raise ConfigError("say where to write: --png FILE and/or --html FILE")
-    check_output_files(png=args.png, html=args.html)
+    check_output_files({"png": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, png=args.png, html=args.html)
     model, tokenizer, pretrained = _load(args.model)
     for path in attention_report(
         model,
@@ -100,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         layer=args.layer,
         head=args.head,
         average=args.average,
-        title=f"{Path(args.model).name}: {args.text[:40]}",
+        name=Path(args.model).name,
         pretrained=pretrained,
     ):
         print(f"written: {path}")

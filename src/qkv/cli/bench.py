@@ -46,7 +46,9 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkv.benchmarking.attention import AttentionBenchConfig, run_attention_bench
+    from qkv.cli.common import check_output_files
 
+    check_output_files({"out": (".md",)}, out=args.out)
     config = AttentionBenchConfig.quick() if args.quick else AttentionBenchConfig()
     if args.sizes:
         config.p1_sizes = config.p2_sizes = args.sizes

@@ -13,19 +13,55 @@ from qkv.models.gpt import GPT, GPTConfig
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
-__all__ = ["check_output_files", "encode_prompt", "load_gpt", "load_seq2seq", "warn"]
+__all__ = ["check_output_dir", "check_output_files", "encode_prompt", "load_gpt", "load_seq2seq", "warn"]
+
+
+HTML_SUFFIXES = (".html", ".htm")
 
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def check_output_files(**flags: Path | None) -> None:
-    """Refuse an output path that is a directory before any work is done: ``check_output_files(html=args.html)``."""
+def _blocked_by_a_file(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` that is a file (so no directory can be made there), if any."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def check_output_files(suffixes: dict[str, tuple[str, ...]] | None = None, **flags: Path | None) -> None:
+    """Refuse, before any work is done, an output file that cannot be written where it is asked for: a directory, a
+    path under an existing file, or (``suffixes={"png": (".png", ...)}``) a name of a format that is not written.
+    Missing parent directories are fine: they are created (as ``--out`` creates a run directory).
+
+    ``check_output_files({"html": (".html",)}, html=args.html)``
+    """
     for flag, path in flags.items():
-        if path is not None and path.is_dir():
-            option = "--" + flag.replace("_", "-")
+        if path is None:
+            continue
+        option = "--" + flag.replace("_", "-")
+        if path.is_dir():
             raise ConfigError(f"{option} {path} is a directory; give a file name inside it, e.g. {path / 'out'}")
+        blocker = _blocked_by_a_file(path)
+        if blocker is not None:
+            raise ConfigError(f"{option} {path}: {blocker} is a file, so nothing can be written under it")
+        allowed = (suffixes or {}).get(flag)
+        if allowed and path.suffix.lower() not in allowed:
+            raise ConfigError(
+                f"{option} {path}: the name must end in {', '.join(allowed)} (got {path.suffix or 'no suffix'})"
+            )
+
+
+def check_output_dir(flag: str, path: Path) -> None:
+    """Refuse a run directory that is an existing file or lies under one (``check_output_dir("out", args.out)``)."""
+    option = "--" + flag.replace("_", "-")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file; a run needs a directory (a new or existing one)")
+    blocker = _blocked_by_a_file(path)
+    if blocker is not None:
+        raise ConfigError(f"{option} {path}: {blocker} is a file, so no directory can be made under it")
 
 
 def load_gpt(path: str | Path) -> tuple[GPT, Tokenizer, CheckpointInfo]:
@@ -59,10 +95,13 @@ def load_seq2seq(path: str | Path) -> tuple[nn.Module, PairTokenizer, Checkpoint
     return model.eval(), tokenizer, info
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str, context: int) -> torch.Tensor:
-    """``(1, n)`` ids of ``prompt``; an empty prompt or unknown characters are errors, a long one is cut on the left."""
+def encode_prompt(
+    tokenizer: Tokenizer, prompt: str, context: int, hint: str = "give some text to continue, e.g. --prompt 'Ham.'"
+) -> torch.Tensor:
+    """``(1, n)`` ids of ``prompt``; an empty prompt or unknown characters are errors (``hint`` says what to give
+    instead of nothing, in the words of the calling verb), a long one is cut on the left."""
     if not prompt:
-        raise ConfigError("the prompt is empty: give some text to continue, e.g. --prompt 'Ham.'")
+        raise ConfigError(f"the prompt is empty: {hint}")
     unknown = getattr(tokenizer, "unknown_characters", lambda _t: [])(prompt)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:10])

@@ -32,6 +32,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkv.cli.common import check_output_files
     from qkv.data.text import read_text_file
     from qkv.pretrained import embed
 
@@ -40,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
         texts += [line.strip() for line in read_text_file(args.file).splitlines() if line.strip()]
     if not texts:
         raise ConfigError("nothing to embed: give texts as arguments or --file FILE")
-    if args.out is not None and args.out.suffix not in (".npy", ".jsonl"):
-        raise ConfigError(f"--out must end in .npy or .jsonl, got {args.out.name}")
+    check_output_files({"out": (".npy", ".jsonl")}, out=args.out)
     vectors = embed(texts, model=args.model, batch_size=args.batch_size)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out is not None and args.out.suffix == ".npy":
         import numpy as np
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["add_parser"]
@@ -22,6 +23,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (0): same seed, same text")
     p.add_argument("--no-cache", action="store_true", help="recompute every step instead of using the KV cache")
+    p.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="print the text when it is complete (default: print each token as it comes; beam search always waits)",
+    )
 
 
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
@@ -39,21 +45,46 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qkv.cli.common import encode_prompt, load_gpt
-    from qkv.decoding import generate
+    from qkv.decoding import generate, generate_stream
 
     model, tokenizer, _ = load_gpt(args.checkpoint)
     ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
-    out = generate(
-        model,
-        ids,
-        args.max_new_tokens,
-        args.strategy,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        num_beams=args.num_beams,
-        use_cache=not args.no_cache,
-    )
-    print(tokenizer.decode(out[0].tolist()))
+    options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    if args.strategy == "beam" or args.no_stream:
+        out = generate(
+            model,
+            ids,
+            args.max_new_tokens,
+            args.strategy,
+            num_beams=args.num_beams,
+            use_cache=not args.no_cache,
+            **options,
+        )
+        print(tokenizer.decode(out[0].tolist()))
+        return 0
+    # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
+    stream = generate_stream(model, ids, args.max_new_tokens, args.strategy, use_cache=not args.no_cache, **options)
+    tokens = ids[0].tolist()
+    printed = tokenizer.decode(tokens)
+    sys.stdout.write(printed)
+    sys.stdout.flush()
+    try:
+        for token in stream:
+            tokens.append(int(token[0]))
+            text = tokenizer.decode(tokens)  # the whole text: a piece may change how the ones before it read
+            if text.startswith(printed):
+                sys.stdout.write(text[len(printed) :])
+                sys.stdout.flush()
+                printed = text
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        new = len(tokens) - ids.shape[1]
+        print(
+            f"qkv generate: interrupted after {new} new tokens; the text above is what was generated", file=sys.stderr
+        )
+        return 130
+    finally:
+        stream.close()
+    sys.stdout.write("\n")
     return 0

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from qkv.cli.attention import attention_report
-    from qkv.cli.common import encode_prompt, load_gpt
+    from qkv.cli.common import check_output_dir, encode_prompt, load_gpt
     from qkv.decoding import generate
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     out: Path = args.out
+    check_output_dir("out", out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
     config = load_run_config(None, overrides)
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         None,
         out / "attention.png",
         out / "attention.html",
-        title="qkv quickstart: the sample's last 48 characters",
+        title="quickstart: the sample's last 48 characters",
         token_ids=ids[:, -48:],
     )
     print(

@@ -41,12 +41,14 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qkv.cli.common import check_output_dir
     from qkv.training import Trainer, load_checkpoint_info, load_run_config
     from qkv.training.config import RunConfig, apply_overrides
     from qkv.training.distributed import setup_distributed
     from qkv.training.runs import build_run
 
     out = args.out or Path("runs") / args.config.stem
+    check_output_dir("out", out)
     tokenizer = None
     if args.resume:
         info = load_checkpoint_info(out)

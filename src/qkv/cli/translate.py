@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from qkv.errors import ConfigError
@@ -65,35 +66,46 @@ def _numbered(path: Path, index: int, count: int, suffix: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from qkv.cli.common import check_output_files, load_seq2seq
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_seq2seq
     from qkv.data.pairs import pad_rows
     from qkv.decoding.translate import NO_ALIGNMENT, cross_attention, translate
     from qkv.tokenizers.pair import EOS_ID
-    from qkv.visualization.grid import plot_alignment
+    from qkv.visualization.grid import IMAGE_SUFFIXES, plot_alignment
     from qkv.visualization.html import write_attention_page
 
     texts = _texts(args)
-    check_output_files(show_attention=args.show_attention, html=args.html)
+    check_output_files(
+        {"show_attention": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, show_attention=args.show_attention, html=args.html
+    )
     model, tokenizer, _ = load_seq2seq(args.checkpoint)
     if (args.show_attention or args.html) and getattr(model.config, "attention", None) == "none":
         raise ConfigError(f"{NO_ALIGNMENT}; drop --show-attention/--html")
     limit = model.source_limit
-    encoded = []
-    for text in texts:
+    encoded: dict[int, list[int]] = {}  # text index -> source ids, for the texts that can be translated
+    problems: dict[int, str] = {}
+    for i, text in enumerate(texts):
         unknown = tokenizer.source.unknown(text)
+        ids = tokenizer.encode_source(text) if not unknown else []
         if unknown:
             shown = ", ".join(repr(p) for p in unknown[:10])
-            raise ConfigError(f"{text!r} has pieces the model never saw in training: {shown}; remove or replace them")
-        ids = tokenizer.encode_source(text)
-        if limit is not None and len(ids) > limit:
-            raise ConfigError(f"{text!r} is {len(ids)} tokens long (with </s>); this model reads at most {limit}")
-        encoded.append(ids)
-    src = pad_rows(encoded)
-    out = translate(model, src, args.max_new_tokens, args.strategy, num_beams=args.num_beams)
-    for row in out.tolist():
-        print(tokenizer.decode_target(row))
+            problems[i] = f"{text!r} has pieces the model never saw in training: {shown}; remove or replace them"
+        elif limit is not None and len(ids) > limit:
+            problems[i] = f"{text!r} is {len(ids)} tokens long (with </s>); this model reads at most {limit}"
+        else:
+            encoded[i] = ids
+    if len(problems) == len(texts):  # nothing to translate: one clear error (the first text's)
+        raise ConfigError(problems[0] if len(texts) == 1 else f"no text could be translated; the first: {problems[0]}")
+    out = translate(
+        model, pad_rows(list(encoded.values())), args.max_new_tokens, args.strategy, num_beams=args.num_beams
+    )
+    results = dict(zip(encoded, out.tolist()))
+    for i in range(len(texts)):  # one output line per text, in order: a skipped text leaves its line empty
+        if i in problems:
+            print(f"qkv translate: error: {problems[i]} (skipped: its output line is empty)", file=sys.stderr)
+        print(tokenizer.decode_target(results[i]) if i in results else "", flush=True)
     if args.show_attention is not None or args.html is not None:
-        for i, (ids, row) in enumerate(zip(encoded, out.tolist())):
+        for i, ids in encoded.items():
+            row = results[i]
             kept = row[: row.index(EOS_ID) + 1] if EOS_ID in row else row  # up to and with </s>
             layers = [w[0] for w in cross_attention(model, torch.tensor([ids]), torch.tensor([kept]))]
             weights = layers[-1].mean(dim=0)  # the alignment: last layer, mean of heads
@@ -110,4 +122,4 @@ def run(args: argparse.Namespace) -> int:
                     path, layers, source, query_tokens=target, title=title, alignment=(source, target, weights)
                 )
                 print(f"explorer:  {path} (open it in a browser; it works offline)")
-    return 0
+    return 2 if problems else 0

@@ -1,7 +1,7 @@
 """Decoding: greedy, beam search and sampling, all on the KV cache (or a recurrent state), behind ``qkv.generate``
 for language models and ``qkv.translate`` for sequence-to-sequence models."""
 
-from qkv.decoding.generate import generate
+from qkv.decoding.generate import generate, generate_stream
 from qkv.decoding.translate import translate
 
-__all__ = ["generate", "translate"]
+__all__ = ["generate", "generate_stream", "translate"]

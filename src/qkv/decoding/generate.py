@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,8 +15,9 @@ from qkv.attention.frozen import frozen_weights
 from qkv.decoding.beam import beam_search
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.errors import ConfigError, ShapeError, describe_shape
+from qkv.memory import check_fits
 
-__all__ = ["generate"]
+__all__ = ["generate", "generate_stream"]
 
 STRATEGIES = ("greedy", "beam", "sample")
 
@@ -43,14 +47,21 @@ def check_decoding_args(input_ids: Tensor, max_new_tokens: int, strategy: str, *
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if kw["temperature"] <= 0:  # type: ignore[operator]
-        raise ConfigError(f"temperature must be > 0, got {kw['temperature']}")
+    if not (math.isfinite(kw["temperature"]) and kw["temperature"] > 0):  # type: ignore[arg-type, operator]
+        raise ConfigError(f"temperature must be a finite number > 0, got {kw['temperature']}")
     if kw["top_k"] is not None and kw["top_k"] < 1:  # type: ignore[operator]
         raise ConfigError(f"top_k must be >= 1, got {kw['top_k']}")
     if kw["top_p"] is not None and not 0 < kw["top_p"] <= 1:  # type: ignore[operator]
         raise ConfigError(f"top_p must be in (0, 1], got {kw['top_p']}")
     if kw["num_beams"] < 1:  # type: ignore[operator]
         raise ConfigError(f"num_beams must be >= 1, got {kw['num_beams']}")
+    rows = input_ids.shape[0] * (kw["num_beams"] if strategy == "beam" else 1)  # type: ignore[operator]
+    check_fits(  # the ids alone; a KV cache is sized when it is made
+        rows * (input_ids.shape[1] + max_new_tokens) * 8,
+        f"max_new_tokens={max_new_tokens} for {rows} sequences",
+        "ask for fewer new tokens",
+        input_ids.device,
+    )
 
 
 @torch.no_grad()
@@ -103,7 +114,14 @@ def decoding_mode(model: object) -> Iterator[None]:
             model.train()
 
 
-def decode_loop(
+def decode_loop(stepper: TokenStepper, input_ids: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """Greedy or sampled continuation of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``: :func:`decode_steps`
+    (same arguments) run to its end."""
+    last = deque(decode_steps(stepper, input_ids, *args, **kwargs), maxlen=1)
+    return last[0] if last else input_ids
+
+
+def decode_steps(
     stepper: TokenStepper,
     input_ids: Tensor,
     max_new_tokens: int,
@@ -113,8 +131,8 @@ def decode_loop(
     top_p: float | None = None,
     seed: int | None = None,
     eos_token_id: int | None = None,
-) -> Tensor:
-    """Greedy or sampled continuation of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``, one token per step."""
+) -> Iterator[Tensor]:
+    """:func:`decode_loop` one step at a time: yields ``(batch, seq + t)`` after each new token ``t = 1, 2, ...``."""
     generator = None
     if strategy == "sample":
         generator = torch.Generator(device=input_ids.device)
@@ -132,6 +150,65 @@ def decode_loop(
             token = token.masked_fill(done, eos_token_id)
             done |= token == eos_token_id
         ids = torch.cat([ids, token[:, None]], dim=1)
+        yield ids
         if eos_token_id is not None and bool(done.all()):
             break
-    return ids
+
+
+STREAM_OPTIONS = {
+    "temperature": 1.0,
+    "top_k": None,
+    "top_p": None,
+    "seed": None,
+    "eos_token_id": None,
+    "use_cache": True,
+}
+
+
+def generate_stream(
+    model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strategy: str = "greedy", **options: Any
+) -> Iterator[Tensor]:
+    """:func:`generate` token by token: yields each new token, ``(batch,)`` ids, as soon as it is chosen.
+
+    ``options`` are :func:`generate`'s (``temperature``, ``top_k``, ``top_p``, ``seed``, ``eos_token_id``,
+    ``use_cache``), and the tokens are the ones it returns (greedy or sampling; beam search cannot stream, as its
+    best hypothesis is known only at the end). Stop iterating at any time: what was yielded stays valid.
+    """
+    if strategy == "beam":
+        raise ConfigError("beam search cannot stream (its best hypothesis is known only at the end); use generate")
+    unknown = sorted(set(options) - set(STREAM_OPTIONS))
+    if unknown:
+        raise ConfigError(f"generate_stream takes no option {', '.join(unknown)}; it takes {', '.join(STREAM_OPTIONS)}")
+    o = {**STREAM_OPTIONS, **options}
+    check_decoding_args(  # now, not at the first next(): bad arguments fail where the stream is asked for
+        input_ids,
+        max_new_tokens,
+        strategy,
+        temperature=o["temperature"],
+        top_k=o["top_k"],
+        top_p=o["top_p"],
+        num_beams=1,
+    )
+    return _stream(model, input_ids, max_new_tokens, strategy, o)
+
+
+def _stream(model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strategy: str, o: dict) -> Iterator[Tensor]:
+    with decoding_mode(model):  # eval mode and frozen weights while the stream is open
+        stepper = Stepper(model, input_ids.shape[0], o["use_cache"])
+        steps = decode_steps(
+            stepper,
+            input_ids,
+            max_new_tokens,
+            strategy,
+            o["temperature"],
+            o["top_k"],
+            o["top_p"],
+            o["seed"],
+            o["eos_token_id"],
+        )
+        while True:
+            with torch.no_grad():  # per step: a no_grad held across a yield would leak into the caller's code
+                ids = next(steps, None)
+            if ids is None:
+                return
+            yield ids[:, -1]

@@ -4,6 +4,7 @@ fields (unknown keys and wrong types are errors that suggest the right spelling)
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -70,6 +71,21 @@ class TrainConfig:
     bf16: bool = False  # autocast matmuls to bfloat16 (fast only where the CPU/GPU has bf16 units)
     flush_denormal: bool = True  # treat fp32 denormals as 0 while training: CPUs slow down badly on them
     log_interval: int = 50
+
+    def validate(self) -> None:
+        """ConfigError for a count below 1 (before any work, so nothing is printed or written first)."""
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "eval_iters",
+            "eval_interval",
+            "checkpoint_interval",
+            "keep_checkpoints",
+            "log_interval",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
 
 
 #: what a run trains: kind -> (model config, data config); a TOML file picks one with a top-level ``kind = "..."``
@@ -138,6 +154,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML reads nan, inf and 1e400 (= inf); no setting means any of them
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
     elif annotation is str:
         if isinstance(value, str):
@@ -209,4 +227,5 @@ def load_run_config(path: str | Path | None, overrides: typing.Sequence[str] = (
         config = RunConfig.from_dict(data)
     apply_overrides(config, overrides)
     config.model.validate()
+    config.train.validate()
     return config

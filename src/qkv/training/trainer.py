@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qkv.errors import ConfigError
+from qkv.errors import ConfigError, TrainingDivergedError
+from qkv.memory import activation_bytes, check_fits
 from qkv.tokenizers import Tokenizer
 from qkv.training.checkpoint import load_checkpoint_info, restore_training_state, save_checkpoint
 from qkv.training.config import TrainConfig
@@ -87,18 +88,7 @@ class Trainer:
 
     def _check_config(self) -> None:
         c = self.config
-        for name in (
-            "steps",
-            "batch_size",
-            "grad_accum",
-            "eval_iters",
-            "eval_interval",
-            "checkpoint_interval",
-            "keep_checkpoints",
-            "log_interval",
-        ):
-            if getattr(c, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(c, name)}")
+        c.validate()
         if c.batch_size % self.dist.world_size:
             raise ConfigError(
                 f"train.batch_size ({c.batch_size}) must be divisible by the number of processes "
@@ -177,15 +167,43 @@ class Trainer:
                     loss = self.task.loss(self.train_model, batch) / c.grad_accum
                 loss.backward()
             total += float(loss.detach())
+        if self.dist.enabled:  # the global mean loss, as one process would see it (and all agree on stopping)
+            t = torch.tensor([total])
+            torch.distributed.all_reduce(t)
+            total = float(t) / self.dist.world_size
+        if not math.isfinite(total):  # never apply (or later save) the update of a diverged step
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDivergedError(self._divergence_message(total))
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.dist.enabled:  # report the global mean loss, as one process would see it
-            t = torch.tensor([total])
-            torch.distributed.all_reduce(t)
-            total = float(t) / self.dist.world_size
         return total
+
+    def _divergence_message(self, loss: float) -> str:
+        c = self.config
+        latest = self.out_dir / "checkpoints" / "latest"
+        kept = (
+            f"the last good checkpoint is {self.out_dir / 'checkpoints' / latest.read_text().strip()}"
+            if latest.exists()
+            else "no checkpoint had been written yet"
+        )
+        return (
+            f"the training loss became {loss} at step {self.step + 1} (lr {lr_at(self.step, c):g}); that update was "
+            f"not applied and {kept}. Lower train.lr (now {c.lr:g}) or raise train.warmup_steps"
+        )
+
+    def _check_memory(self) -> None:
+        """Refuse a micro-batch whose activations alone cannot fit, before allocating anything."""
+        c = self.config
+        rows = c.batch_size // self.dist.world_size
+        device = next(self.model.parameters()).device
+        check_fits(
+            activation_bytes(self.model, rows * self.task.tokens_per_row),
+            f"train.batch_size={c.batch_size} ({rows} rows of {self.task.tokens_per_row} tokens per process)",
+            "lower train.batch_size and raise train.grad_accum to keep the same effective batch",
+            device,
+        )
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``config.steps``; returns (and writes) the metrics."""
@@ -193,6 +211,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         start_step, train_time, tokens = self.step, 0.0, 0
+        self._check_memory()
         bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         flushed = c.flush_denormal and torch.set_flush_denormal(True)
         last_eval: dict[str, float] = {}
@@ -205,10 +224,6 @@ class Trainer:
                 self.step += 1
                 self.history.append({"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, c)})
                 bar.update()
-                if self.step % c.log_interval == 0 or self.step == c.steps:
-                    bar.set_postfix(
-                        loss=f"{loss:.4f}", **({"val": f"{last_eval['val_loss']:.4f}"} if last_eval else {})
-                    )
                 if self.step % c.eval_interval == 0 or self.step == c.steps:
                     if self.dist.is_main:
                         last_eval = self.evaluate()
@@ -217,6 +232,10 @@ class Trainer:
                             f"step {self.step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}"
                         )
                     self.dist.barrier()
+                if self.step % c.log_interval == 0 or self.step == c.steps:  # after evaluating: val is never stale
+                    bar.set_postfix(
+                        loss=f"{loss:.4f}", **({"val": f"{last_eval['val_loss']:.4f}"} if last_eval else {})
+                    )
                 if self.step % c.checkpoint_interval == 0 or self.step == c.steps:
                     self.save()
         except KeyboardInterrupt:
@@ -224,6 +243,7 @@ class Trainer:
             path = self.save()
             raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}") from None
         finally:
+            bar.close()
             if flushed:
                 torch.set_flush_denormal(False)
         bar.close()
