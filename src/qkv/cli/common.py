@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,10 +14,17 @@ from qkv.models.gpt import GPT, GPTConfig
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
-__all__ = ["check_output_dir", "check_output_files", "encode_prompt", "load_gpt", "load_seq2seq", "warn"]
+__all__ = ["check_output_dir", "check_output_files", "qkv_command", "encode_prompt", "load_gpt", "load_seq2seq", "warn"]
 
 
 HTML_SUFFIXES = (".html", ".htm")
+
+
+def qkv_command() -> str:
+    """How the user called qkv, for hints they can paste back: ``.venv/bin/qkv`` when that is what they typed (the
+    environment need not be active), else ``qkv``."""
+    called = sys.argv[0] if sys.argv else ""
+    return shlex.quote(called) if Path(called).name == "qkv" else "qkv"
 
 
 def warn(message: str) -> None:

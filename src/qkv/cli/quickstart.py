@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from qkv.cli.attention import attention_report
-    from qkv.cli.common import check_output_dir, encode_prompt, load_gpt
+    from qkv.cli.common import check_output_dir, encode_prompt, load_gpt, qkv_command
     from qkv.decoding import generate
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
@@ -95,6 +96,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"model:     {out / 'checkpoints'}\nmetrics:   {out / 'metrics.json'}\nsample:    {out / 'sample.txt'}\n"
         f"attention: {png}\nexplorer:  {page} (open it in a browser; it works offline)\n"
-        f"more text: qkv generate {out} --prompt 'Ham.\\n'"
+        f"more text: {qkv_command()} generate {shlex.quote(str(out))} --prompt $'Ham.\\n'"
     )
     return 0

@@ -1,0 +1,121 @@
+"""Every command of the README, in README order, pasted as written into bash; and the commands the CLI itself
+prints as hints. A command a user copies from the docs must work.
+
+The default suite runs each command as written with caps *appended* so it stays quick: trainings get a few steps
+(``--set train.steps=2 ...``, later ``--set`` values win), ``qkv quickstart`` ``--steps 2``, ``qkv bench`` the
+smallest sizes, and the benchmark scripts are compiled only (running them is the bench). The ``slow`` job runs
+every command exactly as written (``bash scripts/test.sh --slow``). Neither runs the test command itself (that is
+``.ci/run``, checked to be the same text).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+SETUP = "bash scripts/setup.sh && "
+TEST_COMMAND = "bash scripts/setup.sh && bash scripts/test.sh"
+TRAIN = re.compile(r"(^|\s)(qkv|-m qkv\.cli) train ")
+SEQ2SEQ_CONFIG = re.compile(r"configs/(dates|numbers)-")
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's ```bash blocks, in order (continuation lines joined)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    commands = []
+    for block in blocks:
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip() and not command.lstrip().startswith("#"):
+                commands.append(command.strip())
+    return commands
+
+
+def capped(command: str) -> str | None:
+    """How the default suite runs ``command``: as written, with caps appended; None = not run (compiled)."""
+    code = command.split("  #", 1)[0].strip()  # caps go before a trailing comment, not into it
+    if code.startswith(SETUP):  # the environment running this test is what setup.sh made
+        code = code[len(SETUP) :]
+    if code.startswith("python benchmarks/"):
+        return f"python -m py_compile {code.split()[1]}"
+    if TRAIN.search(code):
+        steps = 4 if "--resume" in code else 2
+        caps = [f"train.steps={steps}", "train.eval_iters=1", "train.eval_interval=2", "train.checkpoint_interval=2"]
+        if SEQ2SEQ_CONFIG.search(code):
+            caps += ["data.train_size=64", "data.eval_size=4"]
+        return code + "".join(f" --set {cap}" for cap in caps)
+    if " quickstart" in code:
+        return code + " --steps 2 --max-new-tokens 20 --no-progress"
+    if " bench " in code:
+        return code + " --sizes 64 --long 128 --window 16 --repeats 1"
+    return code
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    """A directory that looks like the repository (configs, scripts, docs, the README, the environment) where the
+    commands can write runs/ and their outputs without touching the checkout."""
+    work = tmp_path_factory.mktemp("readme")
+    for name in ("configs", "scripts", "docs", "README.md", ".venv", "src", "pyproject.toml", "LICENSE"):
+        (work / name).symlink_to(ROOT / name)
+    shutil.copytree(ROOT / "benchmarks", work / "benchmarks", ignore=shutil.ignore_patterns("results"))
+    return work
+
+
+def run_in(sandbox: Path, command: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=sandbox, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, (
+        f"`{command}` failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second():
+    commands = readme_commands()
+    assert commands[0].startswith("bash scripts/setup.sh && .venv/bin/qkv quickstart")
+    assert commands[1].split("  #")[0].strip() == TEST_COMMAND
+    assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_readme_command_and_cli_hint_works_as_written(sandbox):
+    commands = [c for c in readme_commands() if c.split("  #")[0].strip() != TEST_COMMAND]
+    assert len(commands) >= 15, commands
+    printed = {}
+    for command in commands:
+        printed[command] = run_in(sandbox, capped(command), timeout=300).stdout
+    # the hint the quickstart closes with, and the one an empty text gets, pasted as printed
+    quickstart_out = printed[commands[0]]
+    hint = re.search(r"^more text: (.*)$", quickstart_out, re.M).group(1)
+    assert hint.startswith(".venv/bin/qkv generate runs/quickstart --prompt $'Ham.\\n'"), hint
+    generated = run_in(sandbox, hint + " --max-new-tokens 20", timeout=120).stdout
+    assert generated.startswith("Ham.\n")
+    refused = subprocess.run(
+        [str(VENV_BIN / "qkv"), "attention", "runs/quickstart", ""], cwd=sandbox, capture_output=True, text=True
+    )
+    hint = re.search(r"e\.g\. (qkv attention .*)$", refused.stderr.strip()).group(1)
+    run_in(sandbox, hint, timeout=120)
+    # what the commands promised to write is there
+    for path in ("runs/baby/metrics.json", "vectors.npy", "align-2.png", "explore.html", "page.html", "head.png"):
+        assert (sandbox / path).exists(), path
+
+
+@pytest.mark.slow
+def test_every_readme_command_works_exactly_as_written(sandbox):
+    """The slow job: no caps (full trainings, the quickstart, the attention bench); setup.sh runs in the checkout."""
+    for command in readme_commands():
+        if command.split("  #")[0].strip() == TEST_COMMAND or command.startswith("python benchmarks/"):
+            continue  # the test suite itself (.ci/run), and the benchmarks, which are the bench job
+        if command.startswith(SETUP):
+            run_in(ROOT, SETUP.rstrip(" &"), timeout=900)
+            command = command[len(SETUP) :]
+        run_in(sandbox, command, timeout=1800)
