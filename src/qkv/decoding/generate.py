@@ -58,8 +58,8 @@ def check_decoding_args(input_ids: Tensor, max_new_tokens: int, strategy: str, *
     rows = input_ids.shape[0] * (kw["num_beams"] if strategy == "beam" else 1)  # type: ignore[operator]
     check_fits(  # the ids alone; a KV cache is sized when it is made
         rows * (input_ids.shape[1] + max_new_tokens) * 8,
-        f"max_new_tokens={max_new_tokens} for {rows} sequences",
-        "ask for fewer new tokens",
+        f"max_new_tokens={max_new_tokens} for {rows} sequence{'' if rows == 1 else 's'}",
+        "ask for fewer new tokens (or fewer beams)",
         input_ids.device,
     )
 
