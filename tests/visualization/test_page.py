@@ -59,6 +59,15 @@ def _open(browser, path: Path):
     return page, errors, requests
 
 
+def _rows_of(path: Path) -> list:
+    """The per-layer, per-head, per-query ``[[key, weight], ...]`` rows the page embeds."""
+    import json
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    return json.loads(re.search(r"const D = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))["rows"]
+
+
 def _canvas_hash(page, canvas_id: str) -> str:
     return hashlib.sha256(page.evaluate(f"document.getElementById('{canvas_id}').toDataURL()").encode()).hexdigest()
 
@@ -110,6 +119,12 @@ def test_long_input_stays_responsive_and_says_so(browser, tmp_path):
                                    return performance.now() - t; }""")
     assert took < 5000, f"drawing 144 thumbnails took {took:.0f} ms"
     page.select_option("#layer", "5")
+    page.click("#tab-qk")  # the query view of a long input: the kept (largest) weights, labelled, no scores
+    drawn = page.evaluate("window.qkvDrawn")
+    row = dict(_rows_of(path)[5][0][n - 1])  # layer 5, head 0 (the page opens on head 0), last query
+    assert drawn["keys"] == sorted(row) and drawn["labels"] == [tokens[j] for j in sorted(row)]
+    assert drawn["heads"][0]["weights"] == [row[j] for j in sorted(row)] and drawn["heads"][0]["scores"] is None
+    assert "8 largest weights per head" in page.inner_text("#qkInfo")
     assert errors == []
 
 
