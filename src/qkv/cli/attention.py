@@ -23,8 +23,8 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--layer", type=int, help="draw only this layer (PNG) / focus it (query-key view of the page)")
     p.add_argument("--head", type=int, help="with --layer: only this head")
     p.add_argument("--average", action="store_true", help="PNG: average the heads of each layer")
-    p.add_argument("--png", type=Path, help="write the grid here (.png or .svg)")
-    p.add_argument("--html", type=Path, help="write the interactive page here")
+    p.add_argument("--png", type=Path, help="write the grid here (.png, .svg or .pdf; missing directories are made)")
+    p.add_argument("--html", type=Path, help="write the interactive page here (.html; missing directories are made)")
     p.set_defaults(run=run)
 
 
