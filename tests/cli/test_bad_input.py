@@ -66,10 +66,22 @@ CASES = [
         "needs at least",
     ),  # fmt: skip
     # sizes refused before anything is allocated, with the figure
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.batch_size=100000000"], "needs at least"),
+    (
+        "train",
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.batch_size=100000000", "--out", str(f / "o6")],
+        "needs at least",
+    ),  # fmt: skip
     # non-finite settings
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=nan"], "must be a finite number"),
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=1e400"], "must be a finite number"),
+    (
+        "train",
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=nan", "--out", str(f / "o7")],
+        "must be a finite number",
+    ),
+    (
+        "train",
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=1e400", "--out", str(f / "o7")],
+        "must be a finite number",
+    ),
     # output paths: a file where a directory is needed, a file in the way, a format that is not written
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--out", str(f / "empty.txt")], "a run needs a directory"),
     ("quickstart", lambda r, f: ["quickstart", "--out", str(f / "empty.txt" / "run")], "is a file, so no directory"),

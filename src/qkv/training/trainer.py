@@ -72,6 +72,7 @@ class Trainer:
         self.run_config = run_config
         self.dist = dist_ctx or DistributedContext()
         self._check_config()
+        self._check_memory(model)  # before anything is allocated or written
         self.model = model
         self.optimizer = torch.optim.AdamW(
             _decay_groups(model, config.weight_decay),
@@ -193,13 +194,13 @@ class Trainer:
             f"not applied and {kept}. Lower train.lr (now {c.lr:g}) or raise train.warmup_steps"
         )
 
-    def _check_memory(self) -> None:
-        """Refuse a micro-batch whose activations alone cannot fit, before allocating anything."""
+    def _check_memory(self, model: nn.Module) -> None:
+        """Refuse a micro-batch whose activations alone cannot fit, before allocating or writing anything."""
         c = self.config
         rows = c.batch_size // self.dist.world_size
-        device = next(self.model.parameters()).device
+        device = next(model.parameters()).device
         check_fits(
-            activation_bytes(self.model, rows * self.task.tokens_per_row),
+            activation_bytes(model, rows * self.task.tokens_per_row),
             f"train.batch_size={c.batch_size} ({rows} rows of {self.task.tokens_per_row} tokens per process)",
             "lower train.batch_size and raise train.grad_accum to keep the same effective batch",
             device,
@@ -211,7 +212,6 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         start_step, train_time, tokens = self.step, 0.0, 0
-        self._check_memory()
         bar = tqdm(total=c.steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
         flushed = c.flush_denormal and torch.set_flush_denormal(True)
         last_eval: dict[str, float] = {}
