@@ -72,3 +72,13 @@ def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:  # noqa:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
+    """Tests marked ``gpu`` run wherever CUDA is available and are skipped (with the reason) elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (PyTorch sees none)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -178,3 +178,50 @@ def test_bad_input_matrix_seq2seq(run_dir, seq2seq_dir, baseline_dir, files, cap
 def test_debug_shows_the_traceback(files):
     with pytest.raises(Exception, match="does not exist"):
         main(["--debug", "train", str(files / "nope.toml")])
+
+
+DEVICE_CASES = [
+    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--device", "{d}", "--out", str(f / "o8")]),
+    ("generate", lambda r, f: ["generate", str(r), "--prompt", "a", "--device", "{d}"]),
+    ("attention", lambda r, f: ["attention", str(r), "Ham.", "--png", str(f / "a.png"), "--device", "{d}"]),
+    ("embed", lambda r, f: ["embed", "x", "--device", "{d}"]),
+    ("bench", lambda r, f: ["bench", "attention", "--quick", "--device", "{d}"]),
+    ("quickstart", lambda r, f: ["quickstart", "--out", str(f / "q"), "--device", "{d}"]),
+]
+
+
+@pytest.mark.parametrize(("verb", "make_args"), DEVICE_CASES, ids=[c[0] for c in DEVICE_CASES])
+@pytest.mark.parametrize(
+    ("device", "fragment"),
+    [
+        pytest.param("cuda", "this machine has no CUDA device", marks=pytest.mark.skipif(
+            __import__("torch").cuda.is_available(), reason="this machine has CUDA")),
+        ("tpu", "'tpu' is not a device"),
+    ],
+)  # fmt: skip
+def test_devices_that_cannot_be_used_are_refused_before_any_work(
+    run_dir,  # noqa: F811
+    files,
+    capsys,
+    verb,
+    make_args,
+    device,
+    fragment,
+):
+    before = sorted(p.relative_to(files) for p in files.rglob("*"))
+    args = [a.replace("{d}", device) for a in make_args(run_dir, files)]
+    assert_one_clear_line(args, verb, fragment, capsys)
+    assert sorted(p.relative_to(files) for p in files.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        lambda r, f: ["generate", str(r), "--prompt", "a", "--dtype", "fp16", "--device", "cpu"],
+        lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.precision='fp16'", "--device", "cpu"],
+    ],
+    ids=["generate", "train"],
+)
+def test_fp16_on_the_cpu_is_refused(run_dir, files, capsys, args):  # noqa: F811
+    verb = args(run_dir, files)[0]
+    assert_one_clear_line(args(run_dir, files), verb, "fp16 is not supported on the CPU", capsys)

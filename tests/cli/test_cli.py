@@ -15,6 +15,7 @@ from qkv.cli import main
 from qkv.training import load_checkpoint_info
 
 TINY = [
+    "train.precision='fp32'",  # runs are compared number for number: no measured choice of precision
     "model.num_layers=1",
     "model.num_heads=2",
     "model.embed_dim=16",
@@ -154,9 +155,9 @@ def test_ctrl_c_keeps_what_was_generated_and_exits_130(run_dir):
     out, err = proc.communicate(timeout=60)
     text = (seen + out).decode("utf-8", errors="replace")
     assert proc.returncode == 130, err
-    assert text.startswith("Ham.") and len(text) > 200
     new_tokens = int(re.search(rb"interrupted after (\d+) new tokens", err).group(1))
-    assert new_tokens >= 196 and b"Traceback" not in err
+    assert text.startswith("Ham.") and new_tokens >= 50 and len(text) >= 4 + new_tokens - 1  # char-level: 1 per token
+    assert b"Traceback" not in err
 
 
 def test_attention_title_names_the_tokens_drawn_when_a_long_text_is_cut(run_dir, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from qkv.cli import main
 
 ROOT = Path(__file__).parent.parent.parent
 TINY = [
+    "train.precision='fp32'",  # runs are compared number for number: no measured choice of precision
     "data.train_size=400",
     "data.eval_size=8",
     "train.steps=6",

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from qkv.training import load_checkpoint_info
 
 TINY = [
+    "train.precision='fp32'",  # runs are compared number for number: no measured choice of precision
     "model.num_layers=1",
     "model.num_heads=2",
     "model.embed_dim=32",

@@ -17,6 +17,7 @@ from qkv.training.seq2seq_eval import score_translations
 
 ROOT = Path(__file__).parent.parent.parent
 TINY = [
+    "train.precision='fp32'",  # runs are compared number for number: no measured choice of precision
     "data.train_size=300",
     "data.eval_size=12",
     "train.steps=8",

@@ -18,6 +18,7 @@ from qkv.training import TrainConfig, Trainer, load_checkpoint_info, load_run_co
 from qkv.training.lm import build_lm
 
 TINY = [
+    "train.precision='fp32'",  # runs are compared number for number: no measured choice of precision
     "model.num_layers=2",
     "model.num_heads=2",
     "model.embed_dim=32",
@@ -168,10 +169,58 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["world_size"] == 2
 
 
-def test_bf16_autocast_runs(tmp_path):
-    trainer = make_trainer(tmp_path, ["train.steps=2", "train.bf16=true", "train.eval_interval=2"])
-    assert math.isfinite(trainer.fit()["val_loss"])
-    assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+@pytest.mark.parametrize("spelling", [["train.precision='bf16'"], ["train.precision='auto'", "train.bf16=true"]])
+def test_bf16_autocast_trains_close_to_fp32_and_is_recorded(tmp_path, spelling):
+    """bf16 autocast (also by the older train.bf16 = true) really runs in bf16: its losses are near the fp32 run's
+    but not equal to them; metrics.json records the precision and the CPU it ran on."""
+    steps = ["train.steps=3", "train.eval_interval=3", "model.dropout=0.0"]
+    fp32 = make_trainer(tmp_path / "fp32", steps)
+    fp32.fit()
+    bf16 = make_trainer(tmp_path / "bf16", steps + spelling)
+    metrics = bf16.fit()
+    assert metrics["precision"] == "bf16" and metrics["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert metrics["device"] == "cpu"
+    a, b = [h["loss"] for h in fp32.history], [h["loss"] for h in bf16.history]
+    assert a != b and max(abs(x - y) for x, y in zip(a, b)) < 0.05
+
+
+def test_precision_settings_that_cannot_work_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="train.bf16 = true and train.precision = 'fp32' disagree"):
+        make_trainer(tmp_path, ["train.bf16=true"])  # TINY says fp32
+    with pytest.raises(ConfigError, match="fp16 is not supported on the CPU"):
+        make_trainer(tmp_path, ["train.precision='fp16'", "train.device='cpu'"])
+    with pytest.raises(ConfigError, match="'half' is not a precision"):
+        make_trainer(tmp_path, ["train.precision='half'"])
+    assert not any(tmp_path.iterdir()), "a refused run wrote files"
+
+
+def test_auto_precision_is_measured_once_and_kept_by_a_resumed_run(tmp_path, monkeypatch):
+    """On a CPU with native bf16, auto times bf16 against fp32 and keeps bf16 only when it is faster; the choice
+    is recorded in the checkpoint, and a resumed run uses it instead of measuring again."""
+    import qkv.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "precision_candidates", lambda *a, **k: ["bf16", "fp32"])
+    trainer = make_trainer(tmp_path, ["train.precision='auto'", "train.steps=4"])
+    measured = []
+    monkeypatch.setattr(trainer, "_measure_precision", lambda: measured.append(1) or "bf16")
+    assert trainer.fit()["precision"] == "bf16" and measured == [1]
+    resumed = make_trainer(tmp_path, ["train.precision='auto'", "train.steps=6"])
+    monkeypatch.setattr(resumed, "_measure_precision", lambda: measured.append(2) or "fp32")
+    resumed.resume()
+    assert resumed.fit()["precision"] == "bf16" and measured == [1]
+
+
+def test_measuring_precision_changes_nothing(tmp_path, monkeypatch):
+    import qkv.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "precision_candidates", lambda *a, **k: ["bf16", "fp32"])
+    trainer = make_trainer(tmp_path, ["train.precision='auto'"])
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert trainer._measure_precision() in ("bf16", "fp32")
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(p.grad is None for p in trainer.model.parameters())
 
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(tmp_path):

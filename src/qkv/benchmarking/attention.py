@@ -33,6 +33,7 @@ class AttentionBenchConfig:
     p3_size: int = 16384
     window: int = 256
     repeats: int = 5
+    device: str = "cpu"
 
     @classmethod
     def quick(cls) -> AttentionBenchConfig:
@@ -40,11 +41,15 @@ class AttentionBenchConfig:
         return cls(p1_sizes=(256, 512), p2_sizes=(512, 1024), p3_size=2048, window=64, repeats=3)
 
 
-def _inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v ``(1, HEADS, n, HEAD_DIM)`` requiring grad."""
+def _inputs(n: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v ``(1, HEADS, n, HEAD_DIM)`` requiring grad (drawn on the CPU, the same numbers on every device)."""
     g = torch.Generator().manual_seed(n)
-    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM, generator=g).requires_grad_() for _ in range(3))
+    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM, generator=g).to(device).requires_grad_() for _ in range(3))
     return q, k, v
+
+
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,9 +64,9 @@ def _fwd_bwd(fn: Attention, inputs: Sequence[torch.Tensor]) -> Callable[[], None
     return run
 
 
-def _time_fwd_bwd(n: int, ours: Attention, reference: Attention, repeats: int) -> tuple[float, float]:
-    inputs = _inputs(n)
-    return time_pair(_fwd_bwd(ours, inputs), _fwd_bwd(reference, inputs), repeats)
+def _time_fwd_bwd(n: int, ours: Attention, reference: Attention, repeats: int, device: str) -> tuple[float, float]:
+    inputs = _inputs(n, device)
+    return time_pair(_fwd_bwd(ours, inputs), _fwd_bwd(reference, inputs), repeats, _sync(device))
 
 
 def _auto_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -80,7 +85,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """Causal attention the textbook way: the full score matrix, plain PyTorch ops."""
     n = q.shape[-2]
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
@@ -89,10 +94,18 @@ def _banded_dense_mask(n: int, window: int) -> torch.Tensor:
     return (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - window)
 
 
-def probe(kind: str, n: int) -> int:
-    """Peak bytes of one causal forward+backward of ``kind`` at length ``n`` (run in a fresh process)."""
-    inputs = _inputs(n)
+def probe(kind: str, n: int, device: str = "cpu") -> int:
+    """Peak bytes of one causal forward+backward of ``kind`` at length ``n``: the process's resident memory on the
+    CPU (run in a fresh process), the allocator's peak on a GPU."""
+    inputs = _inputs(n, device)
     fns = {"chunked": _chunked_causal, "naive": naive_attention}
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+        _fwd_bwd(fns[kind], inputs)()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated(device) - baseline
     baseline = reset_peak_rss()
     _fwd_bwd(fns[kind], inputs)()
     return peak_rss_since_reset(baseline)
@@ -100,8 +113,9 @@ def probe(kind: str, n: int) -> int:
 
 def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bool = True) -> Report:
     """Run P1-P3 and return the report (the caller prints and writes it)."""
-    report = Report("Attention core benchmarks (P1-P3)", command)
-    published = config == AttentionBenchConfig()
+    report = Report("Attention core benchmarks (P1-P3)", command, device=config.device)
+    device = config.device
+    published = config == AttentionBenchConfig(device=config.device)
 
     def target(text: str) -> str:
         return text if published else ""  # the issue's targets are stated for the published sizes only
@@ -111,21 +125,24 @@ def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bo
 
     for n in config.p1_sizes:
         bar.set_postfix_str(f"P1 N={n}")
-        ours, ref = _time_fwd_bwd(n, _auto_causal, _sdpa_causal, config.repeats)
+        ours, ref = _time_fwd_bwd(n, _auto_causal, _sdpa_causal, config.repeats, device)
         report.rows.append(Row("P1 auto vs SDPA", f"N={n}", "fwd+bwd time", ours, ref, "SDPA", target("<= 1.05")))
         bar.update()
 
     chunked_peaks = {}
     for n in config.p2_sizes:
         bar.set_postfix_str(f"P2 memory N={n}")
-        ours = peak_memory_of(__name__, "--probe", "chunked", str(n))
-        ref = peak_memory_of(__name__, "--probe", "naive", str(n))
+        if torch.device(device).type == "cuda":
+            ours, ref = probe("chunked", n, device), probe("naive", n, device)
+        else:
+            ours = peak_memory_of(__name__, "--probe", "chunked", str(n))
+            ref = peak_memory_of(__name__, "--probe", "naive", str(n))
         chunked_peaks[n] = ours
         goal = target("<= 1/20") if n == max(config.p2_sizes) else ""
         report.rows.append(Row("P2 chunked vs naive", f"N={n}", "peak memory", ours, ref, "naive", goal, "MiB"))
         bar.update()
         bar.set_postfix_str(f"P2 time N={n}")
-        ours_t, ref_t = _time_fwd_bwd(n, _chunked_causal, _sdpa_causal, config.repeats)
+        ours_t, ref_t = _time_fwd_bwd(n, _chunked_causal, _sdpa_causal, config.repeats, device)
         report.rows.append(Row("P2 chunked vs SDPA", f"N={n}", "fwd+bwd time", ours_t, ref_t, "SDPA", target("<= 1.5")))
         bar.update()
     sizes = sorted(chunked_peaks)
@@ -140,12 +157,13 @@ def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bo
 
     n, w = config.p3_size, config.window
     bar.set_postfix_str(f"P3 N={n} window={w}")
-    dense = _banded_dense_mask(n, w)
+    dense = _banded_dense_mask(n, w).to(device)
     ours, ref = _time_fwd_bwd(
         n,
         lambda q, k, v: qkv.attend(q, k, v, causal=True, window=w)[0],
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
         max(1, config.repeats // 2),
+        device,
     )
     report.rows.append(
         Row(

@@ -14,14 +14,22 @@ from pathlib import Path
 __all__ = ["peak_memory_of", "time_pair", "reset_peak_rss", "peak_rss_since_reset"]
 
 
-def time_pair(ours: Callable[[], object], reference: Callable[[], object], repeats: int = 5) -> tuple[float, float]:
-    """Median seconds of ``ours`` and ``reference``, run alternately so both see the same machine load."""
+def time_pair(
+    ours: Callable[[], object],
+    reference: Callable[[], object],
+    repeats: int = 5,
+    sync: Callable[[], object] = lambda: None,
+) -> tuple[float, float]:
+    """Median seconds of ``ours`` and ``reference``, run alternately so both see the same machine load; ``sync``
+    waits for queued device work (``torch.cuda.synchronize`` on a GPU) so each time covers its own work."""
     ours(), reference()  # warm-up: allocator, kernels, lazy init
+    sync()
     ours_times, ref_times = [], []
     for _ in range(repeats):
         for fn, times in ((ours, ours_times), (reference, ref_times)):
             start = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - start)
     return statistics.median(ours_times), statistics.median(ref_times)
 

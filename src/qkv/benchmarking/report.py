@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from qkv.devices import describe_hardware
+
 __all__ = ["Report", "Row"]
 
 
@@ -53,15 +55,20 @@ class Report:
     command: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    precision: str = "fp32"
 
     def markdown(self) -> str:
+        hw = describe_hardware(torch.device(self.device))
+        gpu = f", GPU {hw['gpu']}" if "gpu" in hw else ""
         lines = [
             f"# {self.title}",
             "",
             f"Produced by `{self.command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads. Ratios are ours / reference (speed-ups: reference / ours), "
-            "both measured in this run.",
+            f"{torch.get_num_threads()} threads, CPU kernels {hw['cpu_capability']} (native bf16: "
+            f"{'yes' if hw['cpu_native_bf16'] else 'no'}), device {self.device}{gpu}, precision {self.precision}. "
+            "Ratios are ours / reference (speed-ups: reference / ours), both measured in this run.",
             "",
             "| experiment | setting | metric | qkv | reference | ratio | target | met |",
             "|---|---|---|---:|---:|---:|---|---|",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qkv.cli.common import add_device_option
+
 __all__ = ["add_parser", "attention_report"]
 
 HINT = "give some text to look at, e.g. qkv attention runs/quickstart 'To be, or not to be' --png grid.png"
@@ -25,20 +27,21 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--average", action="store_true", help="PNG: average the heads of each layer")
     p.add_argument("--png", type=Path, help="write the grid here (.png, .svg or .pdf; missing directories are made)")
     p.add_argument("--html", type=Path, help="write the interactive page here (.html; missing directories are made)")
+    add_device_option(p, dtype=True)
     p.set_defaults(run=run)
 
 
-def _load(model_ref: str):  # noqa: ANN202
+def _load(model_ref: str, device: str, dtype: str):  # noqa: ANN202
     """(model, tokenizer, whether it is a HuggingFace-format model) for a checkpoint, HF directory or bundled name."""
     path = Path(model_ref)
     if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
         from qkv.cli.common import load_gpt
 
-        model, tokenizer, _ = load_gpt(path)
+        model, tokenizer, _ = load_gpt(path, device, dtype)
         return model, tokenizer, False
     from qkv.pretrained import load_pretrained, load_tokenizer
 
-    return load_pretrained(model_ref), load_tokenizer(model_ref), True
+    return load_pretrained(model_ref, device=device, dtype=dtype), load_tokenizer(model_ref), True
 
 
 def attention_report(
@@ -61,6 +64,7 @@ def attention_report(
     import torch
 
     from qkv.cli.common import encode_prompt
+    from qkv.devices import model_device
     from qkv.visualization import capture_attention, plot_attention
     from qkv.visualization.html import DENSE_LIMIT, write_attention_page
 
@@ -80,16 +84,17 @@ def attention_report(
             else f" (its last {len(tokens)} tokens)"
         )
         title = f"{name}: {shown[:40]!r}{'…' if len(shown) > 40 else ''}{cut}"
+    device = model_device(model)
     with torch.no_grad(), capture_attention(model) as cap:
-        model(ids, **kwargs)
-    attentions = [w[0] for w in cap.all_layers()]
+        model(ids.to(device), **{k: v.to(device) for k, v in kwargs.items()})
+    attentions = [w[0].cpu() for w in cap.all_layers()]  # drawn on the host
     written = []
     if png is not None:
         written.append(plot_attention(attentions, tokens, png, layer=layer, head=head, average=average, title=title))
     if html is not None:
         focus = (layer if layer is not None else len(attentions) - 1, head if head is not None else 0)
         # the softmax inputs for the query view; long inputs show their largest weights only, without scores
-        scores = [cap.scores(i)[0] for i in cap.layers] if len(tokens) <= DENSE_LIMIT else None
+        scores = [cap.scores(i)[0].cpu() for i in cap.layers] if len(tokens) <= DENSE_LIMIT else None
         written.append(write_attention_page(html, attentions, tokens, title=title, scores=scores, focus=focus))
     return written
 
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.png is None and args.html is None:
         raise ConfigError("say where to write: --png FILE and/or --html FILE")
     check_output_files({"png": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, png=args.png, html=args.html)
-    model, tokenizer, pretrained = _load(args.model)
+    model, tokenizer, pretrained = _load(args.model, args.device, args.dtype)
     for path in attention_report(
         model,
         tokenizer,

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from qkv.cli.common import add_device_option
 from qkv.errors import ConfigError
 
 __all__ = ["add_parser"]
@@ -38,6 +39,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--long", type=int, metavar="N", help="sequence length of the sliding-window case P3 (16384)")
     p.add_argument("--window", type=int, help="window of P3 (256)")
     p.add_argument("--repeats", type=int, help="timed runs per figure; the median is reported (5)")
+    add_device_option(p, default="cpu")
     p.add_argument("--quick", action="store_true", help="small sizes that finish in about a minute on 2 cores")
     p.add_argument("--out", type=Path, help="also write the Markdown table to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -47,9 +49,11 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from qkv.benchmarking.attention import AttentionBenchConfig, run_attention_bench
     from qkv.cli.common import check_output_files
+    from qkv.devices import resolve_device
 
     check_output_files({"out": (".md",)}, out=args.out)
     config = AttentionBenchConfig.quick() if args.quick else AttentionBenchConfig()
+    config.device = str(resolve_device(args.device, what="--device"))
     if args.sizes:
         config.p1_sizes = config.p2_sizes = args.sizes
     for field, value in (("p3_size", args.long), ("window", args.window), ("repeats", args.repeats)):

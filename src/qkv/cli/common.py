@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -9,15 +10,43 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qkv.devices import place
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.gpt import GPT, GPTConfig
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
-__all__ = ["check_output_dir", "check_output_files", "qkv_command", "encode_prompt", "load_gpt", "load_seq2seq", "warn"]
+__all__ = [
+    "add_device_option",
+    "check_output_dir",
+    "check_output_files",
+    "encode_prompt",
+    "load_gpt",
+    "load_seq2seq",
+    "qkv_command",
+    "warn",
+]
 
 
 HTML_SUFFIXES = (".html", ".htm")
+
+
+def add_device_option(p: argparse.ArgumentParser, dtype: bool = False, default: str | None = "auto") -> None:
+    """``--device`` (and with ``dtype``, ``--dtype``) for a verb that runs a model."""
+    p.add_argument(
+        "--device",
+        default=default,
+        help="where the model runs: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps "
+        f"({'default: ' + default if default else 'default: the config'})",
+    )
+    if dtype:
+        p.add_argument(
+            "--dtype",
+            choices=("fp32", "bf16", "fp16"),
+            default="fp32",
+            help="the weights' precision for inference (fp32, the default; bf16/fp16 halve memory and are faster "
+            "where the device has units for them)",
+        )
 
 
 def qkv_command() -> str:
@@ -72,17 +101,20 @@ def check_output_dir(flag: str, path: Path) -> None:
         raise ConfigError(f"{option} {path}: {blocker} is a file, so no directory can be made under it")
 
 
-def load_gpt(path: str | Path) -> tuple[GPT, Tokenizer, CheckpointInfo]:
-    """A trained GPT, its tokenizer and checkpoint info from a run or checkpoint directory."""
+def load_gpt(
+    path: str | Path, device: str | None = None, dtype: str | None = None
+) -> tuple[GPT, Tokenizer, CheckpointInfo]:
+    """A trained GPT, its tokenizer and checkpoint info from a run or checkpoint directory, on ``device`` (default:
+    the CPU) in ``dtype`` (default: fp32). Checkpoints hold no device: one trained on a GPU loads anywhere."""
     info = load_checkpoint_info(path, kind="gpt")
     config = GPTConfig.from_dict(info.meta["config"]["model"])
     model = GPT(config)
     info.load_model_weights(model)
-    return model.eval(), info.tokenizer(), info
+    return place(model, device, dtype).eval(), info.tokenizer(), info
 
 
-def load_seq2seq(path: str | Path) -> tuple[nn.Module, PairTokenizer, CheckpointInfo]:
-    """A trained RNN or Transformer encoder-decoder, its pair tokenizer and checkpoint info."""
+def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module, PairTokenizer, CheckpointInfo]:
+    """A trained RNN or Transformer encoder-decoder, its pair tokenizer and checkpoint info, on ``device``."""
     from qkv.training.config import RunConfig
     from qkv.training.seq2seq import SEQ2SEQ_KINDS, seq2seq_model
 
@@ -100,7 +132,7 @@ def load_seq2seq(path: str | Path) -> tuple[nn.Module, PairTokenizer, Checkpoint
     tokenizer = info.tokenizer()
     if not isinstance(tokenizer, PairTokenizer):
         raise CheckpointError(f"{info.path}/tokenizer.json is not a source/target (pair) tokenizer")
-    return model.eval(), tokenizer, info
+    return place(model, device).eval(), tokenizer, info
 
 
 def encode_prompt(

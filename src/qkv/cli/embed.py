@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from qkv.cli.common import add_device_option
 from qkv.errors import ConfigError
 
 __all__ = ["add_parser"]
@@ -28,6 +29,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         type=Path,
         help="write to .npy (a matrix) or .jsonl (one {text, embedding} per line); default: print JSON lines",
     )
+    add_device_option(p, dtype=True)
     p.set_defaults(run=run)
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise ConfigError("nothing to embed: give texts as arguments or --file FILE")
     check_output_files({"out": (".npy", ".jsonl")}, out=args.out)
-    vectors = embed(texts, model=args.model, batch_size=args.batch_size)
+    vectors = embed(texts, model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out is not None and args.out.suffix == ".npy":

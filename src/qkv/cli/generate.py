@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from qkv.cli.common import add_device_option
+
 __all__ = ["add_parser"]
 
 
@@ -40,6 +42,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("checkpoint", type=Path, help="a run directory (from qkv train) or a checkpoint directory")
     p.add_argument("--prompt", required=True, help="the text to continue")
     add_generation_options(p)
+    add_device_option(p, dtype=True)
     p.set_defaults(run=run)
 
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from qkv.cli.common import encode_prompt, load_gpt
     from qkv.decoding import generate, generate_stream
 
-    model, tokenizer, _ = load_gpt(args.checkpoint)
+    model, tokenizer, _ = load_gpt(args.checkpoint, args.device, args.dtype)
     ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
     if args.strategy == "beam" or args.no_stream:

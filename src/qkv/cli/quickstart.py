@@ -7,6 +7,8 @@ import shlex
 import time
 from pathlib import Path
 
+from qkv.cli.common import add_device_option
+
 __all__ = ["QUICKSTART_OVERRIDES", "add_parser"]
 
 # A character-level GPT (4 layers, 4 heads, 128 dim, context 128): about 3 minutes on 2 CPU cores.
@@ -40,6 +42,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=300, help="length of the sample (300)")
     p.add_argument("--fresh", action="store_true", help="start over even if --out already holds a trained run")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_device_option(p)
     p.set_defaults(run=run)
 
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
 
-    overrides = list(QUICKSTART_OVERRIDES)
+    overrides = [*QUICKSTART_OVERRIDES, f"train.device={args.device!r}"]
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     out: Path = args.out
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             f"validation loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.2f}), "
             f"{metrics['ms_per_iter']:.1f} ms/step, {time.perf_counter() - started:.0f} s"
         )
-    model, tokenizer, _ = load_gpt(out)
+    model, tokenizer, _ = load_gpt(out, args.device)
     prompt = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     ids = generate(model, prompt, args.max_new_tokens, "sample", temperature=0.8, seed=0)
     sample = tokenizer.decode(ids[0].tolist())

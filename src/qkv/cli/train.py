@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from qkv.cli.common import add_device_option
 from qkv.errors import ConfigError
 
 __all__ = ["add_parser"]
@@ -36,6 +37,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    add_device_option(p, default=None)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
@@ -48,17 +50,19 @@ def run(args: argparse.Namespace) -> int:
     from qkv.training.runs import build_run
 
     out = args.out or Path("runs") / args.config.stem
+    overrides = [*args.overrides, *([f"train.device={args.device!r}"] if args.device is not None else [])]
     check_output_dir("out", out)
     tokenizer = None
     if args.resume:
         info = load_checkpoint_info(out)
-        config = apply_overrides(RunConfig.from_dict(info.meta["config"]), args.overrides)
+        config = apply_overrides(RunConfig.from_dict(info.meta["config"]), overrides)
+        config.train.validate()
         tokenizer = info.tokenizer()
     else:
-        config = load_run_config(args.config, args.overrides)
+        config = load_run_config(args.config, overrides)
         if (out / "checkpoints" / "latest").exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --out for a new one")
-    dist_ctx = setup_distributed()
+    dist_ctx = setup_distributed(config.train.device)
     try:
         model, task, tokenizer = build_run(config, tokenizer)
         trainer = Trainer(

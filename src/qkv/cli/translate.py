@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from qkv.cli.common import add_device_option
 from qkv.errors import ConfigError
 
 __all__ = ["add_parser"]
@@ -39,6 +40,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         help="write the interactive page here: every layer and head of the cross-attention (target tokens looking "
         "at source tokens) and the alignment; it works offline. With several texts: NAME-1.html, ...",
     )
+    add_device_option(p)
     p.set_defaults(run=run)
 
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(
         {"show_attention": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, show_attention=args.show_attention, html=args.html
     )
-    model, tokenizer, _ = load_seq2seq(args.checkpoint)
+    model, tokenizer, _ = load_seq2seq(args.checkpoint, args.device)
     if (args.show_attention or args.html) and getattr(model.config, "attention", None) == "none":
         raise ConfigError(f"{NO_ALIGNMENT}; drop --show-attention/--html")
     limit = model.source_limit

@@ -14,6 +14,7 @@ from torch import Tensor
 from qkv.attention.frozen import frozen_weights
 from qkv.decoding.beam import beam_search
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
+from qkv.devices import model_device
 from qkv.errors import ConfigError, ShapeError, describe_shape
 from qkv.memory import check_fits
 
@@ -92,6 +93,7 @@ def generate(
     check_decoding_args(
         input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
     )
+    input_ids = input_ids.to(model_device(model))  # prompts, caches and sampling follow the model's device
     with decoding_mode(model):
         if strategy == "beam":
             stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache)
@@ -189,7 +191,7 @@ def generate_stream(
         top_p=o["top_p"],
         num_beams=1,
     )
-    return _stream(model, input_ids, max_new_tokens, strategy, o)
+    return _stream(model, input_ids.to(model_device(model)), max_new_tokens, strategy, o)
 
 
 def _stream(model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strategy: str, o: dict) -> Iterator[Tensor]:

@@ -8,6 +8,7 @@ from torch import Tensor
 from qkv.decoding.beam import beam_search
 from qkv.decoding.generate import check_decoding_args, decode_loop, decoding_mode
 from qkv.decoding.stepper import Seq2SeqStepper
+from qkv.devices import model_device
 from qkv.errors import ConfigError
 
 __all__ = ["alignment", "cross_attention", "translate"]
@@ -39,6 +40,7 @@ def translate(
     filled with ``</s>``. ``strategy`` and its options are those of :func:`qkv.generate`.
     """
     limit = int(model.config.max_target_len) if max_new_tokens is None else max_new_tokens  # type: ignore[union-attr]
+    src_ids = src_ids.to(model_device(model))  # sources, states and sampling follow the model's device
     start = torch.full((src_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=src_ids.device)
     check_decoding_args(start, limit, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
     with decoding_mode(model):
@@ -61,7 +63,9 @@ def cross_attention(
     ``out_ids (batch, out_len)`` is what :func:`translate` returned; the decoder is run once more with those tokens
     as its inputs (teacher forcing), which gives exactly the weights it used while decoding them.
     """
-    start = torch.full((out_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=out_ids.device)
+    device = model_device(model)
+    src_ids, out_ids = src_ids.to(device), out_ids.to(device)
+    start = torch.full((out_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=device)
     with decoding_mode(model):
         output = model(src_ids, torch.cat([start, out_ids[:, :-1]], dim=1), return_attention=True)
     if not output.cross_attentions:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.attention.frozen import frozen_weights
+from qkv.devices import model_device
 from qkv.errors import ConfigError
 from qkv.models.bert import BertEncoder
 from qkv.pretrained.loading import load_pretrained, load_tokenizer
@@ -19,17 +20,25 @@ __all__ = ["embed"]
 
 
 @lru_cache(maxsize=4)
-def _cached(name: str) -> tuple[BertEncoder, PretrainedTokenizer]:
-    model = load_pretrained(name)
+def _cached(name: str, device: str, dtype: str) -> tuple[BertEncoder, PretrainedTokenizer]:
+    model = load_pretrained(name, device=device, dtype=dtype)
     if not isinstance(model, BertEncoder):
         raise ConfigError(f"embed needs an encoder (BERT-family) model; {name!r} is a {type(model).__name__}")
     return model, load_tokenizer(name)
 
 
-def embed(texts: Sequence[str] | str, model: str = "minilm", batch_size: int = 32) -> Tensor:
-    """Embed ``texts`` -> ``(n, dim)`` fp32, each row of unit length.
+def embed(
+    texts: Sequence[str] | str,
+    model: str = "minilm",
+    batch_size: int = 32,
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+) -> Tensor:
+    """Embed ``texts`` -> ``(n, dim)`` fp32 on the CPU, each row of unit length.
 
-    Texts are sorted by length so each batch pads little, then returned in the caller's order.
+    Texts are sorted by length so each batch pads little, then returned in the caller's order. The encoder runs on
+    ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``) in ``dtype`` (``"fp32" | "bf16" | "fp16"``).
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -38,7 +47,7 @@ def embed(texts: Sequence[str] | str, model: str = "minilm", batch_size: int = 3
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if not all(isinstance(t, str) for t in texts):
         raise ConfigError("embed takes a list of strings")
-    encoder, tokenizer = _cached(model)  # loaded outside inference mode: its weights stay ordinary tensors
+    encoder, tokenizer = _cached(model, device, dtype)  # loaded outside inference mode: weights stay ordinary tensors
     if not texts:
         return torch.zeros(0, encoder.config.embed_dim)
     with torch.inference_mode(), frozen_weights():
@@ -46,13 +55,14 @@ def embed(texts: Sequence[str] | str, model: str = "minilm", batch_size: int = 3
 
 
 def _embed_sorted(texts: list[str], encoder: BertEncoder, tokenizer: PretrainedTokenizer, batch_size: int) -> Tensor:
+    device = model_device(encoder)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = torch.empty(len(texts), encoder.config.embed_dim)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
-        ids, mask = tokenizer.batch([texts[i] for i in rows])
-        hidden = encoder(ids, mask).last_hidden_state  # (batch, seq, dim)
+        ids, mask = (t.to(device) for t in tokenizer.batch([texts[i] for i in rows]))
+        hidden = encoder(ids, mask).last_hidden_state.float()  # (batch, seq, dim); pooled in fp32
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        out[rows] = F.normalize(pooled, p=2, dim=-1)
+        out[rows] = F.normalize(pooled, p=2, dim=-1).cpu()
     return out

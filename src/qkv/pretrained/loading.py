@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from qkv.devices import place
 from qkv.errors import CheckpointError
 from qkv.models.gpt import GPT
 from qkv.pretrained.bert import bert_from_hf
@@ -19,11 +21,15 @@ __all__ = ["load_pretrained", "load_tokenizer", "save_pretrained"]
 ARCHITECTURES = {"bert": bert_from_hf, "gpt2": gpt2_from_hf}
 
 
-def load_pretrained(path_or_name: str | Path) -> nn.Module:
+def load_pretrained(
+    path_or_name: str | Path, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> nn.Module:
     """A qkv model (``BertEncoder`` or ``GPT``) from a HuggingFace-format directory or a bundled name (``"minilm"``).
 
     Reads ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with ``weights_only=True``); maps every
-    weight through an explicit key table; never downloads, never executes code from the directory.
+    weight through an explicit key table; never downloads, never executes code from the directory. The model is put
+    on ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``; default: the CPU) in ``dtype`` (``"fp32" |
+    "bf16" | "fp16"``; default: fp32).
     """
     directory = resolve_pretrained(path_or_name)
     config = read_config(directory)
@@ -32,7 +38,7 @@ def load_pretrained(path_or_name: str | Path) -> nn.Module:
         raise CheckpointError(
             f"{directory / 'config.json'} describes model_type {model_type!r}; qkv loads {', '.join(ARCHITECTURES)}"
         )
-    return ARCHITECTURES[model_type](config, read_state_dict(directory), directory)
+    return place(ARCHITECTURES[model_type](config, read_state_dict(directory), directory), device, dtype)
 
 
 def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:

@@ -77,7 +77,11 @@ def save_checkpoint(
     save_model(model, str(tmp / "model.safetensors"))
     tensors, groups = _optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    rngs = {"torch": torch.get_rng_state()}
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # dropout on the GPU draws from the GPU's generator
+        rngs["cuda"] = torch.cuda.get_rng_state(device)
+    save_file(rngs, str(tmp / "rng.safetensors"))
     tokenizer.save(tmp / "tokenizer.json")
     _write_json(tmp / "trainer.json", {"format": FORMAT, "version": 1, "step": step, "param_groups": groups, **meta})
     _fsync_checkpoint(tmp)
@@ -198,12 +202,16 @@ def load_checkpoint_info(path: str | Path, kind: str | None = None) -> Checkpoin
     return CheckpointInfo(ckpt, meta)
 
 
-def restore_training_state(info: CheckpointInfo, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load model weights, optimizer state and the RNG state of a checkpoint."""
+def restore_training_state(
+    info: CheckpointInfo, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | None = None
+) -> None:
+    """Load model weights, optimizer state and the RNG states of a checkpoint (onto the model's device: a checkpoint
+    written on a GPU resumes on a CPU and vice versa; the GPU's RNG state is restored only on a GPU)."""
     info.load_model_weights(model)
     try:
         tensors = load_file(str(info.path / "optimizer.safetensors"))
-        rng = load_file(str(info.path / "rng.safetensors"))["torch"]
+        rngs = load_file(str(info.path / "rng.safetensors"))
+        rng = rngs["torch"]
     except (SafetensorError, OSError, KeyError) as exc:
         raise CheckpointError(f"optimizer or RNG state in {info.path} is corrupt: {exc}") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -215,3 +223,5 @@ def restore_training_state(info: CheckpointInfo, model: nn.Module, optimizer: to
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"optimizer state in {info.path} does not fit this model: {exc}") from None
     torch.set_rng_state(rng)
+    if device is not None and device.type == "cuda" and "cuda" in rngs:
+        torch.cuda.set_rng_state(rngs["cuda"], device)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from qkv.devices import precision_candidates, resolve_device
 from qkv.errors import ConfigError
 from qkv.models.gpt import GPTConfig
 from qkv.models.rnn_seq2seq import RNNSeq2SeqConfig
@@ -68,7 +69,9 @@ class TrainConfig:
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2
     seed: int = 1337
-    bf16: bool = False  # autocast matmuls to bfloat16 (fast only where the CPU/GPU has bf16 units)
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: see qkv.devices
+    bf16: bool = False  # older spelling of precision = "bf16"
     flush_denormal: bool = True  # treat fp32 denormals as 0 while training: CPUs slow down badly on them
     log_interval: int = 50
 
@@ -86,6 +89,20 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.bf16 and self.precision not in ("auto", "bf16"):
+            raise ConfigError(
+                f"train.bf16 = true and train.precision = {self.precision!r} disagree; train.precision replaces "
+                "train.bf16: drop train.bf16"
+            )
+
+        precision_candidates(
+            self.precision_spec, resolve_device(self.device, what="train.device"), what="train.precision"
+        )
+
+    @property
+    def precision_spec(self) -> str:
+        """The precision asked for, with the older ``bf16 = true`` read as ``"bf16"``."""
+        return "bf16" if self.bf16 else self.precision
 
 
 #: what a run trains: kind -> (model config, data config); a TOML file picks one with a top-level ``kind = "..."``

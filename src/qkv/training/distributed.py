@@ -1,4 +1,5 @@
-"""Multi-process training under ``torchrun``: gloo on CPU, NCCL on CUDA; one process is the default."""
+"""Multi-process training under ``torchrun``: gloo on CPU, NCCL on CUDA (one GPU per process); one process is the
+default."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from qkv.devices import resolve_device
 
 __all__ = ["DistributedContext", "setup_distributed"]
 
@@ -38,11 +41,18 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
-def setup_distributed() -> DistributedContext:
-    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR...)."""
+def setup_distributed(device: str | torch.device = "auto") -> DistributedContext:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK, ...).
+
+    The backend follows the device the run trains on (``train.device``): NCCL when it is a GPU, each process on its
+    ``LOCAL_RANK`` GPU, and gloo on the CPU (also on a machine that has GPUs but trains on its CPU).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
+    resolved = resolve_device(device, what="train.device")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size())

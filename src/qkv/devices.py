@@ -1,0 +1,174 @@
+"""Where a model runs and in what precision: device and precision names resolved once, checked with a clear error,
+and described for the records (``metrics.json``, benchmark tables).
+
+``"auto"`` devices: CUDA (under ``torchrun``, the process's ``LOCAL_RANK`` GPU), then Apple's MPS, then the CPU.
+``"auto"`` precision: on CUDA bf16 autocast where the GPU supports it, fp16 with loss scaling otherwise; on the CPU
+bf16 only where the processor has native bf16 matrix units (AVX512-BF16 or AMX, with PyTorch's AVX-512 kernels
+active) — the caller then checks that it is also faster — and fp32 everywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from qkv.errors import ConfigError
+
+__all__ = [
+    "DEVICES",
+    "PRECISIONS",
+    "autocast",
+    "describe_hardware",
+    "model_device",
+    "native_cpu_bf16",
+    "place",
+    "precision_candidates",
+    "resolve_device",
+]
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _local_rank() -> int | None:
+    rank = os.environ.get("LOCAL_RANK")
+    return int(rank) if rank is not None and rank.isdigit() else None
+
+
+def resolve_device(spec: str | torch.device | None = "auto", *, what: str = "device") -> torch.device:
+    """``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` (or a ``torch.device``) as a device this machine has.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set), ``"cuda"`` and an automatic CUDA choice mean this process's GPU.
+    ``what`` names the setting in errors (``"--device"``, ``"train.device"``).
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            spec = "cuda"
+        elif _mps_available():
+            return torch.device("mps")
+        else:
+            return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not _mps_available():
+            raise ConfigError(f"{what} mps: this machine has no Apple MPS device; use cpu or auto")
+        return torch.device("mps")
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if match is None:
+        raise ConfigError(f"{what} {spec!r} is not a device; use one of {', '.join(DEVICES)} (N = a GPU number)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{what} {spec}: this machine has no CUDA device (PyTorch sees none); use cpu or auto")
+    index = int(match.group(1)) if match.group(1) is not None else (_local_rank() or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"{what} cuda:{index}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def native_cpu_bf16() -> bool:
+    """True when this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX-BF16) and PyTorch's AVX-512
+    kernels are in use (``ATEN_CPU_CAPABILITY=avx2`` turns them off, and bf16 then runs emulated, slowly)."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return False
+    probe = getattr(torch.cpu, "get_capabilities", None)
+    if probe is not None:
+        caps = probe()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def precision_candidates(spec: str, device: torch.device, *, what: str = "precision") -> list[str]:
+    """The precisions ``spec`` allows on ``device``, preferred first: one for an explicit choice, two for ``auto`` on
+    a CPU with native bf16 (``["bf16", "fp32"]``: keep bf16 only if it is measured faster)."""
+    spec = spec.strip().lower()
+    if spec not in PRECISIONS:
+        raise ConfigError(f"{what} {spec!r} is not a precision; use one of {', '.join(PRECISIONS)}")
+    if spec == "fp16" and device.type == "cpu":
+        raise ConfigError(f"{what} fp16 is not supported on the CPU (no fp16 autocast kernels); use bf16 or fp32")
+    if spec != "auto":
+        return [spec]
+    if device.type == "cuda":
+        return ["bf16" if torch.cuda.is_bf16_supported() else "fp16"]
+    if device.type == "cpu" and native_cpu_bf16():
+        return ["bf16", "fp32"]
+    return ["fp32"]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``precision`` (``bf16``/``fp16``) on ``device``; fp32 is no autocast at all."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def describe_hardware(device: torch.device) -> dict[str, Any]:
+    """What a result was measured on: the device, the CPU's kernel capability and whether it has native bf16, the
+    GPU's name."""
+    record: dict[str, Any] = {
+        "device": str(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native_cpu_bf16(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
+@contextlib.contextmanager
+def rng_preserved(device: torch.device) -> Iterator[None]:
+    """Run a block without moving the CPU (and the device's) random number generators on."""
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def place(
+    model: torch.nn.Module, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> torch.nn.Module:
+    """``model`` moved to ``device`` (resolved as :func:`resolve_device`; None = leave it where it is) in ``dtype``
+    (``"fp32" | "bf16" | "fp16"`` or a torch dtype; None = leave it), for inference."""
+    if device is not None:
+        model = model.to(resolve_device(device, what="device"))
+    if dtype is not None:
+        if isinstance(dtype, str):
+            if dtype not in INFERENCE_DTYPES:
+                raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(INFERENCE_DTYPES)}")
+            dtype = INFERENCE_DTYPES[dtype]
+        if dtype not in INFERENCE_DTYPES.values():
+            raise ConfigError(f"dtype {dtype} is not a floating dtype qkv runs in ({', '.join(INFERENCE_DTYPES)})")
+        on = next(model.parameters()).device
+        if dtype == torch.float16 and on.type == "cpu":
+            raise ConfigError("dtype fp16 is not supported on the CPU (no fast fp16 kernels); use bf16 or fp32")
+        model = model.to(dtype)
+    return model
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

@@ -1,0 +1,107 @@
+"""Devices and precision: names resolved or refused with one clear line; checkpoints hold no device; tests marked
+``gpu`` check the CUDA paths against the CPU wherever a GPU exists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from qkv.devices import describe_hardware, place, precision_candidates, resolve_device
+from qkv.errors import ConfigError
+from tests.conftest import FP32, band, plain_attention
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+def test_auto_and_cpu_resolve_on_every_machine():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto").type == expected
+    assert resolve_device(None).type == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tpu", "'tpu' is not a device; use one of auto, cpu, cuda, cuda:N, mps"),
+        ("cuda:x", "'cuda:x' is not a device"),
+        ("gpu", "'gpu' is not a device"),
+    ],
+)
+def test_unknown_device_names_are_refused(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(spec, what="--device")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="a machine without CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:1"])
+def test_cuda_without_cuda_says_so(spec):
+    with pytest.raises(ConfigError, match=f"--device {spec}: this machine has no CUDA device"):
+        resolve_device(spec, what="--device")
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert precision_candidates("fp32", cpu) == ["fp32"] and precision_candidates("bf16", cpu) == ["bf16"]
+    with pytest.raises(ConfigError, match="fp16 is not supported on the CPU"):
+        precision_candidates("fp16", cpu)
+    with pytest.raises(ConfigError, match="'fp8' is not a precision"):
+        precision_candidates("fp8", cpu)
+    auto = precision_candidates("auto", cpu)
+    native = describe_hardware(cpu)["cpu_native_bf16"]
+    assert auto == (["bf16", "fp32"] if native else ["fp32"])  # bf16 only on native units, and only if faster
+
+
+def test_inference_dtype_placement():
+    model = torch.nn.Linear(4, 4)
+    assert place(model, "cpu", "bf16").weight.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="dtype fp16 is not supported on the CPU"):
+        place(torch.nn.Linear(4, 4), "cpu", "fp16")
+    with pytest.raises(ConfigError, match="dtype 'int8' is not one of fp32, bf16, fp16"):
+        place(torch.nn.Linear(4, 4), None, "int8")
+
+
+def test_generation_follows_the_model_in_bf16():
+    """A bf16 model generates from an fp32-free prompt; its greedy tokens equal the fp32 model's on a clear case."""
+    torch.manual_seed(0)
+    model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=16, max_seq_len=16, num_layers=1, num_heads=2, embed_dim=16))
+    ids = torch.randint(0, 16, (2, 4))
+    out = qkv.generate(place(model, "cpu", "bf16"), ids, 5)
+    assert out.shape == (2, 9) and torch.equal(out[:, :4], ids)
+
+
+# -- wherever CUDA exists ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["reference", "chunked", "fused", "auto"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_backend_on_cuda_matches_the_float64_oracle(backend, causal):
+    q, k, v = (torch.randn(2, 4, 33, 16, device="cuda", requires_grad=True) for _ in range(3))
+    out, _ = qkv.attend(q, k, v, causal=causal, backend=backend)
+    ref, _ = plain_attention(q, k, v, band(33, 33, causal, None).cuda())
+    torch.testing.assert_close(out.double(), ref, **FP32)
+    upstream = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), upstream)
+    want = torch.autograd.grad(ref, (q, k, v), upstream.double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, **FP32)
+
+
+@pytest.mark.gpu
+def test_a_gpu_trained_checkpoint_generates_on_the_cpu(tmp_path):
+    from qkv.cli.common import load_gpt
+    from qkv.training import Trainer, load_run_config
+    from qkv.training.lm import build_lm
+
+    sets = ["model.num_layers=1", "model.embed_dim=32", "model.num_heads=2", "model.max_seq_len=32"]
+    config = load_run_config(None, [*sets, "train.steps=3", "train.batch_size=4", "train.eval_iters=1",
+                                    "train.device='cuda'", "train.precision='fp32'"])  # fmt: skip
+    model, task, tok = build_lm(config)
+    metrics = Trainer(model, task, config.train, tmp_path, tok, config.to_dict(), progress=False).fit()
+    assert metrics["device"].startswith("cuda") and "gpu" in metrics
+    cpu_model, tokenizer, _ = load_gpt(tmp_path, "cpu")
+    gpu_model, _, _ = load_gpt(tmp_path, "cuda")
+    prompt = torch.tensor([tokenizer.encode("Ham.")])
+    assert torch.equal(qkv.generate(cpu_model, prompt, 8), qkv.generate(gpu_model, prompt, 8).cpu())
