@@ -158,10 +158,11 @@ class MultiHeadAttention(nn.Module):
             raise ConfigError("the KV cache serves self-attention; for cross-attention compute the keys once instead")
         q, k, v = self._project(query, key, value, is_self)
         if self.rotary is not None and is_self:
+            trusted = positions is None  # ours, from the cache length: no check (it would read back to the host)
             if positions is None:
                 start = cache.seq_len(layer_idx) if cache is not None else 0
                 positions = torch.arange(start, start + q.shape[2], device=q.device)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            q, k = self.rotary(q, positions, trusted=trusted), self.rotary(k, positions, trusted=trusted)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
         mask = self._merge_padding(mask, key_padding_mask, query.shape[0], k.shape[2])

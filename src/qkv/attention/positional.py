@@ -108,17 +108,20 @@ class RotaryEmbedding(nn.Module):
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def angles(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin ``(..., seq, head_dim / 2)`` for integer positions ``(..., seq)``."""
-        _check_positions(positions, None, "rotary")
+    def angles(self, positions: Tensor, trusted: bool = False) -> tuple[Tensor, Tensor]:
+        """cos and sin ``(..., seq, head_dim / 2)`` for integer positions ``(..., seq)``; ``trusted`` positions (made
+        by qkv itself, e.g. from the cache length) skip the check, which reads values back to the host."""
+        if not trusted:
+            _check_positions(positions, None, "rotary")
         theta = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq
         return theta.cos(), theta.sin()
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Rotate ``x (batch, heads, seq, head_dim)``; ``positions`` is ``(seq,)`` or ``(batch, seq)``."""
+    def forward(self, x: Tensor, positions: Tensor, *, trusted: bool = False) -> Tensor:
+        """Rotate ``x (batch, heads, seq, head_dim)``; ``positions`` is ``(seq,)`` or ``(batch, seq)`` (``trusted``:
+        see :meth:`angles`)."""
         if x.shape[-1] != self.head_dim:
             raise ShapeError(f"rotary embedding built for head_dim={self.head_dim}, got vectors of size {x.shape[-1]}")
-        cos, sin = self.angles(positions)
+        cos, sin = self.angles(positions, trusted)
         if cos.dim() == 3:  # (batch, seq, half) -> broadcast over heads
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)

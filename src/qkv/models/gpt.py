@@ -155,25 +155,20 @@ class GPT(nn.Module):
                 f"{start + seq} tokens exceed the model's context max_seq_len={self.config.max_seq_len}; "
                 "keep only the last max_seq_len tokens"
             )
-        if input_ids.numel():
+        if input_ids.numel() and start == 0:  # a prompt; later decoding steps feed ids the decoder itself chose
             low, high = (int(v) for v in torch.aminmax(input_ids))
             if low < 0 or high >= self.config.vocab_size:
                 raise ShapeError(f"token ids must be in [0, {self.config.vocab_size}), got {low if low < 0 else high}")
         x = self.token_embedding(input_ids)
         if self.position_embedding is not None:
             x = x + self.position_embedding.span(start, seq)
-        positions = (
-            torch.arange(start, start + seq, device=input_ids.device) if self.config.positions == "rotary" else None
-        )
         x = self.dropout(x)
         bias = None
         if self.config.positions == "alibi":
             bias = alibi_bias(self.config.num_heads, seq, start + seq, device=input_ids.device).to(x.dtype)
         attentions = []
         for i, block in enumerate(self.blocks):
-            x, weights = block(
-                x, bias=bias, cache=cache, layer_idx=i, positions=positions, return_weights=return_attention
-            )
+            x, weights = block(x, bias=bias, cache=cache, layer_idx=i, return_weights=return_attention)
             if return_attention:
                 attentions.append(weights)
         logits = frozen_linear(self.final_norm(x), self.lm_head)

@@ -53,9 +53,8 @@ def _sdpa_mask(call: AttentionCall) -> tuple[Tensor | None, bool, Tensor | None]
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
     visible = attn_mask if attn_mask.dtype == torch.bool else attn_mask > float("-inf")
     empty_rows = ~visible.any(dim=-1, keepdim=True)  # (.., q_len, 1)
-    if not bool(empty_rows.any()):
-        return attn_mask, False, None
-    # give each empty row key 0 so the kernel has something to normalise over; its output is zeroed below
+    # Give each empty row key 0 so the kernel has something to normalise over; its output is zeroed below. Done
+    # whether or not a row is empty: asking would read a value back to the host on every attention call.
     first_key = torch.zeros_like(visible)
     first_key[..., 0] = True
     fix = empty_rows & first_key
