@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "native_cpu_bf16",
     "place",
     "precision_candidates",
+    "resolve_compile",
     "resolve_device",
 ]
 
@@ -142,6 +145,38 @@ def rng_preserved(device: torch.device) -> Iterator[None]:
         torch.set_rng_state(cpu_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state(cuda_state, device)
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` would build CPU kernels with (``$CXX``, g++, c++ or clang++), if any."""
+    candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    return next((found for name in candidates if name and (found := shutil.which(name))), None)
+
+
+def resolve_compile(spec: bool | str, device: torch.device, *, what: str = "compile") -> bool:
+    """Whether to ``torch.compile``: ``True``/``False`` as asked (True without a compiler is an error), ``"auto"``
+    on CUDA (where it pays) when Triton is importable, off on CPUs (measured: no gain for nanoGPT's baby model on 2
+    cores, and minutes of compiling first) — with a one-line warning when auto cannot compile."""
+    if isinstance(spec, str) and spec.lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"{what} must be auto, true or false, got {spec!r}")
+    if isinstance(spec, str) and spec.lower() != "auto":
+        spec = spec.lower() == "true"
+    if spec is False:
+        return False
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401 - inductor's GPU code generator
+        except ImportError:
+            if spec is True:
+                raise ConfigError(f"{what} = true needs Triton for CUDA kernels (pip install triton)") from None
+            warnings.warn(f"{what} = auto: Triton is not installed, running uncompiled", stacklevel=2)
+            return False
+        return True
+    if spec is True:
+        if device.type == "cpu" and cxx_compiler() is None:
+            raise ConfigError(f"{what} = true needs a C++ compiler for CPU kernels (g++ or clang++; none on PATH)")
+        return True
+    return False
 
 
 INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -105,3 +105,44 @@ def test_a_gpu_trained_checkpoint_generates_on_the_cpu(tmp_path):
     gpu_model, _, _ = load_gpt(tmp_path, "cuda")
     prompt = torch.tensor([tokenizer.encode("Ham.")])
     assert torch.equal(qkv.generate(cpu_model, prompt, 8), qkv.generate(gpu_model, prompt, 8).cpu())
+
+
+def test_compile_settings(monkeypatch):
+    from qkv.devices import resolve_compile
+
+    cpu = torch.device("cpu")
+    assert resolve_compile("auto", cpu) is False and resolve_compile(False, cpu) is False
+    monkeypatch.setattr("qkv.devices.cxx_compiler", lambda: "/usr/bin/g++")
+    assert resolve_compile(True, cpu) is True and resolve_compile("true", cpu) is True
+    monkeypatch.setattr("qkv.devices.cxx_compiler", lambda: None)
+    with pytest.raises(ConfigError, match="train.compile = true needs a C\\+\\+ compiler"):
+        resolve_compile(True, cpu, what="train.compile")
+    with pytest.raises(ConfigError, match="must be auto, true or false, got 'yes'"):
+        resolve_compile("yes", cpu)
+
+
+@pytest.mark.slow
+def test_a_compiled_training_step_equals_the_uncompiled_one():
+    """torch.compile changes no result beyond float rounding: the loss and every gradient of one step agree."""
+    from qkv.devices import cxx_compiler
+    from qkv.training import Trainer, load_run_config
+    from qkv.training.lm import build_lm
+
+    if cxx_compiler() is None:
+        pytest.skip("no C++ compiler for torch.compile's CPU kernels")
+    sets = ["model.num_layers=2", "model.embed_dim=32", "model.num_heads=2", "model.max_seq_len=32",
+            "train.batch_size=4", "train.precision='fp32'", "train.device='cpu'"]  # fmt: skip
+    results = []
+    for compiled in (False, True):
+        config = load_run_config(None, [*sets, f"train.compile={str(compiled).lower()}"])
+        model, task, tok = build_lm(config)
+        trainer = Trainer(model, task, config.train, "/nonexistent", tok, config.to_dict(), progress=False)
+        assert trainer.compiled is compiled
+        batch = trainer._batch("train", 0, 0, None)
+        loss = task.loss(trainer.train_model, batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, **FP32)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, **FP32)

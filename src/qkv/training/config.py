@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from qkv.devices import precision_candidates, resolve_device
+from qkv.devices import precision_candidates, resolve_compile, resolve_device
 from qkv.errors import ConfigError
 from qkv.models.gpt import GPTConfig
 from qkv.models.rnn_seq2seq import RNNSeq2SeqConfig
@@ -72,6 +72,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: see qkv.devices
     bf16: bool = False  # older spelling of precision = "bf16"
+    compile: bool | str = "auto"  # torch.compile the training step: auto (on CUDA with Triton) | true | false
     flush_denormal: bool = True  # treat fp32 denormals as 0 while training: CPUs slow down badly on them
     log_interval: int = 50
 
@@ -95,9 +96,9 @@ class TrainConfig:
                 "train.bf16: drop train.bf16"
             )
 
-        precision_candidates(
-            self.precision_spec, resolve_device(self.device, what="train.device"), what="train.precision"
-        )
+        device = resolve_device(self.device, what="train.device")
+        precision_candidates(self.precision_spec, device, what="train.precision")
+        resolve_compile(self.compile, device, what="train.compile")
 
     @property
     def precision_spec(self) -> str:

@@ -18,7 +18,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qkv.devices import autocast, describe_hardware, precision_candidates, resolve_device, rng_preserved
+from qkv.devices import (
+    autocast,
+    describe_hardware,
+    precision_candidates,
+    resolve_compile,
+    resolve_device,
+    rng_preserved,
+)
 from qkv.errors import ConfigError, TrainingDivergedError
 from qkv.memory import activation_bytes, check_fits
 from qkv.tokenizers import Tokenizer
@@ -88,10 +95,12 @@ class Trainer:
         )
         # fp16 scales the loss so small gradients survive; for fp32 and bf16 the scaler passes everything through
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.train_model: nn.Module = model
+        self.compiled = resolve_compile(config.compile, self.device, what="train.compile")
+        # the training forward is compiled; evaluation, checkpoints and decoding use the plain module (same weights)
+        self.train_model: nn.Module = torch.compile(model) if self.compiled else model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids)
         self.progress = progress and self.dist.is_main
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -306,6 +315,7 @@ class Trainer:
             "tokens_per_s": tokens / train_time if train_time else float("nan"),
             "world_size": self.dist.world_size,
             "precision": self.precision,
+            "compiled": self.compiled,
             **describe_hardware(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
