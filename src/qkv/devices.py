@@ -26,6 +26,7 @@ __all__ = [
     "PRECISIONS",
     "autocast",
     "describe_hardware",
+    "inference_dtype",
     "model_device",
     "native_cpu_bf16",
     "place",
@@ -186,9 +187,12 @@ def place(
     model: torch.nn.Module, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> torch.nn.Module:
     """``model`` moved to ``device`` (resolved as :func:`resolve_device`; None = leave it where it is) in ``dtype``
-    (``"fp32" | "bf16" | "fp16"`` or a torch dtype; None = leave it), for inference."""
+    (``"auto" | "fp32" | "bf16" | "fp16"`` or a torch dtype, auto as :func:`inference_dtype`; None = leave it),
+    for inference."""
     if device is not None:
         model = model.to(resolve_device(device, what="device"))
+    if dtype == "auto":
+        dtype = inference_dtype("auto", model_device(model))
     if dtype is not None:
         if isinstance(dtype, str):
             if dtype not in INFERENCE_DTYPES:
@@ -201,6 +205,16 @@ def place(
             raise ConfigError("dtype fp16 is not supported on the CPU (no fast fp16 kernels); use bf16 or fp32")
         model = model.to(dtype)
     return model
+
+
+def inference_dtype(spec: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` where the device multiplies bf16 natively (a CPU with AVX512-BF16/AMX, a GPU with bf16),
+    else ``"fp32"``; any other spec is returned as given (checked by :func:`place`)."""
+    if spec != "auto":
+        return spec
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and native_cpu_bf16() else "fp32"
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

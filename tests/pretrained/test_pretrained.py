@@ -64,14 +64,23 @@ def test_minilm_is_exact_in_float64_including_padding(minilm):
         torch.testing.assert_close(a, b, **FP64)
 
 
-def test_embed_matches_sentence_transformers(minilm):
+@pytest.mark.parametrize(("dtype", "min_cosine"), [("fp32", 0.99999), ("bf16", 0.999)])
+def test_embed_matches_sentence_transformers(minilm, dtype, min_cosine):
     st = pytest.importorskip("sentence_transformers")
     directory = minilm[0]
     reference = st.SentenceTransformer(str(directory), device="cpu").encode(TEXTS, convert_to_tensor=True)
-    ours = qkv.embed(TEXTS, batch_size=3)
-    assert ours.shape == (4, 384)
+    ours = qkv.embed(TEXTS, batch_size=3, dtype=dtype)
+    assert ours.shape == (4, 384) and ours.dtype == torch.float32
     torch.testing.assert_close(ours.norm(dim=-1), torch.ones(4), **FP32_TIGHT)
-    assert (ours * reference).sum(-1).min() >= 0.99999
+    assert (ours * reference).sum(-1).min() >= min_cosine
+
+
+def test_embed_default_precision_is_bf16_only_on_native_bf16_hardware():
+    from qkv.devices import inference_dtype, native_cpu_bf16
+
+    assert inference_dtype("auto", torch.device("cpu")) == ("bf16" if native_cpu_bf16() else "fp32")
+    chosen = inference_dtype("auto", torch.device("cpu"))
+    torch.testing.assert_close(qkv.embed(TEXTS), qkv.embed(TEXTS, dtype=chosen), rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,9 @@ __all__ = [
 HTML_SUFFIXES = (".html", ".htm")
 
 
-def add_device_option(p: argparse.ArgumentParser, dtype: bool = False, default: str | None = "auto") -> None:
+def add_device_option(
+    p: argparse.ArgumentParser, dtype: bool = False, default: str | None = "auto", dtype_default: str = "fp32"
+) -> None:
     """``--device`` (and with ``dtype``, ``--dtype``) for a verb that runs a model."""
     p.add_argument(
         "--device",
@@ -42,10 +44,10 @@ def add_device_option(p: argparse.ArgumentParser, dtype: bool = False, default: 
     if dtype:
         p.add_argument(
             "--dtype",
-            choices=("fp32", "bf16", "fp16"),
-            default="fp32",
-            help="the weights' precision for inference (fp32, the default; bf16/fp16 halve memory and are faster "
-            "where the device has units for them)",
+            choices=("auto", "fp32", "bf16", "fp16"),
+            default=dtype_default,
+            help=f"the weights' precision for inference (default {dtype_default}; bf16/fp16 halve memory and are "
+            "faster where the device has units for them; auto = bf16 there, else fp32)",
         )
 
 

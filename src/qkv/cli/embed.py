@@ -29,7 +29,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         type=Path,
         help="write to .npy (a matrix) or .jsonl (one {text, embedding} per line); default: print JSON lines",
     )
-    add_device_option(p, dtype=True)
+    add_device_option(p, dtype=True, dtype_default="auto")
     p.set_defaults(run=run)
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.attention.frozen import frozen_weights
-from qkv.devices import model_device
+from qkv.devices import inference_dtype, model_device, resolve_device
 from qkv.errors import ConfigError
 from qkv.models.bert import BertEncoder
 from qkv.pretrained.loading import load_pretrained, load_tokenizer
@@ -33,12 +33,14 @@ def embed(
     batch_size: int = 32,
     *,
     device: str = "cpu",
-    dtype: str = "fp32",
+    dtype: str = "auto",
 ) -> Tensor:
     """Embed ``texts`` -> ``(n, dim)`` fp32 on the CPU, each row of unit length.
 
     Texts are sorted by length so each batch pads little, then returned in the caller's order. The encoder runs on
-    ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``) in ``dtype`` (``"fp32" | "bf16" | "fp16"``).
+    ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``) in ``dtype`` (``"auto" | "fp32" | "bf16" |
+    "fp16"``). ``auto`` is bf16 where the device multiplies bf16 natively (a CPU with AVX512-BF16 or AMX: about 2x
+    the sentences per second, cosine >= 0.999 to fp32) and fp32 elsewhere (where bf16 is emulated and slower).
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -47,7 +49,9 @@ def embed(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if not all(isinstance(t, str) for t in texts):
         raise ConfigError("embed takes a list of strings")
-    encoder, tokenizer = _cached(model, device, dtype)  # loaded outside inference mode: weights stay ordinary tensors
+    resolved = resolve_device(device, what="device")
+    # loaded outside inference mode: its weights stay ordinary tensors
+    encoder, tokenizer = _cached(model, str(resolved), inference_dtype(dtype, resolved))
     if not texts:
         return torch.zeros(0, encoder.config.embed_dim)
     with torch.inference_mode(), frozen_weights():
