@@ -1,165 +1,234 @@
-"""P4: training the nanoGPT "baby" configuration (configs/gpt-baby.toml), qkv vs nanoGPT, side by side.
+"""P4: nanoGPT's CPU "baby" configuration, qkv against nanoGPT itself (its own train.py and model.py, unmodified).
 
-    python benchmarks/train.py            # about 8 minutes on 2 cores; writes benchmarks/results/train.md
+    python benchmarks/train.py --nanogpt DIR     # DIR: a checkout of github.com/karpathy/nanoGPT (MIT); ~40 min
 
-* speed: qkv's Trainer and the nanoGPT reference (benchmarks/nanogpt_reference.py) train the same configuration in
-  one process, in alternating blocks of steps after a warm-up, on the same batches; ms/iter is the median block.
-* quality: qkv trains 2000 steps on the bundled corpus (the target) and on nanoGPT's tinyshakespeare; the reference
-  trains 2000 steps on tinyshakespeare too; both are evaluated on the same fixed validation batches.
-* MFU: model FLOPs per second (nanoGPT's estimate: 6N + 12·L·H·Q·T per token) over this machine's fp32 matmul
-  GFLOP/s, measured here on a 2048² matmul.
+Both train on ../shared/data/tinyshakespeare.txt with the configuration nanoGPT's README gives for CPUs (4 layers,
+4 heads, 128 wide, context 64, batch 12, 2000 iterations, lr 1e-3 -> 1e-4, no dropout; configs/gpt-baby.toml).
+
+* speed: nanoGPT and qkv run alternately, ``--rounds`` times each, as separate processes of ``--speed-iters``
+  iterations; ms/iter is the median over all iterations after the first 20 of each process (nanoGPT's own per-
+  iteration ``time`` lines, qkv's per-step ``ms`` in log.jsonl). nanoGPT is timed with and without its
+  ``--compile=True``; the faster is the reference. qkv is timed in fp32 and in bf16 autocast.
+* quality: ``--seeds`` seeds of 2000 iterations each for nanoGPT (fp32, its only CPU precision), qkv fp32 and qkv
+  bf16; the loss is the mean over the *whole* validation split (every non-overlapping 64-character window), each
+  model with its own tokenizer over the same last 10% of the text. nanoGPT's seed is ``1337 + seed``: its
+  ``torch.manual_seed`` call is offset from outside (runpy), its code is not edited.
+
+nanoGPT's data preparation script is run as it is, with the text already in place (it downloads only if missing).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from nanogpt_reference import NanoGPT, NanoTrainer  # noqa: E402
-
-from qkv.benchmarking.report import Report, Row  # noqa: E402
-from qkv.training import Trainer, load_run_config  # noqa: E402
-from qkv.training.lm import build_lm  # noqa: E402
+from qkv.benchmarking.report import Report, Row
+from qkv.cli.common import load_gpt
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "configs" / "gpt-baby.toml"
-TINY_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 RESULTS = Path(__file__).parent / "results"
+CONTEXT = 64
+BABY = [  # nanoGPT's README, "I only have a macbook": the CPU baby run
+    "config/train_shakespeare_char.py", "--device=cpu", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+    "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--lr_decay_iters=2000", "--dropout=0.0",
+]  # fmt: skip
+
+# runs nanoGPT's train.py unmodified, with torch.manual_seed(s) offset by SEED_OFFSET (its seed is not a setting)
+NANO_RUNNER = """
+import os, runpy, sys, torch
+offset, manual_seed = int(os.environ["SEED_OFFSET"]), torch.manual_seed
+torch.manual_seed = lambda s: manual_seed(s + offset)
+sys.argv = ["train.py", *sys.argv[1:]]
+sys.path.insert(0, os.getcwd())  # nanoGPT's directory: train.py imports model.py and reads configurator.py
+runpy.run_path("train.py", run_name="__main__")
+"""
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
+def prepare_nanogpt(nanogpt: Path, work: Path) -> None:
+    """nanoGPT's shakespeare_char data: its prepare.py on our copy of the text (no download: the file is there)."""
+    data = nanogpt / "data" / "shakespeare_char"
+    if (data / "train.bin").exists():
+        return
+    shutil.copy(TEXT, data / "input.txt")
+    stub = work / "stub"  # prepare.py imports requests for the download it will not make
+    stub.mkdir(exist_ok=True)
+    (stub / "requests.py").write_text("def get(*a, **k):\n    raise RuntimeError('no network in benchmarks')\n")
+    env = {**os.environ, "PYTHONPATH": str(stub)}
+    subprocess.run([sys.executable, "prepare.py"], cwd=data, env=env, check=True, capture_output=True)
 
 
-def model_flops_per_iter(config, params: int) -> float:
-    m, t = config.model, config.train
-    head_dim = m.embed_dim // m.num_heads
-    per_token = 6 * params + 12 * m.num_layers * m.num_heads * head_dim * m.max_seq_len
-    return per_token * m.max_seq_len * t.batch_size
-
-
-def make_qkv(overrides: list[str]):
-    config = load_run_config(CONFIG, overrides)
-    model, task, tok = build_lm(config)
-    return config, Trainer(
-        model, task, config.train, Path("/tmp/qkv-bench-train"), tok, config.to_dict(), progress=False
+def run_nanogpt(nanogpt: Path, out: Path, iters: int, seed: int, compile_: bool, threads: int) -> list[float]:
+    """Train nanoGPT; returns its per-iteration times (ms) and leaves out/ckpt.pt."""
+    runner = out.parent / "nano_runner.py"
+    runner.write_text(NANO_RUNNER)
+    args = [*BABY, f"--max_iters={iters}", f"--eval_interval={iters}", f"--out_dir={out}", f"--compile={compile_}"]
+    env = {**os.environ, "SEED_OFFSET": str(seed), "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(
+        [sys.executable, str(runner), *args, "--always_save_checkpoint=True"],
+        cwd=nanogpt,
+        env=env,
+        capture_output=True,
+        text=True,
     )
+    if proc.returncode:
+        raise RuntimeError(f"nanoGPT failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return [float(ms) for ms in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
 
 
-def make_reference(config, seed: int):
-    torch.manual_seed(seed)
-    m = config.model
-    model = NanoGPT(m.vocab_size, m.max_seq_len, m.num_layers, m.num_heads, m.embed_dim, bias=m.bias)
-    return NanoTrainer(model, config.train.lr, config.train.min_lr, config.train.warmup_steps, config.train.steps)
+def run_qkv(out: Path, iters: int, seed: int, precision: str, threads: int) -> list[float]:
+    """Train qkv with the same configuration; returns its per-step times (ms)."""
+    sets = [
+        f"data.path={TEXT}",
+        f"train.steps={iters}",
+        f"train.seed={seed}",
+        f"train.precision='{precision}'",
+        f"train.eval_interval={iters}",
+        f"train.checkpoint_interval={iters}",
+    ]
+    args = [sys.executable, "-m", "qkv.cli", "train", str(CONFIG), "--out", str(out), "--no-progress", "--device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run([*args, *[a for s in sets for a in ("--set", s)]], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"qkv failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return [json.loads(line)["ms"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def interleaved_speed(blocks: int = 10, block_steps: int = 25, warmup: int = 300) -> tuple[float, float]:
-    """Median ms/iter of qkv and the reference, alternating blocks in one process on the same batches."""
-    config, ours = make_qkv(["train.steps=100000"])
-    ref = make_reference(config, config.train.seed)
-    ref.steps = 100000
-    task, c = ours.task, config.train
-
-    def run_ours(start: int, n: int) -> float:
-        torch.set_flush_denormal(c.flush_denormal)
-        t = time.perf_counter()
-        for _ in range(n):
-            ours._train_step()
-            ours.step += 1
-        return (time.perf_counter() - t) / n * 1e3
-
-    def run_ref(start: int, n: int) -> float:
-        torch.set_flush_denormal(False)  # nanoGPT leaves PyTorch's default
-        t = time.perf_counter()
-        for i in range(n):
-            ref.train_step(*task.batch("train", c.batch_size, c.seed, start + i, None))
-        return (time.perf_counter() - t) / n * 1e3
-
-    run_ours(0, warmup), run_ref(0, warmup)  # both reach the trained regime (denormals appear only then)
-    ours_ms, ref_ms = [], []
-    for b in range(blocks):
-        ours_ms.append(run_ours(warmup + b * block_steps, block_steps))
-        ref_ms.append(run_ref(warmup + b * block_steps, block_steps))
-    torch.set_flush_denormal(False)
-    return statistics.median(ours_ms), statistics.median(ref_ms)
+def steady(times: list[float], skip: int = 20) -> list[float]:
+    return times[skip:]
 
 
 @torch.no_grad()
-def reference_val_loss(trainer: NanoTrainer, task, config) -> float:
-    trainer.model.eval()
-    losses = [
-        float(trainer.model(*task.batch("val", config.train.batch_size, config.train.seed + 7919, i, None)))
-        for i in range(config.train.eval_iters)
-    ]
-    return sum(losses) / len(losses)
+def full_validation_loss(kind: str, path: Path, nanogpt: Path) -> float:
+    """Mean cross-entropy over every non-overlapping 64-token window of the last 10% of the text."""
+    if kind == "nanogpt":
+        sys.path.insert(0, str(nanogpt))
+        from model import GPT, GPTConfig  # nanoGPT's model.py
+
+        checkpoint = torch.load(path / "ckpt.pt", map_location="cpu", weights_only=False)
+        model = GPT(GPTConfig(**checkpoint["model_args"]))
+        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()})
+        import numpy as np
+
+        val = np.fromfile(nanogpt / "data" / "shakespeare_char" / "val.bin", dtype=np.uint16)
+        ids = torch.from_numpy(val.astype(np.int64))
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return model(x, x)[0]  # with targets, nanoGPT returns logits for every position
+    else:
+        model, tokenizer, _ = load_gpt(path, "cpu")
+        text_ids = torch.tensor(tokenizer.encode(TEXT.read_text(encoding="utf-8")))
+        ids = text_ids[int(len(text_ids) * 0.9) :]  # qkv's and nanoGPT's split: the last 10%
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return model(x).logits
+
+    model.eval()
+    windows = (len(ids) - 1) // CONTEXT
+    x = ids[: windows * CONTEXT].view(windows, CONTEXT)
+    y = ids[1 : windows * CONTEXT + 1].view(windows, CONTEXT)
+    total = 0.0
+    for xb, yb in zip(x.split(64), y.split(64)):
+        total += F.cross_entropy(logits(xb).float().flatten(0, 1), yb.flatten(), reduction="sum").item()
+    return total / y.numel()
 
 
 def main() -> None:
-    peak = matmul_gflops()
-    report = Report("P4: training nanoGPT's baby configuration", "python benchmarks/train.py")
-    ours_ms, ref_ms = interleaved_speed()
-    report.rows.append(
-        Row("P4 speed", "gpt-baby, 2 cores", "ms/iter", ours_ms / 1e3, ref_ms / 1e3, "nanoGPT", "<= 0.8")
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nanogpt", type=Path, required=True, help="a checkout of karpathy/nanoGPT")
+    parser.add_argument("--seeds", type=int, default=3, help="quality runs per implementation (0: speed only)")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--speed-iters", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    if not (args.nanogpt / "train.py").is_file() or not (args.nanogpt / "model.py").is_file():
+        sys.exit(f"{args.nanogpt} is not a nanoGPT checkout (train.py and model.py are missing)")
+    work = Path(tempfile.mkdtemp(prefix="qkv-p4-"))
+    prepare_nanogpt(args.nanogpt, work)
+    command = f"python benchmarks/train.py --nanogpt NANOGPT --seeds {args.seeds} --steps {args.steps}"
+    results = RESULTS / ("train.md" if args.seeds else "train-speed.md")
+    report = Report("P4: nanoGPT's baby configuration, qkv vs nanoGPT itself", command, precision="fp32 and bf16")
 
-    config, ours = make_qkv([])
-    ours_metrics = ours.fit()
-    params = sum(p.numel() for p in ours.model.parameters()) - ours.model.position_embedding.embedding.weight.numel()
-    report.rows.append(
-        Row(
-            "P4 quality",
-            "bundled corpus, 2000 it",
-            "val loss",
-            ours_metrics["val_loss"],
-            1.88,
-            "nanoGPT published (tinyshakespeare)",
-            "<= 1",
-            unit="nats",
-        )
-    )
-    flops = model_flops_per_iter(config, params)
-    notes = [
-        f"qkv on the bundled corpus: {ours_metrics['ms_per_iter']:.1f} ms/iter over the whole run, "
-        f"{ours_metrics['tokens_per_s']:,.0f} tokens/s, MFU {flops / (ours_ms / 1e3) / 1e9 / peak:.1%} of this "
-        f"machine's fp32 matmul rate ({peak:.0f} GFLOP/s on a 2048² matmul); the nanoGPT reference reaches "
-        f"MFU {flops / (ref_ms / 1e3) / 1e9 / peak:.1%}.",
-    ]
-    if TINY_SHAKESPEARE.exists():
-        tiny_config, ours_tiny = make_qkv([f"data.path={TINY_SHAKESPEARE}"])
-        tiny_metrics = ours_tiny.fit()
-        ref = make_reference(tiny_config, tiny_config.train.seed)
-        c = tiny_config.train
-        for step in range(c.steps):
-            ref.train_step(*ours_tiny.task.batch("train", c.batch_size, c.seed, step, None))
-        ref_loss = reference_val_loss(ref, ours_tiny.task, tiny_config)
+    # speed: alternating processes
+    times: dict[str, list[float]] = {"nano": [], "nano-compile": [], "fp32": [], "bf16": []}
+    for r in range(args.rounds):
+        for name in times:
+            out = work / f"speed-{name}-{r}"
+            if name.startswith("nano"):
+                if name == "nano-compile" and r:  # compiling takes minutes; one timed run is enough
+                    continue
+                ms = run_nanogpt(args.nanogpt, out, args.speed_iters, 0, name == "nano-compile", args.threads)
+            else:
+                ms = run_qkv(out, args.speed_iters, 1337, name, args.threads)
+            times[name] += steady(ms)
+    median = {name: statistics.median(t) for name, t in times.items() if t}
+    best_nano = min(("nano", "nano-compile"), key=lambda n: median.get(n, float("inf")))
+    target = "<= 0.6" if torch.cpu._is_avx512_bf16_supported() else "<= 0.85"  # native bf16 or not
+    for precision in ("fp32", "bf16"):
         report.rows.append(
             Row(
-                "P4 parity",
-                "tinyshakespeare, 2000 it",
-                "val loss",
-                tiny_metrics["val_loss"],
-                ref_loss,
-                "nanoGPT reference, same batches",
-                "",
-                unit="nats",
+                f"P4 speed, qkv {precision}",
+                f"baby config, {args.threads} threads",
+                "ms/iter",
+                median[precision] / 1e3,
+                median[best_nano] / 1e3,
+                f"nanoGPT{' --compile' if best_nano == 'nano-compile' else ''}",
+                target,
             )
         )
-    notes.append("Val losses are means over the same 20 fixed validation batches (12 × 64 characters) for both sides.")
-    report.notes += notes
+    report.notes.append(
+        "P4 speed: medians of per-iteration times after 20 warm-up iterations, "
+        f"{args.rounds} alternating processes of {args.speed_iters} iterations each; nanoGPT "
+        + ", ".join(f"{n} {median[n]:.1f} ms" for n in ("nano", "nano-compile") if n in median)
+        + " (the faster is the reference)."
+    )
+
+    if args.seeds:  # --seeds 0: speed only
+        # quality: the whole validation split, mean of seeds
+        losses: dict[str, list[float]] = {"nano": [], "fp32": [], "bf16": []}
+        for seed in range(1, args.seeds + 1):
+            nano_out = work / f"nano-{seed}"
+            run_nanogpt(args.nanogpt, nano_out, args.steps, seed, False, args.threads)
+            losses["nano"].append(full_validation_loss("nanogpt", nano_out, args.nanogpt))
+            for precision in ("fp32", "bf16"):
+                out = work / f"qkv-{precision}-{seed}"
+                run_qkv(out, args.steps, seed, precision, args.threads)
+                losses[precision].append(full_validation_loss("qkv", out, args.nanogpt))
+        mean = {k: statistics.mean(v) for k, v in losses.items()}
+        for precision, margin in (("fp32", 0.005), ("bf16", 0.01)):
+            report.rows.append(
+                Row(
+                    f"P4 quality, qkv {precision}",
+                    f"tinyshakespeare, {args.steps} it, {args.seeds} seeds",
+                    "full val loss",
+                    mean[precision],
+                    mean["nano"],
+                    "nanoGPT fp32",
+                    "",
+                    unit="nats",
+                )
+            )
+            delta = mean[precision] - mean["nano"]
+            per_seed = ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in zip(losses[precision], losses["nano"]))
+            report.notes.append(
+                f"P4 quality {precision}: qkv - nanoGPT = {delta:+.4f} nats (target <= +{margin}); per seed {per_seed}"
+            )
     print(report.markdown())
-    print(f"written to {report.write(RESULTS / 'train.md')}")
+    print(f"written to {report.write(results)}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -339,3 +340,21 @@ def test_backends_agree_on_larger_gqa_inputs_with_many_tiles():
         ref, _ = plain_attention(q, k, v, band(600, 700, causal, window))
         for out in outs:
             torch.testing.assert_close(out.double(), ref, **FP32)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_half_precision_on_the_cpu_runs_the_kernel_in_fp32(autocast):
+    """bf16 inputs on the CPU: the kernel runs in fp32 (several times faster there than its bf16 kernels), so the
+    result is the fp32 attention of the bf16 values, rounded once to bf16 (8 significant bits: rtol 2^-8)."""
+    q, k, v = (t.detach().to(torch.bfloat16).requires_grad_() for t in _inputs(lq=9, lk=9))
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with ctx:
+        out, _ = qkv.attend(q, k, v, causal=True, backend="fused")
+    assert out.dtype == torch.bfloat16
+    ref, _ = plain_attention(q, k, v, band(9, 9, True, None))
+    torch.testing.assert_close(out.double(), ref.to(torch.bfloat16).double(), rtol=2**-8, atol=2**-8)
+    grads = torch.autograd.grad(out.float().sum(), (q, k, v))
+    want = torch.autograd.grad(ref.sum(), (q, k, v))
+    for a, b in zip(grads, want):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), b.to(torch.bfloat16).double(), rtol=2**-8, atol=2**-8)

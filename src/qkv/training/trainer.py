@@ -274,11 +274,14 @@ class Trainer:
         try:
             while self.step < c.steps:
                 t0 = time.perf_counter()
-                loss = self._train_step()
-                train_time += time.perf_counter() - t0
+                loss = self._train_step()  # (its loss is a Python float: the step's work is done)
+                elapsed = time.perf_counter() - t0
+                train_time += elapsed
                 tokens += c.batch_size * c.grad_accum * self.task.tokens_per_row
                 self.step += 1
-                self.history.append({"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, c)})
+                self.history.append(
+                    {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, c), "ms": round(1000 * elapsed, 3)}
+                )
                 bar.update()
                 if self.step % c.eval_interval == 0 or self.step == c.steps:
                     if self.dist.is_main:
