@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qkv.attention.memory import check_fits
 from qkv.errors import ConfigError, ShapeError, describe_shape
-from qkv.memory import check_fits
 
 __all__ = ["KVCache"]
 

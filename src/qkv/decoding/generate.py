@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from qkv.attention.frozen import frozen_weights
+from qkv.attention.memory import check_fits
 from qkv.decoding.beam import beam_search
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.devices import model_device
 from qkv.errors import ConfigError, ShapeError, describe_shape
-from qkv.memory import check_fits
 
 __all__ = ["generate", "generate_stream"]
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from qkv.attention.memory import activation_bytes, check_fits
 from qkv.devices import (
     autocast,
     describe_hardware,
@@ -27,7 +28,6 @@ from qkv.devices import (
     rng_preserved,
 )
 from qkv.errors import ConfigError, TrainingDivergedError
-from qkv.memory import activation_bytes, check_fits
 from qkv.tokenizers import Tokenizer
 from qkv.training.checkpoint import load_checkpoint_info, restore_training_state, save_checkpoint
 from qkv.training.config import TrainConfig

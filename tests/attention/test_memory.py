@@ -8,8 +8,8 @@ from torch import nn
 
 import qkv
 from qkv.attention import KVCache
+from qkv.attention.memory import activation_bytes, check_fits, device_memory_bytes, format_bytes
 from qkv.errors import OutOfMemoryError
-from qkv.memory import activation_bytes, check_fits, device_memory_bytes, format_bytes
 
 
 def test_a_kv_cache_larger_than_memory_is_refused_with_its_size():
