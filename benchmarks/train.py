@@ -168,8 +168,6 @@ def main() -> None:
         for name in times:
             out = work / f"speed-{name}-{r}"
             if name.startswith("nano"):
-                if name == "nano-compile" and r:  # compiling takes minutes; one timed run is enough
-                    continue
                 ms = run_nanogpt(args.nanogpt, out, args.speed_iters, 0, name == "nano-compile", args.threads)
             else:
                 ms = run_qkv(out, args.speed_iters, 1337, name, args.threads)
