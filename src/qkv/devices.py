@@ -37,7 +37,7 @@ __all__ = [
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # training autocast and inference
 
 
 def _local_rank() -> int | None:
@@ -118,7 +118,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """Autocast to ``precision`` (``bf16``/``fp16``) on ``device``; fp32 is no autocast at all."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
 def describe_hardware(device: torch.device) -> dict[str, Any]:
@@ -180,9 +180,6 @@ def resolve_compile(spec: bool | str, device: torch.device, *, what: str = "comp
     return False
 
 
-INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def place(
     model: torch.nn.Module, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> torch.nn.Module:
@@ -195,13 +192,12 @@ def place(
         dtype = inference_dtype("auto", model_device(model))
     if dtype is not None:
         if isinstance(dtype, str):
-            if dtype not in INFERENCE_DTYPES:
-                raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(INFERENCE_DTYPES)}")
-            dtype = INFERENCE_DTYPES[dtype]
-        if dtype not in INFERENCE_DTYPES.values():
-            raise ConfigError(f"dtype {dtype} is not a floating dtype qkv runs in ({', '.join(INFERENCE_DTYPES)})")
-        on = next(model.parameters()).device
-        if dtype == torch.float16 and on.type == "cpu":
+            if dtype not in DTYPES:
+                raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+            dtype = DTYPES[dtype]
+        if dtype not in DTYPES.values():
+            raise ConfigError(f"dtype {dtype} is not a floating dtype qkv runs in ({', '.join(DTYPES)})")
+        if dtype == torch.float16 and model_device(model).type == "cpu":
             raise ConfigError("dtype fp16 is not supported on the CPU (no fast fp16 kernels); use bf16 or fp32")
         model = model.to(dtype)
     return model

@@ -166,3 +166,12 @@ def test_attention_title_names_the_tokens_drawn_when_a_long_text_is_cut(run_dir,
     text = "START" + "ab" * 20 + "THE END"  # 52 characters; the model's context is 16
     assert main(["attention", str(run_dir), text, "--png", str(tmp_path / "a.png")]) == 0
     assert titles == [f"{run_dir.name}: {text[-16:]!r} (its last 16 tokens)"]
+
+
+def test_streamed_text_equals_the_text_printed_whole(run_dir, capsys):
+    args = ["generate", str(run_dir), "--prompt", "Ham.\n", "--max-new-tokens", "60", "--seed", "4"]
+    capsys.readouterr()
+    assert main(args) == 0
+    streamed = capsys.readouterr().out
+    assert main([*args, "--no-stream"]) == 0
+    assert streamed == capsys.readouterr().out

@@ -67,22 +67,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
     stream = generate_stream(model, ids, args.max_new_tokens, args.strategy, use_cache=not args.no_cache, **options)
-    tokens = ids[0].tolist()
-    printed = tokenizer.decode(tokens)
-    sys.stdout.write(printed)
+    sys.stdout.write(tokenizer.decode(ids[0].tolist()))
     sys.stdout.flush()
+    new = 0
+    line: list[int] = []  # tokens since the last printed newline: a piece may change how the ones before it read,
+    printed = ""  # so the line is decoded whole each time (work bounded by a line, not by the whole text)
     try:
         for token in stream:
-            tokens.append(int(token[0]))
-            text = tokenizer.decode(tokens)  # the whole text: a piece may change how the ones before it read
+            new += 1
+            line.append(int(token[0]))
+            text = tokenizer.decode(line)
             if text.startswith(printed):
                 sys.stdout.write(text[len(printed) :])
                 sys.stdout.flush()
                 printed = text
+            if printed.endswith("\n"):
+                line, printed = [], ""
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         sys.stdout.flush()
-        new = len(tokens) - ids.shape[1]
         print(
             f"qkv generate: interrupted after {new} new tokens; the text above is what was generated", file=sys.stderr
         )
