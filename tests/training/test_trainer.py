@@ -126,47 +126,85 @@ def test_trained_loss_goes_down(tmp_path):
     assert metrics["val_loss"] < 3.5 and metrics["tokens_per_s"] > 0
 
 
-def test_two_process_torchrun_matches_one_process(tmp_path):
-    """Same global batch (4 rows = 2 x 2): losses agree to 1e-5 relative; only the gradient all-reduce's summation
-    order differs between the two runs."""
-    args = ["train", "unused.toml", "--no-progress", *sum((["--set", o] for o in TINY + ["model.dropout=0.0"]), [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # the CLI reads no config file when none exists? it does: write an empty one
-    (tmp_path / "unused.toml").write_text("")
-    args[1] = str(tmp_path / "unused.toml")
-    one = subprocess.run(
-        [sys.executable, "-m", "qkv.cli", *args, "--out", str(tmp_path / "one")],
+def _train_cli(tmp_path: Path, out: str, overrides=(), processes: int = 1, resume: bool = False):
+    """``qkv train`` in a subprocess on the TINY config (no dropout), under torchrun when ``processes`` > 1."""
+    config = tmp_path / "empty.toml"
+    config.write_text("")
+    sets = sum((["--set", o] for o in [*TINY, "model.dropout=0.0", *overrides]), [])
+    cli = ["-m", "qkv.cli", "train", str(config), "--no-progress", *sets, "--out", str(tmp_path / out)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return subprocess.run(
+        [sys.executable, *(launcher if processes > 1 else []), *cli, *(["--resume"] if resume else [])],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         timeout=300,
     )
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tmp_path, parallel):
+    """Same global batch (4 rows = 2 x 2), DDP or FSDP: losses agree to 1e-5 relative (only the summation order of
+    the gradient reduction differs), and so do the final weights; FSDP's checkpoint is the full model, in the same
+    files as a one-process run's."""
+    one = _train_cli(tmp_path, "one")
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "qkv.cli",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    two = _train_cli(tmp_path, "two", [f"train.parallel='{parallel}'"], processes=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    log = lambda d: [json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]  # noqa: E731
-    a, b = log("one"), log("two")
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(a) == len(b) == 12
     for x, y in zip(a, b):
         assert y == pytest.approx(x, rel=1e-5)
-    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["world_size"] == 2
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["parallel"] == parallel
+    weights = {
+        run: load_checkpoint_info(tmp_path / run).model_state(build_lm(load_run_config(None, TINY))[0])
+        for run in ("one", "two")
+    }
+    for name, value in weights["one"].items():
+        torch.testing.assert_close(weights["two"][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_resumes_bit_for_bit_and_its_checkpoint_loads_anywhere(tmp_path):
+    """Two FSDP processes train 12 steps; a copy of the run cut back to its step-8 checkpoint (as if killed after
+    it) resumes under FSDP to the same step-12 weights, optimizer state and losses, bit for bit."""
+    straight = _train_cli(tmp_path, "a", ["train.parallel='fsdp'", "train.keep_checkpoints=3"], processes=2)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    root = tmp_path / "b" / "checkpoints"
+    root.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-0000008", root / "step-0000008")
+    (root / "latest").write_text("step-0000008")
+    log = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+    (tmp_path / "b" / "log.jsonl").write_text("".join(line + "\n" for line in log[:8]))
+    resumed = _train_cli(tmp_path, "b", ["train.parallel='fsdp'"], processes=2, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = load_file(tmp_path / "a" / "checkpoints" / "step-0000012" / name)
+        b = load_file(tmp_path / "b" / "checkpoints" / "step-0000012" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the sharded run's checkpoint resumes in one ordinary process too
+    single = make_trainer(tmp_path / "a", ["model.dropout=0.0", "train.steps=13"])
+    assert single.resume() == 12
+    single.fit()
+    assert math.isfinite(single.history[-1]["loss"])
+
+
+def test_fsdp_without_torchrun_is_refused(tmp_path):
+    result = _train_cli(tmp_path, "run", ["train.parallel='fsdp'"])
+    assert result.returncode == 2
+    assert "train.parallel = 'fsdp'" in result.stderr and "torchrun" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="must be one of ddp, fsdp"):
+        load_run_config(None, ["train.parallel='zero3'"])
 
 
 @pytest.mark.parametrize("spelling", [["train.precision='bf16'"], ["train.precision='auto'", "train.bf16=true"]])
@@ -255,3 +293,17 @@ def test_the_progress_bar_shows_the_evaluation_of_its_own_step(tmp_path, capfd):
     assert last_eval, printed
     final_bar = printed.err.rstrip().split("\r")[-1]
     assert f"val={last_eval[-1]}" in final_bar, final_bar
+
+
+def test_the_fp16_loss_scale_is_kept_across_a_resume(tmp_path):
+    """fp16 runs only on GPUs, but its GradScaler state is plain: an enabled scaler's adapted scale (here doubled
+    after every step) is written into the checkpoint and restored, not reset to its initial value."""
+    trainer = make_trainer(tmp_path, ["train.steps=4", "model.dropout=0.0"])
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
+    trainer.fit()
+    assert trainer.scaler.get_scale() == 2.0**8
+    resumed = make_trainer(tmp_path, ["train.steps=4", "model.dropout=0.0"])
+    resumed.scaler = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=1)
+    resumed.resume()
+    assert resumed.scaler.get_scale() == 2.0**8
+    assert resumed.scaler.state_dict()["_growth_tracker"] == trainer.scaler.state_dict()["_growth_tracker"]

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
-from torch import nn
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
 from qkv.errors import CheckpointError
 from qkv.tokenizers import Tokenizer, load_tokenizer_file
@@ -50,13 +50,22 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     tensors = {}
     for index, values in state["state"].items():
         for name, value in values.items():
             tensors[f"{index}.{name}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
     return tensors, state["param_groups"]
+
+
+def _tied_names(model: nn.Module) -> dict[str, str]:
+    """Second names of tied tensors (e.g. a head sharing the embedding's weight) -> the first name."""
+    first: dict[int, str] = {}
+    tied = {}
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for name, tensor in named:
+        tied[name] = first.setdefault(id(tensor), name)
+    return {name: original for name, original in tied.items() if name != original}
 
 
 def save_checkpoint(
@@ -67,15 +76,26 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     meta: dict[str, Any],
     keep: int = 2,
+    *,
+    model_state: dict[str, Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` of ``run_dir`` atomically and prune all but the ``keep`` newest."""
+    """Write checkpoint ``step`` of ``run_dir`` atomically and prune all but the ``keep`` newest.
+
+    ``model_state`` and ``optimizer_state`` default to the model's and optimizer's ``state_dict()``; a sharded run
+    passes the full states it gathered (see :mod:`qkv.training.sharding`). A tied tensor is stored once.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = _temporary_name(final)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors, groups = _optimizer_tensors(optimizer)
+    state = model.state_dict() if model_state is None else model_state
+    tied = _tied_names(model)
+    save_file(
+        {name: t.detach().contiguous() for name, t in state.items() if name not in tied}, str(tmp / "model.safetensors")
+    )
+    tensors, groups = _optimizer_tensors(optimizer.state_dict() if optimizer_state is None else optimizer_state)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     rngs = {"torch": torch.get_rng_state()}
     device = next(model.parameters()).device
@@ -171,18 +191,33 @@ class CheckpointInfo:
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer_file(self.path / "tokenizer.json")
 
-    def load_model_weights(self, model: nn.Module) -> None:
+    def model_state(self, model: nn.Module) -> dict[str, Tensor]:
+        """The stored weights as a full ``state_dict`` for ``model`` (tied names filled in), checked to fit it."""
+        file = self.path / "model.safetensors"
         try:
-            missing, unexpected = load_model(model, str(self.path / "model.safetensors"), strict=False)
+            state = load_file(str(file))
         except (SafetensorError, OSError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"{self.path / 'model.safetensors'} is corrupt or not a safetensors file: {exc}"
-            ) from None
+            raise CheckpointError(f"{file} is corrupt or not a safetensors file: {exc}") from None
+        for name, original in _tied_names(model).items():
+            if original in state or name in state:  # (older files may hold a tie under either name)
+                state[name] = state.setdefault(original, state.get(name))  # type: ignore[arg-type]
+        expected = set(model.state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
             raise CheckpointError(
-                f"{self.path / 'model.safetensors'} does not fit the model: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
+                f"{file} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
+        wrong = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in model.state_dict().items()
+            if tuple(state[k].shape) != tuple(v.shape)
+        ]
+        if wrong:
+            raise CheckpointError(f"{file} does not fit the model: shapes differ: {', '.join(wrong[:3])}")
+        return state
+
+    def load_model_weights(self, model: nn.Module) -> None:
+        model.load_state_dict(self.model_state(model))
 
 
 def load_checkpoint_info(path: str | Path, kind: str | None = None) -> CheckpointInfo:
@@ -203,11 +238,18 @@ def load_checkpoint_info(path: str | Path, kind: str | None = None) -> Checkpoin
 
 
 def restore_training_state(
-    info: CheckpointInfo, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device | None = None
+    info: CheckpointInfo,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | None = None,
+    sharded: bool = False,
 ) -> None:
     """Load model weights, optimizer state and the RNG states of a checkpoint (onto the model's device: a checkpoint
-    written on a GPU resumes on a CPU and vice versa; the GPU's RNG state is restored only on a GPU)."""
-    info.load_model_weights(model)
+    written on a GPU resumes on a CPU and vice versa; the GPU's RNG state is restored only on a GPU). ``sharded``:
+    the model and optimizer are FSDP's, and each process loads its shard of the full state."""
+    model_state = info.model_state(model)
+    if not sharded:
+        model.load_state_dict(model_state)
     try:
         tensors = load_file(str(info.path / "optimizer.safetensors"))
         rngs = load_file(str(info.path / "rng.safetensors"))
@@ -219,7 +261,13 @@ def restore_training_state(
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": info.meta["param_groups"]})
+        optimizer_state = {"state": state, "param_groups": info.meta["param_groups"]}
+        if sharded:
+            from qkv.training.sharding import load_full_state
+
+            load_full_state(model, optimizer, model_state, optimizer_state)
+        else:
+            optimizer.load_state_dict(optimizer_state)
     except (ValueError, KeyError) as exc:
         raise CheckpointError(f"optimizer state in {info.path} does not fit this model: {exc}") from None
     torch.set_rng_state(rng)

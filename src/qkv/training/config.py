@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import tomllib
 import types
 import typing
@@ -52,6 +53,9 @@ class Seq2SeqDataConfig:
     eval_num_beams: int = 4  # beam width when eval_strategy = "beam"
 
 
+PARALLEL = ("ddp", "fsdp")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000
@@ -73,6 +77,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: see qkv.devices
     bf16: bool = False  # older spelling of precision = "bf16"
     compile: bool | str = "auto"  # torch.compile the training step: auto (on CUDA with Triton) | true | false
+    parallel: str = "ddp"  # under torchrun: ddp (a full copy per process) | fsdp (parameters sharded, FSDP2)
     flush_denormal: bool = True  # treat fp32 denormals as 0 while training: CPUs slow down badly on them
     log_interval: int = 50
 
@@ -96,6 +101,13 @@ class TrainConfig:
                 "train.bf16: drop train.bf16"
             )
 
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        if self.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            raise ConfigError(
+                "train.parallel = 'fsdp' shards the model across processes: run it under torchrun with 2 or more, "
+                "e.g. torchrun --nproc_per_node=2 -m qkv.cli train ..."
+            )
         device = resolve_device(self.device, what="train.device")
         precision_candidates(self.precision_spec, device, what="train.precision")
         resolve_compile(self.compile, device, what="train.compile")

@@ -32,6 +32,7 @@ from qkv.tokenizers import Tokenizer
 from qkv.training.checkpoint import load_checkpoint_info, restore_training_state, save_checkpoint
 from qkv.training.config import TrainConfig
 from qkv.training.distributed import DistributedContext
+from qkv.training.sharding import full_state, shard
 
 __all__ = ["Task", "Trainer", "lr_at"]
 
@@ -86,6 +87,10 @@ class Trainer:
         self.precision: str | None = self._precisions[0] if len(self._precisions) == 1 else None  # None: measure
         self._check_memory(model)  # before anything is allocated or written
         self.model = model.to(self.device)
+        # FSDP: every process holds a shard; the optimizer must be built over the sharded parameters
+        self.sharded = self.dist.enabled and config.parallel == "fsdp"
+        if self.sharded:
+            shard(self.model)
         self.optimizer = torch.optim.AdamW(
             _decay_groups(model, config.weight_decay),
             lr=config.lr,
@@ -98,7 +103,7 @@ class Trainer:
         self.compiled = resolve_compile(config.compile, self.device, what="train.compile")
         # the training forward is compiled; evaluation, checkpoints and decoding use the plain module (same weights)
         self.train_model: nn.Module = torch.compile(model) if self.compiled else model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids)
         self.progress = progress and self.dist.is_main
@@ -118,7 +123,9 @@ class Trainer:
     def resume(self) -> int:
         """Continue from ``out_dir``'s latest checkpoint; returns the step it holds."""
         info = load_checkpoint_info(self.out_dir, kind=self.task.kind)
-        restore_training_state(info, self.model, self.optimizer, self.device)
+        restore_training_state(info, self.model, self.optimizer, self.device, sharded=self.sharded)
+        if info.meta.get("grad_scaler"):  # fp16's loss scale, as it had adapted (older checkpoints lack it)
+            self.scaler.load_state_dict(info.meta["grad_scaler"])
         self.step = info.step
         if self.precision is None:  # measured when the run started: keep it, so the resumed run is the same run
             self.precision = info.meta.get("precision")
@@ -130,12 +137,15 @@ class Trainer:
 
     def save(self) -> Path | None:
         path = None
+        # a sharded run gathers the full states first (every process takes part); rank 0 writes them
+        model_state, optimizer_state = full_state(self.model, self.optimizer) if self.sharded else (None, None)
         if self.dist.is_main:
             meta = {
                 "kind": self.task.kind,
                 "config": self.run_config,
                 "history_len": len(self.history),
                 "precision": self.precision,
+                "grad_scaler": self.scaler.state_dict(),  # (empty unless fp16 scales the loss)
             }
             path = save_checkpoint(
                 self.out_dir,
@@ -145,6 +155,8 @@ class Trainer:
                 self.tokenizer,
                 meta,
                 keep=self.config.keep_checkpoints,
+                model_state=model_state,
+                optimizer_state=optimizer_state,
             )
             self._write_log()
         self.dist.barrier()
@@ -214,7 +226,10 @@ class Trainer:
         for micro in range(c.grad_accum):
             batch = self._batch("train", c.seed, self.step * c.grad_accum + micro, rows)
             last = micro == c.grad_accum - 1
-            sync = nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()  # type: ignore[operator]
+            # DDP all-reduces gradients on the last micro-step only; FSDP reduce-scatters every micro-step, which
+            # keeps gradients sharded (skipping it would hold full unsharded gradients: what FSDP is there to avoid)
+            ddp = self.dist.enabled and not self.sharded
+            sync = self.train_model.no_sync() if ddp and not last else nullcontext()  # type: ignore[operator]
             with sync:
                 with self._autocast():
                     loss = self.task.loss(self.train_model, batch) / c.grad_accum
@@ -284,12 +299,14 @@ class Trainer:
                 )
                 bar.update()
                 if self.step % c.eval_interval == 0 or self.step == c.steps:
-                    if self.dist.is_main:
+                    if self.dist.is_main or self.sharded:  # (a sharded model's forward needs every process)
                         last_eval = self.evaluate()
                         self.history[-1].update(last_eval)
-                        bar.write(
-                            f"step {self.step}: train {last_eval['train_loss']:.4f}, val {last_eval['val_loss']:.4f}"
-                        )
+                        if self.dist.is_main:
+                            bar.write(
+                                f"step {self.step}: train {last_eval['train_loss']:.4f}, "
+                                f"val {last_eval['val_loss']:.4f}"
+                            )
                     self.dist.barrier()
                 if self.step % c.log_interval == 0 or self.step == c.steps:  # after evaluating: val is never stale
                     bar.set_postfix(
@@ -317,14 +334,17 @@ class Trainer:
             "ms_per_iter": ms_per_iter,
             "tokens_per_s": tokens / train_time if train_time else float("nan"),
             "world_size": self.dist.world_size,
+            "parallel": self.config.parallel if self.dist.enabled else "none",
             "precision": self.precision,
             "compiled": self.compiled,
             **describe_hardware(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
         report = getattr(self.task, "report", None)
-        if report is not None and self.dist.is_main:  # task-specific evaluation, e.g. BLEU of a translation model
-            metrics["evaluation"] = report(self.model, progress=self.progress)
+        if report is not None and (self.dist.is_main or self.sharded):  # task-specific, e.g. BLEU of a translation
+            evaluation = report(self.model, progress=self.progress)
+            if self.dist.is_main:
+                metrics["evaluation"] = evaluation
         if self.dist.is_main:
             tmp = self.out_dir / "metrics.json.tmp"
             tmp.write_text(json.dumps(metrics, indent=2))
