@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -62,7 +61,7 @@ class AttentionCall:
     def target_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.heads, self.q_len, self.k_len)
 
-    @cached_property
+    @property  # (not cached_property: its lock breaks torch.compile graphs)
     def is_dot_product(self) -> bool:
         """True when the score is ``q' · k'`` for some transform of q and k (fused and fast paths apply)."""
         return type(self.score).as_dot_product is not ScoreFunction.as_dot_product

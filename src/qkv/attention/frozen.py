@@ -47,6 +47,8 @@ def derived(owner: nn.Module, name: str, make: Callable[[], T]) -> T:
     """``make()``, computed once per :func:`frozen_weights` context (without autograd) and kept on ``owner``;
     outside such a context it is computed on every call and nothing is kept."""
     slot = f"_qkv_derived_{name}"
+    if torch.compiler.is_compiling():  # a compiled graph plans its own layouts (and cannot trace a ContextVar)
+        return make()
     generation = _generation.get()
     if generation is None or torch.is_grad_enabled():
         owner.__dict__.pop(slot, None)
@@ -67,7 +69,8 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     (2.5x for a GPT-2 output layer, measured in benchmarks/pretrained.py).
     """
     rows = x.numel() // max(x.shape[-1], 1)
-    if _generation.get() is None or torch.is_grad_enabled() or rows > 16:  # many rows: a GEMM, either layout is fine
+    # many rows: a GEMM, either layout is fine; compiled: the graph picks its own layout
+    if torch.compiler.is_compiling() or _generation.get() is None or torch.is_grad_enabled() or rows > 16:
         return layer(x)
     weight_t = derived(layer, "weight_t", lambda: layer.weight.detach().t().contiguous())
     out = x @ weight_t

@@ -26,6 +26,12 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (0): same seed, same text")
     p.add_argument("--no-cache", action="store_true", help="recompute every step instead of using the KV cache")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decoding step: for GPUs (on CPUs it was measured slower, and needs a C++ compiler); "
+        "the first step compiles",
+    )
+    p.add_argument(
         "--no-stream",
         action="store_true",
         help="print the text when it is complete (default: print each token as it comes; beam search always waits)",
@@ -61,12 +67,15 @@ def run(args: argparse.Namespace) -> int:
             args.strategy,
             num_beams=args.num_beams,
             use_cache=not args.no_cache,
+            compile=args.compile,
             **options,
         )
         print(tokenizer.decode(out[0].tolist()))
         return 0
     # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
-    stream = generate_stream(model, ids, args.max_new_tokens, args.strategy, use_cache=not args.no_cache, **options)
+    stream = generate_stream(
+        model, ids, args.max_new_tokens, args.strategy, use_cache=not args.no_cache, compile=args.compile, **options
+    )
     sys.stdout.write(tokenizer.decode(ids[0].tolist()))
     sys.stdout.flush()
     new = 0

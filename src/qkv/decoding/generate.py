@@ -15,7 +15,7 @@ from qkv.attention.frozen import frozen_weights
 from qkv.attention.memory import check_fits
 from qkv.decoding.beam import beam_search
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
-from qkv.devices import model_device
+from qkv.devices import model_device, resolve_compile
 from qkv.errors import ConfigError, ShapeError, describe_shape
 
 __all__ = ["generate", "generate_stream"]
@@ -80,6 +80,7 @@ def generate(
     length_penalty: float = 1.0,
     eos_token_id: int | None = None,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> Tensor:
     """Continue ``input_ids (batch, seq)`` by up to ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
 
@@ -89,16 +90,19 @@ def generate(
             reproducible with ``seed``).
         eos_token_id: a sequence that emits it is finished; the rest of its row is filled with it.
         use_cache: decode on the KV cache (same tokens as without, much faster).
+        compile: run the decoding steps through ``torch.compile`` (one graph for every length; the first call
+            compiles, which takes seconds to minutes; CPUs need a C++ compiler). Same tokens within float tolerance.
     """
     check_decoding_args(
         input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
     )
     input_ids = input_ids.to(model_device(model))  # prompts, caches and sampling follow the model's device
+    compile = resolve_compile(compile, input_ids.device, what="compile")
     with decoding_mode(model):
         if strategy == "beam":
-            stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache)
+            stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache, compile)
             return beam_search(stepper, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id)
-        stepper = Stepper(model, input_ids.shape[0], use_cache)
+        stepper = Stepper(model, input_ids.shape[0], use_cache, compile)
         return decode_loop(stepper, input_ids, max_new_tokens, strategy, temperature, top_k, top_p, seed, eos_token_id)
 
 
@@ -164,6 +168,7 @@ STREAM_OPTIONS = {
     "seed": None,
     "eos_token_id": None,
     "use_cache": True,
+    "compile": False,
 }
 
 
@@ -173,8 +178,8 @@ def generate_stream(
     """:func:`generate` token by token: yields each new token, ``(batch,)`` ids, as soon as it is chosen.
 
     ``options`` are :func:`generate`'s (``temperature``, ``top_k``, ``top_p``, ``seed``, ``eos_token_id``,
-    ``use_cache``), and the tokens are the ones it returns (greedy or sampling; beam search cannot stream, as its
-    best hypothesis is known only at the end). Stop iterating at any time: what was yielded stays valid.
+    ``use_cache``, ``compile``), and the tokens are the ones it returns (greedy or sampling; beam search cannot
+    stream, as its best hypothesis is known only at the end). Stop iterating at any time: what was yielded stays valid.
     """
     if strategy == "beam":
         raise ConfigError("beam search cannot stream (its best hypothesis is known only at the end); use generate")
@@ -191,12 +196,14 @@ def generate_stream(
         top_p=o["top_p"],
         num_beams=1,
     )
-    return _stream(model, input_ids.to(model_device(model)), max_new_tokens, strategy, o)
+    input_ids = input_ids.to(model_device(model))
+    o["compile"] = resolve_compile(o["compile"], input_ids.device, what="compile")
+    return _stream(model, input_ids, max_new_tokens, strategy, o)
 
 
 def _stream(model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strategy: str, o: dict) -> Iterator[Tensor]:
     with decoding_mode(model):  # eval mode and frozen weights while the stream is open
-        stepper = Stepper(model, input_ids.shape[0], o["use_cache"])
+        stepper = Stepper(model, input_ids.shape[0], o["use_cache"], o["compile"])
         steps = decode_steps(
             stepper,
             input_ids,
