@@ -180,9 +180,9 @@ def test_bad_checkpoints_name_the_problem(gpt2_dir, tmp_path):
         qkv.load_pretrained(broken)
 
     config = json.loads((directory / "config.json").read_text())
-    config["model_type"] = "llama"
+    config["model_type"] = "t5"
     (broken / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="model_type 'llama'"):
+    with pytest.raises(CheckpointError, match="model_type 't5'"):
         qkv.load_pretrained(broken)
 
     with pytest.raises(CheckpointError, match="does not exist"):

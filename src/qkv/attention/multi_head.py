@@ -37,7 +37,9 @@ class MultiHeadAttention(nn.Module):
         dropout: attention-weight dropout while training.
         score: score name or module; parametric scores (``general``, ``additive``) are built per module with
             ``head_dim`` and shared by the heads. ``location`` needs ``score_kwargs={"max_len": ...}``.
-        rotary: apply RoPE to queries and keys of self-attention (positions continue after a cache's contents).
+        rotary: apply RoPE to queries and keys of self-attention (positions continue after a cache's contents);
+            a :class:`RotaryEmbedding` to use that one (e.g. with scaling), ``True`` for one with ``rotary_base``.
+        out_bias: a bias in the output projection (default: as ``bias``; Qwen2 has q/k/v biases but none here).
         backend: passed to :func:`qkv.attend`.
     """
 
@@ -53,8 +55,9 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         score: str | ScoreFunction = "scaled_dot",
         score_kwargs: dict[str, int] | None = None,
-        rotary: bool = False,
+        rotary: bool | RotaryEmbedding = False,
         rotary_base: float = 10000.0,
+        out_bias: bool | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -73,12 +76,20 @@ class MultiHeadAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, kv_width, bias=bias)
         self.v_proj = nn.Linear(self.vdim, kv_width, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
         if isinstance(score, str) and score not in _PARAMETER_FREE_SCORES:
             kwargs = {"q_dim": self.head_dim, **(score_kwargs or {})}
             score = make_score(score, **kwargs)
         self.score = resolve_score(score)
-        self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base) if rotary else None
+        self.rotary: RotaryEmbedding | None = None
+        if isinstance(rotary, RotaryEmbedding):
+            if rotary.head_dim != self.head_dim:
+                raise ConfigError(
+                    f"the rotary embedding is for head_dim {rotary.head_dim}, the heads have {self.head_dim}"
+                )
+            self.rotary = rotary
+        elif rotary:
+            self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base)
         self.capture: Callable[..., None] | None = None  # set by qkv.capture_attention
 
     def _split(self, x: Tensor, heads: int) -> Tensor:

@@ -8,6 +8,7 @@ ALiBi is an additive attention bias ``(1, heads, q_len, k_len)`` for :func:`qkv.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -16,10 +17,12 @@ from qkv.errors import ConfigError, ShapeError
 
 __all__ = [
     "LearnedPositions",
+    "RopeScaling",
     "RotaryEmbedding",
     "SinusoidalPositions",
     "alibi_bias",
     "alibi_slopes",
+    "rope_inv_freq",
     "sinusoidal_table",
 ]
 
@@ -92,28 +95,98 @@ class LearnedPositions(nn.Module):
         return self.embedding.weight[start : start + length]
 
 
+ROPE_SCALINGS = ("linear", "dynamic", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How a rotary embedding is stretched beyond the context it was trained on (the Llama family's
+    ``rope_scaling``): ``linear`` divides every frequency by ``factor``; ``dynamic`` (NTK) raises the base once a
+    sequence is longer than ``original_max_seq_len``; ``llama3`` divides low frequencies by ``factor``, keeps high
+    ones and blends in between (``low_freq_factor``, ``high_freq_factor``)."""
+
+    kind: str
+    factor: float
+    original_max_seq_len: int = 0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROPE_SCALINGS:
+            raise ConfigError(f"unknown rope scaling {self.kind!r}; choose one of {', '.join(ROPE_SCALINGS)}")
+        if not self.factor > 0:
+            raise ConfigError(f"rope scaling factor must be > 0, got {self.factor}")
+        if self.kind in ("dynamic", "llama3") and self.original_max_seq_len < 1:
+            raise ConfigError(f"{self.kind} rope scaling needs the original context length (>= 1)")
+        if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ConfigError("llama3 rope scaling needs high_freq_factor > low_freq_factor")
+
+
+def rope_inv_freq(head_dim: int, base: float | Tensor, scaling: RopeScaling | None = None) -> Tensor:
+    """Inverse frequencies ``(head_dim / 2,)`` in fp32, ``1 / base^(2i / head_dim)``, then scaled.
+
+    Computed in fp32 with the operations of the reference Llama implementation (HuggingFace's), so a model loaded
+    from its checkpoints rotates by exactly the angles it was trained with.
+    """
+    device = base.device if isinstance(base, Tensor) else None
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (base**exponents)
+    if scaling is None or scaling.kind == "dynamic":
+        return inv_freq
+    if scaling.kind == "linear":
+        return inv_freq / scaling.factor
+    old = scaling.original_max_seq_len  # llama3
+    low_wavelen, high_wavelen = old / scaling.low_freq_factor, old / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021).
 
     Feature pair ``i`` of a vector at position ``p`` is rotated by the angle ``p · base^(-2i/head_dim)``. The pairs are
     ``(x[i], x[i + head_dim/2])`` ("half" layout, as in GPT-NeoX and LLaMA), or ``(x[2i], x[2i+1])`` with
-    ``interleaved=True`` (the paper's and GPT-J's layout).
+    ``interleaved=True`` (the paper's and GPT-J's layout). ``scaling`` stretches it to longer contexts
+    (:class:`RopeScaling`). Angles are computed in fp32 or wider, whatever the model's dtype.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0, interleaved: bool = False) -> None:
+    def __init__(
+        self, head_dim: int, base: float = 10000.0, interleaved: bool = False, scaling: RopeScaling | None = None
+    ) -> None:
         super().__init__()
         if head_dim % 2:
             raise ConfigError(f"rotary embeddings need an even head_dim, got {head_dim}")
-        self.head_dim, self.base, self.interleaved = head_dim, base, interleaved
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.head_dim, self.base, self.interleaved, self.scaling = head_dim, base, interleaved, scaling
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, base, scaling), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+        # model.to(bf16) would round the frequencies to 3 digits (angles off by up to 0.4%): keep them in fp32
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype not in (torch.float32, torch.float64):
+            self.inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling).to(self.inv_freq.device)
+        return self
+
+    def _dynamic_inv_freq(self, positions: Tensor) -> Tensor:
+        """NTK-aware frequencies for sequences as long as ``positions`` reach (no read back to the host)."""
+        assert self.scaling is not None
+        original, factor, dim = self.scaling.original_max_seq_len, self.scaling.factor, self.head_dim
+        length = torch.clamp(positions.max() + 1, min=original)
+        base = self.base * ((factor * length / original) - (factor - 1)) ** (dim / (dim - 2))
+        return rope_inv_freq(dim, base)
 
     def angles(self, positions: Tensor, trusted: bool = False) -> tuple[Tensor, Tensor]:
         """cos and sin ``(..., seq, head_dim / 2)`` for integer positions ``(..., seq)``; ``trusted`` positions (made
         by qkv itself, e.g. from the cache length) skip the check, which reads values back to the host."""
         if not trusted:
             _check_positions(positions, None, "rotary")
-        theta = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq
+        inv_freq = self.inv_freq
+        if self.scaling is not None and self.scaling.kind == "dynamic":
+            inv_freq = self._dynamic_inv_freq(positions).to(inv_freq.dtype)
+        theta = positions.to(inv_freq.dtype).unsqueeze(-1) * inv_freq
         return theta.cos(), theta.sin()
 
     def forward(self, x: Tensor, positions: Tensor, *, trusted: bool = False) -> Tensor:

@@ -1,16 +1,19 @@
-"""The pieces models really share: the feed-forward network and the pre-norm residual block."""
+"""The pieces models really share: normalisation (LayerNorm, RMSNorm), the feed-forward networks (an MLP, SwiGLU)
+and the pre-norm residual block that GPT-2- and Llama-style decoders are made of."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention.frozen import frozen_linear
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
+from qkv.attention.positional import RotaryEmbedding
 from qkv.errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "FeedForward", "PreNormBlock", "dropout_layer"]
+__all__ = ["ACTIVATIONS", "FEED_FORWARDS", "NORMS", "FeedForward", "PreNormBlock", "RMSNorm", "SwiGLU", "dropout_layer"]
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -40,8 +43,48 @@ class FeedForward(nn.Module):
         return self.dropout(frozen_linear(self.activation(frozen_linear(x, self.up)), self.down))
 
 
+class SwiGLU(nn.Module):
+    """``(batch, seq, dim) -> (batch, seq, dim)``: ``down(silu(gate(x)) * up(x))`` (Shazeer 2020; Llama's MLP)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden_dim, bias=bias)
+        self.up = nn.Linear(dim, hidden_dim, bias=bias)
+        self.down = nn.Linear(hidden_dim, dim, bias=bias)
+        self.dropout = dropout_layer(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(frozen_linear(F.silu(frozen_linear(x, self.gate)) * frozen_linear(x, self.up), self.down))
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) · weight`` over the last dim (Zhang & Sennrich 2019), computed in fp32 or wider
+    and returned in the input's dtype before the scale (as the Llama family defines it)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.to(torch.promote_types(x.dtype, torch.float32))
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+NORMS = ("layer", "rms")
+FEED_FORWARDS = ("mlp", "swiglu")
+
+
+def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
+    """``"layer"``: LayerNorm (with a bias when ``bias``); ``"rms"``: :class:`RMSNorm`."""
+    return nn.LayerNorm(dim, eps=eps, bias=bias) if kind == "layer" else RMSNorm(dim, eps)
+
+
 class PreNormBlock(nn.Module):
-    """``x + attn(norm(x))`` then ``x + ffn(norm(x))`` (GPT-2 style), causal self-attention."""
+    """``x + attn(norm(x))`` then ``x + ffn(norm(x))``, causal self-attention: GPT-2's block with the defaults;
+    Llama's with ``norm="rms"``, ``feed_forward="swiglu"``, ``bias=False`` and a rotary embedding (Qwen2 adds
+    ``qkv_bias``; Mistral a ``window``, the number of earlier keys each query sees)."""
 
     def __init__(
         self,
@@ -54,16 +97,32 @@ class PreNormBlock(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         norm_eps: float = 1e-5,
-        rotary: bool = False,
+        rotary: bool | RotaryEmbedding = False,
         backend: str = "auto",
+        norm: str = "layer",
+        feed_forward: str = "mlp",
+        qkv_bias: bool | None = None,
+        window: int | None = None,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
+        self.window = window
+        self.norm1 = make_norm(norm, dim, norm_eps, bias)
         self.attn = MultiHeadAttention(
-            dim, num_heads, num_kv_heads, bias=bias, dropout=dropout, rotary=rotary, backend=backend
+            dim,
+            num_heads,
+            num_kv_heads,
+            bias=bias if qkv_bias is None else qkv_bias,
+            out_bias=bias,
+            dropout=dropout,
+            rotary=rotary,
+            backend=backend,
         )
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
-        self.ffn = FeedForward(dim, hidden_dim, activation, dropout, bias)
+        self.norm2 = make_norm(norm, dim, norm_eps, bias)
+        self.ffn: nn.Module = (
+            FeedForward(dim, hidden_dim, activation, dropout, bias)
+            if feed_forward == "mlp"
+            else SwiGLU(dim, hidden_dim, dropout, bias)
+        )
         self.resid_dropout = dropout_layer(dropout)
 
     def forward(
@@ -80,6 +139,7 @@ class PreNormBlock(nn.Module):
         attended, weights = self.attn(
             self.norm1(x),
             causal=True,
+            window=self.window,
             bias=bias,
             mask=mask,
             cache=cache,

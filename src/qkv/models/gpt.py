@@ -1,7 +1,9 @@
 """A decoder-only language model that predicts the next token (GPT), built on :class:`MultiHeadAttention`.
 
 Token embeddings (tied with the output layer by default), a choice of positions (learned, sinusoidal, rotary, ALiBi),
-pre-norm blocks, a final LayerNorm. With a :class:`KVCache` it decodes one token at a time.
+pre-norm blocks, a final norm. With a :class:`KVCache` it decodes one token at a time. The same class is the Llama
+family's model (:mod:`qkv.models.llama`): RMSNorm, SwiGLU, rotary positions with scaling, grouped-query attention,
+q/k/v biases (Qwen2) and a sliding window (Mistral) are settings of :class:`GPTConfig`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from torch import Tensor, nn
 
 from qkv.attention.frozen import frozen_linear
 from qkv.attention.kv_cache import KVCache
-from qkv.attention.positional import LearnedPositions, SinusoidalPositions, alibi_bias
+from qkv.attention.positional import (
+    ROPE_SCALINGS,
+    LearnedPositions,
+    RopeScaling,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    alibi_bias,
+)
 from qkv.errors import ConfigError, ShapeError, describe_shape
-from qkv.models.blocks import PreNormBlock, dropout_layer
+from qkv.models.blocks import FEED_FORWARDS, NORMS, PreNormBlock, dropout_layer, make_norm
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 
@@ -41,13 +50,54 @@ class GPTConfig(ModelConfig):
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     backend: str = "auto"
+    norm: str = "layer"  # layer (LayerNorm) | rms (RMSNorm)
+    feed_forward: str = "mlp"  # mlp (up, activation, down) | swiglu (down(silu(gate) * up))
+    qkv_bias: bool | None = None  # biases in the q/k/v projections; None = as bias (Qwen2: true with bias false)
+    rope_theta: float = 10000.0  # rotary base
+    rope_scaling: str = "none"  # none | linear | dynamic | llama3 (see qkv.attention.positional.RopeScaling)
+    rope_factor: float = 1.0
+    rope_original_max_seq_len: int = 0  # dynamic, llama3: the context the model was trained on
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    sliding_window: int | None = None  # each token sees itself and the sliding_window - 1 tokens before it
 
     def validate(self) -> None:
         self.check_choice("positions", POSITIONS)
+        self.check_choice("norm", NORMS)
+        self.check_choice("feed_forward", FEED_FORWARDS)
+        self.check_choice("rope_scaling", ("none", *ROPE_SCALINGS))
         self.check_positive("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"model.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"model.sliding_window must be >= 1 (or unset), got {self.sliding_window}")
+        if self.rope_scaling != "none" and self.positions != "rotary":
+            raise ConfigError(f"model.rope_scaling = {self.rope_scaling!r} needs positions = 'rotary'")
+        self.rope()  # checks the scaling's own values
         self.check_dropout()
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """The feed-forward width: ``ffn_dim``, else 4 x embed_dim for an MLP and 8/3 x (to a multiple of 32) for
+        SwiGLU, which has three matrices instead of two (same parameters)."""
+        if self.ffn_dim:
+            return self.ffn_dim
+        return 4 * self.embed_dim if self.feed_forward == "mlp" else -(-8 * self.embed_dim // 3 // 32) * 32
+
+    def rope(self) -> RopeScaling | None:
+        if self.rope_scaling == "none":
+            return None
+        return RopeScaling(
+            self.rope_scaling,
+            self.rope_factor,
+            self.rope_original_max_seq_len,
+            self.rope_low_freq_factor,
+            self.rope_high_freq_factor,
+        )
 
 
 class GPT(nn.Module):
@@ -65,22 +115,28 @@ class GPT(nn.Module):
         elif c.positions == "sinusoidal":
             self.position_embedding = SinusoidalPositions(c.embed_dim, c.max_seq_len)
         self.dropout = dropout_layer(c.dropout)
+        # one rotary embedding, shared by every layer (it holds no weights, only the frequencies)
+        rotary = RotaryEmbedding(c.head_dim, c.rope_theta, scaling=c.rope()) if c.positions == "rotary" else False
         self.blocks = nn.ModuleList(
             PreNormBlock(
                 c.embed_dim,
                 c.num_heads,
                 c.num_kv_heads,
-                c.ffn_dim or 4 * c.embed_dim,
+                c.hidden_dim,
                 activation=c.activation,
                 dropout=c.dropout,
                 bias=c.bias,
                 norm_eps=c.norm_eps,
-                rotary=c.positions == "rotary",
+                rotary=rotary,
                 backend=c.backend,
+                norm=c.norm,
+                feed_forward=c.feed_forward,
+                qkv_bias=c.qkv_bias,
+                window=None if c.sliding_window is None else c.sliding_window - 1,
             )
             for _ in range(c.num_layers)
         )
-        self.final_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps, bias=c.bias)
+        self.final_norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
         self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
@@ -100,7 +156,7 @@ class GPT(nn.Module):
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
         for block in self.blocks:
-            for proj in (block.attn.out_proj, block.ffn.down):
+            for proj in (block.attn.out_proj, block.ffn.down):  # (both feed-forward kinds name it down)
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.num_layers))
 
     def save_pretrained(self, directory: str) -> object:
@@ -118,7 +174,7 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences of up to ``max_seq_len`` (default: the context)."""
         c = self.config
-        head_dim = c.embed_dim // c.num_heads
+        head_dim = c.head_dim
         param = next(self.parameters())
         return KVCache(
             c.num_layers,

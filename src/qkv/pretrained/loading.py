@@ -11,14 +11,16 @@ from torch import nn
 from qkv.devices import place
 from qkv.errors import CheckpointError
 from qkv.models.gpt import GPT
+from qkv.models.llama import LlamaConfig
 from qkv.pretrained.bert import bert_from_hf
 from qkv.pretrained.gpt2 import gpt2_from_hf, save_gpt2
+from qkv.pretrained.llama import LLAMA_TYPES, llama_from_hf, save_llama
 from qkv.pretrained.tokenizer import PretrainedTokenizer
 from qkv.pretrained.weights import read_config, read_state_dict, resolve_pretrained
 
 __all__ = ["load_pretrained", "load_tokenizer", "save_pretrained"]
 
-ARCHITECTURES = {"bert": bert_from_hf, "gpt2": gpt2_from_hf}
+ARCHITECTURES = {"bert": bert_from_hf, "gpt2": gpt2_from_hf, **{t: llama_from_hf for t in LLAMA_TYPES}}
 
 
 def load_pretrained(
@@ -54,7 +56,10 @@ def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:
 
 
 def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
-    """Write a qkv GPT as a GPT-2-format directory that HuggingFace's ``GPT2LMHeadModel.from_pretrained`` loads."""
+    """Write a qkv GPT as a HuggingFace-format directory that ``transformers`` loads: GPT-2 format for a GPT, Llama,
+    Mistral or Qwen2 format for a Llama-family model (:class:`~qkv.models.llama.LlamaConfig`)."""
     if not isinstance(model, GPT):
-        raise CheckpointError(f"save_pretrained writes GPT models in GPT-2 format; got {type(model).__name__}")
+        raise CheckpointError(f"save_pretrained writes GPT and Llama-family models; got {type(model).__name__}")
+    if isinstance(model.config, LlamaConfig):
+        return save_llama(model, directory)
     return save_gpt2(model, directory)

@@ -49,14 +49,40 @@ def read_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated: {exc}") from None
+
+
+def _read_sharded(index_file: Path) -> dict[str, Tensor]:
+    """The tensors of every shard that ``model.safetensors.index.json``'s ``weight_map`` names, checked to be
+    the ones it promises."""
+    index = read_json(index_file)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_file} has no weight_map")
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or Path(shard).name != shard:  # a name in this directory, nothing else
+            raise CheckpointError(f"{index_file} names a shard outside the directory: {shard!r}")
+        state.update(_load_safetensors(index_file.parent / shard))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f"the shards of {index_file.parent} lack {', '.join(missing[:5])}")
+    return state
+
+
 def read_state_dict(directory: Path) -> dict[str, Tensor]:
-    """Tensors of ``model.safetensors`` (preferred) or ``pytorch_model.bin`` (loaded with ``weights_only=True``)."""
-    safetensors_file = directory / "model.safetensors"
-    if safetensors_file.is_file():
-        try:
-            return load_file(str(safetensors_file))
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{safetensors_file} is corrupt or truncated: {exc}") from None
+    """Tensors of ``model.safetensors`` (preferred), of the shards ``model.safetensors.index.json`` lists, or of
+    ``pytorch_model.bin`` (loaded with ``weights_only=True``)."""
+    if (directory / "model.safetensors").is_file():
+        return _load_safetensors(directory / "model.safetensors")
+    if (directory / "model.safetensors.index.json").is_file():
+        return _read_sharded(directory / "model.safetensors.index.json")
     bin_file = directory / "pytorch_model.bin"
     if bin_file.is_file():
         try:
@@ -69,7 +95,7 @@ def read_state_dict(directory: Path) -> dict[str, Tensor]:
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
             raise CheckpointError(f"{bin_file} is not a state dict of tensors")
         return state
-    raise CheckpointError(f"{directory} has no model.safetensors or pytorch_model.bin")
+    raise CheckpointError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
 def load_into(model: nn.Module, state: dict[str, Tensor], source: Path, hf_names: dict[str, str]) -> None:

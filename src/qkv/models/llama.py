@@ -1,0 +1,27 @@
+"""The Llama family (Llama, Mistral, Qwen2): a :class:`~qkv.models.gpt.GPT` with Llama's settings.
+
+RMSNorm, SwiGLU, rotary positions (``rope_theta``, scaling), grouped-query attention, untied embeddings by default;
+Qwen2 adds q/k/v biases and Mistral a sliding window. The model class is :class:`GPT` itself: one forward, one KV
+cache, one decoding path for every decoder-only family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qkv.models.gpt import GPT, GPTConfig
+
+__all__ = ["Llama", "LlamaConfig"]
+
+
+@dataclass
+class LlamaConfig(GPTConfig):
+    positions: str = "rotary"
+    bias: bool = False
+    norm: str = "rms"
+    feed_forward: str = "swiglu"
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+
+
+Llama = GPT  # the same model; the config makes it a Llama
