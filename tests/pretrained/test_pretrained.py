@@ -116,7 +116,7 @@ def test_gpt2_logits_and_greedy_generation_match_hf(gpt2_dir):
 def test_save_pretrained_round_trips_through_hf(gpt2_dir, tmp_path):
     directory, hf = gpt2_dir
     ours = qkv.load_pretrained(directory)
-    ours.save_pretrained(tmp_path / "out")
+    qkv.save_pretrained(ours, tmp_path / "out")
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     x = torch.randint(0, 120, (2, 16))
     with torch.no_grad():
@@ -197,7 +197,7 @@ def test_save_pretrained_refuses_what_gpt2_cannot_express(tmp_path):
     from qkv.models import GPT, GPTConfig
 
     with pytest.raises(ConfigError, match="rotary"):
-        GPT(GPTConfig(positions="rotary")).save_pretrained(tmp_path)
+        qkv.save_pretrained(GPT(GPTConfig(positions="rotary")), tmp_path)
 
 
 def test_embed_cli_writes_npy_and_jsonl(tmp_path, capsys):

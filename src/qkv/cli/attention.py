@@ -31,19 +31,6 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(run=run)
 
 
-def _load(model_ref: str, device: str, dtype: str):  # noqa: ANN202
-    """(model, tokenizer, whether it is a HuggingFace-format model) for a checkpoint, HF directory or bundled name."""
-    path = Path(model_ref)
-    if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
-        from qkv.cli.common import load_gpt
-
-        model, tokenizer, _ = load_gpt(path, device, dtype)
-        return model, tokenizer, False
-    from qkv.pretrained import load_pretrained, load_tokenizer
-
-    return load_pretrained(model_ref, device=device, dtype=dtype), load_tokenizer(model_ref), True
-
-
 def attention_report(
     model,  # noqa: ANN001 - a qkv GPT or BertEncoder
     tokenizer,  # noqa: ANN001
@@ -100,7 +87,7 @@ def attention_report(
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import HTML_SUFFIXES, check_output_files
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_model_and_tokenizer
     from qkv.errors import ConfigError
     from qkv.visualization.grid import IMAGE_SUFFIXES
 
@@ -109,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.png is None and args.html is None:
         raise ConfigError("say where to write: --png FILE and/or --html FILE")
     check_output_files({"png": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, png=args.png, html=args.html)
-    model, tokenizer, pretrained = _load(args.model, args.device, args.dtype)
+    model, tokenizer, pretrained = load_model_and_tokenizer(args.model, args.device, args.dtype)
     for path in attention_report(
         model,
         tokenizer,

@@ -6,13 +6,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from qkv.devices import place
 from qkv.errors import CheckpointError, ConfigError
-from qkv.models.gpt import GPT, GPTConfig
+from qkv.models.families import CAUSAL_LM, SEQ2SEQ, Family, get_family
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
@@ -21,7 +22,8 @@ __all__ = [
     "check_output_dir",
     "check_output_files",
     "encode_prompt",
-    "load_gpt",
+    "load_causal_lm",
+    "load_model_and_tokenizer",
     "load_seq2seq",
     "qkv_command",
     "warn",
@@ -103,14 +105,15 @@ def check_output_dir(flag: str, path: Path) -> None:
         raise ConfigError(f"{option} {path}: {blocker} is a file, so no directory can be made under it")
 
 
-def load_gpt(
+def load_causal_lm(
     path: str | Path, device: str | None = None, dtype: str | None = None
-) -> tuple[GPT, Tokenizer, CheckpointInfo]:
-    """A trained GPT, its tokenizer and checkpoint info from a run or checkpoint directory, on ``device`` (default:
-    the CPU) in ``dtype`` (default: fp32). Checkpoints hold no device: one trained on a GPU loads anywhere."""
-    info = load_checkpoint_info(path, kind="gpt")
-    config = GPTConfig.from_dict(info.meta["config"]["model"])
-    model = GPT(config)
+) -> tuple[nn.Module, Tokenizer, CheckpointInfo]:
+    """A trained causal LM (GPT, Llama, or any registered family), its tokenizer and checkpoint info from a run or
+    checkpoint directory, on ``device`` (default: the CPU) in ``dtype`` (default: fp32). Checkpoints hold no
+    device: one trained on a GPU loads anywhere."""
+    info = load_checkpoint_info(path)
+    family = _family_of_checkpoint(info, CAUSAL_LM, "for a translation model use qkv translate")
+    model = family.build(family.config.from_dict(info.meta["config"]["model"]))
     info.load_model_weights(model)
     return place(model, device, dtype).eval(), info.tokenizer(), info
 
@@ -118,23 +121,48 @@ def load_gpt(
 def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module, PairTokenizer, CheckpointInfo]:
     """A trained RNN or Transformer encoder-decoder, its pair tokenizer and checkpoint info, on ``device``."""
     from qkv.training.config import RunConfig
-    from qkv.training.seq2seq import SEQ2SEQ_KINDS, seq2seq_model
 
     info = load_checkpoint_info(path)
-    kind = info.meta.get("kind")
-    if kind not in SEQ2SEQ_KINDS:
-        raise CheckpointError(
-            f"{info.path} holds a {kind!r} model, but translating needs a sequence-to-sequence model "
-            f"({' or '.join(SEQ2SEQ_KINDS)}); train one with e.g. qkv train configs/dates-rnn.toml"
-            + ("; for a GPT use qkv generate" if kind == "gpt" else "")
-        )
-    config = RunConfig.from_dict(info.meta["config"])
-    model = seq2seq_model(kind, config.model)
+    family = _family_of_checkpoint(
+        info, SEQ2SEQ, "train one with e.g. qkv train configs/dates-rnn.toml; for a language model use qkv generate"
+    )
+    model = family.build(RunConfig.from_dict(info.meta["config"]).model)
     info.load_model_weights(model)
     tokenizer = info.tokenizer()
     if not isinstance(tokenizer, PairTokenizer):
         raise CheckpointError(f"{info.path}/tokenizer.json is not a source/target (pair) tokenizer")
     return place(model, device).eval(), tokenizer, info
+
+
+def load_model_and_tokenizer(
+    model_ref: str | Path, device: str | None = None, dtype: str | None = None, protocol: str | None = None
+) -> tuple[nn.Module, Any, bool]:
+    """``(model, tokenizer, pretrained)`` for a qkv run or checkpoint directory, a HuggingFace-format directory or a
+    bundled name; ``pretrained`` says which of the last two it was. ``protocol``: the kind of model the verb needs
+    (e.g. a causal LM to generate from), checked for pretrained models too."""
+    path = Path(model_ref)
+    if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
+        model, tokenizer, _ = load_causal_lm(path, device, dtype)
+        return model, tokenizer, False
+    from qkv.models.families import family_of
+    from qkv.pretrained import load_pretrained, load_tokenizer
+
+    model = load_pretrained(model_ref, device=device, dtype=dtype)
+    family = family_of(model)
+    if protocol is not None and family.protocol != protocol:
+        raise CheckpointError(f"{model_ref} holds a {family.name} model ({family.protocol}); this needs a {protocol}")
+    return model, load_tokenizer(model_ref), True
+
+
+def _family_of_checkpoint(info: CheckpointInfo, protocol: str, hint: str) -> Family:
+    try:
+        family = get_family(info.kind, what="model kind")
+    except ConfigError as exc:
+        raise CheckpointError(f"{info.path} holds a model qkv does not know: {exc}") from None
+    if family.protocol != protocol:
+        wanted = {CAUSAL_LM: "a language model (causal LM)", SEQ2SEQ: "a sequence-to-sequence model"}[protocol]
+        raise CheckpointError(f"{info.path} holds a {info.kind!r} model, but this needs {wanted}; {hint}")
+    return family
 
 
 def encode_prompt(

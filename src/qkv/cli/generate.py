@@ -45,7 +45,12 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         description="Continue --prompt with a trained qkv model. A prompt longer than the model's context is cut "
         "from the left with a warning; an empty prompt or characters the model never saw are errors.",
     )
-    p.add_argument("checkpoint", type=Path, help="a run directory (from qkv train) or a checkpoint directory")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a run directory (from qkv train), a checkpoint directory, or a HuggingFace-format directory of a GPT-2, "
+        "Llama, Mistral or Qwen2 model (config.json, model.safetensors, tokenizer.json)",
+    )
     p.add_argument("--prompt", required=True, help="the text to continue")
     add_generation_options(p)
     add_device_option(p, dtype=True)
@@ -53,10 +58,11 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import encode_prompt, load_gpt
+    from qkv.cli.common import encode_prompt, load_model_and_tokenizer
     from qkv.decoding import generate, generate_stream
+    from qkv.models.families import CAUSAL_LM
 
-    model, tokenizer, _ = load_gpt(args.checkpoint, args.device, args.dtype)
+    model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
     ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
     if args.strategy == "beam" or args.no_stream:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from qkv.cli.attention import attention_report
-    from qkv.cli.common import check_output_dir, encode_prompt, load_gpt, qkv_command
+    from qkv.cli.common import check_output_dir, encode_prompt, load_causal_lm, qkv_command
     from qkv.decoding import generate
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             f"validation loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.2f}), "
             f"{metrics['ms_per_iter']:.1f} ms/step, {time.perf_counter() - started:.0f} s"
         )
-    model, tokenizer, _ = load_gpt(out, args.device)
+    model, tokenizer, _ = load_causal_lm(out, args.device)
     prompt = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     ids = generate(model, prompt, args.max_new_tokens, "sample", temperature=0.8, seed=0)
     sample = tokenizer.decode(ids[0].tolist())

@@ -17,7 +17,15 @@ from torch import Tensor, nn
 
 from qkv.attention.kv_cache import KVCache
 
-__all__ = ["DecodableModel", "Seq2SeqStepper", "Stepper", "TokenStepper", "compiled_for_decoding"]
+__all__ = [
+    "DecodableModel",
+    "DecoderState",
+    "Seq2SeqDecodable",
+    "Seq2SeqStepper",
+    "Stepper",
+    "TokenStepper",
+    "compiled_for_decoding",
+]
 
 
 class TokenStepper(Protocol):
@@ -29,11 +37,26 @@ class TokenStepper(Protocol):
 
 
 class DecodableModel(Protocol):
+    """The causal-LM decoding protocol (``qkv.models.families.CAUSAL_LM``): GPT, the Llama family, ..."""
+
     config: object
 
     def __call__(self, input_ids: Tensor, *, cache: KVCache | None = None): ...  # -> ModelOutput
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache: ...
+
+
+class DecoderState(Protocol):
+    def select(self, rows: Tensor) -> DecoderState: ...
+
+
+class Seq2SeqDecodable(Protocol):
+    """The encoder-decoder decoding protocol (``qkv.models.families.SEQ2SEQ``): the source is encoded once by
+    ``begin_decoding``; ``decode_next`` gives the next token's logits ``(batch, vocab)`` and the new state."""
+
+    def begin_decoding(self, src_ids: Tensor) -> DecoderState: ...
+
+    def decode_next(self, ids: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]: ...
 
 
 _compiled: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
@@ -87,16 +110,15 @@ class Stepper:
 class Seq2SeqStepper:
     """Steps the decoder of a sequence-to-sequence model over an encoded source.
 
-    The model provides ``begin_decoding(src_ids) -> state`` (encodes once), ``decode_next(ids, state) ->
-    (logits (batch, vocab), state)`` and ``state.select(rows)``.
+    The model speaks :class:`Seq2SeqDecodable`; its state has ``select(rows)``.
     """
 
-    def __init__(self, model: object, src_ids: Tensor) -> None:
+    def __init__(self, model: Seq2SeqDecodable, src_ids: Tensor) -> None:
         self.model = model
-        self.state = model.begin_decoding(src_ids)  # type: ignore[attr-defined]
+        self.state = model.begin_decoding(src_ids)
 
     def logits(self, ids: Tensor) -> Tensor:
-        logits, self.state = self.model.decode_next(ids, self.state)  # type: ignore[attr-defined]
+        logits, self.state = self.model.decode_next(ids, self.state)
         return logits.float()
 
     def reorder(self, rows: Tensor) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
 from qkv.decoding.beam import beam_search
 from qkv.decoding.generate import check_decoding_args, decode_loop, decoding_mode
-from qkv.decoding.stepper import Seq2SeqStepper
+from qkv.decoding.stepper import Seq2SeqDecodable, Seq2SeqStepper
 from qkv.devices import model_device
 from qkv.errors import ConfigError
 
@@ -45,10 +47,10 @@ def translate(
     check_decoding_args(start, limit, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
     with decoding_mode(model):
         if strategy == "beam":
-            stepper = Seq2SeqStepper(model, src_ids.repeat_interleave(num_beams, dim=0))
+            stepper = Seq2SeqStepper(cast(Seq2SeqDecodable, model), src_ids.repeat_interleave(num_beams, dim=0))
             ids = beam_search(stepper, start, limit, num_beams, length_penalty, eos_token_id)
         else:
-            stepper = Seq2SeqStepper(model, src_ids)
+            stepper = Seq2SeqStepper(cast(Seq2SeqDecodable, model), src_ids)
             ids = decode_loop(stepper, start, limit, strategy, temperature, top_k, top_p, seed, eos_token_id)
     return ids[:, 1:]
 

@@ -1,8 +1,10 @@
 """Models built on the attention core: each has a dataclass config, ``from_config`` and a ``forward`` that can hand
 back per-layer attention weights."""
 
+from qkv.models import families
 from qkv.models.bert import BertConfig, BertEncoder
 from qkv.models.gpt import GPT, GPTConfig
+from qkv.models.llama import LlamaConfig
 from qkv.models.output import ModelOutput
 from qkv.models.rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig
 from qkv.models.transformer import Transformer, TransformerConfig
@@ -12,9 +14,11 @@ __all__ = [
     "BertConfig",
     "BertEncoder",
     "GPTConfig",
+    "LlamaConfig",
     "ModelOutput",
     "RNNSeq2Seq",
     "RNNSeq2SeqConfig",
     "Transformer",
     "TransformerConfig",
+    "families",
 ]

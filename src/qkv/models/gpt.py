@@ -159,12 +159,6 @@ class GPT(nn.Module):
             for proj in (block.attn.out_proj, block.ffn.down):  # (both feed-forward kinds name it down)
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.num_layers))
 
-    def save_pretrained(self, directory: str) -> object:
-        """Write this model as a GPT-2-format directory (config.json + model.safetensors) for HuggingFace."""
-        from qkv.pretrained import save_pretrained  # imported here: pretrained/ builds on models/, not the reverse
-
-        return save_pretrained(self, directory)
-
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings and isinstance(self.position_embedding, LearnedPositions):

@@ -9,24 +9,19 @@ import torch
 from torch import nn
 
 from qkv.devices import place
-from qkv.errors import CheckpointError
-from qkv.models.gpt import GPT
-from qkv.models.llama import LlamaConfig
-from qkv.pretrained.bert import bert_from_hf
-from qkv.pretrained.gpt2 import gpt2_from_hf, save_gpt2
-from qkv.pretrained.llama import LLAMA_TYPES, llama_from_hf, save_llama
+from qkv.errors import CheckpointError, ConfigError
+from qkv.models.families import family_for_hf, family_of, hf_model_types
 from qkv.pretrained.tokenizer import PretrainedTokenizer
 from qkv.pretrained.weights import read_config, read_state_dict, resolve_pretrained
 
 __all__ = ["load_pretrained", "load_tokenizer", "save_pretrained"]
 
-ARCHITECTURES = {"bert": bert_from_hf, "gpt2": gpt2_from_hf, **{t: llama_from_hf for t in LLAMA_TYPES}}
-
 
 def load_pretrained(
     path_or_name: str | Path, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> nn.Module:
-    """A qkv model (``BertEncoder`` or ``GPT``) from a HuggingFace-format directory or a bundled name (``"minilm"``).
+    """A qkv model from a HuggingFace-format directory (BERT, GPT-2, Llama, Mistral, Qwen2: any ``model_type`` a
+    registered family reads) or a bundled name (``"minilm"``).
 
     Reads ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with ``weights_only=True``); maps every
     weight through an explicit key table; never downloads, never executes code from the directory. The model is put
@@ -36,11 +31,12 @@ def load_pretrained(
     directory = resolve_pretrained(path_or_name)
     config = read_config(directory)
     model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    family = family_for_hf(model_type)
+    if family is None:
         raise CheckpointError(
-            f"{directory / 'config.json'} describes model_type {model_type!r}; qkv loads {', '.join(ARCHITECTURES)}"
+            f"{directory / 'config.json'} describes model_type {model_type!r}; qkv loads {', '.join(hf_model_types())}"
         )
-    return place(ARCHITECTURES[model_type](config, read_state_dict(directory), directory), device, dtype)
+    return place(family.reader()(config, read_state_dict(directory), directory), device, dtype)
 
 
 def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:
@@ -56,10 +52,11 @@ def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:
 
 
 def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
-    """Write a qkv GPT as a HuggingFace-format directory that ``transformers`` loads: GPT-2 format for a GPT, Llama,
-    Mistral or Qwen2 format for a Llama-family model (:class:`~qkv.models.llama.LlamaConfig`)."""
-    if not isinstance(model, GPT):
-        raise CheckpointError(f"save_pretrained writes GPT and Llama-family models; got {type(model).__name__}")
-    if isinstance(model.config, LlamaConfig):
-        return save_llama(model, directory)
-    return save_gpt2(model, directory)
+    """Write a qkv model as a HuggingFace-format directory that ``transformers`` loads, in its family's format:
+    GPT-2 for a GPT; Llama, Mistral or Qwen2 for a Llama-family model (:class:`~qkv.models.llama.LlamaConfig`)."""
+    try:
+        family = family_of(model)
+        writer = family.writer()
+    except ConfigError as exc:
+        raise CheckpointError(f"save_pretrained cannot write this {type(model).__name__}: {exc}") from None
+    return Path(writer(model, directory))

@@ -15,17 +15,15 @@ from typing import Any
 
 from qkv.devices import precision_candidates, resolve_compile, resolve_device
 from qkv.errors import ConfigError
-from qkv.models.gpt import GPTConfig
-from qkv.models.rnn_seq2seq import RNNSeq2SeqConfig
-from qkv.models.transformer import TransformerConfig
+from qkv.models.families import CAUSAL_LM, families, get_family
 
 __all__ = [
-    "KINDS",
     "DataConfig",
     "RunConfig",
     "Seq2SeqDataConfig",
     "TrainConfig",
     "apply_overrides",
+    "data_config_type",
     "load_run_config",
 ]
 
@@ -118,26 +116,25 @@ class TrainConfig:
         return "bf16" if self.bf16 else self.precision
 
 
-#: what a run trains: kind -> (model config, data config); a TOML file picks one with a top-level ``kind = "..."``
-KINDS: dict[str, tuple[type, type]] = {
-    "gpt": (GPTConfig, DataConfig),
-    "rnn-seq2seq": (RNNSeq2SeqConfig, Seq2SeqDataConfig),
-    "transformer": (TransformerConfig, Seq2SeqDataConfig),
-}
+def data_config_type(kind: str) -> type:
+    """The ``[data]`` section of a run of ``kind``: text for a causal LM, source/target pairs for a seq2seq model."""
+    family = get_family(kind)
+    if not family.trainable:
+        trainable = ", ".join(f.name for f in families() if f.trainable)
+        raise ConfigError(f"kind {kind!r} is not trained by qkv train (a {family.protocol} model); train {trainable}")
+    return DataConfig if family.protocol == CAUSAL_LM else Seq2SeqDataConfig
 
 
 @dataclass
 class RunConfig:
-    kind: str = "gpt"  # gpt | rnn-seq2seq | transformer: decides the types of model and data
+    kind: str = "gpt"  # a model family (gpt | llama | rnn-seq2seq | transformer | registered): model and data types
     model: Any = None
     data: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"unknown kind {self.kind!r}{_suggest(self.kind, KINDS)}; known: {', '.join(KINDS)}")
-        model_type, data_type = KINDS[self.kind]
-        self.model = model_type() if self.model is None else self.model
+        data_type = data_config_type(self.kind)
+        self.model = get_family(self.kind).config() if self.model is None else self.model
         self.data = data_type() if self.data is None else self.data
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +144,8 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         kind = data.get("kind", "gpt")
         if not isinstance(kind, str):
-            raise ConfigError(f"kind must be a string, one of {', '.join(KINDS)}; got {kind!r}")
+            known = ", ".join(f.name for f in families() if f.trainable)
+            raise ConfigError(f"kind must be a string, one of {known}; got {kind!r}")
         config = cls(kind=kind)
         _merge(config, {k: v for k, v in data.items() if k != "kind"}, "")
         return config

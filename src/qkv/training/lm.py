@@ -1,4 +1,5 @@
-"""Language modelling as a training task: tokenizer + data + GPT + next-token cross-entropy."""
+"""Language modelling as a training task: tokenizer + data + a causal LM (GPT, Llama, ...) + next-token
+cross-entropy."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.data.text import LMData, load_corpus
-from qkv.models.gpt import GPT
+from qkv.models.families import CAUSAL_LM, get_family
 from qkv.tokenizers import Tokenizer, train_tokenizer
 from qkv.training.config import RunConfig
 
@@ -35,7 +36,7 @@ class LMTask:
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
-def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[GPT, LMTask, Tokenizer]:
+def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[nn.Module, LMTask, Tokenizer]:
     """The model, task and tokenizer of a run (a tokenizer from a checkpoint is reused as is)."""
     text = load_corpus(config.data.path)
     if tokenizer is None:
@@ -49,6 +50,6 @@ def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[GPT
         )
     config.model.vocab_size = tokenizer.vocab_size
     torch.manual_seed(config.train.seed)  # the same initial weights on every process and every run
-    model = GPT(config.model)
-    task = LMTask(LMData(ids, config.model.max_seq_len, config.data.val_fraction))
+    model = get_family(config.kind, protocol=CAUSAL_LM).build(config.model)
+    task = LMTask(LMData(ids, config.model.max_seq_len, config.data.val_fraction), kind=config.kind)
     return model, task, tokenizer

@@ -6,14 +6,16 @@ from typing import Any
 
 from torch import nn
 
+from qkv.models.families import CAUSAL_LM, get_family
 from qkv.training.config import RunConfig
 
 __all__ = ["build_run"]
 
 
 def build_run(config: RunConfig, tokenizer: Any = None) -> tuple[nn.Module, Any, Any]:
-    """``(model, task, tokenizer)`` of ``config.kind`` (``gpt``, ``rnn-seq2seq`` or ``transformer``)."""
-    if config.kind == "gpt":
+    """``(model, task, tokenizer)`` of ``config.kind``: a language-modelling run for a causal LM family, a
+    source/target run for a sequence-to-sequence one."""
+    if get_family(config.kind).protocol == CAUSAL_LM:
         from qkv.training.lm import build_lm
 
         return build_lm(config, tokenizer)

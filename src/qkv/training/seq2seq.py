@@ -13,15 +13,12 @@ from torch import Tensor, nn
 
 from qkv.data.pairs import PairData, load_pair_splits
 from qkv.errors import ConfigError
-from qkv.models.rnn_seq2seq import RNNSeq2Seq
-from qkv.models.transformer import Transformer
+from qkv.models.families import SEQ2SEQ, get_family
 from qkv.tokenizers.pair import LEVELS, PAD_ID, PairTokenizer
 from qkv.training.config import RunConfig
 from qkv.training.seq2seq_eval import evaluate_pairs
 
-__all__ = ["SEQ2SEQ_KINDS", "Seq2SeqTask", "build_seq2seq", "seq2seq_model"]
-
-SEQ2SEQ_KINDS: dict[str, type[nn.Module]] = {"rnn-seq2seq": RNNSeq2Seq, "transformer": Transformer}
+__all__ = ["Seq2SeqTask", "build_seq2seq", "seq2seq_model"]
 
 
 @dataclass
@@ -63,8 +60,8 @@ class Seq2SeqTask:
 
 
 def seq2seq_model(kind: str, model_config: Any) -> nn.Module:
-    """A fresh model of run ``kind`` (``rnn-seq2seq`` or ``transformer``)."""
-    return SEQ2SEQ_KINDS[kind](model_config)
+    """A fresh model of the sequence-to-sequence family ``kind`` (``rnn-seq2seq``, ``transformer``, ...)."""
+    return get_family(kind, protocol=SEQ2SEQ).build(model_config)
 
 
 def _check_data_config(config: RunConfig) -> None:
@@ -87,8 +84,7 @@ def build_seq2seq(
     config: RunConfig, tokenizer: PairTokenizer | None = None
 ) -> tuple[nn.Module, Seq2SeqTask, PairTokenizer]:
     """The model, task and tokenizer of a seq2seq run (a tokenizer from a checkpoint is reused as is)."""
-    if config.kind not in SEQ2SEQ_KINDS:
-        raise ConfigError(f"build_seq2seq needs kind in {sorted(SEQ2SEQ_KINDS)}, got {config.kind!r}")
+    get_family(config.kind, protocol=SEQ2SEQ)
     _check_data_config(config)
     d, m = config.data, config.model
     splits = load_pair_splits(d.task, d.path, d.seed, d.train_size, d.eval_size)
