@@ -1,10 +1,12 @@
-"""P5 and P6: pretrained models, qkv vs HuggingFace, on the same weights in one run.
+"""P5, Llama generation and P6: pretrained models, qkv vs HuggingFace, on the same weights in one run.
 
     python benchmarks/pretrained.py        # writes benchmarks/results/pretrained.md (a few minutes on 2 cores)
 
 * P5: greedy generation at batch 1 (prompt 32, 256 new tokens) with a GPT-2-format model of 6 layers / 384 dim /
   GPT-2's 50,257-token vocabulary (random weights, saved and loaded through the HF format): qkv.generate on the KV
   cache vs transformers' GPT2LMHeadModel.generate; both must produce the same tokens.
+* Llama generation: the same at batch 1 with a Llama model of 6 layers / 384 dim / 6 query and 2 key-value heads /
+  a 32,000-token vocabulary, against LlamaForCausalLM.generate.
 * P6: all-MiniLM-L6-v2 sentence embeddings at batch 32 for 1,000 sentences (lines of the bundled plays): qkv.embed
   vs sentence-transformers' encode; both embeddings must agree (cosine >= 0.99999).
 """
@@ -27,14 +29,14 @@ from qkv.devices import inference_dtype
 RESULTS = Path(__file__).parent / "results"
 
 
-def p5(report: Report, new_tokens: int = 256) -> None:
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=50257)
-    hf = transformers.GPT2LMHeadModel(config).eval()
+def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new_tokens: int = 256) -> None:  # noqa: ANN001
+    """Greedy generation at batch 1 (prompt 32 + ``new_tokens``) of ``hf`` (a random-weight transformers model) and
+    of the same weights loaded by qkv through the HF format: time both, check they agree token for token."""
     directory = tempfile.mkdtemp()
     hf.save_pretrained(directory)
+    hf.generation_config.eos_token_id = None  # every run makes all new_tokens tokens
     ours = qkv.load_pretrained(directory)
-    prompt = torch.randint(0, 50257, (1, 32))
+    prompt = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(prompt)
     results = {}
 
@@ -44,31 +46,39 @@ def p5(report: Report, new_tokens: int = 256) -> None:
     def run_hf():
         with torch.no_grad():
             results["hf"] = hf.generate(
-                prompt,
-                attention_mask=mask,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=0,
+                prompt, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0
             )
 
     t_ours, t_hf = time_pair(run_ours, run_hf, 3)
-    assert torch.equal(results["ours"], results["hf"]), "qkv and HF generated different tokens"
-    report.rows.append(
-        Row(
-            "P5 GPT-2 generation",
-            "6 layers, 384 dim, batch 1, 32+256 tokens",
-            "speed-up",
-            t_ours,
-            t_hf,
-            "HF generate",
-            ">= 2",
-            speedup=True,
-        )
-    )
+    assert torch.equal(results["ours"], results["hf"]), f"{label}: qkv and HF generated different tokens"
+    report.rows.append(Row(label, setting, "speed-up", t_ours, t_hf, "HF generate", ">= 2", speedup=True))
     report.notes.append(
-        f"P5: {new_tokens / t_ours:,.0f} tokens/s (qkv) vs {new_tokens / t_hf:,.0f} tokens/s (HF); identical tokens."
+        f"{label}: {new_tokens / t_ours:,.0f} tokens/s (qkv) vs {new_tokens / t_hf:,.0f} tokens/s (HF); "
+        "identical tokens."
     )
+
+
+def p5(report: Report) -> None:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=50257)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    generation_row(report, "P5 GPT-2 generation", hf, "6 layers, 384 dim, batch 1, 32+256 tokens", 50257)
+
+
+def llama_generation(report: Report) -> None:
+    """The Llama-family row (issue 13): 6 layers, 384 dim, 6 query / 2 key-value heads, a 32,000-token vocabulary."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    hf = transformers.LlamaForCausalLM(config).eval()
+    generation_row(report, "Llama generation", hf, "6 layers, 384 dim, GQA 6/2, 32k vocab, batch 1, 32+256", 32000)
 
 
 def p6(report: Report, n: int = 1000, batch_size: int = 32) -> None:
@@ -117,8 +127,9 @@ def _p6_row(report: Report, lines: list[str], st, batch_size: int, dtype: str, d
 
 
 def main() -> None:
-    report = Report("Pretrained models (P5, P6)", "python benchmarks/pretrained.py")
+    report = Report("Pretrained models (P5, Llama generation, P6)", "python benchmarks/pretrained.py")
     p5(report)
+    llama_generation(report)
     p6(report)
     report.notes.append(f"transformers {transformers.__version__}; medians of 3 alternating runs after a warm-up.")
     print(report.markdown())

@@ -1,27 +1,54 @@
-"""qkv: the attention mechanism, complete, exact and fast, on PyTorch."""
+"""qkv: the attention mechanism, complete, exact and fast, on PyTorch.
 
-from qkv import errors
-from qkv.attention import KVCache, MultiHeadAttention, attend, register_score
-from qkv.decoding import generate, generate_stream, translate
-from qkv.models.output import ModelOutput
-from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained
-from qkv.visualization import capture_attention
+Names are imported when first used (PEP 562): ``import qkv.attention`` loads the attention core and PyTorch only,
+not the tokenizers, safetensors, the training loop or matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "KVCache",
-    "ModelOutput",
-    "MultiHeadAttention",
-    "attend",
-    "capture_attention",
-    "embed",
-    "errors",
-    "generate",
-    "generate_stream",
-    "load_pretrained",
-    "load_tokenizer",
-    "register_score",
-    "save_pretrained",
-    "translate",
-    "__version__",
-]
+
+_LAZY = {  # public name -> the module that defines it
+    "KVCache": "qkv.attention",
+    "MultiHeadAttention": "qkv.attention",
+    "attend": "qkv.attention",
+    "register_score": "qkv.attention",
+    "ModelOutput": "qkv.models.output",
+    "generate": "qkv.decoding",
+    "generate_stream": "qkv.decoding",
+    "translate": "qkv.decoding",
+    "embed": "qkv.pretrained",
+    "load_pretrained": "qkv.pretrained",
+    "load_tokenizer": "qkv.pretrained",
+    "save_pretrained": "qkv.pretrained",
+    "capture_attention": "qkv.visualization",
+}
+_SUBMODULES = ("attention", "decoding", "devices", "errors", "models", "pretrained", "training", "visualization")
+
+__all__ = [*_LAZY, "errors", "__version__"]
+
+if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
+    from qkv import errors  # noqa: F401
+    from qkv.attention import KVCache, MultiHeadAttention, attend, register_score  # noqa: F401
+    from qkv.decoding import generate, generate_stream, translate  # noqa: F401
+    from qkv.models.output import ModelOutput  # noqa: F401
+    from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained  # noqa: F401
+    from qkv.visualization import capture_attention  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"qkv.{name}")
+    else:
+        raise AttributeError(f"module 'qkv' has no attribute {name!r}")
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})

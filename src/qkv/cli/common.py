@@ -141,7 +141,12 @@ def load_model_and_tokenizer(
     bundled name; ``pretrained`` says which of the last two it was. ``protocol``: the kind of model the verb needs
     (e.g. a causal LM to generate from), checked for pretrained models too."""
     path = Path(model_ref)
-    if path.is_dir() and ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
+    if path.is_dir() and not (path / "config.json").is_file():  # a qkv run or checkpoint, or nothing qkv reads
+        if not ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
+            raise CheckpointError(
+                f"{path} holds no qkv checkpoint (no checkpoints/latest and no trainer.json) and is not a "
+                "HuggingFace-format model directory (no config.json)"
+            )
         model, tokenizer, _ = load_causal_lm(path, device, dtype)
         return model, tokenizer, False
     from qkv.models.families import family_of

@@ -1,0 +1,27 @@
+"""The core stands alone: ``import qkv.attention`` loads PyTorch and the attention core, nothing else of the
+stack; ``import qkv`` imports names only when they are used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("matplotlib", "tokenizers", "safetensors", "transformers", "sacrebleu", "qkv.training", "qkv.pretrained")
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint(' '.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return set(result.stdout.split())
+
+
+def test_the_attention_core_imports_nothing_else():
+    assert loaded_after("import qkv.attention; qkv.attention.attend") == set()
+    assert loaded_after("import qkv") == set()
+
+
+def test_public_names_arrive_when_used():
+    assert loaded_after("import qkv; qkv.generate") == set()  # decoding needs no tokenizer or checkpoint code
+    assert "safetensors" in loaded_after("import qkv; qkv.load_pretrained")
+    code = "import qkv; assert qkv.models.GPT and qkv.errors.ShapeError and 'attend' in dir(qkv)"
+    assert loaded_after(code) == set()
