@@ -142,6 +142,7 @@ class MultiHeadAttention(nn.Module):
         cache: KVCache | None = None,
         layer_idx: int = 0,
         positions: Tensor | None = None,
+        rotary_angles: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (batch, q_len, embed_dim)`` to ``key``/``value`` (default: the query itself).
@@ -153,6 +154,8 @@ class MultiHeadAttention(nn.Module):
             cache: self-attention only: new keys/values are appended to layer ``layer_idx`` of the cache and the
                 queries attend over everything cached (``causal`` stays aligned to the end).
             positions: rotary positions ``(q_len,)`` or ``(batch, q_len)``; default continues after the cache.
+            rotary_angles: ``(cos, sin)`` from :meth:`RotaryEmbedding.angles` for these queries, instead of
+                ``positions`` (a model computes them once for all its layers).
             return_weights: also return per-head weights ``(batch, heads, q_len, k_len)``.
 
         Returns:
@@ -168,12 +171,14 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and not is_self:
             raise ConfigError("the KV cache serves self-attention; for cross-attention compute the keys once instead")
         q, k, v = self._project(query, key, value, is_self)
-        if self.rotary is not None and is_self:
+        if self.rotary is not None and is_self and rotary_angles is not None:
+            q, k = self.rotary.rotate(q, *rotary_angles), self.rotary.rotate(k, *rotary_angles)
+        elif self.rotary is not None and is_self:
             trusted = positions is None  # ours, from the cache length: no check (it would read back to the host)
             if positions is None:
                 start = cache.seq_len(layer_idx) if cache is not None else 0
                 positions = torch.arange(start, start + q.shape[2], device=q.device)
-            q, k = self.rotary(q, positions, trusted=trusted), self.rotary(k, positions, trusted=trusted)
+            q, k = self.rotary.rotate_pair(q, k, positions, trusted=trusted)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
         mask = self._merge_padding(mask, key_padding_mask, query.shape[0], k.shape[2])

@@ -192,9 +192,17 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: Tensor, positions: Tensor, *, trusted: bool = False) -> Tensor:
         """Rotate ``x (batch, heads, seq, head_dim)``; ``positions`` is ``(seq,)`` or ``(batch, seq)`` (``trusted``:
         see :meth:`angles`)."""
+        return self.rotate(x, *self.angles(positions, trusted))
+
+    def rotate_pair(self, q: Tensor, k: Tensor, positions: Tensor, *, trusted: bool = False) -> tuple[Tensor, Tensor]:
+        """``(forward(q), forward(k))`` at the same positions, the angles computed once."""
+        cos, sin = self.angles(positions, trusted)
+        return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+
+    def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate ``x (batch, heads, seq, head_dim)`` by the angles of :meth:`angles`."""
         if x.shape[-1] != self.head_dim:
             raise ShapeError(f"rotary embedding built for head_dim={self.head_dim}, got vectors of size {x.shape[-1]}")
-        cos, sin = self.angles(positions, trusted)
         if cos.dim() == 3:  # (batch, seq, half) -> broadcast over heads
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)

@@ -116,7 +116,7 @@ class GPT(nn.Module):
             self.position_embedding = SinusoidalPositions(c.embed_dim, c.max_seq_len)
         self.dropout = dropout_layer(c.dropout)
         # one rotary embedding, shared by every layer (it holds no weights, only the frequencies)
-        rotary = RotaryEmbedding(c.head_dim, c.rope_theta, scaling=c.rope()) if c.positions == "rotary" else False
+        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, scaling=c.rope()) if c.positions == "rotary" else None
         self.blocks = nn.ModuleList(
             PreNormBlock(
                 c.embed_dim,
@@ -127,7 +127,7 @@ class GPT(nn.Module):
                 dropout=c.dropout,
                 bias=c.bias,
                 norm_eps=c.norm_eps,
-                rotary=rotary,
+                rotary=self.rotary or False,
                 backend=c.backend,
                 norm=c.norm,
                 feed_forward=c.feed_forward,
@@ -216,9 +216,14 @@ class GPT(nn.Module):
         bias = None
         if self.config.positions == "alibi":
             bias = alibi_bias(self.config.num_heads, seq, start + seq, device=input_ids.device).to(x.dtype)
+        angles = None
+        if self.rotary is not None:  # once for every layer (the layers share one rotary embedding)
+            angles = self.rotary.angles(torch.arange(start, start + seq, device=input_ids.device), trusted=True)
         attentions = []
         for i, block in enumerate(self.blocks):
-            x, weights = block(x, bias=bias, cache=cache, layer_idx=i, return_weights=return_attention)
+            x, weights = block(
+                x, bias=bias, cache=cache, layer_idx=i, rotary_angles=angles, return_weights=return_attention
+            )
             if return_attention:
                 attentions.append(weights)
         logits = frozen_linear(self.final_norm(x), self.lm_head)
