@@ -92,6 +92,25 @@ def test_kv_cache_reorder_and_reset():
     assert cache.seq_len(1) == 0
 
 
+def test_kv_cache_reorders_like_index_select_and_allocates_nothing_after_the_first_time():
+    torch.manual_seed(0)
+    cache = qkv.KVCache(2, 4, 2, 16, 3)
+    expected_k, expected_v = torch.zeros(2, 4, 2, 0, 3), torch.zeros(2, 4, 2, 0, 3)
+    buffers = set()
+    for step in range(6):
+        k, v = torch.randn(2, 4, 2, 1, 3), torch.randn(2, 4, 2, 1, 3)
+        for layer in range(2):
+            cache.update(layer, k[layer], v[layer])
+        expected_k, expected_v = torch.cat([expected_k, k], 3), torch.cat([expected_v, v], 3)
+        rows = torch.randint(0, 4, (4,))
+        cache.reorder(rows)
+        expected_k, expected_v = expected_k[:, rows], expected_v[:, rows]
+        assert torch.equal(cache.keys[:, :, :, : step + 1], expected_k)
+        assert torch.equal(cache.values[:, :, :, : step + 1], expected_v)
+        buffers.add(cache.keys.data_ptr())
+    assert len(buffers) == 2  # the two buffers take turns
+
+
 def test_parametric_score_inside_multi_head():
     mha = qkv.MultiHeadAttention(16, 2, score="additive")
     out, w = mha(torch.randn(2, 5, 16), return_weights=True)

@@ -52,6 +52,7 @@ class KVCache:
         self.values = torch.zeros(*shape, v_dim, dtype=dtype, device=device)
         self.lengths = [0] * num_layers
         self.max_seq_len = max_seq_len
+        self._spare: tuple[Tensor, Tensor] | None = None  # reorder's second pair of buffers, made on first use
 
     @property
     def num_layers(self) -> int:
@@ -91,13 +92,22 @@ class KVCache:
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def reorder(self, batch_indices: Tensor) -> None:
-        """Keep batch rows ``batch_indices`` (e.g. the beams that survived a beam-search step), in that order."""
+        """Keep batch rows ``batch_indices`` (e.g. the beams that survived a beam-search step), in that order.
+
+        Nothing is allocated after the first call: the filled positions are gathered into a second pair of buffers
+        of the same size, which then become the cache (a beam search reorders at every step)."""
         if batch_indices.shape != (self.batch_size,):
             raise ShapeError(
                 f"reorder needs one index per batch row ({self.batch_size}), got {tuple(batch_indices.shape)}"
             )
-        self.keys = self.keys.index_select(1, batch_indices)
-        self.values = self.values.index_select(1, batch_indices)
+        if self._spare is None:
+            self._spare = (torch.empty_like(self.keys), torch.empty_like(self.values))
+        filled = max(self.lengths)
+        spare_keys, spare_values = self._spare
+        torch.index_select(self.keys[:, :, :, :filled], 1, batch_indices, out=spare_keys[:, :, :, :filled])
+        torch.index_select(self.values[:, :, :, :filled], 1, batch_indices, out=spare_values[:, :, :, :filled])
+        self._spare = (self.keys, self.values)
+        self.keys, self.values = spare_keys, spare_values
 
     def reset(self) -> None:
         """Forget every cached position (the buffers are kept)."""
