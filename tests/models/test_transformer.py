@@ -116,12 +116,19 @@ def test_cached_step_by_step_decoding_equals_the_full_pass(norm):
     model = make(tok, norm=norm).eval()
     src, tgt_in, _ = tiny_batch(tok)
     full = model(src, tgt_in).logits
+    projections = []  # the source is projected into cross-attention keys and values once, not at every step
+    hooks = [layer.cross_attn.k_proj.register_forward_hook(lambda *_: projections.append(1)) for layer in model.decoder]
     state = model.begin_decoding(src)
     steps = []
     for t in range(1, tgt_in.shape[1] + 1):
         logits, state = model.decode_next(tgt_in[:, :t], state)
         steps.append(logits)
+        if t == 2:
+            state = state.select(torch.arange(src.shape[0]))  # (a beam search keeps rows: the same here)
+    for hook in hooks:
+        hook.remove()
     torch.testing.assert_close(torch.stack(steps, dim=1), full, **FP32)
+    assert len(projections) == len(model.decoder)
 
 
 def test_padding_never_changes_results():

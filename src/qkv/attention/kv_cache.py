@@ -100,6 +100,13 @@ class KVCache:
             raise ShapeError(
                 f"reorder needs one index per batch row ({self.batch_size}), got {tuple(batch_indices.shape)}"
             )
+        if torch.is_grad_enabled() and (self.keys.requires_grad or self.values.requires_grad):
+            # decoding under autograd (rare: e.g. a gradient through a beam search): gather out of place
+            self.keys, self.values = (
+                self.keys.index_select(1, batch_indices),
+                self.values.index_select(1, batch_indices),
+            )
+            return
         if self._spare is None:
             self._spare = (torch.empty_like(self.keys), torch.empty_like(self.values))
         filled = max(self.lengths)

@@ -112,6 +112,15 @@ class MultiHeadAttention(nn.Module):
             q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
         return self._split(q, self.num_heads), self._split(k, self.num_kv_heads), self._split(v, self.num_kv_heads)
 
+    def project_memory(self, key: Tensor, value: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of a fixed memory (an encoded source), ``(batch, kv_heads, len, head_dim)`` each: project
+        them once and pass them as ``forward(query, memory_kv=...)`` at every decoding step."""
+        self._check_input("key", key, self.kdim)
+        value = key if value is None else value
+        self._check_input("value", value, self.vdim)
+        k, v = frozen_linear(key, self.k_proj), frozen_linear(value, self.v_proj)
+        return self._split(k, self.num_kv_heads), self._split(v, self.num_kv_heads)
+
     def _stacked_qkv_t(self) -> tuple[Tensor, Tensor | None]:
         """(W_Q; W_K; W_V)ᵀ ``(embed_dim, (heads + 2 kv_heads) head_dim)`` and the stacked biases."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
@@ -143,6 +152,7 @@ class MultiHeadAttention(nn.Module):
         layer_idx: int = 0,
         positions: Tensor | None = None,
         rotary_angles: tuple[Tensor, Tensor] | None = None,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (batch, q_len, embed_dim)`` to ``key``/``value`` (default: the query itself).
@@ -156,21 +166,28 @@ class MultiHeadAttention(nn.Module):
             positions: rotary positions ``(q_len,)`` or ``(batch, q_len)``; default continues after the cache.
             rotary_angles: ``(cos, sin)`` from :meth:`RotaryEmbedding.angles` for these queries, instead of
                 ``positions`` (a model computes them once for all its layers).
+            memory_kv: cross-attention to keys and values already projected by :meth:`project_memory` (instead
+                of ``key``/``value``).
             return_weights: also return per-head weights ``(batch, heads, q_len, k_len)``.
 
         Returns:
             ``(out (batch, q_len, embed_dim), weights or None)``.
         """
         self._check_input("query", query, self.embed_dim)
-        is_self = key is None
-        key = query if key is None else key
-        value = key if value is None else value
-        if not is_self:  # self-attention's keys and values are the query, already checked
-            self._check_input("key", key, self.kdim)
-            self._check_input("value", value, self.vdim)
+        is_self = key is None and memory_kv is None
         if cache is not None and not is_self:
             raise ConfigError("the KV cache serves self-attention; for cross-attention compute the keys once instead")
-        q, k, v = self._project(query, key, value, is_self)
+        if memory_kv is not None:
+            if key is not None or value is not None:
+                raise ConfigError("memory_kv replaces key and value: pass one or the other")
+            q, (k, v) = self._split(frozen_linear(query, self.q_proj), self.num_heads), memory_kv
+        else:
+            key = query if key is None else key
+            value = key if value is None else value
+            if not is_self:  # self-attention's keys and values are the query, already checked
+                self._check_input("key", key, self.kdim)
+                self._check_input("value", value, self.vdim)
+            q, k, v = self._project(query, key, value, is_self)
         if self.rotary is not None and is_self and rotary_angles is not None:
             q, k = self.rotary.rotate(q, *rotary_angles), self.rotary.rotate(k, *rotary_angles)
         elif self.rotary is not None and is_self:

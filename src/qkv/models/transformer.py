@@ -106,7 +106,14 @@ class DecoderLayer(nn.Module):
         self.self_residual, self.cross_residual, self.ffn_residual = Residual(c), Residual(c), Residual(c)
 
     def forward(
-        self, x: Tensor, memory: Tensor, keep: Tensor, cache: KVCache | None, layer_idx: int, return_weights: bool
+        self,
+        x: Tensor,
+        memory: Tensor,
+        keep: Tensor,
+        cache: KVCache | None,
+        layer_idx: int,
+        return_weights: bool,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         weights: dict[str, Tensor | None] = {}
 
@@ -117,9 +124,8 @@ class DecoderLayer(nn.Module):
             return out
 
         def cross_attend(h: Tensor) -> Tensor:
-            out, weights["cross"] = self.cross_attn(
-                h, memory, memory, key_padding_mask=keep, return_weights=return_weights
-            )
+            sources = {"memory_kv": memory_kv} if memory_kv is not None else {"key": memory, "value": memory}
+            out, weights["cross"] = self.cross_attn(h, **sources, key_padding_mask=keep, return_weights=return_weights)
             return out
 
         x = self.self_residual(x, self_attend)
@@ -134,11 +140,17 @@ class TransformerDecoderState:
     memory: Tensor  # (batch, src_len, embed_dim)
     keep: Tensor  # (batch, src_len) bool: True = a real source token
     cache: KVCache
+    cross_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: the source's keys and values, projected once
 
     def select(self, rows: Tensor) -> TransformerDecoderState:
         """Keep rows ``rows (batch,)`` in that order (beam search); the cache is reordered in place."""
         self.cache.reorder(rows)
-        return TransformerDecoderState(self.memory.index_select(0, rows), self.keep.index_select(0, rows), self.cache)
+        return TransformerDecoderState(
+            self.memory.index_select(0, rows),
+            self.keep.index_select(0, rows),
+            self.cache,
+            [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross_kv],
+        )
 
 
 class Transformer(nn.Module):
@@ -213,13 +225,16 @@ class Transformer(nn.Module):
         keep: Tensor,
         cache: KVCache | None = None,
         return_weights: bool = False,
+        cross_kv: list[tuple[Tensor, Tensor]] | None = None,
     ) -> tuple[Tensor, list[Tensor | None], list[Tensor | None]]:
-        """Logits ``(batch, tgt_len, vocab)`` of ``tgt_ids`` (following the cached tokens), self and cross weights."""
+        """Logits ``(batch, tgt_len, vocab)`` of ``tgt_ids`` (following the cached tokens), self and cross weights.
+        ``cross_kv``: each layer's projected source keys and values (see ``begin_decoding``)."""
         start = cache.seq_len(0) if cache is not None else 0
         x = self._embed(self.tgt_embed, tgt_ids, start)
         self_weights, cross_weights = [], []
         for i, layer in enumerate(self.decoder):
-            x, w_self, w_cross = layer(x, memory, keep, cache, i, return_weights)
+            kv = cross_kv[i] if cross_kv is not None else None
+            x, w_self, w_cross = layer(x, memory, keep, cache, i, return_weights, kv)
             self_weights.append(w_self)
             cross_weights.append(w_cross)
         return self.output(self.decoder_norm(x)), self_weights, cross_weights
@@ -252,10 +267,12 @@ class Transformer(nn.Module):
             dtype=memory.dtype,
             device=memory.device,
         )
-        return TransformerDecoderState(memory, keep, cache)
+        # the source's keys and values in every layer's cross-attention: projected here, once per source
+        cross_kv = [layer.cross_attn.project_memory(memory) for layer in self.decoder]
+        return TransformerDecoderState(memory, keep, cache, cross_kv)
 
     def decode_next(self, ids: Tensor, state: TransformerDecoderState) -> tuple[Tensor, TransformerDecoderState]:
         """Logits ``(batch, vocab)`` of the token after ``ids (batch, t)``; only tokens not yet cached are run."""
         new = ids[:, state.cache.seq_len(0) :]
-        logits, _, _ = self.decode(new, state.memory, state.keep, state.cache)
+        logits, _, _ = self.decode(new, state.memory, state.keep, state.cache, cross_kv=state.cross_kv)
         return logits[:, -1], state
