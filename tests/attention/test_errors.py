@@ -82,8 +82,10 @@ def test_multi_head_attention_config_errors():
     mha = qkv.MultiHeadAttention(32, 4)
     with pytest.raises(ShapeError, match="forget the batch dim"):
         mha(torch.randn(5, 32))
-    with pytest.raises(MaskError, match="key_padding_mask"):
-        mha(torch.randn(2, 5, 32), key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(MaskError, match="key_mask must be bool"):
+        mha(torch.randn(2, 5, 32), key_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(MaskError, match="PyTorch's argument of that name means the opposite"):  # no silent inversion
+        mha(torch.randn(2, 5, 32), key_padding_mask=torch.ones(2, 5, dtype=torch.bool))
 
 
 def test_kv_cache_overflow_and_shape_errors():

@@ -31,7 +31,7 @@ def test_self_attention_matches_torch(backend, causal):
     theirs = _torch_twin(ours)
     x = torch.randn(3, 7, 32, requires_grad=True)
     keep = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 6 + [False]])
-    out, w = ours(x, key_padding_mask=keep, causal=causal, return_weights=True)
+    out, w = ours(x, key_mask=keep, causal=causal, return_weights=True)
     # torch's polarity is the opposite: True = ignore
     blocked = torch.ones(7, 7, dtype=torch.bool).triu(1) if causal else None
     ref, ref_w = theirs(x, x, x, key_padding_mask=~keep, attn_mask=blocked, average_attn_weights=False)

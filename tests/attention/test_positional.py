@@ -13,7 +13,7 @@ from tests.conftest import FP32
 
 
 def test_sinusoidal_matches_formula():
-    pe = SinusoidalPositions(6, max_seq_len=10)(torch.arange(10))
+    pe = SinusoidalPositions(max_seq_len=10, dim=6)(torch.arange(10))
     for p in (0, 3, 9):
         for i in range(3):
             angle = p / 10000 ** (2 * i / 6)

@@ -51,7 +51,7 @@ def test_an_attention_call_with_a_padding_mask_reads_nothing_back(backend):
     keep = torch.ones(3, 7, dtype=torch.bool)
     keep[1, 4:] = False
     keep[2, :] = False  # a row with nothing to attend to: zeros, found without asking the host
-    attn(x, key_padding_mask=keep)  # warm-up (lazy initialisation may read)
-    assert reads(lambda: attn(x, key_padding_mask=keep)) == 0
-    out, _ = attn(x, key_padding_mask=keep)
+    attn(x, key_mask=keep)  # warm-up (lazy initialisation may read)
+    assert reads(lambda: attn(x, key_mask=keep)) == 0
+    out, _ = attn(x, key_mask=keep)
     assert torch.isfinite(out).all()

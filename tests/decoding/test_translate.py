@@ -82,10 +82,15 @@ def test_the_alignment_is_what_the_decoder_used(half_trained):
             steps.append(w)
             ids = out[:, t]
         torch.testing.assert_close(weights, torch.stack(steps, dim=1), **FP32_TIGHT)
-    else:  # the Transformer: the last layer's cross-attention, head mean, as the full pass computes it
-        tgt_in = torch.cat([torch.full((2, 1), BOS_ID), out[:, :-1]], dim=1)
-        full = model(src, tgt_in, return_attention=True).cross_attentions[-1].mean(1)
-        torch.testing.assert_close(weights, full, **FP32_TIGHT)
+    else:  # the Transformer, decoded step by step on its KV cache: the last layer's cross-attention, head mean
+        state, ids, steps = model.begin_decoding(src), torch.full((2, 1), BOS_ID), []
+        for t in range(out.shape[1]):
+            _, _, cross = model.decode(
+                ids[:, -1:], state.memory, state.keep, state.cache, return_weights=True, cross_kv=state.cross_kv
+            )
+            steps.append(cross[-1].mean(1)[:, -1])
+            ids = torch.cat([ids, out[:, t : t + 1]], dim=1)
+        torch.testing.assert_close(weights, torch.stack(steps, dim=1), **FP32_TIGHT)
     torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), **FP32)
 
 

@@ -169,7 +169,7 @@ class _WindowedOrPadded(torch.nn.Module):
             return self.attn(x, causal=True, window=(2, 0))[0]
         keep = torch.ones(x.shape[:2], dtype=torch.bool)
         keep[:, -3:] = False  # the last three tokens are padding
-        return self.attn(x, key_padding_mask=keep)[0]
+        return self.attn(x, key_mask=keep)[0]
 
 
 def _captured_page(tmp_path, kind: str):

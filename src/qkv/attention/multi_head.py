@@ -144,7 +144,7 @@ class MultiHeadAttention(nn.Module):
         value: Tensor | None = None,
         *,
         mask: Tensor | None = None,
-        key_padding_mask: Tensor | None = None,
+        key_mask: Tensor | None = None,
         causal: bool = False,
         window: int | tuple[int, int] | None = None,
         bias: Tensor | None = None,
@@ -154,12 +154,14 @@ class MultiHeadAttention(nn.Module):
         rotary_angles: tuple[Tensor, Tensor] | None = None,
         memory_kv: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
+        key_padding_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (batch, q_len, embed_dim)`` to ``key``/``value`` (default: the query itself).
 
         Args:
             mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``, True = may attend.
-            key_padding_mask: bool ``(batch, k_len)``, True = a real token (keys that are False are ignored).
+            key_mask: bool ``(batch, k_len)``, True = a real token that may be attended, False = padding (the
+                opposite of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``, which qkv refuses by name).
             causal, window, bias: as in :func:`qkv.attend`.
             cache: self-attention only: new keys/values are appended to layer ``layer_idx`` of the cache and the
                 queries attend over everything cached (``causal`` stays aligned to the end).
@@ -173,6 +175,11 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``(out (batch, q_len, embed_dim), weights or None)``.
         """
+        if key_padding_mask is not None:
+            raise MaskError(
+                "qkv's MultiHeadAttention takes key_mask (True = a real token), not key_padding_mask: PyTorch's "
+                "argument of that name means the opposite (True = padding); pass key_mask=~key_padding_mask"
+            )
         self._check_input("query", query, self.embed_dim)
         is_self = key is None and memory_kv is None
         if cache is not None and not is_self:
@@ -198,7 +205,7 @@ class MultiHeadAttention(nn.Module):
             q, k = self.rotary.rotate_pair(q, k, positions, trusted=trusted)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
-        mask = self._merge_padding(mask, key_padding_mask, query.shape[0], k.shape[2])
+        mask = self._merge_padding(mask, key_mask, query.shape[0], k.shape[2])
         out, weights = attend(
             q,
             k,
@@ -219,13 +226,13 @@ class MultiHeadAttention(nn.Module):
         return frozen_linear(out, self.out_proj), weights
 
     @staticmethod
-    def _merge_padding(mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, k_len: int) -> Tensor | None:
-        if key_padding_mask is None:
+    def _merge_padding(mask: Tensor | None, key_mask: Tensor | None, batch: int, k_len: int) -> Tensor | None:
+        if key_mask is None:
             return mask
-        if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (batch, k_len):
+        if key_mask.dtype != torch.bool or key_mask.shape != (batch, k_len):
             raise MaskError(
-                f"key_padding_mask must be bool (batch, k_len) = ({batch}, {k_len}) with True = real token, got "
-                f"{key_padding_mask.dtype} {describe_shape(key_padding_mask.shape)}"
+                f"key_mask must be bool (batch, k_len) = ({batch}, {k_len}) with True = real token, got "
+                f"{key_mask.dtype} {describe_shape(key_mask.shape)}"
             )
-        padding = key_padding_mask[:, None, None, :]
+        padding = key_mask[:, None, None, :]
         return padding if mask is None else as_4d(mask) & padding

@@ -60,9 +60,10 @@ def sinusoidal_table(max_len: int, dim: int) -> Tensor:
 
 
 class SinusoidalPositions(nn.Module):
-    """Fixed sinusoidal encodings of "Attention Is All You Need"; ``forward(positions) -> (..., dim)``."""
+    """Fixed sinusoidal encodings of "Attention Is All You Need"; ``forward(positions) -> (..., dim)``. Arguments
+    in the order of :class:`LearnedPositions` and ``nn.Embedding``: how many positions, then the width."""
 
-    def __init__(self, dim: int, max_seq_len: int = 4096) -> None:
+    def __init__(self, max_seq_len: int, dim: int) -> None:
         super().__init__()
         self.max_seq_len = max_seq_len
         self.register_buffer("table", sinusoidal_table(max_seq_len, dim), persistent=False)

@@ -64,7 +64,7 @@ class PostNormBlock(nn.Module):
         self.dropout = dropout_layer(c.dropout)
 
     def forward(self, x: Tensor, keep: Tensor | None, return_weights: bool) -> tuple[Tensor, Tensor | None]:
-        attended, weights = self.attn(x, key_padding_mask=keep, return_weights=return_weights)
+        attended, weights = self.attn(x, key_mask=keep, return_weights=return_weights)
         x = self.norm1(x + self.dropout(attended))
         return self.norm2(x + self.ffn(x)), weights
 

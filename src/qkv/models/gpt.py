@@ -113,7 +113,7 @@ class GPT(nn.Module):
         if c.positions == "learned":
             self.position_embedding = LearnedPositions(c.max_seq_len, c.embed_dim)
         elif c.positions == "sinusoidal":
-            self.position_embedding = SinusoidalPositions(c.embed_dim, c.max_seq_len)
+            self.position_embedding = SinusoidalPositions(c.max_seq_len, c.embed_dim)
         self.dropout = dropout_layer(c.dropout)
         # one rotary embedding, shared by every layer (it holds no weights, only the frequencies)
         self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, scaling=c.rope()) if c.positions == "rotary" else None

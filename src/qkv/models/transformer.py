@@ -89,7 +89,7 @@ class EncoderLayer(nn.Module):
         weights = []
 
         def attend(h: Tensor) -> Tensor:
-            out, w = self.attn(h, key_padding_mask=keep, return_weights=return_weights)
+            out, w = self.attn(h, key_mask=keep, return_weights=return_weights)
             weights.append(w)
             return out
 
@@ -125,7 +125,7 @@ class DecoderLayer(nn.Module):
 
         def cross_attend(h: Tensor) -> Tensor:
             sources = {"memory_kv": memory_kv} if memory_kv is not None else {"key": memory, "value": memory}
-            out, weights["cross"] = self.cross_attn(h, **sources, key_padding_mask=keep, return_weights=return_weights)
+            out, weights["cross"] = self.cross_attn(h, **sources, key_mask=keep, return_weights=return_weights)
             return out
 
         x = self.self_residual(x, self_attend)
@@ -170,7 +170,7 @@ class Transformer(nn.Module):
         self.tgt_embed = (
             self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.embed_dim, padding_idx=0)
         )
-        self.positions = SinusoidalPositions(c.embed_dim, c.max_seq_len)
+        self.positions = SinusoidalPositions(c.max_seq_len, c.embed_dim)
         self.dropout = dropout_layer(c.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
