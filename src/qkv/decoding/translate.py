@@ -12,11 +12,11 @@ from qkv.decoding.generate import check_decoding_args, decode_loop, decoding_mod
 from qkv.decoding.stepper import Seq2SeqDecodable, Seq2SeqStepper
 from qkv.devices import model_device
 from qkv.errors import ConfigError
+from qkv.special_tokens import BOS_ID, EOS_ID
 
 __all__ = ["alignment", "cross_attention", "translate"]
 
 NO_ALIGNMENT = "this model has no attention (the no-attention baseline): there is no alignment to show"
-BOS_ID, EOS_ID = 1, 2  # as in qkv.tokenizers.pair (decoding sits below the tokenizers and does not import them)
 
 
 @torch.no_grad()

@@ -6,10 +6,9 @@ import torch
 from torch import Tensor
 
 from qkv.errors import ShapeError, describe_shape
+from qkv.special_tokens import PAD_ID
 
 __all__ = ["check_ids", "source_keep"]
-
-PAD_ID = 0  # padding is id 0 in every qkv seq2seq vocabulary (qkv.tokenizers.pair)
 
 
 def check_ids(name: str, ids: Tensor, vocab_size: int) -> None:

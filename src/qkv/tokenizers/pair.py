@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from qkv.errors import CheckpointError, ConfigError
+from qkv.special_tokens import BOS_ID, EOS_ID, PAD_ID, SPECIALS, UNK_ID
 
 __all__ = ["BOS_ID", "EOS_ID", "LEVELS", "PAD_ID", "UNK_ID", "PairTokenizer", "Vocabulary"]
 
-SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
 LEVELS = ("char", "word")
 
 
