@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 
-import pytest
-import torch
-from hypothesis import settings
+# torch.compile's on-disk cache (inductor's FX graph cache) keys its kernels without ATEN_CPU_CAPABILITY or the
+# thread count (cf. pytorch#184444 for threads): a kernel compiled in the AVX-512 pass and served to the AVX2 pass
+# of scripts/test.sh gave wrong tokens, and the reverse aborted. One cache per capability and thread setting.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(),
+        f"qkv-tests-inductor-{getpass.getuser()}-{os.environ.get('ATEN_CPU_CAPABILITY', 'default')}-"
+        f"{'xdist' if os.environ.get('PYTEST_XDIST_WORKER') else 'serial'}",
+    ),
+)
+
+import pytest  # noqa: E402 - after the cache setting, which inductor reads when it is imported
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 # pytest-xdist runs one worker per core: one torch thread each keeps them from fighting over the cores
 if os.environ.get("PYTEST_XDIST_WORKER"):
