@@ -47,6 +47,24 @@ def test_train_then_generate(run_dir, capsys):
     assert capsys.readouterr().out.startswith("Ham.")
 
 
+def test_generate_with_decoding_controls_prints_what_the_api_returns(run_dir, capsys):
+    import torch
+
+    import qkv
+    from qkv.cli.common import load_causal_lm
+
+    flags = ["--repetition-penalty", "1.5", "--no-repeat-ngram-size", "3", "--frequency-penalty", "0.2"]
+    capsys.readouterr()
+    argv = ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "12", "--strategy", "greedy"]
+    assert main([*argv, *flags]) == 0
+    model, tokenizer, _ = load_causal_lm(run_dir)
+    prompt = torch.tensor([tokenizer.encode("Ham.")])
+    expected = qkv.generate(model, prompt, 12, repetition_penalty=1.5, no_repeat_ngram_size=3, frequency_penalty=0.2)
+    assert capsys.readouterr().out.rstrip("\n") == tokenizer.decode(expected[0].tolist())
+    assert main(["generate", str(run_dir), "--prompt", "Ham.", "--repetition-penalty", "-1"]) == 2
+    assert "repetition_penalty must be a finite number > 0" in capsys.readouterr().err
+
+
 def test_long_prompt_is_cut_from_the_left_with_a_warning(run_dir, capsys):
     assert main(["generate", str(run_dir), "--prompt", "a" * 40, "--max-new-tokens", "2"]) == 0
     assert "keeping the last 16" in capsys.readouterr().err

@@ -24,6 +24,21 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, help="sample only among the most likely tokens whose probability sums to p")
     p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (0): same seed, same text")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="> 1 makes every token already in the text less likely (HF's definition; 1 = off)",
+    )
+    p.add_argument(
+        "--frequency-penalty", type=float, default=0.0, help="subtracted per earlier use of a generated token (0 = off)"
+    )
+    p.add_argument(
+        "--presence-penalty", type=float, default=0.0, help="subtracted once from each token generated so far (0 = off)"
+    )
+    p.add_argument(
+        "--no-repeat-ngram-size", type=int, default=0, help="N > 0: never repeat an N-token sequence (0 = off)"
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute every step instead of using the KV cache")
     p.add_argument(
         "--compile",
@@ -64,7 +79,16 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
     ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
-    options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    options = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "repetition_penalty": args.repetition_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "presence_penalty": args.presence_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+    }
     if args.strategy == "beam" or args.no_stream:
         out = generate(
             model,

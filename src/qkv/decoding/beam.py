@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.decoding.controls import LogitsControls
 from qkv.decoding.stepper import TokenStepper
 from qkv.decoding.trace import BEAM_OBSERVER
 
@@ -19,6 +20,7 @@ def beam_search(
     num_beams: int,
     length_penalty: float,
     eos_token_id: int | None,
+    controls: LogitsControls | None = None,
 ) -> Tensor:
     """Best continuation per row of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``.
 
@@ -38,6 +40,8 @@ def beam_search(
     parents: list[Tensor] = []  # per step: for each new beam, its row in that step's model call
     for step in range(max_new_tokens):
         logp = F.log_softmax(stepper.logits(ids), dim=-1)  # (batch * k, vocab)
+        if controls is not None:  # on log-probabilities, as HuggingFace's beam search; a blocked token gets -inf
+            logp = controls(logp, ids, prompt_len)
         vocab = logp.shape[-1]
         candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)

@@ -14,6 +14,7 @@ from torch import Tensor
 from qkv.attention.frozen import frozen_weights
 from qkv.attention.memory import check_fits
 from qkv.decoding.beam import beam_search
+from qkv.decoding.controls import LogitsControls
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.devices import model_device, resolve_compile
 from qkv.errors import ConfigError, ShapeError, describe_shape
@@ -81,6 +82,11 @@ def generate(
     eos_token_id: int | None = None,
     use_cache: bool = True,
     compile: bool = False,
+    repetition_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    no_repeat_ngram_size: int = 0,
+    min_new_tokens: int = 0,
 ) -> Tensor:
     """Continue ``input_ids (batch, seq)`` by up to ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
 
@@ -92,18 +98,25 @@ def generate(
         use_cache: decode on the KV cache (same tokens as without, much faster).
         compile: run the decoding steps through ``torch.compile`` (one graph for every length; the first call
             compiles, which takes seconds to minutes; CPUs need a C++ compiler). Same tokens within float tolerance.
+        repetition_penalty, frequency_penalty, presence_penalty, no_repeat_ngram_size, min_new_tokens: see
+            :class:`~qkv.decoding.controls.LogitsControls` (HuggingFace's definitions; the penalties are off at
+            1, 0, 0; beam search applies them to log-probabilities, as HuggingFace does).
     """
     check_decoding_args(
         input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
     )
+    penalties = (repetition_penalty, frequency_penalty, presence_penalty)
+    controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id)
     input_ids = input_ids.to(model_device(model))  # prompts, caches and sampling follow the model's device
     compile = resolve_compile(compile, input_ids.device, what="compile")
     with decoding_mode(model):
         if strategy == "beam":
             stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache, compile)
-            return beam_search(stepper, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id)
+            return beam_search(stepper, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, controls)
         stepper = Stepper(model, input_ids.shape[0], use_cache, compile)
-        return decode_loop(stepper, input_ids, max_new_tokens, strategy, temperature, top_k, top_p, seed, eos_token_id)
+        return decode_loop(
+            stepper, input_ids, max_new_tokens, strategy, temperature, top_k, top_p, seed, eos_token_id, controls
+        )
 
 
 @contextmanager
@@ -137,6 +150,7 @@ def decode_steps(
     top_p: float | None = None,
     seed: int | None = None,
     eos_token_id: int | None = None,
+    controls: LogitsControls | None = None,
 ) -> Iterator[Tensor]:
     """:func:`decode_loop` one step at a time: yields ``(batch, seq + t)`` after each new token ``t = 1, 2, ...``."""
     generator = None
@@ -145,8 +159,11 @@ def decode_steps(
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
     ids = input_ids
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    prompt_len = input_ids.shape[1]
     for _ in range(max_new_tokens):
         logits = stepper.logits(ids)
+        if controls is not None:
+            logits = controls(logits, ids, prompt_len)
         if strategy == "greedy":
             token = logits.argmax(dim=-1)
         else:
@@ -169,6 +186,11 @@ STREAM_OPTIONS = {
     "eos_token_id": None,
     "use_cache": True,
     "compile": False,
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
 }
 
 
@@ -178,8 +200,9 @@ def generate_stream(
     """:func:`generate` token by token: yields each new token, ``(batch,)`` ids, as soon as it is chosen.
 
     ``options`` are :func:`generate`'s (``temperature``, ``top_k``, ``top_p``, ``seed``, ``eos_token_id``,
-    ``use_cache``, ``compile``), and the tokens are the ones it returns (greedy or sampling; beam search cannot
-    stream, as its best hypothesis is known only at the end). Stop iterating at any time: what was yielded stays valid.
+    ``use_cache``, ``compile`` and the controls), and the tokens are the ones it returns (greedy or sampling; beam
+    search cannot stream, as its best hypothesis is known only at the end). Stop iterating at any time: what was
+    yielded stays valid.
     """
     if strategy == "beam":
         raise ConfigError("beam search cannot stream (its best hypothesis is known only at the end); use generate")
@@ -196,9 +219,20 @@ def generate_stream(
         top_p=o["top_p"],
         num_beams=1,
     )
+    o["controls"] = _controls(model, *(o[name] for name in _CONTROLS), o["eos_token_id"])
     input_ids = input_ids.to(model_device(model))
     o["compile"] = resolve_compile(o["compile"], input_ids.device, what="compile")
     return _stream(model, input_ids, max_new_tokens, strategy, o)
+
+
+def _controls(model: DecodableModel, *settings: Any) -> LogitsControls:
+    """:class:`LogitsControls` from its settings in field order, checked against the model's context."""
+    controls = LogitsControls(*settings)
+    controls.check_context(int(getattr(model.config, "max_seq_len", 0)) or controls.no_repeat_ngram_size)
+    return controls
+
+
+_CONTROLS = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size", "min_new_tokens")
 
 
 def _stream(model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strategy: str, o: dict) -> Iterator[Tensor]:
@@ -214,6 +248,7 @@ def _stream(model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strat
             o["top_p"],
             o["seed"],
             o["eos_token_id"],
+            o["controls"],
         )
         while True:
             with torch.no_grad():  # per step: a no_grad held across a yield would leak into the caller's code

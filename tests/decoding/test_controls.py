@@ -1,0 +1,120 @@
+"""Decoding controls against HuggingFace's logits processors (the same definitions) and hand computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qkv
+from qkv.decoding.controls import LogitsControls
+from qkv.errors import ConfigError
+
+transformers = pytest.importorskip("transformers")
+
+
+def random_case(seed: int, rows: int = 3, seq: int = 12, vocab: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (rows, seq), generator=g), torch.randn(rows, vocab, generator=g) * 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("penalty", [0.7, 1.3, 2.0])
+def test_repetition_penalty_is_huggingfaces(seed, penalty):
+    ids, scores = random_case(seed)
+    expected = transformers.RepetitionPenaltyLogitsProcessor(penalty)(ids, scores.clone())
+    torch.testing.assert_close(LogitsControls(repetition_penalty=penalty)(scores, ids, 4), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("n", [1, 2, 3, 12, 13])
+def test_no_repeat_ngram_is_huggingfaces(seed, n):
+    ids, scores = random_case(seed, vocab=4)  # a small vocabulary: n-grams do repeat
+    expected = transformers.NoRepeatNGramLogitsProcessor(n)(ids, scores.clone())
+    assert torch.equal(LogitsControls(no_repeat_ngram_size=n)(scores, ids, 4), expected)
+
+
+@pytest.mark.parametrize("new", [0, 2, 3, 5])
+def test_min_new_tokens_is_huggingfaces(new):
+    ids, scores = random_case(0, seq=4 + new)
+    expected = transformers.MinNewTokensLengthLogitsProcessor(4, 3, eos_token_id=2)(ids, scores.clone())
+    assert torch.equal(LogitsControls(min_new_tokens=3, eos_token_id=2)(scores, ids, 4), expected)
+
+
+def test_frequency_and_presence_penalties_by_hand():
+    ids = torch.tensor([[5, 1, 1, 2, 1, 0]])  # prompt [5, 1]; generated 1, 2, 1, 0
+    scores = torch.zeros(1, 6)
+    out = LogitsControls(frequency_penalty=0.5, presence_penalty=0.25)(scores, ids, 2)
+    # token 1: twice generated (the prompt's does not count) -> 2 * 0.5 + 0.25; tokens 2 and 0 once; 5 never
+    assert out.tolist() == [[-0.75, -1.25, -0.75, 0.0, 0.0, 0.0]]
+
+
+def test_controls_read_nothing_back_to_the_host():
+    from tests.decoding.test_host_reads import reads
+
+    ids, scores = random_case(1)
+    controls = LogitsControls(1.3, 0.5, 0.5, 2, 3, eos_token_id=1)
+    controls(scores, ids, 4)  # warm-up
+    assert reads(lambda: controls(scores, ids, 4)) == 0
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=40)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    directory = tmp_path_factory.mktemp("gpt2")
+    hf.save_pretrained(directory)
+    return hf, qkv.load_pretrained(directory)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"repetition_penalty": 1.5},
+        {"no_repeat_ngram_size": 2},
+        {"min_new_tokens": 20, "eos_token_id": 3},
+        {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3, "min_new_tokens": 10, "eos_token_id": 7},
+    ],
+)
+def test_greedy_generation_with_controls_equals_hf_generate(gpt2, options):
+    hf, ours = gpt2
+    prompt = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(3))
+    hf.generation_config.eos_token_id = options.get("eos_token_id")
+    mask = torch.ones_like(prompt)  # (else HF takes prompt tokens equal to pad_token_id for padding)
+    theirs = hf.generate(prompt, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0, **options)
+    mine = qkv.generate(ours, prompt, 30, **options)
+    if "eos_token_id" in options:  # HF stops at the end token and pads; qkv fills the row with it
+        mine = mine[:, : theirs.shape[1]]
+    assert torch.equal(mine, theirs)
+
+
+def _has_repeated_ngram(row: list[int], n: int) -> bool:
+    grams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_beam_search_blocks_ngrams_and_survives_when_every_continuation_is_blocked(gpt2):
+    _, ours = gpt2
+    prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(5))
+    out = qkv.generate(ours, prompt, 25, "beam", num_beams=3, no_repeat_ngram_size=2)
+    assert not any(_has_repeated_ngram(row, 2) for row in out.tolist())
+    # unigram blocking on a 40-token vocabulary: after at most 40 distinct tokens nothing may follow
+    out = qkv.generate(ours, prompt, 60, "beam", num_beams=2, no_repeat_ngram_size=1)
+    assert all(len(set(row)) == len(row) for row in out.tolist()) and out.shape[1] <= 40
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"repetition_penalty": -1.0}, "repetition_penalty must be a finite number > 0"),
+        ({"frequency_penalty": -0.5}, "frequency_penalty must be a finite number >= 0"),
+        ({"no_repeat_ngram_size": 500}, "larger than the model's context"),
+        ({"min_new_tokens": 3}, "min_new_tokens needs eos_token_id"),
+        ({"no_repeat_ngram_size": 2.5}, "no_repeat_ngram_size must be an int"),
+    ],
+)
+def test_bad_controls_are_named(gpt2, options, words):
+    with pytest.raises(ConfigError, match=words):
+        qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, **options)
+    with pytest.raises(ConfigError, match=words):  # the stream refuses them where it is asked for
+        qkv.generate_stream(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, **options)
