@@ -20,6 +20,8 @@ _LAZY = {  # public name -> the module that defines it
     "generate": "qkv.decoding",
     "generate_stream": "qkv.decoding",
     "translate": "qkv.decoding",
+    "score_continuation": "qkv.decoding",
+    "score_translation": "qkv.decoding",
     "embed": "qkv.pretrained",
     "load_pretrained": "qkv.pretrained",
     "load_tokenizer": "qkv.pretrained",
@@ -33,7 +35,7 @@ __all__ = [*_LAZY, "errors", "__version__"]
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from qkv import errors  # noqa: F401
     from qkv.attention import KVCache, MultiHeadAttention, attend, register_score  # noqa: F401
-    from qkv.decoding import generate, generate_stream, translate  # noqa: F401
+    from qkv.decoding import generate, generate_stream, score_continuation, score_translation, translate  # noqa: F401
     from qkv.models.output import ModelOutput  # noqa: F401
     from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained  # noqa: F401
     from qkv.visualization import capture_attention  # noqa: F401

@@ -61,6 +61,13 @@ def test_generate_with_decoding_controls_prints_what_the_api_returns(run_dir, ca
     prompt = torch.tensor([tokenizer.encode("Ham.")])
     expected = qkv.generate(model, prompt, 12, repetition_penalty=1.5, no_repeat_ngram_size=3, frequency_penalty=0.2)
     assert capsys.readouterr().out.rstrip("\n") == tokenizer.decode(expected[0].tolist())
+    assert main([*argv, *flags, "--scores", "--no-stream"]) == 0
+    captured = capsys.readouterr()
+    expected_score = qkv.score_continuation(model, expected, prompt.shape[1]).describe()
+    assert captured.out.rstrip("\n") == tokenizer.decode(expected[0].tolist())
+    assert captured.err.strip() == f"qkv generate: {expected_score}"
+    assert main([*argv, *flags, "--scores"]) == 0  # streamed: the same score at the end
+    assert capsys.readouterr().err.strip() == f"qkv generate: {expected_score}"
     assert main(["generate", str(run_dir), "--prompt", "Ham.", "--repetition-penalty", "-1"]) == 2
     assert "repetition_penalty must be a finite number > 0" in capsys.readouterr().err
 

@@ -61,6 +61,27 @@ def test_translate_prints_one_line_per_text_and_draws_the_alignment(seq2seq_dir,
             assert image.size[0] > 200 and len(np.unique(np.asarray(image.convert("L")))) > 10  # drawn, not blank
 
 
+def test_translate_scores_are_the_models_log_probabilities(seq2seq_dir, capsys):
+    import torch
+
+    from qkv.cli.common import load_seq2seq
+    from qkv.data.pairs import pad_rows
+    from qkv.decoding import score_translation, translate
+
+    texts = ["March 5, 2021", "February 30, 2021"]
+    capsys.readouterr()
+    assert main(["translate", str(seq2seq_dir), *texts, "--scores"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    model, tokenizer, _ = load_seq2seq(seq2seq_dir)
+    src = pad_rows([tokenizer.encode_source(t) for t in texts])
+    out = translate(model, src)
+    means = score_translation(model, src, out).mean
+    for (text, shown), row, mean in zip(lines, out.tolist(), means):
+        assert text == tokenizer.decode_target(row) and float(shown) == pytest.approx(float(mean), abs=1e-4)
+        assert float(shown) < 0
+    assert torch.isfinite(means).all()
+
+
 def test_translate_reads_a_file_and_beam_search(seq2seq_dir, tmp_path, capsys):
     (tmp_path / "in.txt").write_text("March 5, 2021\n\n5 Mar 21\n", encoding="utf-8")
     capsys.readouterr()

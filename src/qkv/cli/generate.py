@@ -39,6 +39,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-repeat-ngram-size", type=int, default=0, help="N > 0: never repeat an N-token sequence (0 = off)"
     )
+    p.add_argument(
+        "--scores",
+        action="store_true",
+        help="also print (to stderr) how likely the model finds the new text: total and mean log-probability",
+    )
     p.add_argument("--no-cache", action="store_true", help="recompute every step instead of using the KV cache")
     p.add_argument(
         "--compile",
@@ -73,6 +78,8 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from qkv.cli.common import encode_prompt, load_model_and_tokenizer
     from qkv.decoding import generate, generate_stream
     from qkv.models.families import CAUSAL_LM
@@ -101,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             **options,
         )
         print(tokenizer.decode(out[0].tolist()))
+        _print_scores(args, model, out, ids.shape[1])
         return 0
     # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
     stream = generate_stream(
@@ -109,11 +117,13 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(tokenizer.decode(ids[0].tolist()))
     sys.stdout.flush()
     new = 0
+    generated = []  # the new tokens, (1,) each: for --scores
     line: list[int] = []  # tokens since the last printed newline: a piece may change how the ones before it read,
     printed = ""  # so the line is decoded whole each time (work bounded by a line, not by the whole text)
     try:
         for token in stream:
             new += 1
+            generated.append(token)
             line.append(int(token[0]))
             text = tokenizer.decode(line)
             if text.startswith(printed):
@@ -132,4 +142,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stream.close()
     sys.stdout.write("\n")
+    _print_scores(args, model, torch.cat([ids, torch.stack(generated, dim=1).cpu()], dim=1), ids.shape[1])
     return 0
+
+
+def _print_scores(args: argparse.Namespace, model, sequences, prompt_len: int) -> None:  # noqa: ANN001
+    if args.scores and sequences.shape[1] > prompt_len:
+        from qkv.decoding.scores import score_continuation
+
+        sys.stdout.flush()
+        print(f"qkv generate: {score_continuation(model, sequences, prompt_len).describe()}", file=sys.stderr)

@@ -27,6 +27,12 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
     p.add_argument("--max-new-tokens", type=int, help="output length limit (default: the model's max_target_len)")
     p.add_argument(
+        "--scores",
+        action="store_true",
+        help="after each output, a tab and its mean log-probability per token (closer to 0 = surer; a guess scores "
+        "far lower)",
+    )
+    p.add_argument(
         "--show-attention",
         type=Path,
         metavar="PNG",
@@ -101,10 +107,16 @@ def run(args: argparse.Namespace) -> int:
         model, pad_rows(list(encoded.values())), args.max_new_tokens, args.strategy, num_beams=args.num_beams
     )
     results = dict(zip(encoded, out.tolist()))
+    scores = {}
+    if args.scores:
+        from qkv.decoding.scores import score_translation
+
+        means = score_translation(model, pad_rows(list(encoded.values())), out).mean.tolist()
+        scores = {i: f"\t{mean:.4f}" for i, mean in zip(encoded, means)}
     for i in range(len(texts)):  # one output line per text, in order: a skipped text leaves its line empty
         if i in problems:
             print(f"qkv translate: error: {problems[i]} (skipped: its output line is empty)", file=sys.stderr)
-        print(tokenizer.decode_target(results[i]) if i in results else "", flush=True)
+        print((tokenizer.decode_target(results[i]) + scores.get(i, "")) if i in results else "", flush=True)
     if args.show_attention is not None or args.html is not None:
         for i, ids in encoded.items():
             row = results[i]

@@ -2,6 +2,7 @@
 for language models and ``qkv.translate`` for sequence-to-sequence models."""
 
 from qkv.decoding.generate import generate, generate_stream
+from qkv.decoding.scores import SequenceScores, score_continuation, score_translation
 from qkv.decoding.translate import translate
 
-__all__ = ["generate", "generate_stream", "translate"]
+__all__ = ["SequenceScores", "generate", "generate_stream", "score_continuation", "score_translation", "translate"]
