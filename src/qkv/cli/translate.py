@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         from qkv.decoding.scores import score_translation
 
         means = score_translation(model, pad_rows(list(encoded.values())), out).mean.tolist()
-        scores = {i: f"\t{mean:.4f}" for i, mean in zip(encoded, means)}
+        scores = {i: f"\t{mean:.4g}" for i, mean in zip(encoded, means)}
     for i in range(len(texts)):  # one output line per text, in order: a skipped text leaves its line empty
         if i in problems:
             print(f"qkv translate: error: {problems[i]} (skipped: its output line is empty)", file=sys.stderr)
