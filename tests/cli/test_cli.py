@@ -72,6 +72,20 @@ def test_generate_with_decoding_controls_prints_what_the_api_returns(run_dir, ca
     assert "repetition_penalty must be a finite number > 0" in capsys.readouterr().err
 
 
+def test_generate_stops_at_a_stop_string(run_dir, capsys):
+    argv = ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "40", "--strategy", "greedy"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    full = capsys.readouterr().out.rstrip("\n")
+    stop = full[len("Ham.") + 10 : len("Ham.") + 12]  # two characters of the continuation
+    for mode in ([], ["--no-stream"]):
+        assert main([*argv, "--stop", stop, *mode]) == 0
+        cut = capsys.readouterr().out.rstrip("\n")
+        assert full.startswith(cut) and cut.endswith(stop) and stop not in cut[len("Ham.") : -1]
+    assert main([*argv, "--stop", ""]) == 2
+    assert "stop strings must be non-empty" in capsys.readouterr().err
+
+
 def test_long_prompt_is_cut_from_the_left_with_a_warning(run_dir, capsys):
     assert main(["generate", str(run_dir), "--prompt", "a" * 40, "--max-new-tokens", "2"]) == 0
     assert "keeping the last 16" in capsys.readouterr().err

@@ -118,3 +118,45 @@ def test_bad_controls_are_named(gpt2, options, words):
         qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, **options)
     with pytest.raises(ConfigError, match=words):  # the stream refuses them where it is asked for
         qkv.generate_stream(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, **options)
+
+
+class PieceTokenizer:
+    """Token i decodes to PIECES[i]: multi-character pieces, so a stop string can span token boundaries."""
+
+    PIECES = ["ab", "c", "d", "ef", "g", "h", "ij", "k", "lm", "n"] * 4
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.PIECES[i] for i in ids)
+
+
+def test_stop_strings_end_generation_across_token_boundaries(gpt2):
+    from qkv.decoding.controls import stop_strings
+
+    _, ours = gpt2
+    tok = PieceTokenizer()
+    prompt = torch.randint(0, 40, (1, 4), generator=torch.Generator().manual_seed(8))
+    full = qkv.generate(ours, prompt, 40)
+    text = tok.decode(full[0, 4:].tolist())
+    target = text[15:18]  # three characters from the middle of the continuation, wherever token edges fall
+    stopped = qkv.generate(ours, prompt, 40, stop_when=stop_strings([target], tok.decode, 4))
+    new = tok.decode(stopped[0, 4:].tolist())
+    assert torch.equal(stopped, full[:, : stopped.shape[1]])  # the same tokens, cut
+    assert target in new and target not in tok.decode(stopped[0, 4:-1].tolist())  # cut at the completing token
+    streamed = list(qkv.generate_stream(ours, prompt, 40, stop_when=stop_strings([target], tok.decode, 4)))
+    assert torch.equal(torch.stack(streamed, 1), stopped[:, 4:])
+
+
+def test_a_stopping_callback_and_max_time(gpt2):
+    _, ours = gpt2
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    out = qkv.generate(ours, prompt, 30, stop_when=lambda ids: ids.shape[1] >= 10)
+    assert out.shape == (2, 10)
+    out = qkv.generate(ours, prompt, 30, "beam", num_beams=2, stop_when=lambda ids: ids.shape[1] >= 8)
+    assert out.shape[1] <= 8
+    assert qkv.generate(ours, prompt, 10_000, max_time=1e-9).shape[1] == 4  # one step, then the clock
+    with pytest.raises(ConfigError, match="max_time must be a number of seconds > 0"):
+        qkv.generate(ours, prompt, 3, max_time=0)
+    from qkv.decoding.controls import stop_strings
+
+    with pytest.raises(ConfigError, match="stop strings must be non-empty"):
+        stop_strings([""], str, 3)

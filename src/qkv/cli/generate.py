@@ -40,6 +40,14 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
         "--no-repeat-ngram-size", type=int, default=0, help="N > 0: never repeat an N-token sequence (0 = off)"
     )
     p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="stop once the new text contains TEXT (kept in the output; repeatable: any of them)",
+    )
+    p.add_argument("--max-time", type=float, help="stop after this many seconds")
+    p.add_argument(
         "--scores",
         action="store_true",
         help="also print (to stderr) how likely the model finds the new text: total and mean log-probability",
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from qkv.cli.common import encode_prompt, load_model_and_tokenizer
     from qkv.decoding import generate, generate_stream
+    from qkv.decoding.controls import stop_strings
     from qkv.models.families import CAUSAL_LM
 
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
@@ -95,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         "frequency_penalty": args.frequency_penalty,
         "presence_penalty": args.presence_penalty,
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "max_time": args.max_time,
+        "stop_when": stop_strings(args.stop, tokenizer.decode, ids.shape[1]) if args.stop else None,
     }
     if args.strategy == "beam" or args.no_stream:
         out = generate(

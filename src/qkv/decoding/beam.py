@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.decoding.controls import LogitsControls
+from qkv.decoding.controls import LogitsControls, Stopping
 from qkv.decoding.stepper import TokenStepper
 from qkv.decoding.trace import BEAM_OBSERVER
 
@@ -21,6 +21,7 @@ def beam_search(
     length_penalty: float,
     eos_token_id: int | None,
     controls: LogitsControls | None = None,
+    stopping: Stopping | None = None,
 ) -> Tensor:
     """Best continuation per row of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``.
 
@@ -31,6 +32,8 @@ def beam_search(
     that no live beam can beat, or after ``max_new_tokens``.
     """
     batch, prompt_len = input_ids.shape
+    if stopping is not None:
+        stopping.start()
     k = num_beams
     ids = input_ids.repeat_interleave(k, dim=0)  # (batch * k, seq)
     # only the first beam of each row is live at the start, so the k beams do not all pick the same token
@@ -74,6 +77,8 @@ def beam_search(
         stepper.reorder(rows)
         scores = torch.tensor(next_scores, device=ids.device).view(batch, k)
         if eos_token_id is not None and _all_done(finished, scores, step + 1, length_penalty, k):
+            break
+        if stopping is not None and stopping(ids):  # (asked of the live beams)
             break
     new_len = ids.shape[1] - prompt_len
     results, origins = [], []  # origins: (model call, row) where each chosen hypothesis was last extended

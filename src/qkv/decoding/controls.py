@@ -1,4 +1,5 @@
-"""What users steer decoding with besides the strategy: repetition penalties, n-gram blocking, a minimum length.
+"""What users steer decoding with besides the strategy: repetition penalties, n-gram blocking, a minimum length,
+and when to stop (a test on the ids, stop strings, a time limit).
 
 :class:`LogitsControls` rewrites next-token scores ``(rows, vocab)`` given the ids so far ``(rows, seq)``, on the
 device and without reading anything back to the host, in the order and with the definitions of HuggingFace's
@@ -10,6 +11,8 @@ logits processors (``RepetitionPenaltyLogitsProcessor``, ``NoRepeatNGramLogitsPr
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +20,7 @@ from torch import Tensor
 
 from qkv.errors import ConfigError
 
-__all__ = ["LogitsControls"]
+__all__ = ["LogitsControls", "Stopping", "stop_strings"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,49 @@ class LogitsControls:
         hits = torch.zeros(rows, vocab, dtype=torch.int32, device=ids.device)
         hits.scatter_add_(1, windows[:, :, -1], match.to(torch.int32))  # (duplicates add up: no overwrite race)
         return hits > 0
+
+
+@dataclass
+class Stopping:
+    """When to stop before ``max_new_tokens``: ``when(ids (batch, seq)) -> bool`` called after each new token (a
+    stop string, a user's own test), and ``max_time`` seconds. A check reads the ids back to the host, once per step,
+    so it is made only when one is asked for."""
+
+    when: Callable[[Tensor], bool] | None = None
+    max_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_time is not None and not (math.isfinite(self.max_time) and self.max_time > 0):
+            raise ConfigError(f"max_time must be a number of seconds > 0, got {self.max_time}")
+        if self.when is not None and not callable(self.when):
+            raise ConfigError(f"a stopping test must be callable (ids -> bool), got {type(self.when).__name__}")
+        self._deadline = math.inf
+
+    def start(self) -> Stopping:
+        self._deadline = time.monotonic() + self.max_time if self.max_time is not None else math.inf
+        return self
+
+    def __call__(self, ids: Tensor) -> bool:
+        return time.monotonic() >= self._deadline or (self.when is not None and bool(self.when(ids)))
+
+
+def stop_strings(
+    strings: Sequence[str], decode: Callable[[list[int]], str], prompt_len: int
+) -> Callable[[Tensor], bool]:
+    """A stopping test: true once every row's new text has contained one of ``strings`` (matched on decoded text,
+    so across token boundaries; the output keeps the string, as HuggingFace's ``stop_strings``). Each step decodes
+    only each row's last tokens: as many as the longest string has characters, and two more for tokens that are
+    parts of one character. Rows that stop early keep generating until all have stopped."""
+    strings = list(strings)
+    if not strings or any(not isinstance(s, str) or not s for s in strings):
+        raise ConfigError(f"stop strings must be non-empty strings, got {strings!r}")
+    window = max(len(s) for s in strings) + 2
+    stopped: set[int] = set()
+
+    def test(ids: Tensor) -> bool:
+        for index, row in enumerate(ids[:, prompt_len:].tolist()):
+            if index not in stopped and any(s in decode(row[-window:]) for s in strings):
+                stopped.add(index)
+        return len(stopped) == ids.shape[0]
+
+    return test

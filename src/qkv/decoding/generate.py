@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,7 +14,7 @@ from torch import Tensor
 from qkv.attention.frozen import frozen_weights
 from qkv.attention.memory import check_fits
 from qkv.decoding.beam import beam_search
-from qkv.decoding.controls import LogitsControls
+from qkv.decoding.controls import LogitsControls, Stopping
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.devices import model_device, resolve_compile
 from qkv.errors import ConfigError, ShapeError, describe_shape
@@ -87,6 +87,8 @@ def generate(
     presence_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
     min_new_tokens: int = 0,
+    stop_when: Callable[[Tensor], bool] | None = None,
+    max_time: float | None = None,
 ) -> Tensor:
     """Continue ``input_ids (batch, seq)`` by up to ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
 
@@ -101,21 +103,36 @@ def generate(
         repetition_penalty, frequency_penalty, presence_penalty, no_repeat_ngram_size, min_new_tokens: see
             :class:`~qkv.decoding.controls.LogitsControls` (HuggingFace's definitions; the penalties are off at
             1, 0, 0; beam search applies them to log-probabilities, as HuggingFace does).
+        stop_when: ``ids (batch, seq) -> bool``, asked after every step; True ends the generation (e.g.
+            :func:`~qkv.decoding.controls.stop_strings`). max_time: seconds, checked after every step.
     """
     check_decoding_args(
         input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
     )
     penalties = (repetition_penalty, frequency_penalty, presence_penalty)
     controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id)
+    stopping = Stopping(stop_when, max_time) if stop_when is not None or max_time is not None else None
     input_ids = input_ids.to(model_device(model))  # prompts, caches and sampling follow the model's device
     compile = resolve_compile(compile, input_ids.device, what="compile")
     with decoding_mode(model):
         if strategy == "beam":
             stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache, compile)
-            return beam_search(stepper, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, controls)
+            return beam_search(
+                stepper, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, controls, stopping
+            )
         stepper = Stepper(model, input_ids.shape[0], use_cache, compile)
         return decode_loop(
-            stepper, input_ids, max_new_tokens, strategy, temperature, top_k, top_p, seed, eos_token_id, controls
+            stepper,
+            input_ids,
+            max_new_tokens,
+            strategy,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            eos_token_id,
+            controls,
+            stopping=stopping,
         )
 
 
@@ -133,11 +150,21 @@ def decoding_mode(model: object) -> Iterator[None]:
             model.train()
 
 
-def decode_loop(stepper: TokenStepper, input_ids: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+def decode_loop(
+    stepper: TokenStepper, input_ids: Tensor, *args: Any, stopping: Stopping | None = None, **kwargs: Any
+) -> Tensor:
     """Greedy or sampled continuation of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``: :func:`decode_steps`
-    (same arguments) run to its end."""
-    last = deque(decode_steps(stepper, input_ids, *args, **kwargs), maxlen=1)
-    return last[0] if last else input_ids
+    (same arguments) run to its end, or until ``stopping`` says so."""
+    steps = decode_steps(stepper, input_ids, *args, **kwargs)
+    if stopping is None:
+        last = deque(steps, maxlen=1)
+        return last[0] if last else input_ids
+    ids = input_ids
+    stopping.start()
+    for ids in steps:
+        if stopping(ids):
+            break
+    return ids
 
 
 def decode_steps(
@@ -191,6 +218,8 @@ STREAM_OPTIONS = {
     "presence_penalty": 0.0,
     "no_repeat_ngram_size": 0,
     "min_new_tokens": 0,
+    "stop_when": None,
+    "max_time": None,
 }
 
 
@@ -220,6 +249,7 @@ def generate_stream(
         num_beams=1,
     )
     o["controls"] = _controls(model, *(o[name] for name in _CONTROLS), o["eos_token_id"])
+    o["stopping"] = Stopping(o["stop_when"], o["max_time"])
     input_ids = input_ids.to(model_device(model))
     o["compile"] = resolve_compile(o["compile"], input_ids.device, what="compile")
     return _stream(model, input_ids, max_new_tokens, strategy, o)
@@ -250,9 +280,12 @@ def _stream(model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strat
             o["eos_token_id"],
             o["controls"],
         )
+        stopping = o["stopping"].start()
         while True:
             with torch.no_grad():  # per step: a no_grad held across a yield would leak into the caller's code
                 ids = next(steps, None)
             if ids is None:
                 return
             yield ids[:, -1]
+            if (stopping.when is not None or stopping.max_time is not None) and stopping(ids):
+                return
