@@ -72,6 +72,27 @@ def test_generate_with_decoding_controls_prints_what_the_api_returns(run_dir, ca
     assert "repetition_penalty must be a finite number > 0" in capsys.readouterr().err
 
 
+def test_generate_prints_the_n_best_with_their_scores(run_dir, capsys):
+    import torch
+
+    import qkv
+    from qkv.cli.common import load_causal_lm
+
+    argv = ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "6", "--strategy", "beam"]
+    capsys.readouterr()
+    assert main([*argv, "--num-beams", "3", "--num-return-sequences", "3", "--scores"]) == 0
+    captured = capsys.readouterr()
+    model, tokenizer, _ = load_causal_lm(run_dir)
+    prompt = torch.tensor([tokenizer.encode("Ham.")])
+    out = qkv.generate(model, prompt, 6, "beam", num_beams=3, num_return_sequences=3)
+    expected = []
+    for row in range(3):
+        expected += [f"---- {row + 1} of 3 ----", tokenizer.decode(out[row].tolist())]
+    assert captured.out == "".join(line + "\n" for line in expected)  # (a text may itself hold newlines)
+    scores = [qkv.score_continuation(model, out[r : r + 1], prompt.shape[1]).describe() for r in range(3)]
+    assert captured.err.strip().split("\n") == [f"qkv generate: {s}" for s in scores]
+
+
 def test_generate_stops_at_a_stop_string(run_dir, capsys):
     argv = ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "40", "--strategy", "greedy"]
     capsys.readouterr()

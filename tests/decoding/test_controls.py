@@ -160,3 +160,36 @@ def test_a_stopping_callback_and_max_time(gpt2):
 
     with pytest.raises(ConfigError, match="stop strings must be non-empty"):
         stop_strings([""], str, 3)
+
+
+def test_beam_search_returns_its_n_best_best_first(gpt2):
+    _, ours = gpt2
+    prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(2))
+    best = qkv.generate(ours, prompt, 8, "beam", num_beams=4)
+    nbest = qkv.generate(ours, prompt, 8, "beam", num_beams=4, num_return_sequences=3)
+    assert nbest.shape == (6, 12) and torch.equal(nbest[::3], best)
+    assert torch.equal(nbest[:, :4], prompt.repeat_interleave(3, dim=0))
+    totals = qkv.score_continuation(ours, nbest, 4).total.view(2, 3)  # equal lengths: ranked by total log-prob
+    assert (totals[:, :-1] >= totals[:, 1:] - 1e-5).all() and len({tuple(r) for r in nbest.tolist()}) == 6
+
+
+def test_several_samples_per_prompt(gpt2):
+    _, ours = gpt2
+    prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(2))
+    out = qkv.generate(ours, prompt, 10, "sample", seed=3, num_return_sequences=4)
+    assert out.shape == (8, 14) and torch.equal(out[:, :4], prompt.repeat_interleave(4, dim=0))
+    assert len({tuple(r) for r in out[:4, 4:].tolist()}) > 1  # different samples of one prompt
+    assert torch.equal(out, qkv.generate(ours, prompt, 10, "sample", seed=3, num_return_sequences=4))
+
+
+@pytest.mark.parametrize(
+    "strategy, options, words",
+    [
+        ("greedy", {"num_return_sequences": 2}, "greedy decoding has one answer per prompt"),
+        ("beam", {"num_return_sequences": 5, "num_beams": 4}, "cannot exceed num_beams"),
+        ("sample", {"num_return_sequences": 0}, "num_return_sequences must be an int >= 1"),
+    ],
+)
+def test_bad_return_sequences_are_named(gpt2, strategy, options, words):
+    with pytest.raises(ConfigError, match=words):
+        qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, strategy, **options)

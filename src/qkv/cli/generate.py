@@ -23,6 +23,13 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="sample only among the k most likely tokens")
     p.add_argument("--top-p", type=float, help="sample only among the most likely tokens whose probability sums to p")
     p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
+    p.add_argument(
+        "--num-return-sequences",
+        type=int,
+        default=1,
+        metavar="N",
+        help="print N samples, or beam search's N best (best first); with --scores, each one's score",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (0): same seed, same text")
     p.add_argument(
         "--repetition-penalty",
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         "max_time": args.max_time,
         "stop_when": stop_strings(args.stop, tokenizer.decode, ids.shape[1]) if args.stop else None,
     }
-    if args.strategy == "beam" or args.no_stream:
+    if args.strategy == "beam" or args.no_stream or args.num_return_sequences > 1:
         out = generate(
             model,
             ids,
@@ -116,10 +123,14 @@ def run(args: argparse.Namespace) -> int:
             num_beams=args.num_beams,
             use_cache=not args.no_cache,
             compile=args.compile,
+            num_return_sequences=args.num_return_sequences,
             **options,
         )
-        print(tokenizer.decode(out[0].tolist()))
-        _print_scores(args, model, out, ids.shape[1])
+        for row in range(out.shape[0]):
+            if out.shape[0] > 1:
+                print(f"---- {row + 1} of {out.shape[0]} ----")
+            print(tokenizer.decode(out[row].tolist()))
+            _print_scores(args, model, out[row : row + 1], ids.shape[1])
         return 0
     # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
     stream = generate_stream(

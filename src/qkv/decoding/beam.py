@@ -22,8 +22,11 @@ def beam_search(
     eos_token_id: int | None,
     controls: LogitsControls | None = None,
     stopping: Stopping | None = None,
+    num_return_sequences: int = 1,
 ) -> Tensor:
-    """Best continuation per row of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``.
+    """Best continuation per row of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``; with
+    ``num_return_sequences = n`` the n best, best first: ``(batch * n, seq + new)``, rows ``b * n .. b * n + n - 1``
+    for item b.
 
     Beams are rows of one big batch ``(batch * num_beams, seq)``: ``stepper`` must step that many rows (row
     ``b * num_beams + j`` is beam j of item b). After each step the surviving beams are gathered (and the stepper's
@@ -89,18 +92,20 @@ def beam_search(
                 normalised = scores[b, beam].item() / max(new_len, 1) ** length_penalty
                 row = b * k + beam
                 pool.append((normalised, len(parents) - 1, int(parents[-1][row]), ids[row, prompt_len:]))
-        best = max(pool, key=lambda item: item[0]) if pool else None
-        results.append(best[3] if best else ids.new_zeros(0))
+        ranked = sorted(pool, key=lambda item: item[0], reverse=True)[:num_return_sequences]
+        best = ranked[0] if ranked else None
+        results.extend(item[3] for item in ranked)
+        results.extend(ids.new_zeros(0) for _ in range(num_return_sequences - len(ranked)))  # (all blocked)
         origins.append((best[1], best[2]) if best else (0, b * k))
     observer = BEAM_OBSERVER.get()
     if observer is not None and parents:
         observer(_trace_rows(parents, origins))
     width = max(len(r) for r in results)
     pad = eos_token_id if eos_token_id is not None else 0
-    out = input_ids.new_full((batch, prompt_len + width), pad)
-    out[:, :prompt_len] = input_ids
-    for b, r in enumerate(results):
-        out[b, prompt_len : prompt_len + len(r)] = r
+    out = input_ids.new_full((batch * num_return_sequences, prompt_len + width), pad)
+    out[:, :prompt_len] = input_ids.repeat_interleave(num_return_sequences, dim=0)
+    for row, r in enumerate(results):
+        out[row, prompt_len : prompt_len + len(r)] = r
     return out
 
 

@@ -89,6 +89,7 @@ def generate(
     min_new_tokens: int = 0,
     stop_when: Callable[[Tensor], bool] | None = None,
     max_time: float | None = None,
+    num_return_sequences: int = 1,
 ) -> Tensor:
     """Continue ``input_ids (batch, seq)`` by up to ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
 
@@ -105,6 +106,9 @@ def generate(
             1, 0, 0; beam search applies them to log-probabilities, as HuggingFace does).
         stop_when: ``ids (batch, seq) -> bool``, asked after every step; True ends the generation (e.g.
             :func:`~qkv.decoding.controls.stop_strings`). max_time: seconds, checked after every step.
+        num_return_sequences: n sequences per prompt, ``(batch * n, seq + new)`` (rows ``b * n ..`` for prompt b):
+            n samples, or beam search's n best, best first (n <= num_beams). Score them with
+            :func:`qkv.score_continuation`.
     """
     check_decoding_args(
         input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
@@ -112,14 +116,24 @@ def generate(
     penalties = (repetition_penalty, frequency_penalty, presence_penalty)
     controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id)
     stopping = Stopping(stop_when, max_time) if stop_when is not None or max_time is not None else None
+    _check_return_sequences(num_return_sequences, strategy, num_beams)
     input_ids = input_ids.to(model_device(model))  # prompts, caches and sampling follow the model's device
     compile = resolve_compile(compile, input_ids.device, what="compile")
     with decoding_mode(model):
         if strategy == "beam":
             stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache, compile)
             return beam_search(
-                stepper, input_ids, max_new_tokens, num_beams, length_penalty, eos_token_id, controls, stopping
+                stepper,
+                input_ids,
+                max_new_tokens,
+                num_beams,
+                length_penalty,
+                eos_token_id,
+                controls,
+                stopping,
+                num_return_sequences,
             )
+        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)  # n samples: n rows per prompt
         stepper = Stepper(model, input_ids.shape[0], use_cache, compile)
         return decode_loop(
             stepper,
@@ -253,6 +267,15 @@ def generate_stream(
     input_ids = input_ids.to(model_device(model))
     o["compile"] = resolve_compile(o["compile"], input_ids.device, what="compile")
     return _stream(model, input_ids, max_new_tokens, strategy, o)
+
+
+def _check_return_sequences(n: int, strategy: str, num_beams: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"num_return_sequences must be an int >= 1, got {n!r}")
+    if n > 1 and strategy == "greedy":
+        raise ConfigError("greedy decoding has one answer per prompt; for several use strategy='beam' or 'sample'")
+    if strategy == "beam" and n > num_beams:
+        raise ConfigError(f"num_return_sequences ({n}) cannot exceed num_beams ({num_beams}): a beam keeps no more")
 
 
 def _controls(model: DecodableModel, *settings: Any) -> LogitsControls:
