@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from qkv.cli import main
 from qkv.training import load_checkpoint_info
@@ -91,6 +92,26 @@ def test_generate_prints_the_n_best_with_their_scores(run_dir, capsys):
     assert captured.out == "".join(line + "\n" for line in expected)  # (a text may itself hold newlines)
     scores = [qkv.score_continuation(model, out[r : r + 1], prompt.shape[1]).describe() for r in range(3)]
     assert captured.err.strip().split("\n") == [f"qkv generate: {s}" for s in scores]
+
+
+def test_generate_continues_every_line_of_a_file_in_one_batch(run_dir, tmp_path, capsys):
+    import qkv
+    from qkv.cli.common import load_causal_lm
+
+    lines = ["Ham.", "", "KING", "O"]
+    (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    argv = ["generate", str(run_dir), "--file", str(tmp_path / "prompts.txt"), "--max-new-tokens", "7"]
+    assert main([*argv, "--strategy", "greedy"]) == 0
+    printed = capsys.readouterr().out
+    model, tokenizer, _ = load_causal_lm(run_dir)
+    expected = ""
+    for index, text in enumerate(t for t in lines if t):
+        alone = qkv.generate(model, torch.tensor([tokenizer.encode(text)]), 7)[0]
+        expected += f"---- {index + 1} of 3 ----\n{tokenizer.decode(alone.tolist())}\n"
+    assert printed == expected
+    assert main(["generate", str(run_dir), "--file", str(tmp_path / "none.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_generate_stops_at_a_stop_string(run_dir, capsys):

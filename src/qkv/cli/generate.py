@@ -86,7 +86,13 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         help="a run directory (from qkv train), a checkpoint directory, or a HuggingFace-format directory of a GPT-2, "
         "Llama, Mistral or Qwen2 model (config.json, model.safetensors, tokenizer.json)",
     )
-    p.add_argument("--prompt", required=True, help="the text to continue")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the text to continue")
+    source.add_argument(
+        "--file",
+        type=Path,
+        help="a UTF-8 file of prompts, one per line (blank lines skipped), continued together in one batch",
+    )
     add_generation_options(p)
     add_device_option(p, dtype=True)
     p.set_defaults(run=run)
@@ -96,12 +102,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qkv.cli.common import encode_prompt, load_model_and_tokenizer
-    from qkv.decoding import generate, generate_stream
+    from qkv.decoding import generate_stream
     from qkv.decoding.controls import stop_strings
     from qkv.models.families import CAUSAL_LM
 
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
-    ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     options = {
         "temperature": args.temperature,
         "top_k": args.top_k,
@@ -112,25 +117,13 @@ def run(args: argparse.Namespace) -> int:
         "presence_penalty": args.presence_penalty,
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "max_time": args.max_time,
-        "stop_when": stop_strings(args.stop, tokenizer.decode, ids.shape[1]) if args.stop else None,
     }
+    if args.file is not None:
+        return _generate_file(args, model, tokenizer, options)
+    ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
+    options["stop_when"] = stop_strings(args.stop, tokenizer.decode, ids.shape[1]) if args.stop else None
     if args.strategy == "beam" or args.no_stream or args.num_return_sequences > 1:
-        out = generate(
-            model,
-            ids,
-            args.max_new_tokens,
-            args.strategy,
-            num_beams=args.num_beams,
-            use_cache=not args.no_cache,
-            compile=args.compile,
-            num_return_sequences=args.num_return_sequences,
-            **options,
-        )
-        for row in range(out.shape[0]):
-            if out.shape[0] > 1:
-                print(f"---- {row + 1} of {out.shape[0]} ----")
-            print(tokenizer.decode(out[row].tolist()))
-            _print_scores(args, model, out[row : row + 1], ids.shape[1])
+        _print_all(args, model, tokenizer, list(_complete(args, model, ids, options)), [ids.shape[1]])
         return 0
     # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
     stream = generate_stream(
@@ -166,6 +159,49 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     _print_scores(args, model, torch.cat([ids, torch.stack(generated, dim=1).cpu()], dim=1), ids.shape[1])
     return 0
+
+
+def _generate_file(args: argparse.Namespace, model, tokenizer, options: dict) -> int:  # noqa: ANN001
+    """Every line of ``--file`` continued in one left-padded batch; printed in order, one block per prompt."""
+    from qkv.cli.common import encode_prompt
+    from qkv.errors import ConfigError
+
+    if not args.file.is_file():
+        raise ConfigError(f"--file {args.file} does not exist" + (" (it is a directory)" if args.file.is_dir() else ""))
+    texts = [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ConfigError(f"--file {args.file} has no prompts (every line is blank)")
+    if args.stop:
+        raise ConfigError("--stop works with --prompt; for a file, each prompt would stop at its own time")
+    prompts = [encode_prompt(tokenizer, text, model.config.max_seq_len)[0] for text in texts]
+    _print_all(args, model, tokenizer, _complete(args, model, prompts, options), [len(p) for p in prompts])
+    return 0
+
+
+def _complete(args: argparse.Namespace, model, prompts, options: dict):  # noqa: ANN001, ANN202
+    """``qkv.generate`` with the verb's settings: a ``(1, n)`` prompt or a list of prompts."""
+    from qkv.decoding import generate
+
+    return generate(
+        model,
+        prompts,
+        args.max_new_tokens,
+        args.strategy,
+        num_beams=args.num_beams,
+        use_cache=not args.no_cache,
+        compile=args.compile,
+        num_return_sequences=args.num_return_sequences,
+        **options,
+    )
+
+
+def _print_all(args: argparse.Namespace, model, tokenizer, outputs: list, prompt_lens: list[int]) -> None:  # noqa: ANN001
+    """Each output (prompt + continuation), under a ``---- i of n ----`` line when there are several."""
+    for index, row in enumerate(outputs):
+        if len(outputs) > 1:
+            print(f"---- {index + 1} of {len(outputs)} ----")
+        print(tokenizer.decode(row.tolist()))
+        _print_scores(args, model, row[None], prompt_lens[index // args.num_return_sequences])
 
 
 def _print_scores(args: argparse.Namespace, model, sequences, prompt_len: int) -> None:  # noqa: ANN001

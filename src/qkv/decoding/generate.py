@@ -69,7 +69,7 @@ def check_decoding_args(input_ids: Tensor, max_new_tokens: int, strategy: str, *
 @torch.no_grad()
 def generate(
     model: DecodableModel,
-    input_ids: Tensor,
+    input_ids: Tensor | list[Tensor],
     max_new_tokens: int,
     strategy: str = "greedy",
     *,
@@ -93,6 +93,10 @@ def generate(
 ) -> Tensor:
     """Continue ``input_ids (batch, seq)`` by up to ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
 
+    ``input_ids`` may also be a list of prompts of different lengths (1-D ids each): they run as one batch, padded
+    on the left (never attended to, positions counted from each prompt's start), and the result is a list with each
+    prompt followed by its continuation — the tokens it would get alone.
+
     Args:
         strategy: ``"greedy"`` (argmax), ``"beam"`` (beam search, ``num_beams`` wide, score = sum of log-probs /
             length^``length_penalty``) or ``"sample"`` (``temperature``, then ``top_k`` / ``top_p`` filtering,
@@ -110,6 +114,10 @@ def generate(
             n samples, or beam search's n best, best first (n <= num_beams). Score them with
             :func:`qkv.score_continuation`.
     """
+    prompts = input_ids if isinstance(input_ids, (list, tuple)) else None
+    left_padding = None
+    if prompts is not None:  # prompts of several lengths: one left-padded batch
+        input_ids, left_padding = left_pad(prompts)
     check_decoding_args(
         input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
     )
@@ -117,12 +125,15 @@ def generate(
     controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id)
     stopping = Stopping(stop_when, max_time) if stop_when is not None or max_time is not None else None
     _check_return_sequences(num_return_sequences, strategy, num_beams)
-    input_ids = input_ids.to(model_device(model))  # prompts, caches and sampling follow the model's device
+    device = model_device(model)  # prompts, caches and sampling follow the model's device
+    input_ids = input_ids.to(device)
     compile = resolve_compile(compile, input_ids.device, what="compile")
+    rows_per_prompt = num_beams if strategy == "beam" else num_return_sequences
+    padding = None if left_padding is None else left_padding.to(device).repeat_interleave(rows_per_prompt)
     with decoding_mode(model):
         if strategy == "beam":
-            stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache, compile)
-            return beam_search(
+            stepper = Stepper(model, input_ids.shape[0] * num_beams, use_cache, compile, padding)
+            out = beam_search(
                 stepper,
                 input_ids,
                 max_new_tokens,
@@ -133,21 +144,26 @@ def generate(
                 stopping,
                 num_return_sequences,
             )
-        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)  # n samples: n rows per prompt
-        stepper = Stepper(model, input_ids.shape[0], use_cache, compile)
-        return decode_loop(
-            stepper,
-            input_ids,
-            max_new_tokens,
-            strategy,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            eos_token_id,
-            controls,
-            stopping=stopping,
-        )
+        else:
+            input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)  # n samples: n rows per prompt
+            stepper = Stepper(model, input_ids.shape[0], use_cache, compile, padding)
+            out = decode_loop(
+                stepper,
+                input_ids,
+                max_new_tokens,
+                strategy,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                eos_token_id,
+                controls,
+                stopping=stopping,
+            )
+    if prompts is None:
+        return out
+    pads = [pad for pad in left_padding.tolist() for _ in range(num_return_sequences)]  # type: ignore[union-attr]
+    return [row[pad:] for row, pad in zip(out, pads)]
 
 
 @contextmanager
@@ -267,6 +283,22 @@ def generate_stream(
     input_ids = input_ids.to(model_device(model))
     o["compile"] = resolve_compile(o["compile"], input_ids.device, what="compile")
     return _stream(model, input_ids, max_new_tokens, strategy, o)
+
+
+def left_pad(prompts: list[Tensor] | tuple[Tensor, ...], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Prompts of several lengths (1-D tensors or lists of ids) as one batch ``(batch, longest)`` padded on the
+    left with ``pad_id``, and each row's padding ``(batch,)``."""
+    rows = [torch.as_tensor(p, dtype=torch.long).reshape(-1) for p in prompts]
+    if not rows:
+        raise ShapeError("no prompts: give at least one")
+    empty = [i for i, r in enumerate(rows) if r.numel() == 0]
+    if empty:
+        raise ShapeError(f"prompt {empty[0]} is empty: give at least one token to continue from")
+    longest = max(r.numel() for r in rows)
+    batch = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        batch[i, longest - r.numel() :] = r
+    return batch, torch.tensor([longest - r.numel() for r in rows])
 
 
 def _check_return_sequences(n: int, strategy: str, num_beams: int) -> None:

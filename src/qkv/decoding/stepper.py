@@ -41,7 +41,9 @@ class DecodableModel(Protocol):
 
     config: object
 
-    def __call__(self, input_ids: Tensor, *, cache: KVCache | None = None): ...  # -> ModelOutput
+    def __call__(
+        self, input_ids: Tensor, *, cache: KVCache | None = None, left_padding: Tensor | None = None
+    ): ...  # -> ModelOutput
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache: ...
 
@@ -84,22 +86,39 @@ class Stepper:
     """Steps a decoder-only language model (GPT). ``compile``: the one-token steps on the cache (and, without a
     cache, every step) run a ``torch.compile``d model; filling the cache from the prompt runs the plain one."""
 
-    def __init__(self, model: DecodableModel, batch_size: int, use_cache: bool, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: DecodableModel,
+        batch_size: int,
+        use_cache: bool,
+        compile: bool = False,
+        left_padding: Tensor | None = None,
+    ) -> None:
         self.model = model
         self.step_model = compiled_for_decoding(model) if compile else model
         self.context = int(model.config.max_seq_len)  # type: ignore[attr-defined]
         self.cache = model.new_cache(batch_size) if use_cache else None
+        self.left_padding = left_padding  # (batch,) padding before each row's prompt (prompts of several lengths)
+        self.cut = 0  # tokens before the cache's first position (the window slid past them)
+
+    def _padding(self, cut: int) -> dict[str, Tensor]:
+        """The model's ``left_padding`` argument for a window that starts ``cut`` tokens into the rows."""
+        if self.left_padding is None:
+            return {}
+        return {"left_padding": (self.left_padding - cut).clamp(min=0)}
 
     def logits(self, ids: Tensor) -> Tensor:
         """Logits ``(batch, vocab)`` of the token after ``ids (batch, seq)``, in fp32."""
         window = ids[:, -self.context :]
+        cut = ids.shape[1] - window.shape[1]
         if self.cache is None:
-            return self.step_model(window).logits[:, -1].float()
+            return self.step_model(window, **self._padding(cut)).logits[:, -1].float()
         cached = self.cache.seq_len(0)
-        if cached == 0 or cached >= self.context or cached != ids.shape[1] - 1:
+        if cached == 0 or cached >= self.context or cached != ids.shape[1] - 1 - self.cut:
             self.cache.reset()  # first step, or a full cache: (re)fill from the window
-            return self.model(window, cache=self.cache).logits[:, -1].float()
-        return self.step_model(ids[:, -1:], cache=self.cache).logits[:, -1].float()
+            self.cut = cut
+            return self.model(window, cache=self.cache, **self._padding(cut)).logits[:, -1].float()
+        return self.step_model(ids[:, -1:], cache=self.cache, **self._padding(self.cut)).logits[:, -1].float()
 
     def reorder(self, rows: Tensor) -> None:
         """Keep cache rows ``rows`` (beam search)."""

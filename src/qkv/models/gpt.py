@@ -186,6 +186,7 @@ class GPT(nn.Module):
         *,
         cache: KVCache | None = None,
         return_attention: bool = False,
+        left_padding: Tensor | None = None,
     ) -> ModelOutput:
         """Next-token logits for every position.
 
@@ -193,6 +194,9 @@ class GPT(nn.Module):
             input_ids: ``(batch, seq)`` token ids; with a cache, the tokens that follow the cached ones.
             cache: a :class:`KVCache` from :meth:`new_cache`; it is updated in place.
             return_attention: also return per-layer weights ``(batch, heads, seq, cached + seq)``.
+            left_padding: ``(batch,)`` how many positions at the start of each row (cached ones included) are
+                padding: prompts of different lengths in one batch. Padding is never attended to, and each row's
+                positions start at its first real token, so a row computes what it would alone.
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ShapeError(
@@ -210,19 +214,32 @@ class GPT(nn.Module):
             if low < 0 or high >= self.config.vocab_size:
                 raise ShapeError(f"token ids must be in [0, {self.config.vocab_size}), got {low if low < 0 else high}")
         x = self.token_embedding(input_ids)
+        positions = torch.arange(start, start + seq, device=input_ids.device)
+        mask = None
+        if left_padding is not None:  # per row: positions count from the first real token; padded keys are hidden
+            positions = (positions - left_padding.to(positions.device)[:, None]).clamp(min=0)  # (batch, seq)
+            keys = torch.arange(start + seq, device=input_ids.device)
+            mask = (keys >= left_padding.to(keys.device)[:, None])[:, None, None, :]  # (batch, 1, 1, keys)
         if self.position_embedding is not None:
-            x = x + self.position_embedding.span(start, seq)
+            table = self.position_embedding
+            x = x + (table.span(start, seq) if left_padding is None else table(positions, trusted=True))
         x = self.dropout(x)
         bias = None
-        if self.config.positions == "alibi":
+        if self.config.positions == "alibi":  # (relative distances: padding shifts nothing)
             bias = alibi_bias(self.config.num_heads, seq, start + seq, device=input_ids.device).to(x.dtype)
         angles = None
         if self.rotary is not None:  # once for every layer (the layers share one rotary embedding)
-            angles = self.rotary.angles(torch.arange(start, start + seq, device=input_ids.device), trusted=True)
+            angles = self.rotary.angles(positions, trusted=True)
         attentions = []
         for i, block in enumerate(self.blocks):
             x, weights = block(
-                x, bias=bias, cache=cache, layer_idx=i, rotary_angles=angles, return_weights=return_attention
+                x,
+                bias=bias,
+                mask=mask,
+                cache=cache,
+                layer_idx=i,
+                rotary_angles=angles,
+                return_weights=return_attention,
             )
             if return_attention:
                 attentions.append(weights)
