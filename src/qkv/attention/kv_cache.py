@@ -116,6 +116,12 @@ class KVCache:
         self._spare = (self.keys, self.values)
         self.keys, self.values = spare_keys, spare_values
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on, in every layer (speculative decoding drops rejected tokens)."""
+        if length < 0:
+            raise ConfigError(f"KVCache.truncate needs a length >= 0, got {length}")
+        self.lengths = [min(n, length) for n in self.lengths]
+
     def reset(self) -> None:
         """Forget every cached position (the buffers are kept)."""
         self.lengths = [0] * self.num_layers
