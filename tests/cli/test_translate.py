@@ -83,6 +83,22 @@ def test_translate_scores_are_the_models_log_probabilities(seq2seq_dir, capsys):
     assert torch.isfinite(means).all()
 
 
+def test_translate_with_controls_prints_what_the_api_returns(seq2seq_dir, capsys):
+    from qkv.cli.common import load_seq2seq
+    from qkv.data.pairs import pad_rows
+    from qkv.decoding import translate
+
+    capsys.readouterr()
+    flags = ["--no-repeat-ngram-size", "2", "--min-new-tokens", "3", "--repetition-penalty", "1.2"]
+    assert main(["translate", str(seq2seq_dir), "March 5, 2021", *flags]) == 0
+    model, tokenizer, _ = load_seq2seq(seq2seq_dir)
+    src = pad_rows([tokenizer.encode_source("March 5, 2021")])
+    out = translate(model, src, no_repeat_ngram_size=2, min_new_tokens=3, repetition_penalty=1.2)
+    assert capsys.readouterr().out.strip() == tokenizer.decode_target(out[0].tolist())
+    assert main(["translate", str(seq2seq_dir), "March 5, 2021", "--no-repeat-ngram-size", "-1"]) == 2
+    assert "no_repeat_ngram_size must be an int >= 0" in capsys.readouterr().err
+
+
 def test_translate_reads_a_file_and_beam_search(seq2seq_dir, tmp_path, capsys):
     (tmp_path / "in.txt").write_text("March 5, 2021\n\n5 Mar 21\n", encoding="utf-8")
     capsys.readouterr()

@@ -100,3 +100,19 @@ def test_the_baseline_has_no_alignment():
     src = tiny_batch(tok)[0]
     with pytest.raises(ConfigError, match="no attention"):
         alignment(model, src, translate(model, src, 3))
+
+
+def test_translation_controls_and_n_best(half_trained):
+    model, tok = half_trained
+    src = tiny_batch(tok)[0]
+    out = translate(model, src, 12, no_repeat_ngram_size=2)
+    for row in out.tolist():
+        row = row[: row.index(EOS_ID)] if EOS_ID in row else row
+        grams = [tuple(row[i : i + 2]) for i in range(len(row) - 1)]
+        assert len(grams) == len(set(grams))
+    longer = translate(model, src, 12, min_new_tokens=6)
+    for row in longer.tolist():
+        assert EOS_ID not in row[:6]
+    best = translate(model, src, 12, "beam", num_beams=3)
+    nbest = translate(model, src, 12, "beam", num_beams=3, num_return_sequences=2)
+    assert nbest.shape[0] == 2 * src.shape[0] and torch.equal(nbest[::2, : best.shape[1]], best)

@@ -27,6 +27,11 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
     p.add_argument("--max-new-tokens", type=int, help="output length limit (default: the model's max_target_len)")
     p.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 makes output tokens already used less likely"
+    )
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="N > 0: never repeat an N-token sequence")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="no </s> before this many output tokens")
+    p.add_argument(
         "--scores",
         action="store_true",
         help="after each output, a tab and its mean log-probability per token (closer to 0 = surer; a guess scores "
@@ -104,7 +109,14 @@ def run(args: argparse.Namespace) -> int:
     if len(problems) == len(texts):  # nothing to translate: one clear error (the first text's)
         raise ConfigError(problems[0] if len(texts) == 1 else f"no text could be translated; the first: {problems[0]}")
     out = translate(
-        model, pad_rows(list(encoded.values())), args.max_new_tokens, args.strategy, num_beams=args.num_beams
+        model,
+        pad_rows(list(encoded.values())),
+        args.max_new_tokens,
+        args.strategy,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        min_new_tokens=args.min_new_tokens,
     )
     results = dict(zip(encoded, out.tolist()))
     scores = {}

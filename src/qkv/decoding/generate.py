@@ -124,7 +124,7 @@ def generate(
     penalties = (repetition_penalty, frequency_penalty, presence_penalty)
     controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id)
     stopping = Stopping(stop_when, max_time) if stop_when is not None or max_time is not None else None
-    _check_return_sequences(num_return_sequences, strategy, num_beams)
+    check_return_sequences(num_return_sequences, strategy, num_beams)
     device = model_device(model)  # prompts, caches and sampling follow the model's device
     input_ids = input_ids.to(device)
     compile = resolve_compile(compile, input_ids.device, what="compile")
@@ -301,7 +301,7 @@ def left_pad(prompts: list[Tensor] | tuple[Tensor, ...], pad_id: int = 0) -> tup
     return batch, torch.tensor([longest - r.numel() for r in rows])
 
 
-def _check_return_sequences(n: int, strategy: str, num_beams: int) -> None:
+def check_return_sequences(n: int, strategy: str, num_beams: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"num_return_sequences must be an int >= 1, got {n!r}")
     if n > 1 and strategy == "greedy":

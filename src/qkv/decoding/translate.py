@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from qkv.decoding.beam import beam_search
-from qkv.decoding.generate import check_decoding_args, decode_loop, decoding_mode
+from qkv.decoding.controls import LogitsControls
+from qkv.decoding.generate import check_decoding_args, check_return_sequences, decode_loop, decoding_mode
 from qkv.decoding.stepper import Seq2SeqDecodable, Seq2SeqStepper
 from qkv.devices import model_device
 from qkv.errors import ConfigError
@@ -34,24 +35,37 @@ def translate(
     seed: int | None = None,
     bos_token_id: int = BOS_ID,
     eos_token_id: int = EOS_ID,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    min_new_tokens: int = 0,
+    num_return_sequences: int = 1,
 ) -> Tensor:
     """Target ids ``(batch, n)`` for sources ``src_ids (batch, src_len)`` (0 = padding).
 
     The source is encoded once; the decoder starts from ``<s>`` and stops at ``</s>`` or after ``max_new_tokens``
     (default: the model's ``max_target_len``). Rows are returned without ``<s>``, and a row that ended early is
-    filled with ``</s>``. ``strategy`` and its options are those of :func:`qkv.generate`.
+    filled with ``</s>``. ``strategy`` and its options, the controls (``repetition_penalty``,
+    ``no_repeat_ngram_size``, ``min_new_tokens``: on the output tokens) and ``num_return_sequences`` (``(batch * n,
+    len)``) are those of :func:`qkv.generate`; :func:`qkv.score_translation` scores the outputs.
     """
     limit = int(model.config.max_target_len) if max_new_tokens is None else max_new_tokens  # type: ignore[union-attr]
     src_ids = src_ids.to(model_device(model))  # sources, states and sampling follow the model's device
     start = torch.full((src_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=src_ids.device)
     check_decoding_args(start, limit, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
+    check_return_sequences(num_return_sequences, strategy, num_beams)
+    controls = LogitsControls(repetition_penalty, 0.0, 0.0, no_repeat_ngram_size, min_new_tokens, eos_token_id)
+    controls.check_context(limit + 1)
     with decoding_mode(model):
         if strategy == "beam":
             stepper = Seq2SeqStepper(cast(Seq2SeqDecodable, model), src_ids.repeat_interleave(num_beams, dim=0))
-            ids = beam_search(stepper, start, limit, num_beams, length_penalty, eos_token_id)
+            ids = beam_search(
+                stepper, start, limit, num_beams, length_penalty, eos_token_id, controls, None, num_return_sequences
+            )
         else:
-            stepper = Seq2SeqStepper(cast(Seq2SeqDecodable, model), src_ids)
-            ids = decode_loop(stepper, start, limit, strategy, temperature, top_k, top_p, seed, eos_token_id)
+            rows = src_ids.repeat_interleave(num_return_sequences, dim=0)
+            stepper = Seq2SeqStepper(cast(Seq2SeqDecodable, model), rows)
+            start = start.repeat_interleave(num_return_sequences, dim=0)
+            ids = decode_loop(stepper, start, limit, strategy, temperature, top_k, top_p, seed, eos_token_id, controls)
     return ids[:, 1:]
 
 

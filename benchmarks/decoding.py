@@ -1,0 +1,152 @@
+"""Generation as users run it: a small vocabulary, prompts of several lengths in one batch, speculative decoding.
+
+    python benchmarks/decoding.py          # writes benchmarks/results/decoding.md (about 10 minutes on 2 cores)
+
+* small vocabulary: greedy, batch 1, 32 + 256 tokens, a GPT-2-format model of 6 layers / 384 dim with a 1,000-token
+  vocabulary (per-step overhead, not weight streaming, dominates), against transformers' generate; identical tokens.
+* batched: 8 prompts of 5 to 60 tokens (GPT-2's 50,257 vocabulary), 64 new tokens each, in one left-padded batch:
+  qkv against HF generate on the same batch (attention mask and positions from the padding), and against qkv
+  generating them one by one (the same tokens, tested in tests/decoding/test_batched.py).
+* speculative: a 6-layer / 384-dim character GPT and a 2-layer draft trained on the bundled corpus
+  (``--train-steps`` each), greedy 256 tokens: speculative_generate against plain qkv.generate; identical output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+
+import qkv
+from qkv.benchmarking.measure import time_pair
+from qkv.benchmarking.report import Report, Row
+from qkv.decoding import speculative_generate
+from qkv.training import Trainer, load_run_config
+from qkv.training.lm import build_lm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pretrained import generation_row  # noqa: E402 - the generation benchmark P5 uses
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def small_vocabulary(report: Report) -> None:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=1000)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    generation_row(report, "Generation, 1k vocabulary", hf, "6 layers, 384 dim, batch 1, 32+256 tokens", 1000)
+
+
+def batched(report: Report, new_tokens: int = 64) -> None:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=50257)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.generation_config.eos_token_id = None
+    directory = tempfile.mkdtemp()
+    hf.save_pretrained(directory)
+    ours = qkv.load_pretrained(directory)
+    g = torch.Generator().manual_seed(1)
+    lengths = [5, 12, 20, 28, 36, 44, 52, 60]
+    prompts = [torch.randint(1, 50257, (n,), generator=g) for n in lengths]
+    padded = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    for row, prompt in enumerate(prompts):
+        padded[row, -len(prompt) :], mask[row, -len(prompt) :] = prompt, 1
+    tokens = new_tokens * len(prompts)
+
+    def run_batch():
+        return qkv.generate(ours, prompts, new_tokens)
+
+    def run_hf():
+        with torch.no_grad():
+            return hf.generate(padded, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+    def run_one_by_one():
+        return [qkv.generate(ours, p[None], new_tokens) for p in prompts]
+
+    t_batch, t_hf = time_pair(run_batch, run_hf, 3)
+    setting = f"8 prompts of 5-60 tokens, {new_tokens} new each, 6 layers, 384 dim, 50k vocab"
+    report.rows.append(
+        Row("Batched prompts vs HF", setting, "speed-up", t_batch, t_hf, "HF generate", ">= 2", speedup=True)
+    )
+    t_batch2, t_single = time_pair(run_batch, run_one_by_one, 3)
+    report.rows.append(
+        Row(
+            "Batched prompts vs one by one",
+            setting,
+            "speed-up",
+            t_batch2,
+            t_single,
+            "qkv one by one",
+            ">= 4",
+            speedup=True,
+        )
+    )
+    same = all(torch.equal(a, b[0]) for a, b in zip(run_batch(), run_one_by_one()))
+    report.notes.append(
+        f"Batched: {tokens / t_batch:,.0f} tokens/s (qkv batch) vs {tokens / t_hf:,.0f} (HF batch) vs "
+        f"{tokens / t_single:,.0f} (qkv one by one); batch output equal to one by one: {same}."
+    )
+
+
+def train_char_gpt(out: Path, layers: int, dim: int, heads: int, steps: int) -> torch.nn.Module:
+    overrides = [
+        f"model.num_layers={layers}",
+        f"model.embed_dim={dim}",
+        f"model.num_heads={heads}",
+        "model.max_seq_len=320",
+        f"train.steps={steps}",
+        f"train.eval_interval={steps}",
+        "train.eval_iters=2",
+        f"train.checkpoint_interval={steps}",
+        "train.warmup_steps=20",
+        "train.batch_size=8",
+    ]
+    config = load_run_config(None, overrides)
+    model, task, tokenizer = build_lm(config)
+    Trainer(model, task, config.train, out, tokenizer, config.to_dict(), progress=False).fit()
+    return model.eval()
+
+
+def speculative(report: Report, steps: int, new_tokens: int = 256, k: int = 4) -> None:
+    work = Path(tempfile.mkdtemp())
+    target = train_char_gpt(work / "target", 6, 384, 6, steps)
+    draft = train_char_gpt(work / "draft", 2, 128, 4, steps)  # (same seed and data: the same character vocabulary)
+    prompt = torch.tensor([[int(t) for t in range(1, 9)]])  # 8 characters of the vocabulary
+    results = {}
+
+    def run_speculative():
+        results["spec"] = speculative_generate(target, draft, prompt, new_tokens, num_draft_tokens=k)
+
+    def run_plain():
+        results["plain"] = qkv.generate(target, prompt, new_tokens)
+
+    t_spec, t_plain = time_pair(run_speculative, run_plain, 3)
+    assert torch.equal(results["spec"].ids, results["plain"]), "speculative output differs from plain greedy"
+    rate = results["spec"].acceptance_rate
+    setting = f"6-layer target, 2-layer draft, {steps} steps each, greedy {new_tokens} tokens, k={k}"
+    report.rows.append(
+        Row("Speculative decoding", setting, "speed-up", t_spec, t_plain, "plain greedy", ">= 1.5", speedup=True)
+    )
+    report.notes.append(f"Speculative: acceptance rate {rate:.2f}; identical output to plain greedy.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-steps", type=int, default=400, help="training steps of the speculative pair (400)")
+    args = parser.parse_args()
+    report = Report("Decoding (small vocabulary, batched prompts, speculative)", "python benchmarks/decoding.py")
+    small_vocabulary(report)
+    batched(report)
+    speculative(report, args.train_steps)
+    report.notes.append(f"transformers {transformers.__version__}; medians of 3 alternating runs after a warm-up.")
+    print(report.markdown())
+    print(f"written to {report.write(RESULTS / 'decoding.md')}")
+
+
+if __name__ == "__main__":
+    main()
