@@ -193,3 +193,36 @@ def test_several_samples_per_prompt(gpt2):
 def test_bad_return_sequences_are_named(gpt2, strategy, options, words):
     with pytest.raises(ConfigError, match=words):
         qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, strategy, **options)
+
+
+def _processed_score(model, seq: torch.Tensor, prompt_len: int, controls: LogitsControls) -> float:
+    """Sum over the new tokens of the controlled log-probabilities, replayed step by step without a cache."""
+    total = 0.0
+    with torch.no_grad():
+        for t in range(prompt_len, seq.shape[1]):
+            logp = torch.log_softmax(model(seq[:, :t]).logits[:, -1].float(), -1)
+            total += float(controls(logp, seq[:, :t], prompt_len)[0, seq[0, t]])
+    return total
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_search_with_controls_scores_at_least_as_high_as_hf(gpt2, seed):
+    """Beam search is a heuristic: compare what each finds by its score under the same controls, not token by
+    token. Without an end token every hypothesis has 10 new tokens, so sums compare."""
+    hf, ours = gpt2
+    prompt = torch.randint(0, 40, (1, 5), generator=torch.Generator().manual_seed(seed))
+    options = {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}
+    hf.generation_config.eos_token_id = None
+    theirs = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=10,
+        num_beams=4,
+        do_sample=False,
+        pad_token_id=0,
+        **options,
+    )
+    mine = qkv.generate(ours, prompt, 10, "beam", num_beams=4, **options)
+    controls = LogitsControls(**options)
+    assert mine.shape == theirs.shape
+    assert _processed_score(ours, mine, 5, controls) >= _processed_score(ours, theirs, 5, controls) - 1e-4
