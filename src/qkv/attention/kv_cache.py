@@ -48,8 +48,9 @@ class KVCache:
             "decode fewer sequences at once (fewer beams, a smaller batch)",
             device,
         )
-        self.keys = torch.zeros(*shape, head_dim, dtype=dtype, device=device)
-        self.values = torch.zeros(*shape, v_dim, dtype=dtype, device=device)
+        # empty, not zeros: only the filled positions are ever read (zeroing a GPT-2-sized cache is ~3% of a decode)
+        self.keys = torch.empty(*shape, head_dim, dtype=dtype, device=device)
+        self.values = torch.empty(*shape, v_dim, dtype=dtype, device=device)
         self.lengths = [0] * num_layers
         self.max_seq_len = max_seq_len
         self._spare: tuple[Tensor, Tensor] | None = None  # reorder's second pair of buffers, made on first use

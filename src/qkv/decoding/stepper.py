@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 import warnings
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,12 @@ class DecodableModel(Protocol):
     config: object
 
     def __call__(
-        self, input_ids: Tensor, *, cache: KVCache | None = None, left_padding: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        *,
+        cache: KVCache | None = None,
+        left_padding: Tensor | None = None,
+        logits_to_keep: int | None = None,
     ): ...  # -> ModelOutput
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache: ...
@@ -101,11 +106,12 @@ class Stepper:
         self.left_padding = left_padding  # (batch,) padding before each row's prompt (prompts of several lengths)
         self.cut = 0  # tokens before the cache's first position (the window slid past them)
 
-    def _padding(self, cut: int) -> dict[str, Tensor]:
-        """The model's ``left_padding`` argument for a window that starts ``cut`` tokens into the rows."""
+    def _padding(self, cut: int) -> dict[str, Any]:
+        """The model's ``left_padding`` argument for a window that starts ``cut`` tokens into the rows (and
+        ``logits_to_keep=1``: only the last position's logits are used)."""
         if self.left_padding is None:
-            return {}
-        return {"left_padding": (self.left_padding - cut).clamp(min=0)}
+            return {"logits_to_keep": 1}
+        return {"left_padding": (self.left_padding - cut).clamp(min=0), "logits_to_keep": 1}
 
     def logits(self, ids: Tensor) -> Tensor:
         """Logits ``(batch, vocab)`` of the token after ``ids (batch, seq)``, in fp32."""

@@ -187,6 +187,7 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         return_attention: bool = False,
         left_padding: Tensor | None = None,
+        logits_to_keep: int | None = None,
     ) -> ModelOutput:
         """Next-token logits for every position.
 
@@ -197,6 +198,8 @@ class GPT(nn.Module):
             left_padding: ``(batch,)`` how many positions at the start of each row (cached ones included) are
                 padding: prompts of different lengths in one batch. Padding is never attended to, and each row's
                 positions start at its first real token, so a row computes what it would alone.
+            logits_to_keep: logits only for the last this many positions (decoding needs one: a prompt's other
+                positions would each cost a product with the whole output layer).
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ShapeError(
@@ -243,5 +246,7 @@ class GPT(nn.Module):
             )
             if return_attention:
                 attentions.append(weights)
+        if logits_to_keep is not None:
+            x = x[:, -logits_to_keep:]
         logits = frozen_linear(self.final_norm(x), self.lm_head)
         return ModelOutput(logits=logits, attentions=tuple(attentions) if return_attention else None, cache=cache)
