@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 T = TypeVar("T")
 
-__all__ = ["derived", "frozen_generation", "frozen_linear", "frozen_weights"]
+__all__ = ["derived", "frozen_linear", "frozen_weights", "reusing"]
 
 _generation: ContextVar[int | None] = ContextVar("qkv_frozen_generation", default=None)
 _counter = itertools.count(1)
@@ -38,9 +38,10 @@ def frozen_weights() -> Iterator[None]:
         _generation.reset(token)
 
 
-def frozen_generation() -> int | None:
-    """The current frozen generation, or None outside :func:`frozen_weights`."""
-    return _generation.get()
+def reusing() -> bool:
+    """True where tensors derived from weights may be kept: inside :func:`frozen_weights`, without autograd, and
+    outside ``torch.compile`` (a compiled graph plans its own layouts and cannot trace a ContextVar)."""
+    return not torch.compiler.is_compiling() and _generation.get() is not None and not torch.is_grad_enabled()
 
 
 def derived(owner: nn.Module, name: str, make: Callable[[], T]) -> T:
@@ -69,8 +70,7 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     (2.5x for a GPT-2 output layer, measured in benchmarks/pretrained.py).
     """
     rows = x.numel() // max(x.shape[-1], 1)
-    # many rows: a GEMM, either layout is fine; compiled: the graph picks its own layout
-    if torch.compiler.is_compiling() or _generation.get() is None or torch.is_grad_enabled() or rows > 16:
+    if not reusing() or rows > 16:  # many rows: a GEMM, either layout is fine
         return layer(x)
     weight_t = derived(layer, "weight_t", lambda: layer.weight.detach().t().contiguous())
     out = x @ weight_t

@@ -164,13 +164,11 @@ def run(args: argparse.Namespace) -> int:
 def _generate_file(args: argparse.Namespace, model, tokenizer, options: dict) -> int:  # noqa: ANN001
     """Every line of ``--file`` continued in one left-padded batch; printed in order, one block per prompt."""
     from qkv.cli.common import encode_prompt
+    from qkv.data.text import read_text_file
     from qkv.errors import ConfigError
 
-    if not args.file.is_file():
-        raise ConfigError(f"--file {args.file} does not exist" + (" (it is a directory)" if args.file.is_dir() else ""))
-    texts = [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
-        raise ConfigError(f"--file {args.file} has no prompts (every line is blank)")
+    # (missing, a directory, not UTF-8 or blank: each named by read_text_file)
+    texts = [line for line in read_text_file(args.file).splitlines() if line.strip()]
     if args.stop:
         raise ConfigError("--stop works with --prompt; for a file, each prompt would stop at its own time")
     prompts = [encode_prompt(tokenizer, text, model.config.max_seq_len)[0] for text in texts]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from qkv.errors import ConfigError
 
-__all__ = ["LogitsControls", "Stopping", "stop_strings"]
+__all__ = ["LogitsControls", "Stopping", "stop_strings", "stopping"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class LogitsControls:
         n = self.no_repeat_ngram_size
         rows, seq = ids.shape
         banned = torch.zeros(rows, vocab, dtype=torch.bool, device=ids.device)
-        if seq + 1 < n or seq < n:  # too short for any n-gram to repeat
+        if seq < n:  # too short for any n-gram to repeat
             return banned
         windows = ids.unfold(1, n, 1)  # (rows, seq - n + 1, n): every n-gram so far
         if n > 1:  # an earlier n-gram whose first n-1 tokens are the row's last n-1
@@ -123,6 +123,11 @@ class Stopping:
 
     def __call__(self, ids: Tensor) -> bool:
         return time.monotonic() >= self._deadline or (self.when is not None and bool(self.when(ids)))
+
+
+def stopping(when: Callable[[Tensor], bool] | None, max_time: float | None) -> Stopping | None:
+    """A checked :class:`Stopping` when either is given; None otherwise (no per-step check at all)."""
+    return Stopping(when, max_time) if when is not None or max_time is not None else None
 
 
 def stop_strings(

@@ -14,7 +14,7 @@ from torch import Tensor
 from qkv.attention.frozen import frozen_weights
 from qkv.attention.memory import check_fits
 from qkv.decoding.beam import beam_search
-from qkv.decoding.controls import LogitsControls, Stopping
+from qkv.decoding.controls import LogitsControls, Stopping, stopping
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.devices import model_device, resolve_compile
 from qkv.errors import ConfigError, ShapeError, describe_shape
@@ -123,7 +123,7 @@ def generate(
     )
     penalties = (repetition_penalty, frequency_penalty, presence_penalty)
     controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id)
-    stopping = Stopping(stop_when, max_time) if stop_when is not None or max_time is not None else None
+    stops = stopping(stop_when, max_time)
     check_return_sequences(num_return_sequences, strategy, num_beams)
     device = model_device(model)  # prompts, caches and sampling follow the model's device
     input_ids = input_ids.to(device)
@@ -141,7 +141,7 @@ def generate(
                 length_penalty,
                 eos_token_id,
                 controls,
-                stopping,
+                stops,
                 num_return_sequences,
             )
         else:
@@ -158,7 +158,7 @@ def generate(
                 seed,
                 eos_token_id,
                 controls,
-                stopping=stopping,
+                stopping=stops,
             )
     if prompts is None:
         return out
@@ -279,7 +279,7 @@ def generate_stream(
         num_beams=1,
     )
     o["controls"] = _controls(model, *(o[name] for name in _CONTROLS), o["eos_token_id"])
-    o["stopping"] = Stopping(o["stop_when"], o["max_time"])
+    o["stopping"] = stopping(o["stop_when"], o["max_time"])
     input_ids = input_ids.to(model_device(model))
     o["compile"] = resolve_compile(o["compile"], input_ids.device, what="compile")
     return _stream(model, input_ids, max_new_tokens, strategy, o)
@@ -313,7 +313,7 @@ def check_return_sequences(n: int, strategy: str, num_beams: int) -> None:
 def _controls(model: DecodableModel, *settings: Any) -> LogitsControls:
     """:class:`LogitsControls` from its settings in field order, checked against the model's context."""
     controls = LogitsControls(*settings)
-    controls.check_context(int(getattr(model.config, "max_seq_len", 0)) or controls.no_repeat_ngram_size)
+    controls.check_context(int(model.config.max_seq_len))  # type: ignore[attr-defined]
     return controls
 
 
@@ -335,12 +335,12 @@ def _stream(model: DecodableModel, input_ids: Tensor, max_new_tokens: int, strat
             o["eos_token_id"],
             o["controls"],
         )
-        stopping = o["stopping"].start()
+        stops = o["stopping"] and o["stopping"].start()
         while True:
             with torch.no_grad():  # per step: a no_grad held across a yield would leak into the caller's code
                 ids = next(steps, None)
             if ids is None:
                 return
             yield ids[:, -1]
-            if (stopping.when is not None or stopping.max_time is not None) and stopping(ids):
+            if stops is not None and stops(ids):
                 return

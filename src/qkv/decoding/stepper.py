@@ -106,7 +106,7 @@ class Stepper:
         self.left_padding = left_padding  # (batch,) padding before each row's prompt (prompts of several lengths)
         self.cut = 0  # tokens before the cache's first position (the window slid past them)
 
-    def _padding(self, cut: int) -> dict[str, Any]:
+    def _model_kwargs(self, cut: int) -> dict[str, Any]:
         """The model's ``left_padding`` argument for a window that starts ``cut`` tokens into the rows (and
         ``logits_to_keep=1``: only the last position's logits are used)."""
         if self.left_padding is None:
@@ -118,13 +118,13 @@ class Stepper:
         window = ids[:, -self.context :]
         cut = ids.shape[1] - window.shape[1]
         if self.cache is None:
-            return self.step_model(window, **self._padding(cut)).logits[:, -1].float()
+            return self.step_model(window, **self._model_kwargs(cut)).logits[:, -1].float()
         cached = self.cache.seq_len(0)
         if cached == 0 or cached >= self.context or cached != ids.shape[1] - 1 - self.cut:
             self.cache.reset()  # first step, or a full cache: (re)fill from the window
             self.cut = cut
-            return self.model(window, cache=self.cache, **self._padding(cut)).logits[:, -1].float()
-        return self.step_model(ids[:, -1:], cache=self.cache, **self._padding(self.cut)).logits[:, -1].float()
+            return self.model(window, cache=self.cache, **self._model_kwargs(cut)).logits[:, -1].float()
+        return self.step_model(ids[:, -1:], cache=self.cache, **self._model_kwargs(self.cut)).logits[:, -1].float()
 
     def reorder(self, rows: Tensor) -> None:
         """Keep cache rows ``rows`` (beam search)."""

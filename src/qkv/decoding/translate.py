@@ -53,7 +53,12 @@ def translate(
     start = torch.full((src_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=src_ids.device)
     check_decoding_args(start, limit, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
     check_return_sequences(num_return_sequences, strategy, num_beams)
-    controls = LogitsControls(repetition_penalty, 0.0, 0.0, no_repeat_ngram_size, min_new_tokens, eos_token_id)
+    controls = LogitsControls(
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        min_new_tokens=min_new_tokens,
+        eos_token_id=eos_token_id,
+    )
     controls.check_context(limit + 1)
     with decoding_mode(model):
         if strategy == "beam":

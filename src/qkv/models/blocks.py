@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention.frozen import derived, frozen_generation, frozen_linear
+from qkv.attention.frozen import derived, frozen_linear, reusing
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import RotaryEmbedding
@@ -54,7 +54,7 @@ class SwiGLU(nn.Module):
         self.dropout = dropout_layer(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if frozen_generation() is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if reusing():
             # decoding: one vector-matrix product with gate and up stacked (in, 2 hidden) instead of two
             stacked = derived(self, "gate_up_t", lambda: torch.cat([self.gate.weight, self.up.weight]).t().contiguous())
             gate, up = (x @ stacked).chunk(2, dim=-1)

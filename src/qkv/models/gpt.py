@@ -217,7 +217,7 @@ class GPT(nn.Module):
             if low < 0 or high >= self.config.vocab_size:
                 raise ShapeError(f"token ids must be in [0, {self.config.vocab_size}), got {low if low < 0 else high}")
         x = self.token_embedding(input_ids)
-        positions = torch.arange(start, start + seq, device=input_ids.device)
+        positions = torch.arange(start, start + seq, device=input_ids.device)  # (rotary and per-row positions)
         mask = None
         if left_padding is not None:  # per row: positions count from the first real token; padded keys are hidden
             positions = (positions - left_padding.to(positions.device)[:, None]).clamp(min=0)  # (batch, seq)
