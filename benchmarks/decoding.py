@@ -34,11 +34,47 @@ from pretrained import generation_row  # noqa: E402 - the generation benchmark P
 RESULTS = Path(__file__).parent / "results"
 
 
+def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The ``(in, out)`` matrices one decoding step of ``model`` multiplies by, in the layout qkv decodes with (Q/K/V
+    stacked): what any implementation must stream from memory for every token."""
+    weights, stacked = [], set()
+    for module in model.modules():
+        if isinstance(module, qkv.MultiHeadAttention):
+            weights.append(module._stacked_qkv_t()[0])
+            stacked |= {id(module.q_proj), id(module.k_proj), id(module.v_proj)}
+        elif isinstance(module, torch.nn.Linear) and id(module) not in stacked:
+            weights.append(module.weight.t())
+    return [w.detach().contiguous() for w in weights]
+
+
+def matmul_floor_row(report: Report, label: str, ours, reference, rows: int, steps: int) -> None:  # noqa: ANN001
+    """How fast generation could be at best: the decoding steps' matrix products alone (``rows`` x each weight,
+    ``steps`` times; no attention, no norms, no Python), timed against HF's whole generation in one run. Its ratio
+    is the largest speed-up over HF that any implementation with these fp32 matmuls can reach."""
+    with torch.no_grad():
+        weights = decode_weights(ours)
+    inputs = {w.shape[0]: torch.randn(rows, w.shape[0]) for w in weights}
+
+    def matmuls_only():
+        for _ in range(steps):
+            for w in weights:
+                inputs[w.shape[0]] @ w
+
+    t_floor, t_hf = time_pair(matmuls_only, reference, 3)
+    megabytes = sum(w.numel() * w.element_size() for w in weights) / 2**20
+    report.rows.append(
+        Row(label, f"{len(weights)} products, {megabytes:.0f} MiB a step", "speed-up", t_floor, t_hf, "HF generate",
+            ">= 2", speedup=True)
+    )
+
+
 def small_vocabulary(report: Report) -> None:
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=1000)
     hf = transformers.GPT2LMHeadModel(config).eval()
-    generation_row(report, "Generation, 1k vocabulary", hf, "6 layers, 384 dim, batch 1, 32+256 tokens", 1000)
+    setting = "6 layers, 384 dim, batch 1, 32+256 tokens"
+    ours, run_hf = generation_row(report, "Generation, 1k vocabulary", hf, setting, 1000)
+    matmul_floor_row(report, "Bound: its matmuls alone vs HF", ours, run_hf, rows=1, steps=256)
 
 
 def batched(report: Report, new_tokens: int = 64) -> None:
@@ -73,6 +109,7 @@ def batched(report: Report, new_tokens: int = 64) -> None:
     report.rows.append(
         Row("Batched prompts vs HF", setting, "speed-up", t_batch, t_hf, "HF generate", ">= 2", speedup=True)
     )
+    matmul_floor_row(report, "Bound: its matmuls alone vs HF", ours, run_hf, rows=len(prompts), steps=new_tokens)
     t_batch2, t_single = time_pair(run_batch, run_one_by_one, 3)
     report.rows.append(
         Row(

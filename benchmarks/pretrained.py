@@ -29,9 +29,10 @@ from qkv.devices import inference_dtype
 RESULTS = Path(__file__).parent / "results"
 
 
-def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new_tokens: int = 256) -> None:  # noqa: ANN001
+def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new_tokens: int = 256):  # noqa: ANN001, ANN201
     """Greedy generation at batch 1 (prompt 32 + ``new_tokens``) of ``hf`` (a random-weight transformers model) and
-    of the same weights loaded by qkv through the HF format: time both, check they agree token for token."""
+    of the same weights loaded by qkv through the HF format: time both, check they agree token for token. Returns
+    qkv's model and the HF run (for further rows)."""
     directory = tempfile.mkdtemp()
     hf.save_pretrained(directory)
     hf.generation_config.eos_token_id = None  # every run makes all new_tokens tokens
@@ -56,6 +57,7 @@ def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new
         f"{label}: {new_tokens / t_ours:,.0f} tokens/s (qkv) vs {new_tokens / t_hf:,.0f} tokens/s (HF); "
         "identical tokens."
     )
+    return ours, run_hf
 
 
 def p5(report: Report) -> None:

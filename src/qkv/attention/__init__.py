@@ -4,7 +4,9 @@ This package imports nothing from the rest of qkv except :mod:`qkv.errors`.
 """
 
 from qkv.attention.attend import attend
+from qkv.attention import mods
 from qkv.attention.backends import available_backends, choose_backend
+from qkv.attention.block_masks import BlockMask, block_mask
 from qkv.attention.frozen import frozen_weights
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.masks import causal_mask, combine, local_mask, padding_mask
@@ -22,6 +24,7 @@ from qkv.attention.softmax import safe_softmax
 from qkv.attention.weights import attention_weights
 
 __all__ = [
+    "BlockMask",
     "KVCache",
     "LearnedPositions",
     "MultiHeadAttention",
@@ -35,12 +38,14 @@ __all__ = [
     "attention_weights",
     "available_backends",
     "available_scores",
+    "block_mask",
     "causal_mask",
     "choose_backend",
     "combine",
     "frozen_weights",
     "local_mask",
     "make_score",
+    "mods",
     "padding_mask",
     "register_score",
     "safe_softmax",

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 from qkv.attention.backends import run_backend
+from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import AttentionCall, build_call
+from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.scores import ScoreFunction
 
 __all__ = ["attend"]
@@ -26,8 +28,10 @@ def attend(
     dropout: float = 0.0,
     backend: str = "auto",
     return_weights: bool = False,
+    mask_mod: MaskMod | BlockMask | None = None,
+    score_mod: ScoreMod | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Attention: ``softmax(score(q, k) · scale + bias, masked) · v``.
+    """Attention: ``softmax(score_mod(score(q, k) · scale + bias), masked) · v``.
 
     Args:
         q: queries ``(batch, heads, q_len, q_dim)``.
@@ -44,9 +48,15 @@ def attend(
             :class:`~qkv.attention.scores.ScoreFunction` module (needed for ``general``, ``additive``, ``location``).
         scale: multiplies the scores; ``None`` uses the score's default (``1/sqrt(q_dim)`` for ``scaled_dot``, else 1).
         dropout: probability of dropping an attention weight (pass 0 at evaluation time).
-        backend: ``"reference"``, ``"chunked"``, ``"fused"`` or ``"auto"`` (see :func:`choose_backend`).
+        backend: ``"reference"``, ``"chunked"``, ``"fused"``, ``"flex"`` or ``"auto"`` (see :func:`choose_backend`).
         return_weights: also return the weights ``(batch, heads, q_len, k_len)`` (before dropout). Only the
             reference backend lets gradients flow through them; the others recompute them for inspection.
+        mask_mod: ``(b, h, q_idx, kv_idx) -> bool`` (True = may attend), ANDed with the other masks, or a
+            :class:`~qkv.attention.block_mask.BlockMask` made once by :func:`qkv.attention.block_mask` (reused
+            across layers and steps). The chunked backend skips tiles the function leaves empty.
+        score_mod: ``(score, b, h, q_idx, kv_idx) -> score``, applied to the scaled (and biased) scores before
+            masking; ALiBi, soft-capping, T5's bias (:mod:`qkv.attention.mods`). Parameters of a module, and
+            tensors a function closes over, get gradients.
 
     Returns:
         ``(out, weights)``: ``out`` is ``(batch, heads, q_len, v_dim)`` in the dtype of ``q``; ``weights`` is None
@@ -67,6 +77,8 @@ def attend(
         scale=scale,
         dropout=dropout,
         return_weights=return_weights,
+        mask_mod=mask_mod,
+        score_mod=score_mod,
     )
     if 0 in (call.batch, call.heads, call.q_len, call.k_len):
         return _empty_result(call)

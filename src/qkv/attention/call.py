@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qkv.attention.block_masks import BlockMask
 from qkv.attention.masks import Span, check_broadcastable, make_span
+from qkv.attention.mods import IndexGrid, MaskMod, ScoreMod, additive_bias, evaluate_mask, index_grid, is_additive
+from qkv.attention.softmax import compute_dtype
 from qkv.attention.scores import ScoreFunction, resolve_score
 from qkv.errors import ConfigError, DTypeError, MaskError, ShapeError, describe_shape
 
@@ -31,6 +34,9 @@ class AttentionCall:
     scale: float
     dropout: float
     return_weights: bool
+    mask_mod: MaskMod | None = None  # (b, h, q_idx, kv_idx) -> bool, see qkv.attention.mods
+    blocks: BlockMask | None = None  # the mask_mod's tile classes, when the caller made them once
+    score_mod: ScoreMod | None = None  # (score, b, h, q_idx, kv_idx) -> score
 
     @property
     def batch(self) -> int:
@@ -66,12 +72,29 @@ class AttentionCall:
         """True when the score is ``q' · k'`` for some transform of q and k (fused and fast paths apply)."""
         return type(self.score).as_dot_product is not ScoreFunction.as_dot_product
 
+    def grid(self) -> IndexGrid:
+        """The indices mask and score functions are evaluated on (all queries and keys)."""
+        return index_grid(self.batch, self.heads, self.q_len, self.k_len, self.q.device)
+
     def dense_mask(self) -> Tensor | None:
-        """User mask AND the causal/window span, as one 4-D bool tensor (or None when everything is allowed)."""
-        structural = self.span.dense(self.q_len, self.k_len, self.q.device)
-        if structural is None:
-            return self.mask
-        return structural if self.mask is None else self.mask & structural
+        """User mask AND the causal/window span AND the mask function, as one 4-D bool tensor (or None when
+        everything is allowed)."""
+        out = self.mask
+        for part in (
+            self.span.dense(self.q_len, self.k_len, self.q.device),
+            evaluate_mask(self.mask_mod, self.grid()) if self.mask_mod is not None else None,
+        ):
+            if part is not None:
+                out = part if out is None else out & part
+        return out
+
+    def dense_bias(self) -> Tensor | None:
+        """The bias plus an additive score function's bias, dense (or None); only for additive score functions."""
+        if self.score_mod is None:
+            return self.bias
+        assert is_additive(self.score_mod), "only additive score functions become a bias"
+        extra = additive_bias(self.score_mod, self.grid(), compute_dtype(self.q.dtype))
+        return extra if self.bias is None else self.bias.to(extra.dtype) + extra
 
 
 def as_4d(t: Tensor) -> Tensor:
@@ -165,10 +188,19 @@ def build_call(
     scale: float | None,
     dropout: float,
     return_weights: bool,
+    mask_mod: MaskMod | BlockMask | None = None,
+    score_mod: ScoreMod | None = None,
 ) -> AttentionCall:
     """Validate the arguments of :func:`qkv.attend` (see there) and bundle them."""
     _check_qkv(q, k, v)
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    blocks = None
+    if isinstance(mask_mod, BlockMask):
+        mask_mod.check(*target)
+        blocks, mask_mod = mask_mod, mask_mod.mask_mod
+    for name, fn in (("mask_mod", mask_mod), ("score_mod", score_mod)):
+        if fn is not None and not callable(fn):
+            raise ConfigError(f"{name} must be a function of indices (see qkv.attention.mods), got {type(fn).__name__}")
     span = make_span(causal, window).simplify(q.shape[2], k.shape[2])
     score_fn = resolve_score(score)
     score_fn.check_dims(q.shape[-1], k.shape[-1])
@@ -189,4 +221,7 @@ def build_call(
         scale=float(scale),
         dropout=float(dropout),
         return_weights=bool(return_weights),
+        mask_mod=mask_mod,
+        blocks=blocks,
+        score_mod=score_mod,
     )

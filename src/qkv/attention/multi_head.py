@@ -12,9 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from qkv.attention.attend import attend
+from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import as_4d
 from qkv.attention.frozen import derived, frozen_linear
 from qkv.attention.kv_cache import KVCache
+from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.positional import RotaryEmbedding
 from qkv.attention.scores import ScoreFunction, make_score, resolve_score
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
@@ -155,6 +157,8 @@ class MultiHeadAttention(nn.Module):
         memory_kv: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
         key_padding_mask: Tensor | None = None,
+        mask_mod: MaskMod | BlockMask | None = None,
+        score_mod: ScoreMod | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (batch, q_len, embed_dim)`` to ``key``/``value`` (default: the query itself).
 
@@ -162,7 +166,8 @@ class MultiHeadAttention(nn.Module):
             mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``, True = may attend.
             key_mask: bool ``(batch, k_len)``, True = a real token that may be attended, False = padding (the
                 opposite of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``, which qkv refuses by name).
-            causal, window, bias: as in :func:`qkv.attend`.
+            causal, window, bias, mask_mod, score_mod: as in :func:`qkv.attend` (indices count keys from the
+                start of the cache).
             cache: self-attention only: new keys/values are appended to layer ``layer_idx`` of the cache and the
                 queries attend over everything cached (``causal`` stays aligned to the end).
             positions: rotary positions ``(q_len,)`` or ``(batch, q_len)``; default continues after the cache.
@@ -218,9 +223,14 @@ class MultiHeadAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             backend=self.backend,
             return_weights=return_weights,
+            mask_mod=mask_mod,
+            score_mod=score_mod,
         )
         if self.capture is not None:  # qkv.capture_attention: exact weights recomputed from Q and K
-            self.capture(q, k, mask=mask, causal=causal, window=window, bias=bias, score=self.score)
+            self.capture(
+                q, k, mask=mask, causal=causal, window=window, bias=bias, score=self.score, mask_mod=mask_mod,
+                score_mod=score_mod,
+            )  # fmt: skip
         # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)
         out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.embed_dim)
         return frozen_linear(out, self.out_proj), weights

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qkv.attention.block_masks import EMPTY, FULL, BlockMask, block_mask
 from qkv.attention.call import AttentionCall
 from qkv.attention.masks import Span
+from qkv.attention.mods import IndexGrid, MaskMod, ScoreMod, captured_tensors, evaluate_mask, evaluate_score
 from qkv.attention.scores import ScoreFunction
 from qkv.attention.softmax import compute_dtype
 
@@ -40,13 +42,15 @@ _NEG_INF = float("-inf")
 
 @dataclass(frozen=True)
 class Tile:
-    """Queries ``[q0, q1)`` against keys ``[k0, k1)``; ``masked`` when the causal/window band cuts through it."""
+    """Queries ``[q0, q1)`` against keys ``[k0, k1)``; ``masked`` when the causal/window band cuts through it,
+    ``partial`` when the mask function must be evaluated on it (the block mask calls it neither empty nor full)."""
 
     q0: int
     q1: int
     k0: int
     k1: int
     masked: bool
+    partial: bool = False
 
 
 def _split(lo: int, hi: int, block: int, k0: int, k1: int, masked: bool, off: int) -> list[Tile]:
@@ -81,6 +85,34 @@ def plan_tiles(q_len: int, k_len: int, span: Span, block_q: int, block_k: int) -
     return tiles
 
 
+def _span_class(span: Span, off: int, q0: int, q1: int, k0: int, k1: int) -> int:
+    """EMPTY, PARTIAL or FULL: how the causal/window band covers queries ``[q0, q1)`` x keys ``[k0, k1)``."""
+    t0, t1 = q0 + off, q1 - 1 + off  # absolute positions of the first and last query
+    left = span.left if span.left is not None else 1 << 62
+    right = span.right if span.right is not None else 1 << 62
+    if k0 > t1 + right or k1 - 1 < t0 - left:
+        return EMPTY
+    if k0 >= t1 - left and k1 - 1 <= t0 + right:
+        return FULL
+    return 1
+
+
+def plan_block_tiles(q_len: int, k_len: int, span: Span, blocks: BlockMask) -> list[Tile]:
+    """Tiles of a block mask's grid that some query sees, minus what the causal/window band excludes."""
+    classes = blocks.tile_classes.tolist()  # one read to the host per call: the plan is Python
+    off = k_len - q_len
+    tiles = []
+    for i, row in enumerate(classes):
+        q0, q1 = i * blocks.block_q, min((i + 1) * blocks.block_q, q_len)
+        for j, cls in enumerate(row):
+            k0, k1 = j * blocks.block_k, min((j + 1) * blocks.block_k, k_len)
+            band = _span_class(span, off, q0, q1, k0, k1)
+            if cls == EMPTY or band == EMPTY:
+                continue
+            tiles.append(Tile(q0, q1, k0, k1, masked=band != FULL, partial=cls != FULL))
+    return tiles
+
+
 def _split_heads(t: Tensor | None, kv_heads: int, group: int) -> Tensor | None:
     """A 4-D mask/bias ``(b, h, q, k)`` with h in {1, heads} -> 5-D ``(b, kv_heads | 1, group | 1, q, k)``."""
     if t is None:
@@ -111,6 +143,16 @@ class _Plan:
     scale: float
     dropout: float
     seed: int
+    params: tuple[Tensor, ...] = ()  # the score's parameters, then the tensors the score function reads
+    mask_mod: MaskMod | None = None
+    score_mod: ScoreMod | None = None
+    grid: IndexGrid | None = None  # all query and key indices (tiles slice it) when a function needs them
+    num_score_params: int = 0  # the first params belong to ``score``, the rest to ``score_mod``
+
+    def tile_grid(self, tile: Tile) -> IndexGrid:
+        assert self.grid is not None
+        g = self.grid
+        return IndexGrid(g.b, g.h, g.q[..., tile.q0 : tile.q1, :], g.kv[..., tile.k0 : tile.k1])
 
 
 def _band_mask(tile: Tile, plan: _Plan, device: torch.device) -> Tensor:
@@ -129,17 +171,36 @@ def _score_tile(plan: _Plan, qt: Tensor, kt: Tensor, k0: int) -> Tensor:
     return (plan.score(q4, k4, key_start=k0) * plan.scale).reshape(b, kvh, g, tq, kt.shape[-2])
 
 
-def _finish_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None, mask5: Tensor | None) -> Tensor:
-    """Add the bias and apply the masks of one tile to its raw scores, in place (``s`` must be a fresh tensor)."""
+def _biased_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None) -> Tensor:
+    """Raw scores plus the bias, through the score function: what the softmax sees before masking (the bias is added
+    in place unless ``s`` records gradients)."""
     if bias5 is not None:
-        s += _slice(bias5, tile)
+        s = s.add_(_slice(bias5, tile)) if not s.requires_grad else s + _slice(bias5, tile)
+    if plan.score_mod is not None:
+        b, kvh, g, tq, tk = s.shape  # score functions see (batch, heads, tq, tk)
+        s = evaluate_score(plan.score_mod, s.reshape(b, kvh * g, tq, tk), plan.tile_grid(tile)).reshape(s.shape)
+    return s
+
+
+def _apply_masks(plan: _Plan, s: Tensor, tile: Tile, mask5: Tensor | None) -> Tensor:
+    """``s`` with -inf where the mask, the band or the mask function forbids, in place."""
     allowed = _slice(mask5, tile) if mask5 is not None else None
     if tile.masked:
         band = _band_mask(tile, plan, s.device)
         allowed = band if allowed is None else allowed & band
+    if tile.partial:
+        assert plan.mask_mod is not None
+        mod = _split_heads(evaluate_mask(plan.mask_mod, plan.tile_grid(tile)), plan.kv_heads, plan.group)
+        allowed = mod if allowed is None else allowed & mod
     if allowed is not None:
         s.masked_fill_(~allowed, _NEG_INF)
     return s
+
+
+def _finish_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None, mask5: Tensor | None) -> Tensor:
+    """Add the bias, apply the score function and the masks of one tile to its raw scores (``s`` must be a fresh
+    tensor; it may be reused)."""
+    return _apply_masks(plan, _biased_scores(plan, s, tile, bias5), tile, mask5)
 
 
 def _dropout_keep(plan: _Plan, index: int, shape: torch.Size, device: torch.device) -> Tensor:
@@ -189,9 +250,10 @@ class _ChunkedAttention(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_lse):  # type: ignore[no-untyped-def, override]
         q5, k5, v5, bias5, mask5, out, lse = ctx.saved_tensors
         plan: _Plan = ctx.plan
-        params = tuple(plan.score.parameters()) if plan.score is not None else ()
+        params = plan.params
         want_q, want_k, want_v, want_bias = ctx.needs_input_grad[:4]
         want_params = ctx.needs_input_grad[6:]
+        n_score = plan.num_score_params
         grad_out = grad_out.contiguous()
         delta = (grad_out * out).sum(dim=-1)  # (b, kvh, g, q): rowsum(dO ∘ O) = Σ_j P_ij dP_ij
         # rows with lse = -inf had no allowed key: +inf makes exp(s - lse) = 0 there without NaN
@@ -210,10 +272,17 @@ class _ChunkedAttention(torch.autograd.Function):
                 qt, kt = qt.detach().requires_grad_(), kt.detach().requires_grad_()
                 with torch.enable_grad():
                     raw = _score_tile(plan, qt, kt, tile.k0)
-                s = _finish_scores(plan, raw.detach().clone(), tile, bias5, mask5)
+                s = raw.detach().clone()
             else:
-                s = _finish_scores(plan, _score_tile(plan, qt, kt, tile.k0), tile, bias5, mask5)
-            p = s.sub_(lse[..., rows].unsqueeze(-1)).exp_()
+                s = _score_tile(plan, qt, kt, tile.k0)
+            if bias5 is not None:
+                s += _slice(bias5, tile)
+            if plan.score_mod is not None:  # re-run the score function with autograd for this tile only
+                before = s.requires_grad_()
+                with torch.enable_grad():
+                    after = _biased_scores(plan, before, tile, None)
+                s = after.detach().clone()
+            p = _apply_masks(plan, s, tile, mask5).sub_(lse[..., rows].unsqueeze(-1)).exp_()
             dp = dot @ vt.transpose(-2, -1)
             if plan.dropout > 0:
                 keep = _dropout_keep(plan, index, p.shape, p.device) * keep_scale
@@ -223,22 +292,22 @@ class _ChunkedAttention(torch.autograd.Function):
             if want_v:
                 dv[..., cols, :] += _sum_group(p_applied.transpose(-2, -1) @ dot)
             ds = dp.sub_(delta[..., rows].unsqueeze(-1)).mul_(p)  # dS = P ∘ (dP - rowsum(dO ∘ O))
+            if plan.score_mod is not None:  # through the score function: dS of its input, and its tensors' grads
+                wanted = [i for i in range(n_score, len(params)) if want_params[i]]
+                grads = torch.autograd.grad(after, [before] + [params[i] for i in wanted], ds, allow_unused=True)
+                ds = grads[0]
+                _accumulate(dparams, wanted, grads[1:])
             if dbias is not None:
                 target = _slice(dbias, tile)
                 target += ds.sum_to_size(target.shape)
             if generic:
-                inputs = [qt, kt] + [p for p, w in zip(params, want_params) if w]
-                grads = torch.autograd.grad(raw, inputs, ds, allow_unused=True)
+                wanted = [i for i in range(n_score) if want_params[i]]
+                grads = torch.autograd.grad(raw, [qt, kt] + [params[i] for i in wanted], ds, allow_unused=True)
                 if want_q and grads[0] is not None:
                     dq[..., rows, :] += grads[0]
                 if want_k and grads[1] is not None:
                     dk[..., cols, :] += grads[1]
-                wanted = iter(grads[2:])
-                for i, w in enumerate(want_params):
-                    if w:
-                        g = next(wanted)
-                        if g is not None:
-                            dparams[i] += g
+                _accumulate(dparams, wanted, grads[2:])
             else:
                 if want_q:
                     dq[..., rows, :] += ds @ kt
@@ -253,6 +322,15 @@ class _ChunkedAttention(torch.autograd.Function):
             None,
             *dparams,
         )
+
+
+def _accumulate(totals: list[Tensor | None], indices: list[int], grads: tuple[Tensor | None, ...]) -> None:
+    """``totals[i] += g`` for each wanted parameter index and its gradient (None: the tile did not use it)."""
+    for i, g in zip(indices, grads):
+        if g is not None:
+            total = totals[i]
+            assert total is not None
+            total += g
 
 
 def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Tensor, Tensor, Tensor, _Plan, tuple]:
@@ -273,8 +351,18 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
     b, h, q_len, _ = q.shape
     q5 = q.reshape(b, call.kv_heads, call.group, q_len, q.shape[-1])
     seed = int(torch.randint(0, 2**62, (1,)).item()) if call.dropout > 0 else 0
+    num_score_params = len(params)
+    if call.score_mod is not None:
+        params = params + tuple(captured_tensors(call.score_mod))
+    if call.mask_mod is not None:
+        blocks = call.blocks or block_mask(
+            call.mask_mod, call.batch, call.heads, call.q_len, call.k_len, (block_q, block_k), q.device
+        )
+        tiles = plan_block_tiles(call.q_len, call.k_len, call.span, blocks)
+    else:
+        tiles = plan_tiles(call.q_len, call.k_len, call.span, block_q, block_k)
     plan = _Plan(
-        tiles=plan_tiles(call.q_len, call.k_len, call.span, block_q, block_k),
+        tiles=tiles,
         span=call.span,
         k_len=call.k_len,
         q_len=call.q_len,
@@ -284,6 +372,11 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
         scale=call.scale,
         dropout=call.dropout,
         seed=seed,
+        params=params,
+        mask_mod=call.mask_mod,
+        score_mod=call.score_mod,
+        grid=call.grid() if call.mask_mod is not None or call.score_mod is not None else None,
+        num_score_params=num_score_params,
     )
     return q5, k.unsqueeze(2), v.unsqueeze(2), plan, params
 

@@ -20,10 +20,13 @@ from torch import Tensor
 from qkv.attention.backends.reference import reference_weights
 from qkv.attention.call import AttentionCall, repeat_kv
 from qkv.attention.masks import Span
+from qkv.attention.mods import evaluate_mask, index_grid, is_additive
 
 __all__ = ["fused_attention", "fused_unsupported_reason"]
 
 _CAUSAL = Span(None, 0)
+#: the most elements of a dense mask or bias made from a mask/score function for SDPA (16 MiB of fp32)
+DENSE_MOD_LIMIT = 1 << 22
 # enable_gqa arrived in torch 2.5; on older releases k and v are repeated per head instead.
 _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
@@ -32,7 +35,26 @@ def fused_unsupported_reason(call: AttentionCall) -> str | None:
     """Why SDPA cannot compute this call exactly, or None when it can."""
     if not call.is_dot_product:
         return f"score {call.score.extra_name()!r} is not a dot product of (transformed) q and k"
+    if call.score_mod is not None and not is_additive(call.score_mod):
+        return "its score_mod is not additive (SDPA applies no function to the scores)"
+    if call.mask_mod is not None or call.score_mod is not None:
+        size = _dense_mod_size(call)
+        if size > DENSE_MOD_LIMIT:
+            return f"its mask/score function would need a dense tensor of {size:,} elements"
     return None
+
+
+def _dense_mod_size(call: AttentionCall) -> int:
+    """Elements of the dense mask/bias the call's functions make: probe which of batch and head they read."""
+    probe = index_grid(call.batch, call.heads, call.q_len, call.k_len, call.q.device, rows=(0, 1), cols=(0, 1))
+    batch, heads = 1, 1
+    if call.mask_mod is not None:
+        shape = evaluate_mask(call.mask_mod, probe).shape
+        batch, heads = max(batch, shape[0]), max(heads, shape[1])
+    if call.score_mod is not None:
+        shape = call.score_mod(call.q.new_zeros(1, 1, 1, 1), probe.b, probe.h, probe.q, probe.kv).shape
+        batch, heads = max(batch, shape[0]), max(heads, shape[1])
+    return batch * heads * call.q_len * call.k_len
 
 
 def _sdpa_mask(call: AttentionCall) -> tuple[Tensor | None, bool, Tensor | None]:
@@ -40,15 +62,18 @@ def _sdpa_mask(call: AttentionCall) -> tuple[Tensor | None, bool, Tensor | None]
     if (
         call.mask is None
         and call.bias is None
+        and call.mask_mod is None
+        and call.score_mod is None
         and (call.span.unbounded or (call.span == _CAUSAL and call.q_len == call.k_len))
     ):
         return None, not call.span.unbounded, None
     allowed = call.dense_mask()
-    if call.bias is None:
+    bias = call.dense_bias()
+    if bias is None:
         assert allowed is not None
         attn_mask: Tensor = allowed
     else:
-        attn_mask = call.bias.to(call.q.dtype)
+        attn_mask = bias.to(call.q.dtype)
         if allowed is not None:
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
     visible = attn_mask if attn_mask.dtype == torch.bool else attn_mask > float("-inf")

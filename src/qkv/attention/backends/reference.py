@@ -1,6 +1,6 @@
 """The reference backend: materialise scores and weights, exactly as the texts write attention down.
 
-softmax(score(Q, K) · scale + bias, masked) · V, computed in fp32. It is the oracle of the test suite and the
+softmax(score_mod(score(Q, K) · scale + bias), masked) · V, computed in fp32. It is the oracle of the test suite and the
 source of weights for visualisation; memory is O(q_len × k_len).
 """
 
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.attention.call import AttentionCall, repeat_kv
+from qkv.attention.mods import evaluate_score
 from qkv.attention.softmax import compute_dtype, safe_softmax
 
 __all__ = ["reference_attention", "reference_scores", "reference_weights"]
@@ -22,6 +23,8 @@ def _unmasked_scores(call: AttentionCall) -> Tensor:
     scores = call.score(q, k) * call.scale
     if call.bias is not None:
         scores = scores + call.bias.to(dtype)
+    if call.score_mod is not None:
+        scores = evaluate_score(call.score_mod, scores, call.grid())
     return scores
 
 

@@ -1,0 +1,123 @@
+"""``block_mask``: a mask function classified tile by tile, once, so attention can skip what nobody sees.
+
+The score matrix is cut into ``block_q × block_k`` tiles. Each tile is **empty** (no query may attend any key of it:
+skipped), **full** (every pair allowed: no mask to evaluate) or **partial** (the mask function is evaluated on the
+tile). The classification is made once per shape, without the dense ``q_len × k_len`` mask (one row of tiles at a
+time), and a :class:`BlockMask` can serve every layer and every training step that share the shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from qkv.attention.mods import MaskMod, evaluate_mask, index_grid
+from qkv.errors import ConfigError, MaskError
+
+__all__ = ["BlockMask", "block_mask", "EMPTY", "PARTIAL", "FULL", "DEFAULT_BLOCK"]
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+DEFAULT_BLOCK = 128
+
+
+@dataclass(frozen=True, eq=False)  # (compared and hashed by identity: one mask, many calls)
+class BlockMask:
+    """A mask function and its tile classes ``(batch | 1, heads | 1, q_blocks, k_blocks)`` (EMPTY/PARTIAL/FULL).
+
+    Pass it to :func:`qkv.attend` as ``mask_mod=``. Size-1 batch or head dims mean the function ignores that index.
+    """
+
+    mask_mod: MaskMod
+    batch: int
+    heads: int
+    q_len: int
+    k_len: int
+    block_q: int
+    block_k: int
+    classes: Tensor  # int8 (batch | 1, heads | 1, q_blocks, k_blocks)
+
+    @property
+    def tile_classes(self) -> Tensor:
+        """One class per tile for a whole batched call ``(q_blocks, k_blocks)``: empty only if empty for every row
+        and head, full only if full for all of them."""
+        flat = self.classes.flatten(0, 1)
+        empty = (flat == EMPTY).all(dim=0)
+        full = (flat == FULL).all(dim=0)
+        return torch.where(empty, EMPTY, torch.where(full, FULL, PARTIAL)).to(torch.int8)
+
+    def density(self) -> float:
+        """The fraction of tiles that are not empty (what attention computes, against 1.0 for dense)."""
+        return float((self.classes != EMPTY).float().mean())
+
+    def dense(self, device: torch.device | str | None = None) -> Tensor:
+        """The whole bool mask ``(batch | 1, heads | 1, q_len, k_len)`` (for tests and pictures; O(N²))."""
+        grid = index_grid(self.batch, self.heads, self.q_len, self.k_len, device or self.classes.device)
+        allowed = evaluate_mask(self.mask_mod, grid)
+        return allowed.expand(self.classes.shape[0], self.classes.shape[1], self.q_len, self.k_len)
+
+    def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
+        """Raise :class:`MaskError` unless this mask was made for a ``(batch, heads, q_len, k_len)`` attention."""
+        b, h = self.classes.shape[:2]
+        if (q_len, k_len) != (self.q_len, self.k_len) or b not in (1, batch) or h not in (1, heads):
+            raise MaskError(
+                f"this block mask was made for (batch, heads, q_len, k_len) = ({self.batch}, {self.heads}, "
+                f"{self.q_len}, {self.k_len}), the attention is ({batch}, {heads}, {q_len}, {k_len}); make one per "
+                "shape with qkv.attention.block_mask"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockMask({getattr(self.mask_mod, '__name__', 'mask_mod')}, batch={self.batch}, heads={self.heads}, "
+            f"q_len={self.q_len}, k_len={self.k_len}, block={self.block_q}x{self.block_k}, "
+            f"density={self.density():.3f})"
+        )
+
+
+def block_mask(
+    mask_mod: MaskMod | Callable[..., Tensor],
+    batch: int,
+    heads: int,
+    q_len: int,
+    k_len: int,
+    block: int | tuple[int, int] = DEFAULT_BLOCK,
+    device: torch.device | str | None = None,
+) -> BlockMask:
+    """Classify the tiles of ``mask_mod`` for a ``(batch, heads, q_len, k_len)`` attention.
+
+    Args:
+        mask_mod: ``(b, h, q_idx, kv_idx) -> bool``, see :mod:`qkv.attention.mods`.
+        block: tile size, or ``(block_q, block_k)``.
+        device: where the function is evaluated (the attention's device).
+
+    Memory: one row of tiles at a time, ``block_q × k_len`` per (batch, head) the function depends on.
+    """
+    block_q, block_k = (block, block) if isinstance(block, int) else block
+    if min(batch, heads, q_len, k_len) < 1:
+        raise ConfigError(f"block_mask needs batch, heads, q_len, k_len >= 1, got {batch}, {heads}, {q_len}, {k_len}")
+    if block_q < 1 or block_k < 1:
+        raise ConfigError(f"block sizes must be >= 1, got {block!r}")
+    if not callable(mask_mod):
+        raise ConfigError(f"mask_mod must be a function (b, h, q_idx, kv_idx) -> bool, got {type(mask_mod).__name__}")
+    n_q, n_k = -(-q_len // block_q), -(-k_len // block_k)
+    rows = []
+    for q0 in range(0, q_len, block_q):
+        q1 = min(q0 + block_q, q_len)
+        grid = index_grid(batch, heads, q_len, k_len, device, rows=(q0, q1))
+        allowed = evaluate_mask(mask_mod, grid)  # (B|1, H|1, tq | 1, k_len | 1)
+        allowed = allowed.expand(*allowed.shape[:2], q1 - q0, k_len)
+        pad = n_k * block_k - k_len  # the last key block may be short: pad with "allowed" for all, "not" for any
+        tiles_any = torch.nn.functional.pad(allowed, (0, pad), value=False)
+        tiles_all = torch.nn.functional.pad(allowed, (0, pad), value=True)
+        shape = (*allowed.shape[:2], q1 - q0, n_k, block_k)
+        any_ = tiles_any.reshape(shape).any(dim=-1).any(dim=2)
+        all_ = tiles_all.reshape(shape).all(dim=-1).all(dim=2)
+        rows.append(torch.where(all_, FULL, torch.where(any_, PARTIAL, EMPTY)).to(torch.int8))
+    # rows may differ in their size-1 dims (a function that reads b only on some rows is still read as a whole)
+    b = max(r.shape[0] for r in rows)
+    h = max(r.shape[1] for r in rows)
+    classes = torch.stack([r.expand(b, h, n_k) for r in rows], dim=2)
+    assert classes.shape[2] == n_q
+    return BlockMask(mask_mod, batch, heads, q_len, k_len, block_q, block_k, classes)
