@@ -42,6 +42,7 @@ __all__ = [
     "evaluate_score",
     "index_grid",
     "is_additive",
+    "is_relative",
     "additive_bias",
     "or_masks",
     "prefix_lm",
@@ -129,6 +130,13 @@ def is_additive(score_mod: object) -> bool:
     """True for score functions that only add a term of the indices (``score + f(b, h, q, kv)``): those declare
     ``qkv_additive = True`` and may be turned into a dense bias where that is small (the fused backend)."""
     return bool(getattr(score_mod, "qkv_additive", False))
+
+
+def is_relative(score_mod: object) -> bool:
+    """True for additive score functions whose term depends on ``q_idx`` and ``kv_idx`` only through
+    ``kv_idx - q_idx`` (ALiBi, T5; they declare ``qkv_relative = True``): a tile's term is then shared by every tile
+    at the same distance from the diagonal."""
+    return is_additive(score_mod) and bool(getattr(score_mod, "qkv_relative", False))
 
 
 def additive_bias(score_mod: ScoreMod, grid: IndexGrid, dtype: torch.dtype) -> Tensor:
@@ -262,6 +270,7 @@ def alibi(num_heads: int) -> ScoreMod:
         return score - slope * (q_idx - kv_idx).abs().to(score.dtype)
 
     alibi_score.qkv_additive = True  # type: ignore[attr-defined]  # score + f(indices): may become a dense bias
+    alibi_score.qkv_relative = True  # type: ignore[attr-defined]  # f depends on kv_idx - q_idx only
     return alibi_score
 
 
@@ -284,6 +293,7 @@ class T5RelativeBias(nn.Module):
     """
 
     qkv_additive = True
+    qkv_relative = True
 
     def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
         super().__init__()

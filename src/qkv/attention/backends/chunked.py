@@ -18,7 +18,8 @@ Grouped-query attention is handled by viewing queries as ``(batch, kv_heads, gro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -26,7 +27,17 @@ from torch import Tensor
 from qkv.attention.block_masks import EMPTY, FULL, BlockMask, block_mask
 from qkv.attention.call import AttentionCall
 from qkv.attention.masks import Span
-from qkv.attention.mods import IndexGrid, MaskMod, ScoreMod, captured_tensors, evaluate_mask, evaluate_score
+from qkv.attention.mods import (
+    IndexGrid,
+    MaskMod,
+    ScoreMod,
+    captured_tensors,
+    evaluate_mask,
+    additive_bias,
+    evaluate_score,
+    is_additive,
+    is_relative,
+)
 from qkv.attention.scores import ScoreFunction
 from qkv.attention.softmax import compute_dtype
 
@@ -38,6 +49,7 @@ DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 256
 WINDOW_BLOCK_K = 128
 _NEG_INF = float("-inf")
+_LOG2E = math.log2(math.e)
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,7 @@ class _Plan:
     score_mod: ScoreMod | None = None
     grid: IndexGrid | None = None  # all query and key indices (tiles slice it) when a function needs them
     num_score_params: int = 0  # the first params belong to ``score``, the rest to ``score_mod``
+    relative_terms: dict = field(default_factory=dict)  # see _relative_term
 
     def tile_grid(self, tile: Tile) -> IndexGrid:
         assert self.grid is not None
@@ -176,10 +189,26 @@ def _biased_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None) -> 
     in place unless ``s`` records gradients)."""
     if bias5 is not None:
         s = s.add_(_slice(bias5, tile)) if not s.requires_grad else s + _slice(bias5, tile)
-    if plan.score_mod is not None:
-        b, kvh, g, tq, tk = s.shape  # score functions see (batch, heads, tq, tk)
-        s = evaluate_score(plan.score_mod, s.reshape(b, kvh * g, tq, tk), plan.tile_grid(tile)).reshape(s.shape)
-    return s
+    if plan.score_mod is None:
+        return s
+    if is_relative(plan.score_mod) and not s.requires_grad:
+        return s.add_(_relative_term(plan, tile, s.dtype))
+    b, kvh, g, tq, tk = s.shape  # score functions see (batch, heads, tq, tk)
+    return evaluate_score(plan.score_mod, s.reshape(b, kvh * g, tq, tk), plan.tile_grid(tile)).reshape(s.shape)
+
+
+def _relative_term(plan: _Plan, tile: Tile, dtype: torch.dtype) -> Tensor:
+    """The term a relative additive score function (ALiBi, T5) adds to a tile, 5-D. It depends only on the tile's
+    distance from the diagonal and its size, so it is made once per distance and shared by forward and backward."""
+    key = (tile.k0 - tile.q0, tile.q1 - tile.q0, tile.k1 - tile.k0, dtype)
+    term = plan.relative_terms.get(key)
+    if term is None:
+        assert plan.score_mod is not None
+        with torch.no_grad():
+            term = additive_bias(plan.score_mod, plan.tile_grid(tile), dtype)
+        term = _split_heads(term, plan.kv_heads, plan.group)
+        plan.relative_terms[key] = term
+    return term
 
 
 def _apply_masks(plan: _Plan, s: Tensor, tile: Tile, mask5: Tensor | None) -> Tensor:
@@ -201,6 +230,14 @@ def _finish_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None, mas
     """Add the bias, apply the score function and the masks of one tile to its raw scores (``s`` must be a fresh
     tensor; it may be reused)."""
     return _apply_masks(plan, _biased_scores(plan, s, tile, bias5), tile, mask5)
+
+
+def _exp_(t: Tensor) -> Tensor:
+    """``exp`` in place, as ``2^(t · log2 e)``: PyTorch's CPU ``exp`` leaves its fast vector path for inputs below
+    about -87 (-inf included) and runs 3-30x slower on them, which tiles far from the diagonal under ALiBi or any
+    large bias are full of; ``exp2`` stays fast everywhere (FlashAttention computes in base 2 too). The extra
+    rounding is one multiplication's: below fp32's tolerance for the weights that count."""
+    return t.mul_(_LOG2E).exp2_()
 
 
 def _dropout_keep(plan: _Plan, index: int, shape: torch.Size, device: torch.device) -> Tensor:
@@ -230,7 +267,7 @@ class _ChunkedAttention(torch.autograd.Function):
             m_old = row_max[..., rows]
             m_new = torch.maximum(m_old, s.amax(dim=-1))
             m_safe = m_new.masked_fill(torch.isneginf(m_new), 0.0)
-            p = s.sub_(m_safe.unsqueeze(-1)).exp_()  # in place: the tile's scores become its probabilities
+            p = _exp_(s.sub_(m_safe.unsqueeze(-1)))  # in place: the tile's scores become its probabilities
             rescale = (m_old - m_safe).exp_()  # exp(-inf) = 0 wipes an empty accumulator
             row_sum[..., rows].mul_(rescale).add_(p.sum(dim=-1))
             if plan.dropout > 0:
@@ -264,6 +301,8 @@ class _ChunkedAttention(torch.autograd.Function):
         dbias = torch.zeros_like(bias5) if want_bias else None
         dparams = [torch.zeros_like(p) if w else None for p, w in zip(params, want_params)]
         keep_scale = 1.0 / (1.0 - plan.dropout) if plan.dropout > 0 else 1.0
+        # a score function needs autograd unless it only adds a term and none of its tensors wants a gradient
+        through_mod = plan.score_mod is not None and not (is_additive(plan.score_mod) and not any(want_params[n_score:]))
         for index, tile in enumerate(plan.tiles):
             rows, cols = slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
             qt, kt, vt, dot = q5[..., rows, :], k5[..., cols, :], v5[..., cols, :], grad_out[..., rows, :]
@@ -277,12 +316,14 @@ class _ChunkedAttention(torch.autograd.Function):
                 s = _score_tile(plan, qt, kt, tile.k0)
             if bias5 is not None:
                 s += _slice(bias5, tile)
-            if plan.score_mod is not None:  # re-run the score function with autograd for this tile only
+            if through_mod:  # re-run the score function with autograd for this tile only
                 before = s.requires_grad_()
                 with torch.enable_grad():
                     after = _biased_scores(plan, before, tile, None)
                 s = after.detach().clone()
-            p = _apply_masks(plan, s, tile, mask5).sub_(lse[..., rows].unsqueeze(-1)).exp_()
+            elif plan.score_mod is not None:  # an additive term with no gradient wanted: dS passes through it
+                s = _biased_scores(plan, s, tile, None)
+            p = _exp_(_apply_masks(plan, s, tile, mask5).sub_(lse[..., rows].unsqueeze(-1)))
             dp = dot @ vt.transpose(-2, -1)
             if plan.dropout > 0:
                 keep = _dropout_keep(plan, index, p.shape, p.device) * keep_scale
@@ -292,7 +333,7 @@ class _ChunkedAttention(torch.autograd.Function):
             if want_v:
                 dv[..., cols, :] += _sum_group(p_applied.transpose(-2, -1) @ dot)
             ds = dp.sub_(delta[..., rows].unsqueeze(-1)).mul_(p)  # dS = P ∘ (dP - rowsum(dO ∘ O))
-            if plan.score_mod is not None:  # through the score function: dS of its input, and its tensors' grads
+            if through_mod:  # through the score function: dS of its input, and its tensors' grads
                 wanted = [i for i in range(n_score, len(params)) if want_params[i]]
                 grads = torch.autograd.grad(after, [before] + [params[i] for i in wanted], ds, allow_unused=True)
                 ds = grads[0]
@@ -399,7 +440,7 @@ def chunked_weights(call: AttentionCall, block_q: int = DEFAULT_BLOCK_Q, block_k
             rows = slice(tile.q0, tile.q1)
             s = _score_tile(plan, q5[..., rows, :], k5[..., tile.k0 : tile.k1, :], tile.k0)
             s = _finish_scores(plan, s, tile, bias5, mask5)
-            weights[..., rows, tile.k0 : tile.k1] = torch.exp(s - lse[..., rows].unsqueeze(-1))
+            weights[..., rows, tile.k0 : tile.k1] = _exp_(s.sub_(lse[..., rows].unsqueeze(-1)))
         return weights.reshape(call.batch, call.heads, call.q_len, call.k_len)
 
 
