@@ -29,7 +29,16 @@ def test_bench_attention_prints_and_writes_a_table(tmp_path, capsys):
     )
     assert code == 0
     table = out.read_text()
-    for experiment in ("P1 auto vs SDPA", "P2 chunked vs naive", "P2 chunked vs SDPA", "P3 window vs SDPA+mask"):
+    for experiment in (
+        "P1 auto vs SDPA",
+        "P2 chunked vs naive",
+        "P2 chunked vs SDPA",
+        "P3 window vs SDPA+mask",
+        "Document mask vs SDPA+mask",
+        "ALiBi function vs dense bias",
+        "ALiBi function vs SDPA without bias",
+        "Document mask vs compiled FlexAttention",
+    ):
         assert experiment in table
     assert table in capsys.readouterr().out
 

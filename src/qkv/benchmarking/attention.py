@@ -4,12 +4,16 @@
 * P2: the chunked backend vs naive materialised attention: peak memory ratio (fresh process per figure), and the
   chunked backend's time vs SDPA.
 * P3: a causal sliding window (window=256) at N=16384: qkv vs SDPA given the equivalent dense bool mask.
+* Programmable attention (issue 15): a document mask (16 documents, N=16384) as a function with its block mask vs
+  SDPA with the dense mask; ALiBi as a score function vs the dense-bias path (peak memory) and vs SDPA without bias
+  (time); the document mask's forward against compiled FlexAttention.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,17 +38,23 @@ class AttentionBenchConfig:
     window: int = 256
     repeats: int = 5
     device: str = "cpu"
+    mods_size: int = 16384  # programmable attention: document mask and ALiBi
+    documents: int = 16
+    flex_size: int = 4096
 
     @classmethod
     def quick(cls) -> AttentionBenchConfig:
         """Small sizes that finish in well under a minute on 2 cores (for smoke runs and CI)."""
-        return cls(p1_sizes=(256, 512), p2_sizes=(512, 1024), p3_size=2048, window=64, repeats=3)
+        return cls(
+            p1_sizes=(256, 512), p2_sizes=(512, 1024), p3_size=2048, window=64, repeats=3, mods_size=2048,
+            flex_size=512,
+        )  # fmt: skip
 
 
-def _inputs(n: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v ``(1, HEADS, n, HEAD_DIM)`` requiring grad (drawn on the CPU, the same numbers on every device)."""
+def _inputs(n: int, device: str = "cpu", heads: int = HEADS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v ``(1, heads, n, HEAD_DIM)`` requiring grad (drawn on the CPU, the same numbers on every device)."""
     g = torch.Generator().manual_seed(n)
-    q, k, v = (torch.randn(1, HEADS, n, HEAD_DIM, generator=g).to(device).requires_grad_() for _ in range(3))
+    q, k, v = (torch.randn(1, heads, n, HEAD_DIM, generator=g).to(device).requires_grad_() for _ in range(3))
     return q, k, v
 
 
@@ -64,8 +74,10 @@ def _fwd_bwd(fn: Attention, inputs: Sequence[torch.Tensor]) -> Callable[[], None
     return run
 
 
-def _time_fwd_bwd(n: int, ours: Attention, reference: Attention, repeats: int, device: str) -> tuple[float, float]:
-    inputs = _inputs(n, device)
+def _time_fwd_bwd(
+    n: int, ours: Attention, reference: Attention, repeats: int, device: str, heads: int = HEADS
+) -> tuple[float, float]:
+    inputs = _inputs(n, device, heads)
     return time_pair(_fwd_bwd(ours, inputs), _fwd_bwd(reference, inputs), repeats, _sync(device))
 
 
@@ -94,11 +106,32 @@ def _banded_dense_mask(n: int, window: int) -> torch.Tensor:
     return (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - window)
 
 
+ALIBI_HEADS = 4  # the dense ALiBi bias is heads x N² floats: 4 GiB at N=16384 with 4 heads
+
+
+def _alibi_function(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return qkv.attend(q, k, v, causal=True, score_mod=qkv.attention.mods.alibi(q.shape[1]))[0]
+
+
+def _alibi_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """ALiBi as models without score functions apply it: a dense (1, heads, N, N) bias with -inf above the diagonal."""
+    n = q.shape[-2]
+    bias = qkv.attention.alibi_bias(q.shape[1], n, n, device=q.device)
+    bias = bias.masked_fill(~qkv.attention.causal_mask(n, device=q.device), float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
 def probe(kind: str, n: int, device: str = "cpu") -> int:
     """Peak bytes of one causal forward+backward of ``kind`` at length ``n``: the process's resident memory on the
     CPU (run in a fresh process), the allocator's peak on a GPU."""
-    inputs = _inputs(n, device)
-    fns = {"chunked": _chunked_causal, "naive": naive_attention}
+    alibi = kind.startswith("alibi")
+    inputs = _inputs(n, device, ALIBI_HEADS if alibi else HEADS)
+    fns = {
+        "chunked": _chunked_causal,
+        "naive": naive_attention,
+        "alibi-function": _alibi_function,
+        "alibi-dense": _alibi_dense,
+    }
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -113,14 +146,14 @@ def probe(kind: str, n: int, device: str = "cpu") -> int:
 
 def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bool = True) -> Report:
     """Run P1-P3 and return the report (the caller prints and writes it)."""
-    report = Report("Attention core benchmarks (P1-P3)", command, device=config.device)
+    report = Report("Attention core benchmarks (P1-P3, programmable attention)", command, device=config.device)
     device = config.device
     published = config == AttentionBenchConfig(device=config.device)
 
     def target(text: str) -> str:
         return text if published else ""  # the issue's targets are stated for the published sizes only
 
-    steps = len(config.p1_sizes) + 2 * len(config.p2_sizes) + 1
+    steps = len(config.p1_sizes) + 2 * len(config.p2_sizes) + 5
     bar = tqdm(total=steps, desc="qkv bench attention", disable=not progress, unit="case")
 
     for n in config.p1_sizes:
@@ -178,12 +211,92 @@ def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bo
         )
     )
     bar.update()
+    _programmable_rows(report, config, target, bar)
     bar.close()
     report.notes.append(
         "P3's ratio is the speed-up (reference time / ours), so the target reads '>= 10'. All timings are medians of "
         f"{config.repeats} alternating runs; B=1, H={HEADS}, d={HEAD_DIM}, fp32, causal, forward+backward."
     )
     return report
+
+
+def _programmable_rows(report: Report, config: AttentionBenchConfig, target: Callable[[str], str], bar: tqdm) -> None:
+    """Issue 15: a document mask and ALiBi as functions, against SDPA with the dense tensors; FlexAttention."""
+    device, n = config.device, config.mods_size
+    repeats = max(1, config.repeats // 2)
+    bar.set_postfix_str(f"document mask N={n}")
+    documents = torch.arange(n, device=device) // (n // config.documents)
+    start = time.perf_counter()
+    blocks = qkv.attention.block_mask(qkv.attention.mods.document(documents), 1, HEADS, n, n, device=device)
+    made_in = time.perf_counter() - start
+    dense = blocks.dense()
+    ours, ref = _time_fwd_bwd(
+        n,
+        lambda q, k, v: qkv.attend(q, k, v, mask_mod=blocks)[0],
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
+        repeats,
+        device,
+    )
+    setting = f"N={n}, {config.documents} documents (causal)"
+    report.rows.append(
+        Row("Document mask vs SDPA+mask", setting, "fwd+bwd speed-up", ours, ref, "SDPA", target(">= 8"), speedup=True)
+    )
+    report.notes.append(
+        f"Document mask: the block mask ({blocks.density():.1%} of the tiles kept) was made once in "
+        f"{made_in * 1e3:.0f} ms, outside the timings (as it serves every layer and step); SDPA gets the dense bool mask."
+    )
+    del dense
+    bar.update()
+
+    bar.set_postfix_str(f"ALiBi memory N={n}")
+    if torch.device(device).type == "cuda":
+        ours, ref = probe("alibi-function", n, device), probe("alibi-dense", n, device)
+    else:
+        ours = peak_memory_of(__name__, "--probe", "alibi-function", str(n))
+        ref = peak_memory_of(__name__, "--probe", "alibi-dense", str(n))
+    setting = f"N={n}, {ALIBI_HEADS} heads, causal"
+    report.rows.append(Row("ALiBi function vs dense bias", setting, "peak memory", ours, ref, "SDPA + dense bias",
+                           target("<= 1/20"), "MiB"))  # fmt: skip
+    bar.update()
+    bar.set_postfix_str(f"ALiBi time N={n}")
+    ours, ref = _time_fwd_bwd(n, _alibi_function, _sdpa_causal, repeats, device, ALIBI_HEADS)
+    report.rows.append(Row("ALiBi function vs SDPA without bias", setting, "fwd+bwd time", ours, ref, "SDPA (no bias)",
+                           target("<= 1.5")))  # fmt: skip
+    bar.update()
+    _flex_row(report, config, target)
+    bar.update()
+
+
+def _flex_row(report: Report, config: AttentionBenchConfig, target: Callable[[str], str]) -> None:
+    """Forward only (FlexAttention has no CPU backward): qkv's document mask against compiled FlexAttention."""
+    from qkv.attention.backends.flex import _flex
+
+    if _flex() is None:  # pragma: no cover - torch < 2.5
+        report.notes.append(f"FlexAttention: not in torch {torch.__version__}; no row.")
+        return
+    flex_attention, create_block_mask = _flex()
+    n, device = config.flex_size, config.device
+    documents = torch.arange(n, device=device) // (n // config.documents)
+    mask_mod = qkv.attention.mods.document(documents)
+    ours_mask = qkv.attention.block_mask(mask_mod, 1, HEADS, n, n, device=device)
+    flex_mask = create_block_mask(mask_mod, None, None, n, n, device=device)
+    q, k, v = (t.detach() for t in _inputs(n, device))
+    with torch.no_grad():
+        ours, ref = time_pair(
+            lambda: qkv.attend(q, k, v, mask_mod=ours_mask, backend="chunked"),
+            lambda: flex_attention(q, k, v, block_mask=flex_mask),
+            config.repeats,
+            _sync(device),
+        )
+        same = torch.allclose(qkv.attend(q, k, v, mask_mod=ours_mask)[0], flex_attention(q, k, v, block_mask=flex_mask),
+                              rtol=1e-4, atol=1e-5)  # fmt: skip
+    setting = f"N={n}, {config.documents} documents, forward only"
+    report.rows.append(Row("Document mask vs compiled FlexAttention", setting, "fwd time", ours, ref, "flex_attention",
+                           target("<= 1.5")))  # fmt: skip
+    report.notes.append(
+        f"FlexAttention (torch.compile'd, compile time excluded) agrees with qkv: {same}. With gradients on a CPU it "
+        "raises (no backward pass, pytorch#148752); qkv's chunked backend has one (the rows above)."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

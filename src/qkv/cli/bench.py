@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
             if value < 1:
                 raise ConfigError(f"--{field.replace('p3_size', 'long')} must be >= 1, got {value}")
             setattr(config, field, value)
+    if args.long is not None:  # the programmable-attention rows run at the long length too
+        config.mods_size = config.flex_size = args.long
     command = (
         "qkv bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         if sys.argv[1:2] == ["bench"]
