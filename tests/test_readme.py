@@ -119,3 +119,20 @@ def test_every_readme_command_works_exactly_as_written(sandbox):
             run_in(ROOT, SETUP.rstrip(" &"), timeout=900)
             command = command[len(SETUP) :]
         run_in(sandbox, command, timeout=1800)
+
+
+def test_the_readmes_attention_examples_run_as_written():
+    """The ```python blocks of the attention sections (the first two, which build on each other) run in order and
+    their functions give the dense computation's numbers."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    namespace: dict = {}
+    for block in blocks[:2]:
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    import torch
+
+    q, k, v, out = namespace["q"], namespace["k"], namespace["v"], namespace["out"]
+    dense = namespace["blocks"].dense()
+    scores = q @ k.repeat_interleave(4, 1).transpose(-2, -1) / 8
+    scores = (30.0 * torch.tanh(scores / 30.0)).masked_fill(~dense, float("-inf"))
+    want = torch.softmax(scores, -1) @ v.repeat_interleave(4, 1)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import qkv
+from qkv.models.gpt import POSITIONS
 from qkv.errors import ShapeError
 
 LENGTHS = (5, 1, 12, 8)
@@ -25,7 +26,7 @@ def prompts() -> list[torch.Tensor]:
     return [torch.randint(1, 30, (n,), generator=g) for n in LENGTHS]
 
 
-@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary", "alibi"])
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_a_batch_of_prompts_gives_each_prompt_its_own_tokens(positions, use_cache):
     model = model_with(positions)

@@ -7,6 +7,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import qkv
+from qkv.models.gpt import POSITIONS
 from qkv.decoding.stepper import compiled_for_decoding
 from qkv.devices import cxx_compiler
 from qkv.errors import ConfigError
@@ -19,7 +20,7 @@ def tiny_gpt(positions: str) -> qkv.models.GPT:
     return qkv.models.GPT(config).eval()
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary", "alibi", "sinusoidal"])
+@pytest.mark.parametrize("positions", POSITIONS)
 def test_a_decoding_step_is_one_graph_without_breaks(positions):
     model = tiny_gpt(positions)
     cache = model.new_cache(2)

@@ -9,6 +9,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import qkv
+from qkv.models.gpt import POSITIONS
 from qkv.attention import MultiHeadAttention
 
 READS = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist"}
@@ -31,7 +32,7 @@ def reads(fn) -> int:  # noqa: ANN001
     return counter.count
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary", "alibi", "sinusoidal"])
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("strategy", ["greedy", "sample"])
 def test_decoding_reads_back_a_constant_number_of_values_whatever_the_length(positions, strategy):
     torch.manual_seed(0)

@@ -73,10 +73,12 @@ def test_learning_rate_schedule_by_hand():
     assert lr_at(110, c) == pytest.approx(0.1)
 
 
-def test_resume_after_interruption_gives_the_same_losses(tmp_path):
-    straight = make_trainer(tmp_path / "a")
+@pytest.mark.parametrize("pack", [False, True], ids=["windows", "packed documents"])
+def test_resume_after_interruption_gives_the_same_losses(tmp_path, pack):
+    overrides = ["data.pack=true"] if pack else []
+    straight = make_trainer(tmp_path / "a", overrides)
     straight.fit()
-    interrupted = make_trainer(tmp_path / "b")
+    interrupted = make_trainer(tmp_path / "b", overrides)
     real_step = interrupted._train_step
 
     def stop_after_seven() -> float:
@@ -87,7 +89,7 @@ def test_resume_after_interruption_gives_the_same_losses(tmp_path):
     interrupted._train_step = stop_after_seven  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt, match="checkpoint saved"):
         interrupted.fit()
-    resumed = make_trainer(tmp_path / "b")
+    resumed = make_trainer(tmp_path / "b", overrides)
     assert resumed.resume() == 7
     resumed.fit()
     losses = [r["loss"] for r in straight.history]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import qkv
+from qkv.models.gpt import POSITIONS
 from qkv.errors import ConfigError
 from qkv.models import GPT, BertConfig, BertEncoder, GPTConfig
 from tests.conftest import FP32_TIGHT
@@ -18,7 +19,7 @@ def gpt(backend: str = "fused", **kw) -> GPT:
     return GPT(GPTConfig(**config)).eval()
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary", "alibi"])
+@pytest.mark.parametrize("positions", POSITIONS)
 def test_captured_weights_equal_the_reference_backend(positions):
     fused, reference = gpt("fused", positions=positions), gpt("reference", positions=positions)
     x = torch.randint(0, 40, (2, 20))
@@ -104,7 +105,7 @@ def test_beam_search_capture_follows_the_chosen_beam(eos):
         torch.testing.assert_close(got, full.float(), **FP32_TIGHT)
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary", "alibi"])
+@pytest.mark.parametrize("positions", POSITIONS)
 def test_captured_scores_are_the_softmax_input_of_the_weights(positions):
     """cap.scores(layer) is what the softmax received: -inf exactly above the causal diagonal (and for keys a cached
     row could not see yet), and its softmax, computed here by torch, is the captured weights."""

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from qkv.errors import ConfigError
 
-__all__ = ["CORPUS_PATH", "LMData", "load_corpus", "read_text_file"]
+__all__ = ["CORPUS_PATH", "LMData", "PackedLMData", "load_corpus", "read_text_file", "split_documents"]
 
 CORPUS_PATH = Path(__file__).parent / "shakespeare" / "plays.txt"
 
@@ -73,3 +73,57 @@ class LMData:
         x = data[starts[:, None] + offsets]
         y = data[starts[:, None] + offsets + 1]
         return x, y
+
+
+def split_documents(text: str, separator: str = "\n\n") -> list[str]:
+    """The documents of ``text``: the pieces between ``separator`` (blank lines by default), each keeping the
+    separator at its end so a model learns where a document ends; empty pieces are dropped."""
+    return [piece + separator for piece in text.split(separator) if piece.strip()]
+
+
+class PackedLMData:
+    """Documents packed into rows of ``context`` tokens, with the document of each token.
+
+    Each row is filled with windows of randomly drawn documents (a whole document when it fits, else a random
+    window of it), back to back; ``(x, y, document_ids)``: inputs, next-token targets within the same document,
+    and the document index of each token in its row (0, 0, ..., 1, 1, ...). With a document mask no token sees
+    another document, so no position trains on context that is not its own. Documents are split into train and
+    validation in order (the last ``val_fraction`` of them validate).
+    """
+
+    def __init__(self, documents: list[Tensor], context: int, val_fraction: float = 0.1) -> None:
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        usable = [d for d in documents if len(d) >= 2]  # one token predicts nothing
+        split = int(len(usable) * (1 - val_fraction))
+        self.train, self.val = usable[:split], usable[split:]
+        self.context = context
+        for name, part in (("training", self.train), ("validation", self.val)):
+            if not part:
+                raise ConfigError(
+                    f"the {name} split has no document of 2 tokens or more ({len(usable)} in all); packing needs "
+                    "text with several documents separated by blank lines"
+                )
+
+    def batch(
+        self, split: str, batch_size: int, seed: int, step: int, rows: slice | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, y, document_ids)``, each ``(batch, context)``, of step ``step`` (optionally only ``rows``)."""
+        docs = self.train if split == "train" else self.val
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step * 2 + (split != "train"))
+        x = torch.empty(batch_size, self.context, dtype=torch.long)
+        y = torch.empty_like(x)
+        ids = torch.empty_like(x)
+        for row in range(batch_size):  # every row is drawn, so a rank's slice is the same rows of the same batch
+            filled, number = 0, 0
+            while filled < self.context:
+                doc = docs[int(torch.randint(len(docs), (1,), generator=g))]
+                take = min(len(doc) - 1, self.context - filled)
+                start = int(torch.randint(len(doc) - take, (1,), generator=g))
+                x[row, filled : filled + take] = doc[start : start + take]
+                y[row, filled : filled + take] = doc[start + 1 : start + take + 1]
+                ids[row, filled : filled + take] = number
+                filled, number = filled + take, number + 1
+        if rows is not None:
+            x, y, ids = x[rows], y[rows], ids[rows]
+        return x, y, ids

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention.frozen import derived, frozen_linear, reusing
+from qkv.attention.block_masks import BlockMask
 from qkv.attention.kv_cache import KVCache
+from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import RotaryEmbedding
 from qkv.errors import ConfigError
@@ -143,6 +145,8 @@ class PreNormBlock(nn.Module):
         positions: Tensor | None = None,
         rotary_angles: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
+        mask_mod: MaskMod | BlockMask | None = None,
+        score_mod: ScoreMod | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         attended, weights = self.attn(
             self.norm1(x),
@@ -155,6 +159,8 @@ class PreNormBlock(nn.Module):
             positions=positions,
             rotary_angles=rotary_angles,
             return_weights=return_weights,
+            mask_mod=mask_mod,
+            score_mod=score_mod,
         )
         x = x + self.resid_dropout(attended)
         return x + self.ffn(self.norm2(x)), weights

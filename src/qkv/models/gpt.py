@@ -22,8 +22,9 @@ from qkv.attention.positional import (
     RopeScaling,
     RotaryEmbedding,
     SinusoidalPositions,
-    alibi_bias,
 )
+from qkv.attention.block_masks import BlockMask, block_mask
+from qkv.attention.mods import ScoreMod, T5RelativeBias, alibi, document
 from qkv.errors import ConfigError, ShapeError, describe_shape
 from qkv.models.blocks import FEED_FORWARDS, NORMS, PreNormBlock, dropout_layer, make_norm
 from qkv.models.config import ModelConfig
@@ -31,7 +32,7 @@ from qkv.models.output import ModelOutput
 
 __all__ = ["GPT", "GPTConfig"]
 
-POSITIONS = ("learned", "sinusoidal", "rotary", "alibi")
+POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "t5")
 
 
 @dataclass
@@ -44,7 +45,9 @@ class GPTConfig(ModelConfig):
     embed_dim: int = 128
     ffn_dim: int | None = None  # None = 4 * embed_dim
     dropout: float = 0.0
-    positions: str = "learned"  # learned | sinusoidal | rotary | alibi
+    positions: str = "learned"  # learned | sinusoidal | rotary | alibi | t5 (a learned relative bias, shared)
+    t5_num_buckets: int = 32  # positions = "t5": distance buckets of the relative bias
+    t5_max_distance: int = 128  # positions = "t5": distances beyond this share the last bucket
     bias: bool = True
     activation: str = "gelu"  # gelu | gelu_tanh | relu
     norm_eps: float = 1e-5
@@ -117,6 +120,13 @@ class GPT(nn.Module):
         self.dropout = dropout_layer(c.dropout)
         # one rotary embedding, shared by every layer (it holds no weights, only the frequencies)
         self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, scaling=c.rope()) if c.positions == "rotary" else None
+        # ALiBi and T5's relative bias are score functions: no (heads, N, N) tensor, O(N) memory in the chunked backend
+        self.relative_bias = (
+            T5RelativeBias(c.num_heads, c.t5_num_buckets, c.t5_max_distance, bidirectional=False)
+            if c.positions == "t5"
+            else None
+        )
+        self._alibi = alibi(c.num_heads) if c.positions == "alibi" else None
         self.blocks = nn.ModuleList(
             PreNormBlock(
                 c.embed_dim,
@@ -180,6 +190,31 @@ class GPT(nn.Module):
             device=param.device,
         )
 
+    @property
+    def score_mod(self) -> ScoreMod | None:
+        """The score function every layer applies: ALiBi, T5's relative bias, or None."""
+        return self._alibi or self.relative_bias
+
+    def _documents(
+        self, document_ids: Tensor, input_ids: Tensor, cache: KVCache | None, left_padding: Tensor | None
+    ) -> tuple[Tensor, BlockMask]:
+        """Per-token positions within each document ``(batch, seq)`` and the document mask's tile classes (made
+        once here, used by every layer)."""
+        if cache is not None or left_padding is not None:
+            raise ConfigError("document_ids (packed training sequences) cannot be combined with a cache or left_padding")
+        if document_ids.shape != input_ids.shape or document_ids.dtype.is_floating_point:
+            raise ShapeError(
+                f"document_ids must be integer (batch, seq) = {tuple(input_ids.shape)} like input_ids, got "
+                f"{document_ids.dtype} {describe_shape(document_ids.shape)}"
+            )
+        batch, seq = input_ids.shape
+        index = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        starts = torch.ones_like(document_ids, dtype=torch.bool)
+        starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+        first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values  # each token's doc start
+        blocks = block_mask(document(document_ids), batch, self.config.num_heads, seq, seq, device=input_ids.device)
+        return index - first, blocks
+
     def forward(
         self,
         input_ids: Tensor,
@@ -188,6 +223,7 @@ class GPT(nn.Module):
         return_attention: bool = False,
         left_padding: Tensor | None = None,
         logits_to_keep: int | None = None,
+        document_ids: Tensor | None = None,
     ) -> ModelOutput:
         """Next-token logits for every position.
 
@@ -200,6 +236,9 @@ class GPT(nn.Module):
                 positions start at its first real token, so a row computes what it would alone.
             logits_to_keep: logits only for the last this many positions (decoding needs one: a prompt's other
                 positions would each cost a product with the whole output layer).
+            document_ids: ``(batch, seq)`` packed sequences (training with ``data.pack``): the document of each
+                token, non-decreasing along a row. A token attends only to earlier tokens of its own document and
+                its position counts from the document's first token, so each document is computed as if alone.
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ShapeError(
@@ -219,17 +258,18 @@ class GPT(nn.Module):
         x = self.token_embedding(input_ids)
         positions = torch.arange(start, start + seq, device=input_ids.device)  # (rotary and per-row positions)
         mask = None
+        mask_mod = None
+        if document_ids is not None:
+            positions, mask_mod = self._documents(document_ids, input_ids, cache, left_padding)
         if left_padding is not None:  # per row: positions count from the first real token; padded keys are hidden
             positions = (positions - left_padding.to(positions.device)[:, None]).clamp(min=0)  # (batch, seq)
             keys = torch.arange(start + seq, device=input_ids.device)
             mask = (keys >= left_padding.to(keys.device)[:, None])[:, None, None, :]  # (batch, 1, 1, keys)
         if self.position_embedding is not None:
             table = self.position_embedding
-            x = x + (table.span(start, seq) if left_padding is None else table(positions, trusted=True))
+            per_row = left_padding is not None or document_ids is not None
+            x = x + (table(positions, trusted=True) if per_row else table.span(start, seq))
         x = self.dropout(x)
-        bias = None
-        if self.config.positions == "alibi":  # (relative distances: padding shifts nothing)
-            bias = alibi_bias(self.config.num_heads, seq, start + seq, device=input_ids.device).to(x.dtype)
         angles = None
         if self.rotary is not None:  # once for every layer (the layers share one rotary embedding)
             angles = self.rotary.angles(positions, trusted=True)
@@ -237,8 +277,9 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x, weights = block(
                 x,
-                bias=bias,
                 mask=mask,
+                mask_mod=mask_mod,
+                score_mod=self.score_mod,  # (relative distances: padding shifts nothing)
                 cache=cache,
                 layer_idx=i,
                 rotary_angles=angles,

@@ -34,6 +34,7 @@ class DataConfig:
     tokenizer: str = "char"  # char | bpe
     bpe_vocab_size: int = 512
     val_fraction: float = 0.1
+    pack: bool = False  # documents (separated by blank lines) packed into rows, a document mask between them
 
 
 @dataclass

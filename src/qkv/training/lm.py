@@ -3,6 +3,7 @@ cross-entropy."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.data.text import LMData, load_corpus
+from qkv.data.text import LMData, PackedLMData, load_corpus, split_documents
+from qkv.errors import ConfigError
 from qkv.models.families import CAUSAL_LM, get_family
 from qkv.tokenizers import Tokenizer, train_tokenizer
 from qkv.training.config import RunConfig
@@ -20,7 +22,7 @@ __all__ = ["LMTask", "build_lm"]
 
 @dataclass
 class LMTask:
-    data: LMData
+    data: LMData | PackedLMData
     kind: str = "gpt"
 
     @property
@@ -30,9 +32,9 @@ class LMTask:
     def batch(self, split: str, batch_size: int, seed: int, step: int, rows: slice | None) -> tuple[Tensor, Tensor]:
         return self.data.batch(split, batch_size, seed, step, rows)
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        logits = model(x).logits
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        x, y, *documents = batch  # packed batches carry the document of each token
+        logits = model(x, document_ids=documents[0]).logits if documents else model(x).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
@@ -51,5 +53,12 @@ def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[nn.
     config.model.vocab_size = tokenizer.vocab_size
     torch.manual_seed(config.train.seed)  # the same initial weights on every process and every run
     model = get_family(config.kind, protocol=CAUSAL_LM).build(config.model)
-    task = LMTask(LMData(ids, config.model.max_seq_len, config.data.val_fraction), kind=config.kind)
+    if config.data.pack:
+        if "document_ids" not in inspect.signature(model.forward).parameters:
+            raise ConfigError(f"data.pack = true needs a model that takes document_ids; {config.kind} does not")
+        documents = [torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in split_documents(text)]
+        data: LMData | PackedLMData = PackedLMData(documents, config.model.max_seq_len, config.data.val_fraction)
+    else:
+        data = LMData(ids, config.model.max_seq_len, config.data.val_fraction)
+    task = LMTask(data, kind=config.kind)
     return model, task, tokenizer
