@@ -9,7 +9,7 @@ time), and a :class:`BlockMask` can serve every layer and every training step th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ class BlockMask:
     """A mask function and its tile classes ``(batch | 1, heads | 1, q_blocks, k_blocks)`` (EMPTY/PARTIAL/FULL).
 
     Pass it to :func:`qkv.attend` as ``mask_mod=``. Size-1 batch or head dims mean the function ignores that index.
+    It is a snapshot: tensors the function reads (document ids, say) must not change while it is in use.
     """
 
     mask_mod: MaskMod
@@ -38,6 +39,21 @@ class BlockMask:
     block_q: int
     block_k: int
     classes: Tensor  # int8 (batch | 1, heads | 1, q_blocks, k_blocks)
+    # the masks of partial tiles, evaluated on first use and kept: O(partial tiles × block²) bools, and every later
+    # call (every layer, forward and backward) reads them instead of calling the function again
+    _tile_masks: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
+
+    def tile_mask(self, i: int, j: int) -> Tensor:
+        """The bool mask of tile ``(i, j)``: queries ``[i·block_q, ...)`` x keys ``[j·block_k, ...)``, 4-D with
+        size-1 batch/head dims where the function ignores them."""
+        mask = self._tile_masks.get((i, j))
+        if mask is None:
+            rows = (i * self.block_q, min((i + 1) * self.block_q, self.q_len))
+            cols = (j * self.block_k, min((j + 1) * self.block_k, self.k_len))
+            grid = index_grid(self.batch, self.heads, self.q_len, self.k_len, self.classes.device, rows, cols)
+            mask = evaluate_mask(self.mask_mod, grid)
+            self._tile_masks[(i, j)] = mask
+        return mask
 
     @property
     def tile_classes(self) -> Tensor:

@@ -29,10 +29,8 @@ from qkv.attention.call import AttentionCall
 from qkv.attention.masks import Span
 from qkv.attention.mods import (
     IndexGrid,
-    MaskMod,
     ScoreMod,
     captured_tensors,
-    evaluate_mask,
     additive_bias,
     evaluate_score,
     is_additive,
@@ -156,7 +154,7 @@ class _Plan:
     dropout: float
     seed: int
     params: tuple[Tensor, ...] = ()  # the score's parameters, then the tensors the score function reads
-    mask_mod: MaskMod | None = None
+    blocks: BlockMask | None = None  # the mask function's tile classes and partial-tile masks
     score_mod: ScoreMod | None = None
     grid: IndexGrid | None = None  # all query and key indices (tiles slice it) when a function needs them
     num_score_params: int = 0  # the first params belong to ``score``, the rest to ``score_mod``
@@ -182,6 +180,19 @@ def _score_tile(plan: _Plan, qt: Tensor, kt: Tensor, k0: int) -> Tensor:
     q4 = qt.reshape(b, kvh * g, tq, d)
     k4 = kt.expand(b, kvh, g, kt.shape[-2], kt.shape[-1]).reshape(b, kvh * g, kt.shape[-2], kt.shape[-1])
     return (plan.score(q4, k4, key_start=k0) * plan.scale).reshape(b, kvh, g, tq, kt.shape[-2])
+
+
+def _fused_relative_scores(plan: _Plan, qt: Tensor, kt: Tensor, tile: Tile) -> Tensor | None:
+    """``term + qt ktᵀ`` in one ``baddbmm`` (the GEMM adds the term as it writes, sparing a pass over the tile) for a
+    relative additive score function on plain dot-product tiles with batch 1; None where that does not apply."""
+    if plan.score is not None or plan.score_mod is None or not is_relative(plan.score_mod) or qt.shape[0] != 1:
+        return None
+    _, kvh, g, tq, d = qt.shape
+    term = _relative_term(plan, tile, qt.dtype).expand(1, kvh, g, tq, kt.shape[-2])
+    out = torch.baddbmm(
+        term.reshape(kvh, g * tq, kt.shape[-2]), qt.reshape(kvh, g * tq, d), kt.reshape(kvh, -1, d).transpose(1, 2)
+    )
+    return out.reshape(1, kvh, g, tq, kt.shape[-2])
 
 
 def _biased_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None) -> Tensor:
@@ -218,8 +229,12 @@ def _apply_masks(plan: _Plan, s: Tensor, tile: Tile, mask5: Tensor | None) -> Te
         band = _band_mask(tile, plan, s.device)
         allowed = band if allowed is None else allowed & band
     if tile.partial:
-        assert plan.mask_mod is not None
-        mod = _split_heads(evaluate_mask(plan.mask_mod, plan.tile_grid(tile)), plan.kv_heads, plan.group)
+        assert plan.blocks is not None
+        mod = _split_heads(
+            plan.blocks.tile_mask(tile.q0 // plan.blocks.block_q, tile.k0 // plan.blocks.block_k),
+            plan.kv_heads,
+            plan.group,
+        )
         allowed = mod if allowed is None else allowed & mod
     if allowed is not None:
         s.masked_fill_(~allowed, _NEG_INF)
@@ -262,8 +277,12 @@ class _ChunkedAttention(torch.autograd.Function):
         keep_scale = 1.0 / (1.0 - plan.dropout) if plan.dropout > 0 else 1.0
         for index, tile in enumerate(plan.tiles):
             rows = slice(tile.q0, tile.q1)
-            s = _score_tile(plan, q5[..., rows, :], k5[..., tile.k0 : tile.k1, :], tile.k0)
-            s = _finish_scores(plan, s, tile, bias5, mask5)
+            qt, kt = q5[..., rows, :], k5[..., tile.k0 : tile.k1, :]
+            fused = _fused_relative_scores(plan, qt, kt, tile) if bias5 is None else None
+            if fused is not None:
+                s = _apply_masks(plan, fused, tile, mask5)
+            else:
+                s = _finish_scores(plan, _score_tile(plan, qt, kt, tile.k0), tile, bias5, mask5)
             m_old = row_max[..., rows]
             m_new = torch.maximum(m_old, s.amax(dim=-1))
             m_safe = m_new.masked_fill(torch.isneginf(m_new), 0.0)
@@ -307,13 +326,15 @@ class _ChunkedAttention(torch.autograd.Function):
             rows, cols = slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
             qt, kt, vt, dot = q5[..., rows, :], k5[..., cols, :], v5[..., cols, :], grad_out[..., rows, :]
             generic = plan.score is not None
+            fused = None
             if generic:  # re-run the score with autograd for this tile only
                 qt, kt = qt.detach().requires_grad_(), kt.detach().requires_grad_()
                 with torch.enable_grad():
                     raw = _score_tile(plan, qt, kt, tile.k0)
                 s = raw.detach().clone()
             else:
-                s = _score_tile(plan, qt, kt, tile.k0)
+                fused = None if through_mod or bias5 is not None else _fused_relative_scores(plan, qt, kt, tile)
+                s = _score_tile(plan, qt, kt, tile.k0) if fused is None else fused
             if bias5 is not None:
                 s += _slice(bias5, tile)
             if through_mod:  # re-run the score function with autograd for this tile only
@@ -321,7 +342,7 @@ class _ChunkedAttention(torch.autograd.Function):
                 with torch.enable_grad():
                     after = _biased_scores(plan, before, tile, None)
                 s = after.detach().clone()
-            elif plan.score_mod is not None:  # an additive term with no gradient wanted: dS passes through it
+            elif plan.score_mod is not None and fused is None:  # an additive term, no gradient wanted: dS passes
                 s = _biased_scores(plan, s, tile, None)
             p = _exp_(_apply_masks(plan, s, tile, mask5).sub_(lse[..., rows].unsqueeze(-1)))
             dp = dot @ vt.transpose(-2, -1)
@@ -395,6 +416,7 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
     num_score_params = len(params)
     if call.score_mod is not None:
         params = params + tuple(captured_tensors(call.score_mod))
+    blocks = None
     if call.mask_mod is not None:
         blocks = call.blocks or block_mask(
             call.mask_mod, call.batch, call.heads, call.q_len, call.k_len, (block_q, block_k), q.device
@@ -414,9 +436,9 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
         dropout=call.dropout,
         seed=seed,
         params=params,
-        mask_mod=call.mask_mod,
+        blocks=blocks,
         score_mod=call.score_mod,
-        grid=call.grid() if call.mask_mod is not None or call.score_mod is not None else None,
+        grid=call.grid() if call.score_mod is not None else None,
         num_score_params=num_score_params,
     )
     return q5, k.unsqueeze(2), v.unsqueeze(2), plan, params
