@@ -294,7 +294,7 @@ class _ChunkedAttention(torch.autograd.Function):
             acc[..., rows, :].mul_(rescale.unsqueeze(-1)).add_(p @ v5[..., tile.k0 : tile.k1, :])
             row_max[..., rows] = m_new
         empty = row_sum == 0  # rows that saw no allowed key: output 0, lse -inf
-        out = acc / torch.where(empty, torch.ones_like(row_sum), row_sum).unsqueeze(-1)
+        out = acc.div_(torch.where(empty, torch.ones_like(row_sum), row_sum).unsqueeze(-1))  # (acc is ours)
         lse = torch.where(empty, torch.full_like(row_sum, _NEG_INF), row_max + torch.log(row_sum))
         ctx.plan = plan
         # parameters are inputs only so that autograd routes their gradients here; backward reads them off the module
