@@ -28,7 +28,7 @@ _LAZY = {  # public name -> the module that defines it
     "save_pretrained": "qkv.pretrained",
     "capture_attention": "qkv.visualization",
 }
-_SUBMODULES = ("attention", "decoding", "devices", "errors", "models", "pretrained", "training", "visualization")
+_SUBMODULES = ("analysis", "attention", "decoding", "devices", "errors", "models", "pretrained", "training", "visualization")
 
 __all__ = [*_LAZY, "errors", "__version__"]
 
