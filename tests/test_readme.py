@@ -136,3 +136,18 @@ def test_the_readmes_attention_examples_run_as_written():
     scores = (30.0 * torch.tanh(scores / 30.0)).masked_fill(~dense, float("-inf"))
     want = torch.softmax(scores, -1) @ v.repeat_interleave(4, 1)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_readmes_intervention_example_runs_as_written():
+    """The ```python block that opens with qkv.intervene, run on a small GPT as `model` and `ids`."""
+    import torch
+
+    import qkv
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    (block,) = [b for b in blocks if b.startswith("with qkv.intervene")]
+    model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=16, max_seq_len=8, num_layers=3, num_heads=4, embed_dim=16))
+    namespace = {"qkv": qkv, "model": model.eval(), "ids": torch.randint(0, 16, (1, 6))}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["rollout"].shape == namespace["flow"].shape == (1, 6, 6)
+    assert not torch.equal(namespace["ablated"].logits, model(namespace["ids"]).logits)

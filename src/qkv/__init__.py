@@ -27,6 +27,7 @@ _LAZY = {  # public name -> the module that defines it
     "load_tokenizer": "qkv.pretrained",
     "save_pretrained": "qkv.pretrained",
     "capture_attention": "qkv.visualization",
+    "intervene": "qkv.analysis",
 }
 _SUBMODULES = ("analysis", "attention", "decoding", "devices", "errors", "models", "pretrained", "training", "visualization")
 
@@ -34,6 +35,7 @@ __all__ = [*_LAZY, "errors", "__version__"]
 
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from qkv import errors  # noqa: F401
+    from qkv.analysis import intervene  # noqa: F401
     from qkv.attention import KVCache, MultiHeadAttention, attend, register_score  # noqa: F401
     from qkv.decoding import generate, generate_stream, score_continuation, score_translation, translate  # noqa: F401
     from qkv.models.output import ModelOutput  # noqa: F401

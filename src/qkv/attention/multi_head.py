@@ -93,6 +93,8 @@ class MultiHeadAttention(nn.Module):
         elif rotary:
             self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base)
         self.capture: Callable[..., None] | None = None  # set by qkv.capture_attention
+        # set by qkv.intervene: maps the per-head outputs (batch, heads, q_len, head_dim) before W_O
+        self.head_hook: Callable[[Tensor], Tensor] | None = None
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         # (batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)
@@ -231,6 +233,8 @@ class MultiHeadAttention(nn.Module):
                 q, k, mask=mask, causal=causal, window=window, bias=bias, score=self.score, mask_mod=mask_mod,
                 score_mod=score_mod,
             )  # fmt: skip
+        if self.head_hook is not None:
+            out = self.head_hook(out)
         # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)
         out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.embed_dim)
         return frozen_linear(out, self.out_proj), weights
