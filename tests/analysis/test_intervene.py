@@ -125,3 +125,50 @@ def test_bad_ablations_are_named():
     ):
         with pytest.raises(ConfigError, match=message), qkv.intervene(model, ablate=ablate):
             pass
+
+
+def _gpt(positions: str = "learned") -> qkv.models.GPT:
+    torch.manual_seed(0)
+    config = qkv.models.GPTConfig(vocab_size=16, max_seq_len=8, num_layers=3, num_heads=2, embed_dim=16)
+    config.positions = positions
+    return qkv.models.GPT(config).eval()
+
+
+def test_patching_a_run_with_its_own_cache_reproduces_it_exactly():
+    model = _gpt()
+    ids = torch.randint(0, 16, (2, 8))
+    with torch.no_grad():
+        with qkv.analysis.record(model) as cache:
+            clean = model(ids).logits
+        patch = {("head", layer, head): cache.heads[layer][:, head] for layer in range(3) for head in range(2)}
+        patch.update({("resid", layer): cache.resid[layer] for layer in range(3)})
+        with qkv.intervene(model, patch=patch):
+            patched = model(ids).logits
+    assert torch.equal(patched, clean)
+    assert set(cache.heads) == set(cache.resid) == {0, 1, 2}
+    assert cache.heads[0].shape == (2, 2, 8, 8) and cache.resid[2].shape == (2, 8, 16)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_patching_a_layers_residual_from_the_clean_run_gives_the_clean_logits(layer):
+    model = _gpt("rotary")
+    clean_ids = torch.randint(0, 16, (2, 8))
+    corrupted_ids = torch.randint(0, 16, (2, 8))
+    with torch.no_grad():
+        with qkv.analysis.record(model) as cache:
+            clean = model(clean_ids).logits
+        corrupted = model(corrupted_ids).logits
+        with qkv.intervene(model, patch={("resid", layer): cache.resid[layer]}):
+            patched = model(corrupted_ids).logits
+    assert not torch.equal(corrupted, clean)
+    assert torch.equal(patched, clean)
+
+
+def test_bad_patches_are_named():
+    model = _gpt()
+    ids = torch.randint(0, 16, (2, 8))
+    with pytest.raises(ConfigError, match="patch keys are"), qkv.intervene(model, patch={("resid", 9): ids}):
+        pass
+    with pytest.raises(ConfigError, match=r"residual after layer 1 must be \(2, 8, 16\)"):
+        with torch.no_grad(), qkv.intervene(model, patch={("resid", 1): torch.zeros(2, 8, 4)}):
+            model(ids)

@@ -9,19 +9,79 @@ backend is untouched: the hook acts on the heads' outputs, after attention.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
 from qkv.errors import ConfigError
 from qkv.visualization.capture import attention_modules
 
-__all__ = ["ABLATIONS", "intervene"]
+__all__ = ["ABLATIONS", "ActivationCache", "intervene", "layer_modules", "record"]
 
 ABLATIONS = ("zero", "mean")
 
 
-def _ablation_hook(heads: dict[int, str], means: Mapping[int, Tensor]):  # noqa: ANN202
+def layer_modules(model: nn.Module) -> list[nn.Module]:
+    """The module around each attention module (GPT's and Llama's blocks, BERT's layers): its output is the
+    residual stream after that layer."""
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    return [parents[id(attn)] for attn in attention_modules(model)]
+
+
+def _stream(output: Any) -> Tensor:  # noqa: ANN401
+    return output[0] if isinstance(output, tuple) else output
+
+
+@dataclass
+class ActivationCache:
+    """What :func:`record` saw: per attention module ``heads[layer]`` ``(batch, heads, q_len, head_dim)`` (each
+    head's output before W_O) and ``resid[layer]`` ``(batch, seq, embed_dim)`` (the residual stream after it)."""
+
+    heads: dict[int, Tensor] = field(default_factory=dict)
+    resid: dict[int, Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def record(model: nn.Module) -> Iterator[ActivationCache]:
+    """Record every head's output and every layer's residual stream of the next forward pass (a clean run to
+    patch from). One forward pass: a second one overwrites."""
+    cache = ActivationCache()
+    modules, layers = attention_modules(model), layer_modules(model)
+    previous = [m.head_hook for m in modules]
+    handles = []
+    for index, (attn, layer) in enumerate(zip(modules, layers)):
+        attn.head_hook = _chain(attn.head_hook, _recorder(cache, index))
+        if index == 0 or layer is not layers[index - 1]:  # (a decoder layer holds two attention modules)
+            handles.append(layer.register_forward_hook(lambda _m, _a, out, i=index: _keep(cache, i, out)))
+    try:
+        yield cache
+    finally:
+        for attn, hook in zip(modules, previous):
+            attn.head_hook = hook
+        for handle in handles:
+            handle.remove()
+
+
+def _recorder(cache: ActivationCache, index: int):  # noqa: ANN202
+    def hook(out: Tensor) -> Tensor:
+        cache.heads[index] = out.detach()
+        return out
+
+    return hook
+
+
+def _keep(cache: ActivationCache, index: int, output: Any) -> None:  # noqa: ANN401
+    cache.resid[index] = _stream(output).detach()
+
+
+def _chain(first: Any, second: Any) -> Any:  # noqa: ANN401
+    """A head hook running ``first`` (an outer intervention, if any) and then ``second``."""
+    return second if first is None else (lambda out: second(first(out)))
+
+
+def _head_hook(heads: dict[int, str], means: Mapping[int, Tensor], patches: Mapping[int, Tensor]):  # noqa: ANN202
     def hook(out: Tensor) -> Tensor:  # (batch, heads, q_len, head_dim)
         out = out.clone()
         for head, kind in heads.items():
@@ -30,7 +90,26 @@ def _ablation_hook(heads: dict[int, str], means: Mapping[int, Tensor]):  # noqa:
             else:
                 mean = means[head] if head in means else out[:, head].mean(dim=(0, 1))
                 out[:, head] = mean.to(out.dtype)
+        for head, value in patches.items():
+            if value.shape != out[:, head].shape:
+                raise ConfigError(
+                    f"a patch for head {head} must be (batch, q_len, head_dim) = {tuple(out[:, head].shape)}, got "
+                    f"{tuple(value.shape)}"
+                )
+            out[:, head] = value.to(out.dtype)
         return out
+
+    return hook
+
+
+def _resid_hook(value: Tensor, layer: int):  # noqa: ANN202
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:  # noqa: ANN401
+        stream = _stream(output)
+        if value.shape != stream.shape:
+            raise ConfigError(f"a patch for the residual after layer {layer} must be {tuple(stream.shape)}, got "
+                              f"{tuple(value.shape)}")  # fmt: skip
+        patched = value.to(stream.dtype)
+        return (patched, *output[1:]) if isinstance(output, tuple) else patched
 
     return hook
 
@@ -40,6 +119,7 @@ def intervene(
     model: nn.Module,
     ablate: Mapping[tuple[int, int], str] | None = None,
     means: Mapping[tuple[int, int], Tensor] | None = None,
+    patch: Mapping[tuple, Tensor] | None = None,
 ) -> Iterator[nn.Module]:
     """Inside, the listed heads of ``model`` are ablated.
 
@@ -49,6 +129,9 @@ def intervene(
             encoder's self-attention, then per decoder layer self- and cross-attention).
         means: ``{(layer, head): (head_dim,)}`` for ``"mean"``: a reference mean (default: the mean of the current
             forward pass over batch and positions).
+        patch: activation patching from a :func:`record`-ed run: ``{("head", layer, head): (batch, q_len,
+            head_dim)}`` replaces a head's output, ``{("resid", layer): (batch, seq, embed_dim)}`` the residual
+            stream after a layer (e.g. ``cache.heads[layer][:, head]``, ``cache.resid[layer]``).
 
     Yields the model. Hooks set before (by another ``intervene``) are restored on exit.
     """
@@ -67,12 +150,30 @@ def intervene(
         if kind not in ABLATIONS:
             raise ConfigError(f"unknown ablation {kind!r} for {key}; choose one of {', '.join(ABLATIONS)}")
         per_layer.setdefault(layer, {})[head] = kind
-    previous = {layer: modules[layer].head_hook for layer in per_layer}
-    for layer, heads in per_layer.items():
+    head_patches: dict[int, dict[int, Tensor]] = {}
+    resid_patches: dict[int, Tensor] = {}
+    for key, value in (patch or {}).items():
+        kind, layer = (key[0], key[1]) if isinstance(key, tuple) and len(key) >= 2 else (None, None)
+        if kind == "head" and len(key) == 3 and isinstance(layer, int) and 0 <= layer < len(modules):
+            head_patches.setdefault(layer, {})[key[2]] = value
+        elif kind == "resid" and len(key) == 2 and isinstance(layer, int) and 0 <= layer < len(modules):
+            resid_patches[layer] = value
+        else:
+            raise ConfigError(
+                f"patch keys are ('head', layer, head) or ('resid', layer) with layer in [0, {len(modules)}), got {key!r}"
+            )
+    hooked = set(per_layer) | set(head_patches)
+    previous = {layer: modules[layer].head_hook for layer in hooked}
+    for layer in hooked:
         layer_means = {h: m for (lay, h), m in (means or {}).items() if lay == layer}
-        modules[layer].head_hook = _ablation_hook(heads, layer_means)
-    try:
-        yield model
-    finally:
-        for layer, hook in previous.items():
-            modules[layer].head_hook = hook
+        own = _head_hook(per_layer.get(layer, {}), layer_means, head_patches.get(layer, {}))
+        modules[layer].head_hook = _chain(previous[layer], own)
+    layers = layer_modules(model)
+    with ExitStack() as stack:
+        for layer, value in resid_patches.items():
+            stack.callback(layers[layer].register_forward_hook(_resid_hook(value, layer)).remove)
+        try:
+            yield model
+        finally:
+            for layer, hook in previous.items():
+                modules[layer].head_hook = hook
