@@ -17,5 +17,5 @@ fi
 if [ $# -eq 0 ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
   echo "again on AVX2 kernels (ATEN_CPU_CAPABILITY=avx2): the numerical tests"
   ATEN_CPU_CAPABILITY=avx2 .venv/bin/python -m pytest -q -n 2 tests/attention tests/models tests/decoding \
-    tests/visualization/test_capture.py tests/pretrained
+    tests/visualization/test_capture.py tests/pretrained tests/analysis
 fi

@@ -1,15 +1,27 @@
 """Where information flows through a model's attention (rollout, flow) and what its heads do (ablation)."""
 
 from qkv.analysis.flow import attention_flow, attention_rollout, layer_transitions, max_flow
+from qkv.analysis.heads import (
+    causal_lm_loss,
+    head_importance,
+    induction_scores,
+    previous_token_scores,
+    repeated_random_tokens,
+)
 from qkv.analysis.intervene import ActivationCache, intervene, layer_modules, record
 
 __all__ = [
     "ActivationCache",
     "attention_flow",
     "attention_rollout",
+    "causal_lm_loss",
+    "head_importance",
+    "induction_scores",
     "intervene",
     "layer_modules",
     "layer_transitions",
     "max_flow",
+    "previous_token_scores",
     "record",
+    "repeated_random_tokens",
 ]

@@ -1,0 +1,69 @@
+"""Scores per attention head: how much the loss depends on it (ablation), and what pattern it implements
+(previous-token and induction heads, Olsson et al. 2022). Each returns ``(layers, heads)``, layers counted as
+:func:`qkv.visualization.attention_modules` counts them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.analysis.intervene import ABLATIONS, intervene
+from qkv.errors import ConfigError
+from qkv.visualization.capture import attention_modules, capture_attention
+
+__all__ = ["causal_lm_loss", "head_importance", "induction_scores", "previous_token_scores", "repeated_random_tokens"]
+
+
+def causal_lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of a causal LM on ``ids (batch, seq)``."""
+    logits = model(ids).logits
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def head_importance(model: nn.Module, ids: Tensor, ablation: str = "zero", loss_fn=causal_lm_loss) -> Tensor:  # noqa: ANN001
+    """``loss(head ablated) - loss(clean)`` for every head, ``(layers, heads)`` (one forward per head)."""
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+    modules = attention_modules(model)
+    clean = float(loss_fn(model, ids))
+    out = torch.zeros(len(modules), max(m.num_heads for m in modules), dtype=torch.float64)
+    for layer, module in enumerate(modules):
+        for head in range(module.num_heads):
+            with intervene(model, ablate={(layer, head): ablation}):
+                out[layer, head] = float(loss_fn(model, ids)) - clean
+    return out
+
+
+def repeated_random_tokens(vocab_size: int, half: int, batch: int = 8, seed: int = 0) -> Tensor:
+    """``(batch, 2 · half)``: random tokens, then the same tokens again (the induction-head probe)."""
+    first = torch.randint(0, vocab_size, (batch, half), generator=torch.Generator().manual_seed(seed))
+    return torch.cat([first, first], dim=1)
+
+
+def _weights(model: nn.Module, ids: Tensor) -> Tensor:
+    """Captured weights ``(layers, batch, heads, seq, seq)`` of one forward pass."""
+    with torch.no_grad(), capture_attention(model) as capture:
+        model(ids)
+    return torch.stack(capture.all_layers())
+
+
+def previous_token_scores(model: nn.Module, ids: Tensor) -> Tensor:
+    """Mean attention weight from each position to the one before it, ``(layers, heads)``."""
+    if ids.shape[1] < 2:
+        raise ConfigError("previous-token scores need sequences of at least 2 tokens")
+    w = _weights(model, ids)
+    return w.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, 3)).double()
+
+
+def induction_scores(model: nn.Module, ids: Tensor) -> Tensor:
+    """Mean attention weight from position ``half + i`` of a repeated sequence (``ids = [r, r]``, see
+    :func:`repeated_random_tokens`) to position ``i + 1``: the token that followed the current one last time."""
+    seq = ids.shape[1]
+    if seq % 2 or seq < 4 or not torch.equal(ids[:, : seq // 2], ids[:, seq // 2 :]):
+        raise ConfigError("induction scores need ids made of a sequence repeated twice (repeated_random_tokens)")
+    half = seq // 2
+    w = _weights(model, ids)
+    # the diagonal key - query = 1 - half starts at query half - 1 (still the first half): skip that one
+    return w.diagonal(offset=1 - half, dim1=-2, dim2=-1)[..., 1:].mean(dim=(1, 3)).double()
