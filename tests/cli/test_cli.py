@@ -256,3 +256,27 @@ def test_streamed_text_equals_the_text_printed_whole(run_dir, capsys):
     streamed = capsys.readouterr().out
     assert main([*args, "--no-stream"]) == 0
     assert streamed == capsys.readouterr().out
+
+
+@pytest.mark.parametrize("metric", ["ablation", "induction", "previous-token"])
+def test_heads_prints_the_scores_the_api_computes_and_draws_them(run_dir, tmp_path, capsys, metric):
+    from qkv.cli.common import encode_prompt, load_causal_lm
+    from qkv.cli.heads import head_scores
+
+    png = tmp_path / "heads.png"
+    capsys.readouterr()
+    assert main(["heads", str(run_dir), "To be, or not", "--metric", metric, "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    model, tokenizer, _ = load_causal_lm(run_dir)
+    want = head_scores(model, encode_prompt(tokenizer, "To be, or not", model.config.max_seq_len), metric)
+    rows = [line.split()[1:] for line in out.splitlines()[2:] if line.split() and line.split()[0].isdigit()]
+    assert [float(v) for row in rows for v in row] == pytest.approx(want.flatten().tolist(), abs=1e-4)
+    assert len(rows) == want.shape[0]
+    assert png.stat().st_size > 0 and f"written: {png}" in out
+
+
+def test_heads_refuses_ablation_without_a_language_model_and_empty_text(run_dir, capsys):
+    assert main(["heads", "minilm", "a sentence"]) == 2
+    assert "needs a causal language model" in capsys.readouterr().err
+    assert main(["heads", str(run_dir), ""]) == 2
+    assert "TEXT is empty" in capsys.readouterr().err

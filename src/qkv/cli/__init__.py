@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import attention, bench, embed, generate, quickstart, train, translate
+from qkv.cli import attention, bench, embed, generate, heads, quickstart, train, translate
 from qkv.errors import QkvError
 
 __all__ = ["main"]
@@ -22,6 +22,7 @@ VERBS = {
     "quickstart": quickstart,
     "embed": embed,
     "attention": attention,
+    "heads": heads,
     "bench": bench,
 }
 

@@ -148,9 +148,9 @@ def _figure(**kwargs: object) -> Figure:
     return Figure(**kwargs)  # type: ignore[arg-type]
 
 
-def _finish(fig: Figure, axes, image, path: Path) -> Path:  # noqa: ANN001
+def _finish(fig: Figure, axes, image, path: Path, label: str = "attention weight") -> Path:  # noqa: ANN001
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+        fig.colorbar(image, ax=axes, shrink=0.6, label=label)
     path.parent.mkdir(parents=True, exist_ok=True)  # documented: missing parent directories are created
     fig.savefig(path, dpi=110)
     return path
@@ -185,3 +185,28 @@ def plot_alignment(
         note = f" (averaged over {block}×{block} blocks)" if block > 1 else ""
         fig.suptitle(f"{title}{note} — rows: target, columns: source", fontsize=10)
         return _finish(fig, axes, image, path)
+
+
+def plot_head_scores(scores: Tensor, path: str | Path, *, title: str = "head scores") -> Path:
+    """Draw one score per head, ``scores (layers, heads)``, as a layer x head grid with the values written in."""
+    scores = scores.detach().double().cpu()
+    if scores.dim() != 2:
+        raise ShapeError(f"head scores must be (layers, heads), got {describe_shape(scores.shape)}")
+    path = check_image_path(path)
+    layers, heads = scores.shape
+    with _style():
+        fig = _figure(figsize=(max(4.0, 0.6 * heads + 2.5), max(3.0, 0.45 * layers + 1.5)), layout="constrained")
+        axes = fig.subplots(1, 1, squeeze=False)
+        ax = axes[0][0]
+        image = ax.imshow(scores.numpy(), cmap="viridis", aspect="auto")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(heads))
+        ax.set_yticks(range(layers))
+        if layers * heads <= 400:  # the numbers, where they fit
+            middle = float(scores.min() + scores.max()) / 2
+            for (layer, head), value in zip(((i, j) for i in range(layers) for j in range(heads)), scores.flatten()):
+                color = "black" if float(value) > middle else "white"
+                ax.text(head, layer, f"{float(value):.2f}", ha="center", va="center", fontsize=7, color=color)
+        fig.suptitle(title, fontsize=10)
+        return _finish(fig, axes, image, path, label="score")
