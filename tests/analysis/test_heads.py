@@ -87,3 +87,22 @@ def test_a_trained_induction_head_stands_out_and_matters(induction_model):
 def test_induction_scores_refuse_ids_that_are_not_repeated(induction_model):
     with pytest.raises(ConfigError, match="repeated twice"):
         induction_scores(induction_model, torch.randint(0, VOCAB, (2, 10)))
+
+
+def test_logit_lens_ends_in_the_models_logits_and_reads_each_layers_residual():
+    from qkv.analysis import logit_lens, record
+
+    torch.manual_seed(0)
+    model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=16, max_seq_len=8, num_layers=3, num_heads=2, embed_dim=16))
+    ids = torch.randint(0, 16, (2, 8))
+    lens = logit_lens(model.eval(), ids)
+    assert lens.shape == (3, 2, 8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(lens[-1], model(ids).logits, rtol=0, atol=0)
+        with record(model) as cache:
+            model(ids)
+        # layer 0's lens by hand: its block's output through the final LayerNorm and the (tied) embedding matrix
+        by_hand = F.layer_norm(cache.resid[0], (16,), model.final_norm.weight, model.final_norm.bias, 1e-5)
+        torch.testing.assert_close(lens[0], by_hand @ model.token_embedding.weight.T, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="needs a causal LM"):
+        logit_lens(qkv.load_pretrained("minilm"), ids)

@@ -5,6 +5,7 @@ from qkv.analysis.heads import (
     causal_lm_loss,
     head_importance,
     induction_scores,
+    logit_lens,
     previous_token_scores,
     repeated_random_tokens,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "intervene",
     "layer_modules",
     "layer_transitions",
+    "logit_lens",
     "max_flow",
     "previous_token_scores",
     "record",

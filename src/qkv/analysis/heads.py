@@ -12,7 +12,14 @@ from qkv.analysis.intervene import ABLATIONS, intervene
 from qkv.errors import ConfigError
 from qkv.visualization.capture import attention_modules, capture_attention
 
-__all__ = ["causal_lm_loss", "head_importance", "induction_scores", "previous_token_scores", "repeated_random_tokens"]
+__all__ = [
+    "causal_lm_loss",
+    "head_importance",
+    "induction_scores",
+    "logit_lens",
+    "previous_token_scores",
+    "repeated_random_tokens",
+]
 
 
 def causal_lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
@@ -67,3 +74,17 @@ def induction_scores(model: nn.Module, ids: Tensor) -> Tensor:
     w = _weights(model, ids)
     # the diagonal key - query = 1 - half starts at query half - 1 (still the first half): skip that one
     return w.diagonal(offset=1 - half, dim1=-2, dim2=-1)[..., 1:].mean(dim=(1, 3)).double()
+
+
+@torch.no_grad()
+def logit_lens(model: nn.Module, ids: Tensor) -> Tensor:
+    """The next-token logits each layer's residual stream would give if it were the last (nostalgebraist 2020):
+    ``(layers, batch, seq, vocab)``, every layer's output through the model's final norm and output layer; the last
+    row is the model's own logits."""
+    from qkv.analysis.intervene import record
+
+    if not (hasattr(model, "final_norm") and hasattr(model, "lm_head")):
+        raise ConfigError(f"the logit lens needs a causal LM with final_norm and lm_head; {type(model).__name__} has not")
+    with record(model) as cache:
+        model(ids)
+    return torch.stack([model.lm_head(model.final_norm(cache.resid[i])) for i in sorted(cache.resid)])
