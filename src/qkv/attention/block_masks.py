@@ -42,6 +42,7 @@ class BlockMask:
     # the masks of partial tiles, evaluated on first use and kept: O(partial tiles × block²) bools, and every later
     # call (every layer, forward and backward) reads them instead of calling the function again
     _tile_masks: dict[tuple[int, int], Tensor] = field(default_factory=dict, repr=False)
+    _dense: dict[str, Tensor] = field(default_factory=dict, repr=False)  # per device, see dense()
 
     def tile_mask(self, i: int, j: int) -> Tensor:
         """The bool mask of tile ``(i, j)``: queries ``[i·block_q, ...)`` x keys ``[j·block_k, ...)``, 4-D with
@@ -69,10 +70,16 @@ class BlockMask:
         return float((self.classes != EMPTY).float().mean())
 
     def dense(self, device: torch.device | str | None = None) -> Tensor:
-        """The whole bool mask ``(batch | 1, heads | 1, q_len, k_len)`` (for tests and pictures; O(N²))."""
-        grid = index_grid(self.batch, self.heads, self.q_len, self.k_len, device or self.classes.device)
-        allowed = evaluate_mask(self.mask_mod, grid)
-        return allowed.expand(self.classes.shape[0], self.classes.shape[1], self.q_len, self.k_len)
+        """The whole bool mask ``(batch | 1, heads | 1, q_len, k_len)``, O(N²): kept after the first call, since
+        the backends that take a dense mask (fused, reference: small inputs) read it once per layer."""
+        device = torch.device(device) if device is not None else self.classes.device
+        cached = self._dense.get(str(device))
+        if cached is None:
+            grid = index_grid(self.batch, self.heads, self.q_len, self.k_len, device)
+            allowed = evaluate_mask(self.mask_mod, grid)
+            cached = allowed.expand(self.classes.shape[0], self.classes.shape[1], self.q_len, self.k_len)
+            self._dense[str(device)] = cached
+        return cached
 
     def check(self, batch: int, heads: int, q_len: int, k_len: int) -> None:
         """Raise :class:`MaskError` unless this mask was made for a ``(batch, heads, q_len, k_len)`` attention."""

@@ -82,11 +82,19 @@ class AttentionCall:
         out = self.mask
         for part in (
             self.span.dense(self.q_len, self.k_len, self.q.device),
-            evaluate_mask(self.mask_mod, self.grid()) if self.mask_mod is not None else None,
+            self._mod_mask(),
         ):
             if part is not None:
                 out = part if out is None else out & part
         return out
+
+    def _mod_mask(self) -> Tensor | None:
+        """The mask function's dense mask (a block mask keeps its own: one evaluation serves every layer)."""
+        if self.mask_mod is None:
+            return None
+        if self.blocks is not None:
+            return self.blocks.dense(self.q.device)
+        return evaluate_mask(self.mask_mod, self.grid())
 
     def dense_bias(self) -> Tensor | None:
         """The bias plus an additive score function's bias, dense (or None); only for additive score functions."""
