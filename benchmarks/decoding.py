@@ -63,8 +63,16 @@ def matmul_floor_row(report: Report, label: str, ours, reference, rows: int, ste
     t_floor, t_hf = time_pair(matmuls_only, reference, 3)
     megabytes = sum(w.numel() * w.element_size() for w in weights) / 2**20
     report.rows.append(
-        Row(label, f"{len(weights)} products, {megabytes:.0f} MiB a step", "speed-up", t_floor, t_hf, "HF generate",
-            ">= 2", speedup=True)
+        Row(
+            label,
+            f"{len(weights)} products, {megabytes:.0f} MiB a step",
+            "speed-up",
+            t_floor,
+            t_hf,
+            "HF generate",
+            ">= 2",
+            speedup=True,
+        )
     )
 
 

@@ -29,7 +29,17 @@ _LAZY = {  # public name -> the module that defines it
     "capture_attention": "qkv.visualization",
     "intervene": "qkv.analysis",
 }
-_SUBMODULES = ("analysis", "attention", "decoding", "devices", "errors", "models", "pretrained", "training", "visualization")
+_SUBMODULES = (
+    "analysis",
+    "attention",
+    "decoding",
+    "devices",
+    "errors",
+    "models",
+    "pretrained",
+    "training",
+    "visualization",
+)
 
 __all__ = [*_LAZY, "errors", "__version__"]
 

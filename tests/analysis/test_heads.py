@@ -61,9 +61,7 @@ def test_scores_equal_the_weights_read_off_return_attention(induction_model):
     with torch.no_grad():
         weights = induction_model(ids, return_attention=True).attentions  # per layer (batch, heads, seq, seq)
     prev = torch.stack([torch.stack([w[:, :, i, i - 1] for i in range(1, 2 * HALF)]).mean((0, 1)) for w in weights])
-    induct = torch.stack(
-        [torch.stack([w[:, :, HALF + i, i + 1] for i in range(HALF)]).mean((0, 1)) for w in weights]
-    )
+    induct = torch.stack([torch.stack([w[:, :, HALF + i, i + 1] for i in range(HALF)]).mean((0, 1)) for w in weights])
     torch.testing.assert_close(previous_token_scores(induction_model, ids), prev.double(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(induction_scores(induction_model, ids), induct.double(), rtol=1e-5, atol=1e-6)
 

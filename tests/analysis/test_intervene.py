@@ -169,6 +169,7 @@ def test_bad_patches_are_named():
     ids = torch.randint(0, 16, (2, 8))
     with pytest.raises(ConfigError, match="patch keys are"), qkv.intervene(model, patch={("resid", 9): ids}):
         pass
-    with pytest.raises(ConfigError, match=r"residual after layer 1 must be \(2, 8, 16\)"):
-        with torch.no_grad(), qkv.intervene(model, patch={("resid", 1): torch.zeros(2, 8, 4)}):
-            model(ids)
+    bad = {("resid", 1): torch.zeros(2, 8, 4)}
+    refused = pytest.raises(ConfigError, match=r"residual after layer 1 must be \(2, 8, 16\)")
+    with refused, torch.no_grad(), qkv.intervene(model, patch=bad):
+        model(ids)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import qkv
-from qkv.models.gpt import POSITIONS
 from qkv.errors import ShapeError
+from qkv.models.gpt import POSITIONS
 
 LENGTHS = (5, 1, 12, 8)
 

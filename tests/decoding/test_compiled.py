@@ -7,10 +7,10 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import qkv
-from qkv.models.gpt import POSITIONS
 from qkv.decoding.stepper import compiled_for_decoding
 from qkv.devices import cxx_compiler
 from qkv.errors import ConfigError
+from qkv.models.gpt import POSITIONS
 
 
 def tiny_gpt(positions: str) -> qkv.models.GPT:

@@ -9,8 +9,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import qkv
-from qkv.models.gpt import POSITIONS
 from qkv.attention import MultiHeadAttention
+from qkv.models.gpt import POSITIONS
 
 READS = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist"}
 

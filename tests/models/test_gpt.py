@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.models import GPT, GPTConfig
 from qkv.errors import ConfigError, ShapeError
+from qkv.models import GPT, GPTConfig
 from qkv.models.gpt import POSITIONS
 from tests.conftest import FP32, FP32_TIGHT
 

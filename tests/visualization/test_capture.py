@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import qkv
-from qkv.models.gpt import POSITIONS
 from qkv.errors import ConfigError
 from qkv.models import GPT, BertConfig, BertEncoder, GPTConfig
+from qkv.models.gpt import POSITIONS
 from tests.conftest import FP32_TIGHT
 
 

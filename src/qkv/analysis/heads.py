@@ -84,7 +84,9 @@ def logit_lens(model: nn.Module, ids: Tensor) -> Tensor:
     from qkv.analysis.intervene import record
 
     if not (hasattr(model, "final_norm") and hasattr(model, "lm_head")):
-        raise ConfigError(f"the logit lens needs a causal LM with final_norm and lm_head; {type(model).__name__} has not")
+        raise ConfigError(
+            f"the logit lens needs a causal LM with final_norm and lm_head; {type(model).__name__} has not"
+        )
     with record(model) as cache:
         model(ids)
     return torch.stack([model.lm_head(model.final_norm(cache.resid[i])) for i in sorted(cache.resid)])

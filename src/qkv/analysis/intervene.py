@@ -160,7 +160,8 @@ def intervene(
             resid_patches[layer] = value
         else:
             raise ConfigError(
-                f"patch keys are ('head', layer, head) or ('resid', layer) with layer in [0, {len(modules)}), got {key!r}"
+                "patch keys are ('head', layer, head) or ('resid', layer) with layer in "
+                f"[0, {len(modules)}), got {key!r}"
             )
     hooked = set(per_layer) | set(head_patches)
     previous = {layer: modules[layer].head_hook for layer in hooked}

@@ -3,8 +3,8 @@
 This package imports nothing from the rest of qkv except :mod:`qkv.errors`.
 """
 
-from qkv.attention.attend import attend
 from qkv.attention import mods
+from qkv.attention.attend import attend
 from qkv.attention.backends import available_backends, choose_backend
 from qkv.attention.block_masks import BlockMask, block_mask
 from qkv.attention.frozen import frozen_weights

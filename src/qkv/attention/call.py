@@ -15,8 +15,8 @@ from torch import Tensor
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.masks import Span, check_broadcastable, make_span
 from qkv.attention.mods import IndexGrid, MaskMod, ScoreMod, additive_bias, evaluate_mask, index_grid, is_additive
-from qkv.attention.softmax import compute_dtype
 from qkv.attention.scores import ScoreFunction, resolve_score
+from qkv.attention.softmax import compute_dtype
 from qkv.errors import ConfigError, DTypeError, MaskError, ShapeError, describe_shape
 
 __all__ = ["AttentionCall", "build_call", "repeat_kv", "as_4d"]

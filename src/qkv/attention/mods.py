@@ -196,7 +196,9 @@ def document(doc_ids: Tensor, causal: bool = True) -> MaskMod:
     ``doc_ids`` ``(seq,)`` or ``(batch, seq)`` integers: the document of each key position.
     """
     if doc_ids.dim() not in (1, 2) or doc_ids.dtype.is_floating_point or doc_ids.dtype == torch.bool:
-        raise ShapeError(f"doc_ids must be integer (seq,) or (batch, seq), got {doc_ids.dtype} {describe_shape(doc_ids.shape)}")
+        raise ShapeError(
+            f"doc_ids must be integer (seq,) or (batch, seq), got {doc_ids.dtype} {describe_shape(doc_ids.shape)}"
+        )
     ids = doc_ids if doc_ids.dim() == 2 else doc_ids[None]
 
     def document_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -298,7 +300,9 @@ class T5RelativeBias(nn.Module):
     def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
         super().__init__()
         if num_buckets < 2 or max_distance < 1:
-            raise ConfigError(f"T5RelativeBias needs num_buckets >= 2 and max_distance >= 1, got {num_buckets}, {max_distance}")
+            raise ConfigError(
+                f"T5RelativeBias needs num_buckets >= 2 and max_distance >= 1, got {num_buckets}, {max_distance}"
+            )
         self.num_heads, self.num_buckets, self.max_distance = num_heads, num_buckets, max_distance
         self.bidirectional = bidirectional
         self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
@@ -316,9 +320,14 @@ class T5RelativeBias(nn.Module):
             distance = (-relative).clamp(min=0)
         exact = buckets // 2
         is_small = distance < exact
-        large = exact + (
-            torch.log(distance.float().clamp(min=1) / exact) / math.log(self.max_distance / exact) * (buckets - exact)
-        ).long()
+        large = (
+            exact
+            + (
+                torch.log(distance.float().clamp(min=1) / exact)
+                / math.log(self.max_distance / exact)
+                * (buckets - exact)
+            ).long()
+        )
         large = large.clamp(max=buckets - 1)
         return out + torch.where(is_small, distance, large)
 

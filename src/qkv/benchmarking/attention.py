@@ -243,9 +243,9 @@ def _programmable_rows(report: Report, config: AttentionBenchConfig, target: Cal
     )
     report.notes.append(
         f"Document mask: the block mask ({blocks.density():.1%} of the tiles kept) was made once in "
-        f"{made_in * 1e3:.0f} ms, outside the timings (as it serves every layer and step); SDPA gets the dense bool mask."
+        f"{made_in * 1e3:.0f} ms, outside the timings (as it serves every layer and step); SDPA gets the dense "
+        "bool mask."
     )
-    del dense
     bar.update()
 
     bar.set_postfix_str(f"ALiBi memory N={n}")

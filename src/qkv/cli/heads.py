@@ -45,7 +45,9 @@ def head_scores(model, ids, metric: str):  # noqa: ANN001, ANN201
         return induction_scores(model, torch.cat([half, half], dim=1))
     family = family_of(model)
     if family is None or family.protocol != CAUSAL_LM:
-        raise ConfigError("--metric ablation measures the next-token loss: it needs a causal language model (GPT, Llama)")
+        raise ConfigError(
+            "--metric ablation measures the next-token loss: it needs a causal language model (GPT, Llama)"
+        )
     if ids.shape[1] < 2:
         raise ConfigError("--metric ablation needs a text of at least 2 tokens")
     return head_importance(model, ids)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention.frozen import derived, frozen_linear, reusing
 from qkv.attention.block_masks import BlockMask
+from qkv.attention.frozen import derived, frozen_linear, reusing
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.multi_head import MultiHeadAttention

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from qkv.attention.block_masks import BlockMask, block_mask
 from qkv.attention.frozen import frozen_linear
 from qkv.attention.kv_cache import KVCache
+from qkv.attention.mods import ScoreMod, T5RelativeBias, alibi, document
 from qkv.attention.positional import (
     ROPE_SCALINGS,
     LearnedPositions,
@@ -23,8 +25,6 @@ from qkv.attention.positional import (
     RotaryEmbedding,
     SinusoidalPositions,
 )
-from qkv.attention.block_masks import BlockMask, block_mask
-from qkv.attention.mods import ScoreMod, T5RelativeBias, alibi, document
 from qkv.errors import ConfigError, ShapeError, describe_shape
 from qkv.models.blocks import FEED_FORWARDS, NORMS, PreNormBlock, dropout_layer, make_norm
 from qkv.models.config import ModelConfig
@@ -201,7 +201,9 @@ class GPT(nn.Module):
         """Per-token positions within each document ``(batch, seq)`` and the document mask's tile classes (made
         once here, used by every layer)."""
         if cache is not None or left_padding is not None:
-            raise ConfigError("document_ids (packed training sequences) cannot be combined with a cache or left_padding")
+            raise ConfigError(
+                "document_ids (packed training sequences) cannot be combined with a cache or left_padding"
+            )
         if document_ids.shape != input_ids.shape or document_ids.dtype.is_floating_point:
             raise ShapeError(
                 f"document_ids must be integer (batch, seq) = {tuple(input_ids.shape)} like input_ids, got "

@@ -30,8 +30,8 @@ from qkv.attention.masks import Span
 from qkv.attention.mods import (
     IndexGrid,
     ScoreMod,
-    captured_tensors,
     additive_bias,
+    captured_tensors,
     evaluate_score,
     is_additive,
     is_relative,
@@ -321,7 +321,9 @@ class _ChunkedAttention(torch.autograd.Function):
         dparams = [torch.zeros_like(p) if w else None for p, w in zip(params, want_params)]
         keep_scale = 1.0 / (1.0 - plan.dropout) if plan.dropout > 0 else 1.0
         # a score function needs autograd unless it only adds a term and none of its tensors wants a gradient
-        through_mod = plan.score_mod is not None and not (is_additive(plan.score_mod) and not any(want_params[n_score:]))
+        through_mod = plan.score_mod is not None and not (
+            is_additive(plan.score_mod) and not any(want_params[n_score:])
+        )
         for index, tile in enumerate(plan.tiles):
             rows, cols = slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
             qt, kt, vt, dot = q5[..., rows, :], k5[..., cols, :], v5[..., cols, :], grad_out[..., rows, :]
