@@ -144,6 +144,14 @@ def probe(kind: str, n: int, device: str = "cpu") -> int:
     return peak_rss_since_reset(baseline)
 
 
+def _peaks(ours: str, reference: str, n: int, device: str) -> tuple[int, int]:
+    """Peak bytes of two :func:`probe` kinds: on a GPU in this process (the allocator's peak is exact), on the CPU
+    each in a fresh process (resident memory, which one run's allocator state would otherwise hide)."""
+    if torch.device(device).type == "cuda":
+        return probe(ours, n, device), probe(reference, n, device)
+    return peak_memory_of(__name__, "--probe", ours, str(n)), peak_memory_of(__name__, "--probe", reference, str(n))
+
+
 def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bool = True) -> Report:
     """Run P1-P3 and return the report (the caller prints and writes it)."""
     report = Report("Attention core benchmarks (P1-P3, programmable attention)", command, device=config.device)
@@ -165,11 +173,7 @@ def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bo
     chunked_peaks = {}
     for n in config.p2_sizes:
         bar.set_postfix_str(f"P2 memory N={n}")
-        if torch.device(device).type == "cuda":
-            ours, ref = probe("chunked", n, device), probe("naive", n, device)
-        else:
-            ours = peak_memory_of(__name__, "--probe", "chunked", str(n))
-            ref = peak_memory_of(__name__, "--probe", "naive", str(n))
+        ours, ref = _peaks("chunked", "naive", n, device)
         chunked_peaks[n] = ours
         goal = target("<= 1/20") if n == max(config.p2_sizes) else ""
         report.rows.append(Row("P2 chunked vs naive", f"N={n}", "peak memory", ours, ref, "naive", goal, "MiB"))
@@ -249,11 +253,7 @@ def _programmable_rows(report: Report, config: AttentionBenchConfig, target: Cal
     bar.update()
 
     bar.set_postfix_str(f"ALiBi memory N={n}")
-    if torch.device(device).type == "cuda":
-        ours, ref = probe("alibi-function", n, device), probe("alibi-dense", n, device)
-    else:
-        ours = peak_memory_of(__name__, "--probe", "alibi-function", str(n))
-        ref = peak_memory_of(__name__, "--probe", "alibi-dense", str(n))
+    ours, ref = _peaks("alibi-function", "alibi-dense", n, device)
     setting = f"N={n}, {ALIBI_HEADS} heads, causal"
     report.rows.append(Row("ALiBi function vs dense bias", setting, "peak memory", ours, ref, "SDPA + dense bias",
                            target("<= 1/20"), "MiB"))  # fmt: skip

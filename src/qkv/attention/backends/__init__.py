@@ -74,12 +74,13 @@ def choose_backend(call: AttentionCall) -> str:
 
 def run_backend(name: str, call: AttentionCall) -> tuple[Tensor, Tensor | None]:
     """Run ``call`` on backend ``name`` ("auto" chooses)."""
-    if name == "auto":
+    chosen = name == "auto"  # the chooser only picks a backend that can run the call: no second check
+    if chosen:
         name = choose_backend(call)
     backend = BACKENDS.get(name) if isinstance(name, str) else None
     if backend is None:
         raise UnknownNameError(f"unknown backend {name!r}; choose one of {', '.join(available_backends())}")
-    if name in _UNSUPPORTED:
+    if name in _UNSUPPORTED and not chosen:
         reason = _UNSUPPORTED[name](call)
         if reason is not None:
             raise BackendUnsupportedError(f"backend {name!r} cannot run this call: {reason}; use 'chunked' or 'auto'")

@@ -5,8 +5,9 @@ output accumulator, rescaled whenever a larger score arrives. The backward pass 
 :class:`torch.autograd.Function`: it stores only the output and the row log-sum-exp, and recomputes each tile's
 scores instead of keeping the ``q_len × k_len`` matrix.
 
-Tiles come from :func:`plan_tiles`: for every key block only the query rows that can see it are visited, and only
-the rows on the edge of a causal/window band pay for a mask. A sliding window therefore costs O(N · window).
+Tiles come from :mod:`qkv.attention.backends.tiles`: for every key block only the query rows that can see it are
+visited, and only the rows on the edge of a causal/window band pay for a mask. A sliding window therefore costs
+O(N · window); a block mask's empty tiles are never visited.
 
 Scores that are a dot product (``dot``, ``scaled_dot``, ``cosine``, ``general``) are transformed and scaled *before*
 the Function, so autograd differentiates the transform and the tiles are plain matmuls. Any other score (``additive``,
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from qkv.attention.block_masks import EMPTY, FULL, BlockMask, block_mask
+from qkv.attention.backends.tiles import Tile, plan_block_tiles, plan_tiles
+from qkv.attention.block_masks import BlockMask, block_mask
 from qkv.attention.call import AttentionCall
 from qkv.attention.masks import Span
 from qkv.attention.mods import (
@@ -48,79 +50,6 @@ DEFAULT_BLOCK_K = 256
 WINDOW_BLOCK_K = 128
 _NEG_INF = float("-inf")
 _LOG2E = math.log2(math.e)
-
-
-@dataclass(frozen=True)
-class Tile:
-    """Queries ``[q0, q1)`` against keys ``[k0, k1)``; ``masked`` when the causal/window band cuts through it,
-    ``partial`` when the mask function must be evaluated on it (the block mask calls it neither empty nor full)."""
-
-    q0: int
-    q1: int
-    k0: int
-    k1: int
-    masked: bool
-    partial: bool = False
-
-
-def _split(lo: int, hi: int, block: int, k0: int, k1: int, masked: bool, off: int) -> list[Tile]:
-    """Tiles for absolute query positions ``[lo, hi]`` (inclusive), at most ``block`` rows each."""
-    return [Tile(t - off, min(t + block, hi + 1) - off, k0, k1, masked) for t in range(lo, hi + 1, block)]
-
-
-def plan_tiles(q_len: int, k_len: int, span: Span, block_q: int, block_k: int) -> list[Tile]:
-    """Cover exactly the (query, key) pairs that ``span`` allows, skipping key blocks nobody sees.
-
-    Query ``i`` has absolute position ``t = i + (k_len - q_len)`` and sees keys ``[t - left, t + right]``. For a
-    key block ``[k0, k1)`` the rows that see some of it are ``t ∈ [k0 - right, k1 - 1 + left]``; the rows that see
-    all of it are ``t ∈ [k1 - 1 - right, k0 + left]`` and need no mask.
-    """
-    off = k_len - q_len
-    first, last = off, off + q_len - 1
-    tiles: list[Tile] = []
-    for k0 in range(0, k_len, block_k):
-        k1 = min(k0 + block_k, k_len)
-        any_lo = first if span.right is None else max(first, k0 - span.right)
-        any_hi = last if span.left is None else min(last, k1 - 1 + span.left)
-        if any_lo > any_hi:
-            continue  # no query sees this block: skipped entirely
-        full_lo = any_lo if span.right is None else max(any_lo, k1 - 1 - span.right)
-        full_hi = any_hi if span.left is None else min(any_hi, k0 + span.left)
-        if full_lo > full_hi:
-            tiles += _split(any_lo, any_hi, block_q, k0, k1, True, off)
-            continue
-        tiles += _split(any_lo, full_lo - 1, block_q, k0, k1, True, off)
-        tiles += _split(full_lo, full_hi, block_q, k0, k1, False, off)
-        tiles += _split(full_hi + 1, any_hi, block_q, k0, k1, True, off)
-    return tiles
-
-
-def _span_class(span: Span, off: int, q0: int, q1: int, k0: int, k1: int) -> int:
-    """EMPTY, PARTIAL or FULL: how the causal/window band covers queries ``[q0, q1)`` x keys ``[k0, k1)``."""
-    t0, t1 = q0 + off, q1 - 1 + off  # absolute positions of the first and last query
-    left = span.left if span.left is not None else 1 << 62
-    right = span.right if span.right is not None else 1 << 62
-    if k0 > t1 + right or k1 - 1 < t0 - left:
-        return EMPTY
-    if k0 >= t1 - left and k1 - 1 <= t0 + right:
-        return FULL
-    return 1
-
-
-def plan_block_tiles(q_len: int, k_len: int, span: Span, blocks: BlockMask) -> list[Tile]:
-    """Tiles of a block mask's grid that some query sees, minus what the causal/window band excludes."""
-    classes = blocks.tile_classes.tolist()  # one read to the host per call: the plan is Python
-    off = k_len - q_len
-    tiles = []
-    for i, row in enumerate(classes):
-        q0, q1 = i * blocks.block_q, min((i + 1) * blocks.block_q, q_len)
-        for j, cls in enumerate(row):
-            k0, k1 = j * blocks.block_k, min((j + 1) * blocks.block_k, k_len)
-            band = _span_class(span, off, q0, q1, k0, k1)
-            if cls == EMPTY or band == EMPTY:
-                continue
-            tiles.append(Tile(q0, q1, k0, k1, masked=band != FULL, partial=cls != FULL))
-    return tiles
 
 
 def _split_heads(t: Tensor | None, kv_heads: int, group: int) -> Tensor | None:
@@ -196,10 +125,9 @@ def _fused_relative_scores(plan: _Plan, qt: Tensor, kt: Tensor, tile: Tile) -> T
 
 
 def _biased_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None) -> Tensor:
-    """Raw scores plus the bias, through the score function: what the softmax sees before masking (the bias is added
-    in place unless ``s`` records gradients)."""
+    """Raw scores plus the bias (in place), through the score function: what the softmax sees before masking."""
     if bias5 is not None:
-        s = s.add_(_slice(bias5, tile)) if not s.requires_grad else s + _slice(bias5, tile)
+        s = s.add_(_slice(bias5, tile))
     if plan.score_mod is None:
         return s
     if is_relative(plan.score_mod) and not s.requires_grad:
