@@ -76,9 +76,9 @@ def test_a_trained_induction_head_stands_out_and_matters(induction_model):
     assert importance[layer, head] > 5 * others.median().clamp(min=1e-3)
     # and the loss it measures is the model's own
     with torch.no_grad(), qkv.intervene(induction_model, ablate={(layer, head): "zero"}):
-        ablated = float(causal_lm_loss(induction_model, ids))
+        ablated = float(causal_lm_loss(induction_model(ids), ids).mean())
     with torch.no_grad():
-        clean = float(causal_lm_loss(induction_model, ids))
+        clean = float(causal_lm_loss(induction_model(ids), ids).mean())
     assert importance[layer, head] == pytest.approx(ablated - clean)
 
 

@@ -258,7 +258,7 @@ def test_streamed_text_equals_the_text_printed_whole(run_dir, capsys):
     assert streamed == capsys.readouterr().out
 
 
-@pytest.mark.parametrize("metric", ["ablation", "induction", "previous-token"])
+@pytest.mark.parametrize("metric", ["ablation", "attribution", "induction", "previous-token"])
 def test_heads_prints_the_scores_the_api_computes_and_draws_them(run_dir, tmp_path, capsys, metric):
     from qkv.cli.common import encode_prompt, load_causal_lm
     from qkv.cli.heads import head_scores

@@ -1,14 +1,8 @@
 """Where information flows through a model's attention (rollout, flow) and what its heads do (ablation)."""
 
 from qkv.analysis.flow import attention_flow, attention_rollout, layer_transitions, max_flow
-from qkv.analysis.heads import (
-    causal_lm_loss,
-    head_importance,
-    induction_scores,
-    logit_lens,
-    previous_token_scores,
-    repeated_random_tokens,
-)
+from qkv.analysis.heads import induction_scores, logit_lens, previous_token_scores, repeated_random_tokens
+from qkv.analysis.importance import causal_lm_loss, head_importance, rank_correlation
 from qkv.analysis.intervene import ActivationCache, intervene, layer_modules, record
 
 __all__ = [
@@ -24,6 +18,7 @@ __all__ = [
     "logit_lens",
     "max_flow",
     "previous_token_scores",
+    "rank_correlation",
     "record",
     "repeated_random_tokens",
 ]

@@ -1,46 +1,21 @@
-"""Scores per attention head: how much the loss depends on it (ablation), and what pattern it implements
-(previous-token and induction heads, Olsson et al. 2022). Each returns ``(layers, heads)``, layers counted as
+"""Scores per attention head for the pattern it implements (previous-token and induction heads, Olsson et al.
+2022), and the logit lens. Each returns ``(layers, heads)``, layers counted as
 :func:`qkv.visualization.attention_modules` counts them."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.analysis.intervene import ABLATIONS, intervene
 from qkv.errors import ConfigError
-from qkv.visualization.capture import attention_modules, capture_attention
+from qkv.visualization.capture import capture_attention
 
 __all__ = [
-    "causal_lm_loss",
-    "head_importance",
     "induction_scores",
     "logit_lens",
     "previous_token_scores",
     "repeated_random_tokens",
 ]
-
-
-def causal_lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
-    """Mean next-token cross-entropy of a causal LM on ``ids (batch, seq)``."""
-    logits = model(ids).logits
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-
-
-@torch.no_grad()
-def head_importance(model: nn.Module, ids: Tensor, ablation: str = "zero", loss_fn=causal_lm_loss) -> Tensor:  # noqa: ANN001
-    """``loss(head ablated) - loss(clean)`` for every head, ``(layers, heads)`` (one forward per head)."""
-    if ablation not in ABLATIONS:
-        raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
-    modules = attention_modules(model)
-    clean = float(loss_fn(model, ids))
-    out = torch.zeros(len(modules), max(m.num_heads for m in modules), dtype=torch.float64)
-    for layer, module in enumerate(modules):
-        for head in range(module.num_heads):
-            with intervene(model, ablate={(layer, head): ablation}):
-                out[layer, head] = float(loss_fn(model, ids)) - clean
-    return out
 
 
 def repeated_random_tokens(vocab_size: int, half: int, batch: int = 8, seed: int = 0) -> Tensor:

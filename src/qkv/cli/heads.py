@@ -9,16 +9,17 @@ from qkv.cli.common import add_device_option
 
 __all__ = ["add_parser", "head_scores"]
 
-METRICS = ("ablation", "induction", "previous-token")
+METRICS = ("ablation", "attribution", "induction", "previous-token")
 HINT = "give some text, e.g. qkv heads runs/quickstart 'To be, or not to be' --metric previous-token"
 
 
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p = verbs.add_parser(
         name,
-        help="score every attention head on a text (ablation loss, induction, previous-token)",
+        help="score every attention head on a text (ablation loss, attribution, induction, previous-token)",
         description="Score each head of MODEL on TEXT and print a layer x head table (and --png a grid): "
-        "'ablation' = the change in next-token loss when the head is zeroed (causal LMs); 'induction' = attention "
+        "'ablation' = the change in next-token loss when the head is zeroed (causal LMs); 'attribution' = its "
+        "gradient estimate from one backward pass (attribution patching); 'induction' = attention "
         "from the second copy of TEXT repeated twice to the token after the first occurrence; 'previous-token' = "
         "attention to the token before.",
     )
@@ -46,11 +47,11 @@ def head_scores(model, ids, metric: str):  # noqa: ANN001, ANN201
     family = family_of(model)
     if family is None or family.protocol != CAUSAL_LM:
         raise ConfigError(
-            "--metric ablation measures the next-token loss: it needs a causal language model (GPT, Llama)"
+            f"--metric {metric} measures the next-token loss: it needs a causal language model (GPT, Llama)"
         )
     if ids.shape[1] < 2:
-        raise ConfigError("--metric ablation needs a text of at least 2 tokens")
-    return head_importance(model, ids)
+        raise ConfigError(f"--metric {metric} needs a text of at least 2 tokens")
+    return head_importance(model, ids, method="exact" if metric == "ablation" else "attribution")
 
 
 def run(args: argparse.Namespace) -> int:
