@@ -104,3 +104,62 @@ def test_logit_lens_ends_in_the_models_logits_and_reads_each_layers_residual():
         torch.testing.assert_close(lens[0], by_hand @ model.token_embedding.weight.T, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="needs a causal LM"):
         logit_lens(qkv.load_pretrained("minilm"), ids)
+
+
+def _attention_output(model, layer, ablate, ids):  # noqa: ANN001, ANN202
+    """What attention module ``layer`` adds to the residual stream, with ``ablate`` applied, ``(batch, seq, dim)``."""
+    seen = {}
+    handle = model.blocks[layer].attn.register_forward_hook(lambda _m, _a, out: seen.__setitem__("out", out[0]))
+    try:
+        with torch.no_grad(), qkv.intervene(model, ablate=ablate):
+            model(ids)
+    finally:
+        handle.remove()
+    return seen["out"]
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_direct_logit_attribution_equals_each_heads_write_through_the_frozen_final_norm(norm):
+    """A head's write into the residual stream, measured as the module's output with only that head kept minus its
+    output with every head zeroed (the bias), through the final norm with its scale frozen at the actual final
+    residual, dotted with the target token's unembedding row."""
+    from qkv.analysis import direct_logit_attribution
+
+    torch.manual_seed(0)
+    config = qkv.models.GPTConfig(vocab_size=20, max_seq_len=8, num_layers=2, num_heads=4, embed_dim=32, norm=norm)
+    model = qkv.models.GPT(config).double().eval()
+    with torch.no_grad():  # a gain and bias that are not all ones and zeros
+        model.final_norm.weight.uniform_(0.5, 1.5)
+    ids = torch.randint(0, 20, (2, 8))
+    dla = direct_logit_attribution(model, ids)
+    assert dla.shape == (2, 4, 2, 7) and dla.dtype == torch.float64
+    final = {}
+    model.final_norm.register_forward_pre_hook(lambda _m, args: final.__setitem__("x", args[0]))
+    with torch.no_grad():
+        model(ids)
+    x = final["x"][:, :7]
+    unembed = model.lm_head.weight[ids[:, 1:]]  # (batch, 7, dim)
+    for layer, head in [(0, 1), (1, 3)]:
+        others = {(layer, h): "zero" for h in range(4) if h != head}
+        write = (_attention_output(model, layer, others, ids) - _attention_output(
+            model, layer, {**others, (layer, head): "zero"}, ids))[:, :7]  # fmt: skip
+        if norm == "layer":
+            write = (write - write.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        else:
+            write = write / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+        want = (write * model.final_norm.weight * unembed).sum(-1)
+        assert want.abs().max() > 1e-3
+        torch.testing.assert_close(dla[layer, head], want, rtol=1e-9, atol=1e-12)
+
+
+def test_direct_logit_attribution_refuses_encoders_and_bad_targets():
+    from qkv.analysis import direct_logit_attribution
+
+    model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=16, max_seq_len=8, num_layers=1, num_heads=2, embed_dim=8))
+    ids = torch.randint(0, 16, (2, 8))
+    with pytest.raises(ConfigError, match="targets must be"):
+        direct_logit_attribution(model, ids, targets=torch.zeros(3, 8, dtype=torch.long))
+    with pytest.raises(ConfigError, match="at least 2 tokens"):
+        direct_logit_attribution(model, ids[:, :1])
+    with pytest.raises(ConfigError, match="needs a causal LM"):
+        direct_logit_attribution(qkv.load_pretrained("minilm"), ids)

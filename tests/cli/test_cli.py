@@ -258,7 +258,7 @@ def test_streamed_text_equals_the_text_printed_whole(run_dir, capsys):
     assert streamed == capsys.readouterr().out
 
 
-@pytest.mark.parametrize("metric", ["ablation", "attribution", "induction", "previous-token"])
+@pytest.mark.parametrize("metric", ["ablation", "attribution", "logit-attribution", "induction", "previous-token"])
 def test_heads_prints_the_scores_the_api_computes_and_draws_them(run_dir, tmp_path, capsys, metric):
     from qkv.cli.common import encode_prompt, load_causal_lm
     from qkv.cli.heads import head_scores
@@ -277,6 +277,8 @@ def test_heads_prints_the_scores_the_api_computes_and_draws_them(run_dir, tmp_pa
 
 def test_heads_refuses_ablation_without_a_language_model_and_empty_text(run_dir, capsys):
     assert main(["heads", "minilm", "a sentence"]) == 2
+    assert "needs a causal language model" in capsys.readouterr().err
+    assert main(["heads", "minilm", "a sentence", "--metric", "logit-attribution"]) == 2
     assert "needs a causal language model" in capsys.readouterr().err
     assert main(["heads", str(run_dir), ""]) == 2
     assert "TEXT is empty" in capsys.readouterr().err

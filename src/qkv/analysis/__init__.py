@@ -1,7 +1,13 @@
 """Where information flows through a model's attention (rollout, flow) and what its heads do (ablation)."""
 
 from qkv.analysis.flow import attention_flow, attention_rollout, layer_transitions, max_flow
-from qkv.analysis.heads import induction_scores, logit_lens, previous_token_scores, repeated_random_tokens
+from qkv.analysis.heads import (
+    direct_logit_attribution,
+    induction_scores,
+    logit_lens,
+    previous_token_scores,
+    repeated_random_tokens,
+)
 from qkv.analysis.importance import causal_lm_loss, head_importance, rank_correlation
 from qkv.analysis.intervene import ActivationCache, intervene, layer_modules, record
 
@@ -10,6 +16,7 @@ __all__ = [
     "attention_flow",
     "attention_rollout",
     "causal_lm_loss",
+    "direct_logit_attribution",
     "head_importance",
     "induction_scores",
     "intervene",

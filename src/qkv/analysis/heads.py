@@ -7,10 +7,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from qkv.analysis.intervene import record
 from qkv.errors import ConfigError
-from qkv.visualization.capture import capture_attention
+from qkv.visualization.capture import attention_modules, capture_attention
 
 __all__ = [
+    "direct_logit_attribution",
     "induction_scores",
     "logit_lens",
     "previous_token_scores",
@@ -51,17 +53,70 @@ def induction_scores(model: nn.Module, ids: Tensor) -> Tensor:
     return w.diagonal(offset=1 - half, dim1=-2, dim2=-1)[..., 1:].mean(dim=(1, 3)).double()
 
 
+def _causal_lm(model: nn.Module, what: str) -> None:
+    if not (hasattr(model, "final_norm") and hasattr(model, "lm_head")):
+        raise ConfigError(f"{what} needs a causal LM with final_norm and lm_head; {type(model).__name__} has not")
+
+
 @torch.no_grad()
 def logit_lens(model: nn.Module, ids: Tensor) -> Tensor:
     """The next-token logits each layer's residual stream would give if it were the last (nostalgebraist 2020):
     ``(layers, batch, seq, vocab)``, every layer's output through the model's final norm and output layer; the last
     row is the model's own logits."""
-    from qkv.analysis.intervene import record
-
-    if not (hasattr(model, "final_norm") and hasattr(model, "lm_head")):
-        raise ConfigError(
-            f"the logit lens needs a causal LM with final_norm and lm_head; {type(model).__name__} has not"
-        )
+    _causal_lm(model, "the logit lens")
     with record(model) as cache:
         model(ids)
     return torch.stack([model.lm_head(model.final_norm(cache.resid[i])) for i in sorted(cache.resid)])
+
+
+@torch.no_grad()
+def direct_logit_attribution(model: nn.Module, ids: Tensor, targets: Tensor | None = None) -> Tensor:
+    """How much each head's output, written straight into the residual stream, adds to the logit of a target token:
+    ``(layers, heads, batch, positions)``.
+
+    A head's direct contribution is its output through its slice of W_O, ``(batch, seq, embed_dim)``; the final
+    norm is linearised at the actual final residual (its centring and its scale ``1/σ`` or ``1/rms`` taken from
+    that residual, as TransformerLens does), then multiplied by the target's row of the output layer. Paths through
+    later layers are not counted (that is what ablation measures).
+
+    Args:
+        ids: ``(batch, seq)``.
+        targets: ``(batch, seq)`` the token whose logit to explain at each position; default: the next token
+            (``ids[:, 1:]``, so the result covers the first ``seq - 1`` positions).
+    """
+    _causal_lm(model, "direct logit attribution")
+    if targets is None:
+        if ids.shape[1] < 2:
+            raise ConfigError("direct logit attribution of the next token needs sequences of at least 2 tokens")
+        targets = ids[:, 1:]
+    positions = targets.shape[1]
+    if targets.shape[0] != ids.shape[0] or positions > ids.shape[1]:
+        raise ConfigError(f"targets must be (batch, at most seq) = ({ids.shape[0]}, <= {ids.shape[1]}), got "
+                          f"{tuple(targets.shape)}")  # fmt: skip
+    final: dict[str, Tensor] = {}
+    handle = model.final_norm.register_forward_pre_hook(lambda _m, args: final.__setitem__("resid", args[0]))
+    try:
+        with record(model) as cache:
+            model(ids)
+    finally:
+        handle.remove()
+    norm = model.final_norm
+    dtype = torch.promote_types(final["resid"].dtype, torch.float32)  # (half precision: attribute in fp32)
+    resid = final["resid"][:, :positions].to(dtype)
+    layer_norm = isinstance(norm, nn.LayerNorm)
+    if layer_norm:
+        scale = (resid.var(dim=-1, unbiased=False, keepdim=True) + norm.eps).rsqrt()
+    else:  # RMSNorm
+        scale = (resid.pow(2).mean(dim=-1, keepdim=True) + norm.eps).rsqrt()
+    # the target's direction in the residual stream, through the norm's gain: (batch, positions, embed_dim)
+    direction = model.lm_head.weight[targets].to(dtype) * norm.weight.to(dtype) * scale
+    modules = attention_modules(model)
+    out = torch.zeros(len(modules), max(m.num_heads for m in modules), *targets.shape, dtype=dtype)
+    for layer, module in enumerate(modules):
+        heads = cache.heads[layer][:, :, :positions].to(dtype)  # (batch, heads, positions, head_dim)
+        w_o = module.out_proj.weight.to(dtype).view(module.embed_dim, module.num_heads, -1)  # (embed, heads, head_dim)
+        written = torch.einsum("bhpd,ehd->bhpe", heads, w_o)  # each head's write into the residual stream
+        if layer_norm:
+            written = written - written.mean(dim=-1, keepdim=True)
+        out[layer, : module.num_heads] = torch.einsum("bhpe,bpe->hbp", written, direction)
+    return out

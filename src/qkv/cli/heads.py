@@ -9,17 +9,18 @@ from qkv.cli.common import add_device_option
 
 __all__ = ["add_parser", "head_scores"]
 
-METRICS = ("ablation", "attribution", "induction", "previous-token")
+METRICS = ("ablation", "attribution", "logit-attribution", "induction", "previous-token")
 HINT = "give some text, e.g. qkv heads runs/quickstart 'To be, or not to be' --metric previous-token"
 
 
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p = verbs.add_parser(
         name,
-        help="score every attention head on a text (ablation loss, attribution, induction, previous-token)",
+        help="score every attention head on a text (ablation, attribution, logit attribution, induction, previous-token)",
         description="Score each head of MODEL on TEXT and print a layer x head table (and --png a grid): "
         "'ablation' = the change in next-token loss when the head is zeroed (causal LMs); 'attribution' = its "
-        "gradient estimate from one backward pass (attribution patching); 'induction' = attention "
+        "gradient estimate from one backward pass (attribution patching); 'logit-attribution' = what the head's "
+        "output adds directly to the next token's logit, averaged over positions; 'induction' = attention "
         "from the second copy of TEXT repeated twice to the token after the first occurrence; 'previous-token' = "
         "attention to the token before.",
     )
@@ -35,7 +36,7 @@ def head_scores(model, ids, metric: str):  # noqa: ANN001, ANN201
     """``(layers, heads)`` scores of ``metric`` for ``ids (1, n)``."""
     import torch
 
-    from qkv.analysis import head_importance, induction_scores, previous_token_scores
+    from qkv.analysis import direct_logit_attribution, head_importance, induction_scores, previous_token_scores
     from qkv.errors import ConfigError
     from qkv.models.families import CAUSAL_LM, family_of
 
@@ -46,11 +47,11 @@ def head_scores(model, ids, metric: str):  # noqa: ANN001, ANN201
         return induction_scores(model, torch.cat([half, half], dim=1))
     family = family_of(model)
     if family is None or family.protocol != CAUSAL_LM:
-        raise ConfigError(
-            f"--metric {metric} measures the next-token loss: it needs a causal language model (GPT, Llama)"
-        )
+        raise ConfigError(f"--metric {metric} explains the next token: it needs a causal language model (GPT, Llama)")
     if ids.shape[1] < 2:
         raise ConfigError(f"--metric {metric} needs a text of at least 2 tokens")
+    if metric == "logit-attribution":
+        return direct_logit_attribution(model, ids).mean(dim=(2, 3)).double()
     return head_importance(model, ids, method="exact" if metric == "ablation" else "attribution")
 
 
