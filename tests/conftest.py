@@ -68,6 +68,15 @@ def plain_attention(
     return weights @ v, weights
 
 
+def page_data(path) -> dict:  # noqa: ANN001
+    """The data an attention page (``qkv.visualization.html``) embeds, parsed back from the file."""
+    import json
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    return json.loads(re.search(r"const D = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))
+
+
 def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:  # noqa: ANN001
     """The causal/window mask from its definition: -left <= j - off - i <= right."""
     off = k_len - q_len

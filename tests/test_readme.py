@@ -110,7 +110,15 @@ def test_every_readme_command_and_cli_hint_works_as_written(sandbox):
     hint = re.search(r"e\.g\. (qkv heads .*)$", refused.stderr.strip()).group(1)
     assert "previous-token score per head" in run_in(sandbox, hint, timeout=120).stdout
     # what the commands promised to write is there
-    for path in ("runs/baby/metrics.json", "vectors.npy", "align-2.png", "explore.html", "page.html", "head.png"):
+    for path in (
+        "runs/baby/metrics.json",
+        "vectors.npy",
+        "align-2.png",
+        "explore.html",
+        "page.html",
+        "head.png",
+        "heads.html",
+    ):
         assert (sandbox / path).exists(), path
 
 

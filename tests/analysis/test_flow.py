@@ -24,6 +24,12 @@ def test_rollout_equals_the_hand_computation():
     # R = Ã2 Ã1, row 2: .05·[1,0,0] + .05·[.25,.75,0] + .9·[.1,.15,.75]
     want = torch.tensor([[[1.0, 0, 0], [0.4, 0.6, 0], [0.1525, 0.1725, 0.675]]], dtype=torch.float64)
     torch.testing.assert_close(attention_rollout(_two_layers()), want, rtol=1e-12, atol=1e-12)
+    # through layer 0 only: Ã1 itself
+    first = torch.tensor([[[1.0, 0, 0], [0.25, 0.75, 0], [0.1, 0.15, 0.75]]], dtype=torch.float64)
+    every = attention_rollout(_two_layers(), every_layer=True)
+    assert every.shape == (2, 1, 3, 3)
+    torch.testing.assert_close(every[0], first, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(every[1], want, rtol=1e-12, atol=1e-12)
 
 
 def _networkx_flow(attentions: list[torch.Tensor]) -> torch.Tensor:

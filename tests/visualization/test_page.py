@@ -15,6 +15,7 @@ from qkv.decoding.translate import cross_attention
 from qkv.models import GPT, GPTConfig, Transformer, TransformerConfig
 from qkv.visualization import capture_attention
 from qkv.visualization.html import write_attention_page
+from tests.conftest import page_data
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -61,11 +62,7 @@ def _open(browser, path: Path):
 
 def _rows_of(path: Path) -> list:
     """The per-layer, per-head, per-query ``[[key, weight], ...]`` rows the page embeds."""
-    import json
-    import re
-
-    text = path.read_text(encoding="utf-8")
-    return json.loads(re.search(r"const D = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))["rows"]
+    return page_data(path)["rows"]
 
 
 def _canvas_hash(page, canvas_id: str) -> str:
@@ -236,3 +233,116 @@ def test_query_view_draws_exactly_the_captured_weights(browser, tmp_path, kind):
         caption = page.inner_text("#qkInfo")
         assert caption.startswith(f"layer {layer} · {heads} heads"), caption
     assert errors == [], errors
+
+
+def _analysis_page(tmp_path, n: int = 9):
+    """A GPT's captured weights with rollout (every layer), flow and a head-score grid."""
+    from qkv.analysis import attention_flow, attention_rollout
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, max_seq_len=16, num_layers=3, num_heads=4, embed_dim=16)).eval()
+    with torch.no_grad(), capture_attention(model) as cap:
+        model(torch.randint(0, 20, (1, n)))
+    layers = cap.all_layers()
+    rollout = attention_rollout(layers, every_layer=True)[:, 0]
+    flow = attention_flow(layers)[0]
+    scores = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    tokens = [f"w{i}" for i in range(n)]
+    path = write_attention_page(
+        tmp_path / "analysis.html", [w[0] for w in layers], tokens, title="analysis", rollout=rollout, flow=flow,
+        head_scores=("ablation", scores),
+    )  # fmt: skip
+    return path, [w[0] for w in layers], rollout, flow, scores, tokens
+
+
+def test_rollout_and_flow_view_draws_the_python_numbers_for_the_chosen_positions(browser, tmp_path):
+    path, _, rollout, flow, _, tokens = _analysis_page(tmp_path)
+    page, errors, requests = _open(browser, path)
+    page.click("#tab-flow")
+    for layer in (2, 0):
+        page.select_option("#flowLayer", str(layer))
+        drawn = page.evaluate("window.qkvDrawn")
+        assert drawn["kind"] == "rollout" and drawn["layer"] == layer and drawn["queries"] == [8]
+        torch.testing.assert_close(
+            torch.tensor(drawn["values"], dtype=torch.float64), rollout[layer, 8], rtol=0, atol=5e-5
+        )
+    heat = _canvas_hash(page, "flowHeat")
+    page.select_option("#flowKind", "flow")
+    drawn = page.evaluate("window.qkvDrawn")
+    assert drawn["kind"] == "flow" and _canvas_hash(page, "flowHeat") != heat
+    torch.testing.assert_close(torch.tensor(drawn["values"], dtype=torch.float64), flow[8], rtol=0, atol=5e-5)
+    # several positions chosen in the query view: their rows summed
+    page.click("#tab-qk")
+    page.select_option("#qtok", ["3", "5", "8"])
+    page.click("#tab-flow")
+    drawn = page.evaluate("window.qkvDrawn")
+    assert drawn["queries"] == [3, 5, 8]
+    torch.testing.assert_close(
+        torch.tensor(drawn["values"], dtype=torch.float64), flow[[3, 5, 8]].sum(0), rtol=0, atol=2e-4
+    )
+    assert "3 positions (summed)" in page.inner_text("#flowInfo")
+    assert errors == [] and requests == [path.as_uri()]
+
+
+def test_several_query_tokens_sum_their_weights_and_hide_the_scores(browser, tmp_path):
+    path, weights, _, _, _, tokens = _analysis_page(tmp_path)
+    page, errors, _ = _open(browser, path)
+    page.click("#tab-qk")
+    page.check("#head-1")
+    page.select_option("#qtok", ["2", "6"])
+    drawn = page.evaluate("window.qkvDrawn")
+    assert drawn["queries"] == [2, 6] and [d["head"] for d in drawn["heads"]] == [0, 1]
+    for d in drawn["heads"]:
+        want = weights[2][d["head"], 2] + weights[2][d["head"], 6]
+        torch.testing.assert_close(torch.tensor(d["weights"]), want, rtol=0, atol=2e-4)
+    assert "2 queries (2, 6), weights summed" in page.inner_text("#qkInfo")
+    assert errors == []
+
+
+def test_head_score_grid_zooms_into_the_clicked_head_and_filters_narrow_the_model_view(browser, tmp_path):
+    path, _, _, _, scores, _ = _analysis_page(tmp_path)
+    page, errors, _ = _open(browser, path)
+    page.click("#tab-scores")
+    assert "ablation per head" in page.inner_text("#scoresCap")
+    layout = page.evaluate("window.qkvScoreLayout")
+    layer, head = 1, 3
+    at = {"x": layout["left"] + head * layout["cell"] + 10, "y": layout["top"] + layer * layout["cell"] + 10}
+    page.click("#scoreCanvas", position=at)
+    assert page.evaluate("[window.qkvState.view, window.qkvState.zoom, window.qkvState.layer]") == ["model", [1, 3], 1]
+    assert page.is_checked("#head-3") and not page.is_checked("#head-0")
+    assert page.evaluate("document.querySelectorAll('#thumbs canvas').length") == 12
+    page.fill("#layerFilter", "1-2")
+    page.fill("#headFilter", "0,3")
+    assert page.evaluate("document.querySelectorAll('#thumbs canvas').length") == 4
+    assert page.evaluate("[...document.querySelectorAll('#thumbs canvas')].map(c => c.id)") == [
+        "thumb-1-0", "thumb-1-3", "thumb-2-0", "thumb-2-3",
+    ]  # fmt: skip
+    assert "2 layers × 2 heads shown" in page.inner_text("#filterInfo")
+    page.fill("#layerFilter", "5")  # no layer 5: refused, marked, nothing changes
+    assert "bad" in page.get_attribute("#layerFilter", "class")
+    assert page.evaluate("document.querySelectorAll('#thumbs canvas').length") == 4
+    assert errors == []
+
+
+def test_a_2000_token_input_keeps_every_row(browser, tmp_path):
+    n = 2000
+    tokens = [f"t{i}" for i in range(n)]
+    path = write_attention_page(tmp_path / "long.html", _attention(2, 2, n, seed=3), tokens, title="very long")
+    page, errors, _ = _open(browser, path)
+    view = page.evaluate("window.qkvHeadView")
+    assert view["rowsDrawn"] == n and view["height"] <= 32767 and view["rowHeight"] >= 1
+    assert page.evaluate("document.getElementById('qtok').options.length") == n
+    page.click("#tab-qk")
+    page.select_option("#qtok", str(n - 1))
+    assert page.evaluate("window.qkvDrawn")["query"] == n - 1
+    assert errors == []
+
+
+def test_page_refuses_rollout_and_scores_of_the_wrong_shape(tmp_path):
+    from qkv.errors import ShapeError
+
+    weights = _attention(2, 3, 5)
+    with pytest.raises(ShapeError, match=r"rollout must be \(2, 5, 5\)"):
+        write_attention_page(tmp_path / "x.html", weights, list("abcde"), rollout=torch.rand(1, 5, 5))
+    with pytest.raises(ShapeError, match=r"head_scores must be \(layers, heads\) = \(2, 3\)"):
+        write_attention_page(tmp_path / "x.html", weights, list("abcde"), head_scores=("x", torch.rand(3, 2)))

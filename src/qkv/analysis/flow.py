@@ -50,14 +50,15 @@ def layer_transitions(attentions: Sequence[Tensor], residual: float = 0.5) -> Te
     return torch.stack(steps)
 
 
-def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5) -> Tensor:
+def attention_rollout(attentions: Sequence[Tensor], residual: float = 0.5, *, every_layer: bool = False) -> Tensor:
     """``(batch, seq, seq)``: row ``i`` is how much of each input token reaches output position ``i`` (rows sum to
-    1 when every layer's rows do)."""
+    1 when every layer's rows do). ``every_layer``: ``(layers, batch, seq, seq)``, the rollout through layers
+    ``0..l`` for each ``l`` (the last equals the default's)."""
     transitions = layer_transitions(attentions, residual)
-    rollout = transitions[0]
+    rollouts = [transitions[0]]
     for step in transitions[1:]:
-        rollout = step @ rollout
-    return rollout
+        rollouts.append(step @ rollouts[-1])
+    return torch.stack(rollouts) if every_layer else rollouts[-1]
 
 
 def attention_flow(attentions: Sequence[Tensor], residual: float = 0.5) -> Tensor:

@@ -9,6 +9,7 @@ from qkv.cli.common import add_device_option
 
 __all__ = ["add_parser", "attention_report"]
 
+FLOW_LIMIT = 16  # attention flow runs one max-flow per pair of tokens: 2 s for 16 tokens x 6 layers, 15 s for 24
 HINT = "give some text to look at, e.g. qkv attention runs/quickstart 'To be, or not to be' --png grid.png"
 
 
@@ -17,7 +18,8 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         name,
         help="draw a model's attention over a text (PNG grid, interactive HTML page)",
         description="Run MODEL on TEXT, capture the exact attention weights of every layer, and write them as a PNG "
-        "grid and/or a self-contained interactive HTML page (works offline). MODEL is a qkv run/checkpoint directory, "
+        "grid and/or a self-contained interactive HTML page (works offline; with attention rollout, and flow for up to "
+        f"{FLOW_LIMIT} tokens). MODEL is a qkv run/checkpoint directory, "
         "a HuggingFace-format directory (BERT or GPT-2), or 'minilm'.",
     )
     p.add_argument("model", help="qkv checkpoint, HF-format directory, or 'minilm'")
@@ -45,11 +47,14 @@ def attention_report(
     name: str = "attention",
     pretrained: bool = False,
     token_ids=None,  # noqa: ANN001 - (1, n) ids to use instead of encoding text
+    head_scores=None,  # noqa: ANN001 - (name, (layers, heads)) for the page's head-score grid
 ) -> list[Path]:
-    """Capture ``model``'s attention over ``text`` (or ready ``token_ids (1, n)``) and write the PNG and/or the page;
+    """Capture ``model``'s attention over ``text`` (or ready ``token_ids (1, n)``) and write the PNG and/or the page
+    (with attention rollout through every layer, and attention flow for inputs of up to ``FLOW_LIMIT`` tokens);
     returns the paths written. ``title`` defaults to ``name`` and the start of the tokens drawn."""
     import torch
 
+    from qkv.analysis import attention_flow, attention_rollout
     from qkv.cli.common import encode_prompt
     from qkv.devices import model_device
     from qkv.visualization import capture_attention, plot_attention
@@ -82,7 +87,15 @@ def attention_report(
         focus = (layer if layer is not None else len(attentions) - 1, head if head is not None else 0)
         # the softmax inputs for the query view; long inputs show their largest weights only, without scores
         scores = [cap.scores(i)[0].cpu() for i in cap.layers] if len(tokens) <= DENSE_LIMIT else None
-        written.append(write_attention_page(html, attentions, tokens, title=title, scores=scores, focus=focus))
+        layers = [w[None] for w in attentions]  # (1, heads, n, n) each
+        rollout = attention_rollout(layers, every_layer=True)[:, 0]
+        flow = attention_flow(layers)[0] if len(tokens) <= FLOW_LIMIT else None
+        written.append(
+            write_attention_page(
+                html, attentions, tokens, title=title, scores=scores, focus=focus, rollout=rollout, flow=flow,
+                head_scores=head_scores,
+            )
+        )  # fmt: skip
     return written
 
 

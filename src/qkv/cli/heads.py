@@ -16,8 +16,9 @@ HINT = "give some text, e.g. qkv heads runs/quickstart 'To be, or not to be' --m
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p = verbs.add_parser(
         name,
-        help="score every attention head on a text (ablation, attribution, logit attribution, induction, previous-token)",
-        description="Score each head of MODEL on TEXT and print a layer x head table (and --png a grid): "
+        help="score every attention head on a text (ablation, attributions, induction, previous-token)",
+        description="Score each head of MODEL on TEXT and print a layer x head table (--png a grid, --html the "
+        "explorer page): "
         "'ablation' = the change in next-token loss when the head is zeroed (causal LMs); 'attribution' = its "
         "gradient estimate from one backward pass (attribution patching); 'logit-attribution' = what the head's "
         "output adds directly to the next token's logit, averaged over positions; 'induction' = attention "
@@ -28,6 +29,9 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("text", help="the text to score the heads on")
     p.add_argument("--metric", choices=METRICS, default="ablation", help="what to score (default: ablation)")
     p.add_argument("--png", type=Path, help="write the layer x head grid here (.png, .svg or .pdf)")
+    p.add_argument(
+        "--html", type=Path, help="write the explorer page here (.html): the score grid, click a head to see it"
+    )
     add_device_option(p, dtype=True)
     p.set_defaults(run=run)
 
@@ -56,14 +60,15 @@ def head_scores(model, ids, metric: str):  # noqa: ANN001, ANN201
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import check_output_files, encode_prompt, load_model_and_tokenizer
+    from qkv.cli.attention import attention_report
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files, encode_prompt, load_model_and_tokenizer
     from qkv.devices import model_device
     from qkv.errors import ConfigError
     from qkv.visualization.grid import IMAGE_SUFFIXES, plot_head_scores
 
     if not args.text:
         raise ConfigError(f"TEXT is empty: {HINT}")
-    check_output_files({"png": IMAGE_SUFFIXES}, png=args.png)
+    check_output_files({"png": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, png=args.png, html=args.html)
     model, tokenizer, pretrained = load_model_and_tokenizer(args.model, args.device, args.dtype)
     if pretrained:
         ids = tokenizer.batch([args.text])[0]
@@ -74,7 +79,13 @@ def run(args: argparse.Namespace) -> int:
     print("layer " + " ".join(f"{h:>8}" for h in range(scores.shape[1])))
     for layer, row in enumerate(scores.tolist()):
         print(f"{layer:>5} " + " ".join(f"{v:8.4f}" for v in row))
+    title = f"{Path(args.model).name}: {args.metric} per head"
     if args.png is not None:
-        title = f"{Path(args.model).name}: {args.metric} per head"
         print(f"written: {plot_head_scores(scores, args.png, title=title)}")
+    if args.html is not None:
+        for path in attention_report(
+            model, tokenizer, args.text, None, args.html, name=Path(args.model).name, pretrained=pretrained,
+            token_ids=None if pretrained else ids, head_scores=(args.metric, scores),
+        ):  # fmt: skip
+            print(f"written: {path}")
     return 0

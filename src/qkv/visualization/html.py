@@ -1,13 +1,17 @@
 """An interactive attention explorer as one self-contained HTML file: no CDN, no network, JS and CSS inlined.
 
 Views: *head view* (query tokens linked to key tokens, line opacity = weight; pick the layer and heads), *model view*
-(layer × head thumbnails, click one to zoom), *query view* (one query's weights over the keys, labelled, for the
-chosen layer and each chosen head; with ``scores``, the softmax's input above them and the keys the mask forbade),
-and, when given, the *alignment* of a source and a target sentence (seq2seq).
+(layer × head thumbnails, filtered by layers and heads, click one to zoom), *query view* (the weights of one query
+or the sum of several over the keys, labelled, for the chosen layer and each chosen head; with ``scores`` and one
+query, the softmax's input above them and the keys the mask forbade), and, when given, *rollout / flow* (how much
+of each input token reaches each position, Abnar & Zuidema 2020), *head scores* (a layer × head grid, e.g. ablation
+importance; click a head to zoom into its pattern) and the *alignment* of a source and a target sentence (seq2seq).
 
 The page draws only numbers it is given: the weights the model used (from :func:`qkv.capture_attention` or the
-model's own output) and the scores its softmax received. It computes no softmax and applies no mask of its own, so
-what it shows for causal, windowed, padded and cross-attention is what the model computed.
+model's own output), the scores its softmax received, and rollout, flow and head scores computed from them in
+Python. It computes no softmax and applies no mask of its own, so what it shows for causal, windowed, padded and
+cross-attention is what the model computed; the only arithmetic in the page is the sum of the selected queries'
+weights.
 
 Long inputs stay responsive because each query row keeps only its ``top_k`` largest weights (all of them for short
 inputs); the page says which.
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from qkv.errors import ShapeError
+from qkv.errors import ShapeError, describe_shape
 
 __all__ = ["attention_page", "write_attention_page"]
 
@@ -54,6 +58,9 @@ def attention_page(
     alignment: tuple[Sequence[str], Sequence[str], Tensor] | None = None,
     query_tokens: Sequence[str] | None = None,
     top_k: int = 8,
+    rollout: Tensor | None = None,
+    flow: Tensor | None = None,
+    head_scores: tuple[str, Tensor] | None = None,
 ) -> str:
     """The page's HTML.
 
@@ -67,6 +74,11 @@ def attention_page(
         query_tokens: the ``q_len`` query tokens when they are not the last ``q_len`` of ``tokens``: a decoder's
             cross-attention, target tokens looking at source tokens. Default: self-attention, the queries are the
             last ``q_len`` tokens (all of them, or the new ones of a cached step).
+        top_k: for inputs longer than ``DENSE_LIMIT`` tokens, the weights kept per query row (largest first).
+        rollout: ``(layers, seq, seq)`` attention rollout through layers ``0..l`` for each ``l``
+            (:func:`qkv.analysis.attention_rollout` with ``every_layer=True``); self-attention over all tokens only.
+        flow: ``(seq, seq)`` attention flow from the last layer (:func:`qkv.analysis.attention_flow`; short inputs).
+        head_scores: ``(name, (layers, heads))`` one number per head, e.g. :func:`qkv.analysis.head_importance`.
     """
     k_len = attentions[0].shape[-1]
     keep = None if k_len <= DENSE_LIMIT else top_k
@@ -80,6 +92,18 @@ def attention_page(
             f"scores must have the shape of the weights, layer by layer: {[tuple(w.shape) for w in attentions]}, "
             f"got {[tuple(s.shape) for s in scores]}"
         )
+    heads = int(attentions[0].shape[0])
+    square = (len(attentions), k_len, k_len)
+    for name, value, shape in (("rollout", rollout, square), ("flow", flow, square[1:])):
+        if value is not None and (query_tokens is not None or q_len != k_len or tuple(value.shape) != shape):
+            got = describe_shape(value.shape) + (" with cross-attention" if query_tokens is not None else "")
+            raise ShapeError(f"{name} must be {describe_shape(shape)} for self-attention over all {k_len} tokens, "
+                             f"got {got}")  # fmt: skip
+    if head_scores is not None and tuple(head_scores[1].shape) != (len(attentions), heads):
+        raise ShapeError(
+            f"head_scores must be (layers, heads) = ({len(attentions)}, {heads}), got "
+            f"{describe_shape(head_scores[1].shape)}"
+        )
     layer, head = focus if focus is not None else (len(attentions) - 1, 0)
     if not (0 <= layer < len(attentions) and 0 <= head < attentions[0].shape[0]):
         raise ShapeError(f"focus {focus} is not a (layer, head) of {len(attentions)} layers × {attentions[0].shape[0]}")
@@ -91,7 +115,7 @@ def attention_page(
         "queryOffset": k_len - q_len if query_tokens is None else 0,
         "cross": query_tokens is not None,
         "layers": len(attentions),
-        "heads": int(attentions[0].shape[0]),
+        "heads": heads,
         "rows": [[_rows(layer[h], keep) for h in range(layer.shape[0])] for layer in attentions],
         "note": (
             "every weight is shown"
@@ -105,6 +129,12 @@ def attention_page(
         if scores is None or keep is not None
         else [[[[_round(float(x)) for x in row] for row in s[h].float()] for h in range(s.shape[0])] for s in scores],
         "alignment": None,
+        # per layer l, per position: [[token, share], ...] of the inputs that reach it through layers 0..l
+        "rollout": None if rollout is None else [_rows(r, keep) for r in rollout],
+        "flow": None if flow is None else _rows(flow, keep),
+        "headScores": None
+        if head_scores is None
+        else {"name": head_scores[0], "values": [[round(float(x), 6) for x in row] for row in head_scores[1]]},
     }
     if alignment is not None:
         source, target, weights = alignment
