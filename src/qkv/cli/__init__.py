@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import attention, bench, embed, generate, heads, quickstart, train, translate
+from qkv.cli import attention, bench, embed, generate, heads, quickstart, sample, train, translate
 from qkv.errors import QkvError
 
 __all__ = ["main"]
@@ -23,6 +23,7 @@ VERBS = {
     "embed": embed,
     "attention": attention,
     "heads": heads,
+    "sample": sample,
     "bench": bench,
 }
 

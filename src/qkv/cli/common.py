@@ -13,7 +13,7 @@ from torch import nn
 
 from qkv.devices import place
 from qkv.errors import CheckpointError, ConfigError
-from qkv.models.families import CAUSAL_LM, SEQ2SEQ, Family, get_family
+from qkv.models.families import CAUSAL_LM, IMAGE, SEQ2SEQ, Family, get_family
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
@@ -134,6 +134,17 @@ def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module
     return place(model, device).eval(), tokenizer, info
 
 
+def load_image_model(path: str | Path, device: str | None = None) -> tuple[nn.Module, CheckpointInfo]:
+    """A trained image model (PixelCNN, MADE, pixel Transformer, ...) and its checkpoint info, on ``device``."""
+    from qkv.training.config import RunConfig
+
+    info = load_checkpoint_info(path)
+    family = _family_of_checkpoint(info, IMAGE, "train one with e.g. qkv train configs/digits-pixelcnn.toml")
+    model = family.build(RunConfig.from_dict(info.meta["config"]).model)
+    info.load_model_weights(model)
+    return place(model, device).eval(), info
+
+
 def load_model_and_tokenizer(
     model_ref: str | Path, device: str | None = None, dtype: str | None = None, protocol: str | None = None
 ) -> tuple[nn.Module, Any, bool]:
@@ -165,7 +176,11 @@ def _family_of_checkpoint(info: CheckpointInfo, protocol: str, hint: str) -> Fam
     except ConfigError as exc:
         raise CheckpointError(f"{info.path} holds a model qkv does not know: {exc}") from None
     if family.protocol != protocol:
-        wanted = {CAUSAL_LM: "a language model (causal LM)", SEQ2SEQ: "a sequence-to-sequence model"}[protocol]
+        wanted = {
+            CAUSAL_LM: "a language model (causal LM)",
+            SEQ2SEQ: "a sequence-to-sequence model",
+            IMAGE: "an image model",
+        }[protocol]
         raise CheckpointError(f"{info.path} holds a {info.kind!r} model, but this needs {wanted}; {hint}")
     return family
 

@@ -26,6 +26,7 @@ from qkv.errors import ConfigError
 __all__ = [
     "CAUSAL_LM",
     "ENCODER",
+    "IMAGE",
     "SEQ2SEQ",
     "Family",
     "families",
@@ -41,7 +42,9 @@ CAUSAL_LM = "causal-lm"
 SEQ2SEQ = "seq2seq"
 #: ``forward(input_ids, attention_mask)`` -> hidden states: ``qkv.embed`` (not trained by ``qkv train``)
 ENCODER = "encoder"
-PROTOCOLS = (CAUSAL_LM, SEQ2SEQ, ENCODER)
+#: ``forward(images (batch, H, W), labels)`` -> per-pixel logits, ``log_prob``: ``qkv.decoding.sample_images``
+IMAGE = "image"
+PROTOCOLS = (CAUSAL_LM, SEQ2SEQ, ENCODER, IMAGE)
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,8 @@ class Family:
 
     @property
     def trainable(self) -> bool:
-        """``qkv train`` trains causal LMs and encoder-decoders."""
-        return self.protocol in (CAUSAL_LM, SEQ2SEQ)
+        """``qkv train`` trains causal LMs, encoder-decoders and image models."""
+        return self.protocol in (CAUSAL_LM, SEQ2SEQ, IMAGE)
 
     def build(self, config: Any) -> nn.Module:
         return self.model(config)
@@ -130,6 +133,7 @@ def _register_builtins() -> None:
     from qkv.models.bert import BertConfig, BertEncoder
     from qkv.models.gpt import GPT, GPTConfig
     from qkv.models.llama import LlamaConfig
+    from qkv.models.pixels import PIXEL_FAMILIES
     from qkv.models.rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig
     from qkv.models.transformer import Transformer, TransformerConfig
 
@@ -157,6 +161,8 @@ def _register_builtins() -> None:
         Family("bert", BertConfig, BertEncoder, ENCODER, ("bert",), "qkv.pretrained.bert:bert_from_hf"),
     ):
         register_family(family)
+    for name, (config, model) in PIXEL_FAMILIES.items():
+        register_family(Family(name, config, model, IMAGE))
 
 
 _register_builtins()

@@ -15,10 +15,11 @@ from typing import Any
 
 from qkv.devices import precision_candidates, resolve_compile, resolve_device
 from qkv.errors import ConfigError
-from qkv.models.families import CAUSAL_LM, families, get_family
+from qkv.models.families import CAUSAL_LM, IMAGE, families, get_family
 
 __all__ = [
     "DataConfig",
+    "ImageDataConfig",
     "RunConfig",
     "Seq2SeqDataConfig",
     "TrainConfig",
@@ -50,6 +51,16 @@ class Seq2SeqDataConfig:
     bleu_tokenize: str = "13a"  # sacrebleu's tokenizer for BLEU: 13a (words), char (e.g. Korean numerals), intl, ...
     eval_strategy: str = "greedy"  # how the end-of-run evaluation decodes: greedy | beam
     eval_num_beams: int = 4  # beam width when eval_strategy = "beam"
+
+
+@dataclass
+class ImageDataConfig:
+    path: str = ""  # a folder of .png files or an .npy array (N, H, W) of levels; empty = scikit-learn's 8x8 digits
+    binarise: bool = False  # 2 levels (on from half the range)
+    size: int = 8  # the digits: 8, or 16 / 28 upsampled
+    levels: int = 256  # user images: how many levels their values can take
+    conditional: bool = False  # condition on the class label (the digits' 0-9)
+    seed: int = 0  # the train / valid / test split
 
 
 PARALLEL = ("ddp", "fsdp")
@@ -118,12 +129,13 @@ class TrainConfig:
 
 
 def data_config_type(kind: str) -> type:
-    """The ``[data]`` section of a run of ``kind``: text for a causal LM, source/target pairs for a seq2seq model."""
+    """The ``[data]`` section of a run of ``kind``: text for a causal LM, source/target pairs for a seq2seq model,
+    images for an image model."""
     family = get_family(kind)
     if not family.trainable:
         trainable = ", ".join(f.name for f in families() if f.trainable)
         raise ConfigError(f"kind {kind!r} is not trained by qkv train (a {family.protocol} model); train {trainable}")
-    return DataConfig if family.protocol == CAUSAL_LM else Seq2SeqDataConfig
+    return {CAUSAL_LM: DataConfig, IMAGE: ImageDataConfig}.get(family.protocol, Seq2SeqDataConfig)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from qkv.models.families import CAUSAL_LM, get_family
+from qkv.models.families import CAUSAL_LM, IMAGE, get_family
 from qkv.training.config import RunConfig
 
 __all__ = ["build_run"]
@@ -14,8 +14,14 @@ __all__ = ["build_run"]
 
 def build_run(config: RunConfig, tokenizer: Any = None) -> tuple[nn.Module, Any, Any]:
     """``(model, task, tokenizer)`` of ``config.kind``: a language-modelling run for a causal LM family, a
-    source/target run for a sequence-to-sequence one."""
-    if get_family(config.kind).protocol == CAUSAL_LM:
+    source/target run for a sequence-to-sequence one, an image run (the "tokenizer" is the image format) for an
+    image model."""
+    protocol = get_family(config.kind).protocol
+    if protocol == IMAGE:
+        from qkv.training.images import build_images
+
+        return build_images(config, tokenizer)
+    if protocol == CAUSAL_LM:
         from qkv.training.lm import build_lm
 
         return build_lm(config, tokenizer)

@@ -1,0 +1,68 @@
+"""Sampling images from an autoregressive image model, one pixel at a time in the model's order.
+
+Every model can be sampled by recomputation (the whole image through the model for each pixel, reading the next
+pixel's distribution); the pixel Transformer also on its KV cache (one position per step), which draws the same
+pixels from the same generator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.errors import ConfigError
+from qkv.models.pixels.base import PixelModel
+
+__all__ = ["sample_images"]
+
+
+@torch.no_grad()
+def sample_images(
+    model: PixelModel,
+    n: int,
+    labels: Tensor | int | None = None,
+    *,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    cached: bool = True,
+) -> Tensor:
+    """``n`` images ``(n, H, W)`` of levels.
+
+    Args:
+        labels: a class for every image (an int, or ``(n,)``); required by a class-conditional model, refused by an
+            unconditional one.
+        seed: a fixed seed gives the same images every time (on the same device).
+        temperature: divides the logits before each draw (1: the model's distribution).
+        cached: the pixel Transformer samples on its KV cache (False: by recomputation, for comparison).
+    """
+    c = model.config
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    device = next(model.parameters()).device
+    if isinstance(labels, int):
+        labels = torch.full((n,), labels, dtype=torch.long)
+    if labels is not None:
+        if not c.num_classes:
+            raise ConfigError("this model is not class-conditional: it samples without a class")
+        labels = labels.to(device)
+        if labels.shape != (n,) or int(labels.min()) < 0 or int(labels.max()) >= c.num_classes:
+            raise ConfigError(f"labels must be {n} classes in [0, {c.num_classes}), got {labels.tolist()[:8]}")
+    elif c.num_classes:
+        raise ConfigError(f"this model is class-conditional: give a class in [0, {c.num_classes})")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(torch.seed() if seed is None else seed)
+    was_training = model.training
+    model.eval()
+    try:
+        if cached and hasattr(model, "sample_cached"):
+            return model.sample_cached(labels, n, generator=generator, temperature=temperature)
+        images = torch.zeros(n, c.height, c.width, dtype=torch.long, device=device)
+        for index in model.sampling_order():
+            row, column = divmod(index, c.width)
+            logits = model(images, labels).logits[:, row, column].float() / temperature
+            images[:, row, column] = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+        return images
+    finally:
+        model.train(was_training)

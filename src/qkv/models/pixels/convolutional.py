@@ -1,0 +1,145 @@
+"""PixelCNN (van den Oord et al. 2016a) and Gated PixelCNN (van den Oord et al. 2016b): masked convolutions.
+
+PixelCNN masks each kernel so that pixel d sees only the pixels above it and to its left: type A (the first layer)
+also hides d itself, type B (later layers) lets d see its own features, which hold only what came before. Stacking
+3×3 masked kernels leaves a *blind spot*: pixels above and to the right that the receptive field never reaches.
+Gated PixelCNN splits the network into a vertical stack (every pixel of the rows above) and a horizontal stack (the
+pixels to the left in the same row), feeds the vertical into the horizontal one row down, and so has no blind spot;
+its layers use ``tanh(a) · sigmoid(b)`` gates, with the class label added inside the gates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.models.pixels.base import PixelConfig, PixelModel, label_embedding
+
+__all__ = ["GatedPixelCNN", "MaskedConv2d", "PixelCNN"]
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A same-size convolution whose kernel is zero below the centre row and right of the centre in it; the centre
+    itself too for type ``"A"``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, mask_type: str) -> None:
+        super().__init__(in_channels, out_channels, kernel, padding=kernel // 2)
+        mask = torch.ones(kernel, kernel)
+        centre = kernel // 2
+        mask[centre, centre + (mask_type == "B") :] = 0
+        mask[centre + 1 :] = 0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+def _levels_input(images: Tensor, levels: int) -> Tensor:
+    """Levels (floating) scaled to [-1, 1], as the one input channel ``(batch, H, W, 1)``."""
+    return (images / (levels - 1) * 2 - 1)[..., None]
+
+
+def _class_bias(embedding: nn.Embedding | None, labels: Tensor | None) -> Tensor | float:
+    """``(batch, channels, 1, 1)`` added to every position, or 0 without a label."""
+    return 0.0 if embedding is None or labels is None else embedding(labels)[:, :, None, None]
+
+
+class PixelCNN(PixelModel):
+    """One type-A ``first_kernel`` convolution, ``layers - 1`` type-B ``kernel`` convolutions with ReLU and
+    residual connections, then two 1×1 convolutions to ``levels`` logits per pixel."""
+
+    def __init__(self, config: PixelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.first = MaskedConv2d(1, c.hidden, c.first_kernel, "A")
+        self.convs = nn.ModuleList(MaskedConv2d(c.hidden, c.hidden, c.kernel, "B") for _ in range(c.layers - 1))
+        self.labels = nn.ModuleList(label_embedding(c, c.hidden) or nn.Identity() for _ in range(c.layers))
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(c.hidden, c.hidden, 1), nn.ReLU(), nn.Conv2d(c.hidden, c.levels, 1)
+        )
+
+    def embed(self, images: Tensor) -> Tensor:
+        return _levels_input(self.as_float(images), self.config.levels)
+
+    def _label(self, index: int, labels: Tensor | None) -> Tensor | float:
+        embedding = self.labels[index]
+        return _class_bias(embedding if isinstance(embedding, nn.Embedding) else None, labels)
+
+    def predict(self, features: Tensor, labels: Tensor | None) -> Tensor:
+        x = self.first(features.permute(0, 3, 1, 2)) + self._label(0, labels)  # (batch, hidden, H, W)
+        for index, conv in enumerate(self.convs, start=1):
+            x = x + conv(F.relu(x)) + self._label(index, labels)
+        return self.head(x).permute(0, 2, 3, 1)  # (batch, H, W, levels)
+
+
+def _down(x: Tensor) -> Tensor:
+    """Shift ``(batch, C, H, W)`` down one row (row 0 becomes zeros): row i then holds what row i - 1 saw."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def _right(x: Tensor) -> Tensor:
+    """Shift ``(batch, C, H, W)`` right one column."""
+    return F.pad(x, (1, 0))[..., :-1]
+
+
+class GatedLayer(nn.Module):
+    """One gated layer: the vertical stack sees the ``kernel // 2 + 1`` rows ending at its own, the horizontal
+    stack the ``kernel // 2 + 1`` columns ending at its own (``first``: the input shifted right, so not its own)
+    plus the vertical stack of the row above."""
+
+    def __init__(self, channels: int, in_channels: int, kernel: int, first: bool, num_classes: int) -> None:
+        super().__init__()
+        half = kernel // 2
+        self.half, self.first = half, first
+        self.vertical = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel))
+        self.horizontal = nn.Conv2d(in_channels, 2 * channels, (1, half + 1))
+        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.horizontal_out = nn.Conv2d(channels, channels, 1)
+        self.label = nn.Embedding(num_classes, 2 * channels) if num_classes else None
+
+    @staticmethod
+    def gate(x: Tensor) -> Tensor:
+        a, b = x.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def forward(self, v: Tensor, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        half = self.half
+        v_pre = self.vertical(F.pad(v, (half, half, half, 0)))  # rows i - half .. i, columns j - half .. j + half
+        h_in = _right(h) if self.first else h
+        h_pre = self.horizontal(F.pad(h_in, (half, 0, 0, 0)))  # columns j - half .. j of the same row
+        h_pre = h_pre + self.vertical_to_horizontal(_down(v_pre))  # the rows above only
+        bias = _class_bias(self.label, labels)
+        v_out = self.gate(v_pre + bias)
+        h_out = self.horizontal_out(self.gate(h_pre + bias))
+        return v_out, h_out if self.first else h + h_out
+
+
+class GatedPixelCNN(PixelModel):
+    """``layers`` gated layers (the first reads the scaled levels), then two 1×1 convolutions to the logits."""
+
+    def __init__(self, config: PixelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.layers = nn.ModuleList(
+            GatedLayer(
+                c.hidden, 1 if i == 0 else c.hidden, c.first_kernel if i == 0 else c.kernel, i == 0, c.num_classes
+            )
+            for i in range(c.layers)
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(c.hidden, c.hidden, 1), nn.ReLU(), nn.Conv2d(c.hidden, c.levels, 1)
+        )
+
+    def embed(self, images: Tensor) -> Tensor:
+        return _levels_input(self.as_float(images), self.config.levels)
+
+    def predict(self, features: Tensor, labels: Tensor | None) -> Tensor:
+        x = features.permute(0, 3, 1, 2)  # (batch, 1, H, W)
+        # the vertical stack may see its own row: it reaches the horizontal stack only shifted one row down
+        v, h = x, x
+        for layer in self.layers:
+            v, h = layer(v, h, labels)
+        return self.head(h).permute(0, 2, 3, 1)

@@ -1,0 +1,108 @@
+"""Image modelling as a training task: an image set + an autoregressive image model + per-pixel cross-entropy; at
+the end, the exact test negative log-likelihood in bits per dimension (from the model's own factorisation)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.data.images import ImageData, load_image_set
+from qkv.errors import CheckpointError, ConfigError
+from qkv.models.families import IMAGE, get_family
+from qkv.models.pixels.base import bits_per_dim
+from qkv.training.config import RunConfig
+
+__all__ = ["ImageFormat", "ImageTask", "build_images"]
+
+
+@dataclass
+class ImageFormat:
+    """What a run's images are (saved as the run's ``tokenizer.json``, the vocabulary of an image model): their
+    size, grey levels and classes (with their names)."""
+
+    height: int
+    width: int
+    levels: int
+    num_classes: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.levels
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"qkv_tokenizer": "image", **self.__dict__}))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: Path | None = None) -> ImageFormat:
+        try:
+            return cls(int(data["height"]), int(data["width"]), int(data["levels"]), int(data["num_classes"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source} is not a valid image format: {exc}") from None
+
+
+@dataclass
+class ImageTask:
+    data: ImageData
+    kind: str
+    conditional: bool
+    eval_batch: int = 256
+
+    @property
+    def tokens_per_row(self) -> int:
+        return self.data.shape[0] * self.data.shape[1]
+
+    def batch(self, split: str, batch_size: int, seed: int, step: int, rows: slice | None) -> tuple[Tensor, Tensor]:
+        return self.data.batch(split, batch_size, seed, step, rows)
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Mean cross-entropy per pixel (nats)."""
+        images, labels = batch
+        logits = model(images, labels if self.conditional else None).logits
+        return F.cross_entropy(logits.float().permute(0, 3, 1, 2), images)
+
+    @torch.no_grad()
+    def report(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
+        """Exact negative log-likelihood of the test split, in bits per dimension and nats per image."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        images, labels = self.data.splits["test"]
+        pieces = []
+        for start in range(0, len(images), self.eval_batch):
+            chunk = images[start : start + self.eval_batch].to(device)
+            chunk_labels = labels[start : start + self.eval_batch].to(device) if self.conditional else None
+            pieces.append(model.log_prob(chunk, chunk_labels).cpu())
+        model.train(was_training)
+        log_p = torch.cat(pieces)
+        return {
+            "test": {
+                "images": len(images),
+                "bits_per_dim": round(bits_per_dim(log_p, self.tokens_per_row), 5),
+                "nll_nats_per_image": round(float(-log_p.double().mean()), 4),
+            }
+        }
+
+
+def build_images(
+    config: RunConfig, image_format: ImageFormat | None = None
+) -> tuple[nn.Module, ImageTask, ImageFormat]:
+    """The model, task and image format of an image run (a format from a checkpoint is checked against the data)."""
+    family = get_family(config.kind, protocol=IMAGE)
+    d, m = config.data, config.model
+    images = load_image_set(d.path, d.binarise, d.size, d.levels)
+    if d.conditional and not images.num_classes:
+        raise ConfigError(f"data.conditional = true needs labelled images; {d.path} has no classes")
+    fmt = ImageFormat(*images.images.shape[1:], images.levels, images.num_classes if d.conditional else 0)
+    if image_format is not None and image_format != fmt:
+        raise CheckpointError(f"the run was trained on images {image_format}, but the data now gives {fmt}")
+    m.height, m.width, m.levels, m.num_classes = fmt.height, fmt.width, fmt.levels, fmt.num_classes
+    m.validate()
+    torch.manual_seed(config.train.seed)  # the same initial weights on every process and every run
+    model = family.build(m)
+    return model, ImageTask(ImageData(images, d.seed), config.kind, d.conditional), fmt

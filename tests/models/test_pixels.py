@@ -1,0 +1,163 @@
+"""Autoregressive image models: the gradient of pixel d's logits w.r.t. the input is zero at d and every pixel after it
+in the model's order and non-zero before it; PixelCNN's blind spot is found by the same test and Gated PixelCNN has
+none; MADE's masks for 3 inputs are the texts' figure; the likelihood is the sum of the per-pixel log-probabilities;
+sampling is reproducible, and the Transformer's cached sampling equals recomputation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkv.decoding.images import sample_images
+from qkv.errors import ConfigError, ShapeError
+from qkv.models.pixels import MADE, PIXEL_FAMILIES, GatedPixelCNN, PixelCNN, PixelTransformer
+from qkv.models.pixels.base import GatedPixelCNNConfig, MADEConfig, PixelCNNConfig, PixelTransformerConfig
+
+AUTOREGRESSIVE = [name for name in PIXEL_FAMILIES if name != "pixel-independent"]
+
+
+def _model(name: str, **overrides):  # noqa: ANN003, ANN202
+    torch.manual_seed(0)
+    config_class, model_class = PIXEL_FAMILIES[name]
+    settings = {"hidden": 32, "layers": 4, "num_heads": 4, "num_classes": 10, **overrides}
+    return model_class(config_class(**settings)).double().eval()
+
+
+def dependence(model, images, labels, pixel: int) -> torch.Tensor:  # noqa: ANN001
+    """``(H, W)``: how much the logits of raster pixel ``pixel`` change with each input pixel (gradient norm)."""
+    features = model.embed(images).detach().requires_grad_()
+    row, column = divmod(pixel, model.config.width)
+    logits = model.predict(features, labels)[:, row, column]
+    (grad,) = torch.autograd.grad((logits * torch.randn_like(logits)).sum(), features)
+    return grad.norm(dim=-1).sum(dim=0)  # (H, W)
+
+
+def _images(batch: int = 3, levels: int = 17) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, levels, (batch, 8, 8), generator=g), torch.tensor([3, 1, 7][:batch])
+
+
+@pytest.mark.parametrize("name", AUTOREGRESSIVE)
+@pytest.mark.parametrize("pixel", [0, 1, 9, 27, 63])
+def test_every_pixel_depends_only_on_the_pixels_before_it(name, pixel):
+    model = _model(name)
+    images, labels = _images()
+    order = model.sampling_order()
+    rank = {p: k for k, p in enumerate(order)}
+    grad = dependence(model, images, labels, pixel).flatten()
+    later = torch.tensor([rank[p] >= rank[pixel] for p in range(64)])
+    assert torch.all(grad[later] == 0), f"{name}: pixel {pixel} depends on pixels at or after it"
+    if rank[pixel] > 0:
+        assert grad[~later].max() > 0, f"{name}: pixel {pixel} depends on nothing before it"
+
+
+def test_made_with_random_orderings_follows_each_masks_ordering():
+    model = _model("made", ordering="random", num_masks=3)
+    images, labels = _images()
+    for mask in range(3):
+        model.active = mask
+        order = model.sampling_order()
+        assert order != list(range(64)) or mask == 0
+        rank = {p: k for k, p in enumerate(order)}
+        for pixel in (order[0], order[10], order[40]):
+            grad = dependence(model, images, labels, pixel).flatten()
+            later = torch.tensor([rank[p] >= rank[pixel] for p in range(64)])
+            assert torch.all(grad[later] == 0)
+
+
+def test_pixelcnn_has_the_blind_spot_and_gated_pixelcnn_has_none():
+    """Pixel (4, 2): every pixel of rows 0-3 and (4, 0), (4, 1) is within reach of both models' kernels. Plain
+    PixelCNN misses the ones up and to the right beyond its first layer ((3, 6), (3, 7)); Gated PixelCNN sees all."""
+    images, labels = _images()
+    pixel = 4 * 8 + 2
+    before = torch.arange(64) < pixel
+    plain = dependence(_model("pixelcnn", layers=6), images, labels, pixel).flatten()
+    blind = [p for p in range(pixel) if plain[p] == 0]
+    assert blind and {3 * 8 + 6, 3 * 8 + 7} <= set(blind), blind
+    gated = dependence(_model("gated-pixelcnn", layers=4), images, labels, pixel).flatten()
+    assert torch.all(gated[before] > 0), [p for p in range(pixel) if gated[p] == 0]
+
+
+def test_made_masks_for_three_inputs_are_the_texts_figure():
+    """Output 1 sees nothing, output 2 sees x1, output 3 sees x1 and x2: the product of the layer masks (paths
+    from input i to output d) and the direct connections, for every connectivity."""
+    model = MADE(MADEConfig(height=1, width=3, levels=2, hidden=8, layers=2, num_masks=4))
+    for m in range(4):
+        hidden = model.mask(m, 0)
+        for k in range(1, 2):
+            hidden = model.mask(m, k) @ hidden
+        paths = (model.mask(m, 2) @ hidden + model.mask(m, 3)) > 0  # (outputs · levels, inputs)
+        per_output = paths.view(3, 2, 3).any(dim=1).int()  # both logits of an output share its inputs
+        assert per_output.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
+
+
+@pytest.mark.parametrize("name", list(PIXEL_FAMILIES))
+def test_log_prob_is_the_sum_of_each_pixels_log_probability(name):
+    model = _model(name, num_masks=1)
+    images, labels = _images()
+    logits = model(images, labels).logits
+    by_hand = torch.log_softmax(logits, dim=-1).gather(-1, images[..., None]).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(model.log_prob(images, labels), by_hand, rtol=1e-12, atol=1e-12)
+
+
+def test_made_ensemble_log_prob_is_the_log_of_the_mean_probability():
+    model = _model("made", num_masks=3)
+    images, labels = _images()
+    joint = []
+    for m in range(3):
+        logits = model.predict(model.embed(images), labels, mask=m)
+        joint.append(-F.cross_entropy(logits.permute(0, 3, 1, 2), images, reduction="none").sum(dim=(1, 2)))
+    want = torch.stack(joint).exp().mean(dim=0).log()
+    torch.testing.assert_close(model.log_prob(images, labels), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(PIXEL_FAMILIES))
+def test_sampling_with_a_seed_is_reproducible_and_in_range(name):
+    model = _model(name).float()
+    first = sample_images(model, 4, labels=3, seed=5)
+    assert first.shape == (4, 8, 8) and first.dtype == torch.long
+    assert int(first.min()) >= 0 and int(first.max()) < 17
+    assert torch.equal(first, sample_images(model, 4, labels=3, seed=5))
+
+
+def test_the_transformers_cached_sampling_equals_recomputation():
+    for window in (0, 2):
+        model = _model("pixel-transformer", window=window)
+        labels = torch.tensor([0, 4, 9])
+        cached = sample_images(model, 3, labels, seed=11)
+        recomputed = sample_images(model, 3, labels, seed=11, cached=False)
+        assert torch.equal(cached, recomputed)
+        assert len(set(cached.flatten().tolist())) > 3  # really sampled, not a constant image
+
+
+def test_the_transformers_window_restricts_attention_to_the_neighbourhood():
+    model = _model("pixel-transformer", window=1)
+    images, labels = _images()
+    grad = dependence(model, images, labels, 5 * 8 + 4).view(8, 8)  # pixel (5, 4)
+    near = torch.zeros(8, 8, dtype=torch.bool)
+    near[4, 3:6] = True  # the row above, one column aside
+    near[5, 3] = True  # the pixel to its left
+    # through 4 layers the field grows by one row and column per layer; a pixel 5 rows up stays out of reach
+    assert grad[0].eq(0).all() and grad[near].gt(0).all()
+
+
+def test_bad_input_is_named():
+    model = _model("pixelcnn")
+    images, labels = _images()
+    with pytest.raises(ShapeError, match=r"images must be int64 \(batch, 8, 8\)"):
+        model(images[:, :4], labels)
+    with pytest.raises(ShapeError, match=r"pixel levels must be in \[0, 17\)"):
+        model(images + 20, labels)
+    with pytest.raises(ConfigError, match="class-conditional"):
+        model(images)
+    with pytest.raises(ConfigError, match=r"labels must be classes in \[0, 10\)"):
+        model(images, torch.tensor([3, 1, 12]))
+    with pytest.raises(ConfigError, match="not class-conditional"):
+        sample_images(_model("pixelcnn", num_classes=0), 2, labels=1)
+    with pytest.raises(ConfigError, match="class-conditional: give a class"):
+        sample_images(model, 2)
+    for config in (PixelCNNConfig(kernel=4), GatedPixelCNNConfig(levels=1), PixelTransformerConfig(hidden=30)):
+        with pytest.raises(ConfigError):
+            config.validate()
+    assert isinstance(PixelCNN(PixelCNNConfig()), PixelCNN) and GatedPixelCNN and PixelTransformer
