@@ -94,3 +94,43 @@ def test_sample_refuses_bad_requests_in_one_line(runs, tmp_path, capsys):
         assert main(["sample", *args]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message.split(r"\b")[0].replace("\\", "") in err, err
+
+
+def test_field_draws_the_gradient_mask_and_attention_maps_the_analysis_computes(runs, tmp_path, capsys):
+    from qkv.analysis import made_connectivity, pixel_attention, pixel_dependence
+    from tests.conftest import page_data
+
+    test_images, test_labels = ImageData(load_digits(), 0).splits["test"]
+    image, label = test_images[2:3], test_labels[2:3]
+    for name in ("digits-pixelcnn", "digits-made", "digits-transformer"):
+        png, page = tmp_path / f"{name}.png", tmp_path / f"{name}.html"
+        capsys.readouterr()
+        assert main(["field", str(runs[name]), "--pixel", "4,2", "--image", "2", "--png", str(png), "--html",
+                     str(page)]) == 0  # fmt: skip
+        assert png.stat().st_size > 0 and f"written: {page}" in capsys.readouterr().out
+        data = page_data(page)["pixelFields"]
+        assert data["pixel"] == 34 and data["pixels"] == list(range(64)) and data["image"] == image[0].tolist()
+        maps = {m["name"]: torch.tensor(m["values"], dtype=torch.float64) for m in data["maps"]}
+        model, _ = load_image_model(runs[name])
+        for pixel in (34, 9):
+            want = pixel_dependence(model, image, label, divmod(pixel, 8)).flatten().double()
+            torch.testing.assert_close(maps["gradient"][pixel], want, rtol=1e-4, atol=1e-5)
+        if name == "digits-made":
+            assert maps["MADE mask"][34].tolist() == made_connectivity(model)[34].double().tolist()
+        if name == "digits-transformer":
+            attention, _ = pixel_attention(model, image, label, (4, 2))
+            for layer in range(len(attention)):
+                got = maps[f"attention, layer {layer}"][34]
+                torch.testing.assert_close(got, attention[layer].flatten().double(), rtol=1e-4, atol=1e-5)
+            assert page_data(page)["layers"] == model.config.layers  # and the attention views of the page
+
+
+def test_field_refuses_a_bad_pixel_and_a_language_model(runs, capsys, tmp_path):
+    for args, message in (
+        ([str(runs["digits-made"]), "--pixel", "9,0", "--png", str(tmp_path / "f.png")], "outside the 8x8 image"),
+        ([str(runs["digits-made"]), "--pixel", "four", "--png", str(tmp_path / "f.png")], "ROW,COLUMN"),
+        ([str(runs["digits-made"]), "--pixel", "1,1"], "say where to write"),
+    ):
+        capsys.readouterr()
+        assert main(["field", *args]) == 2
+        assert message in capsys.readouterr().err

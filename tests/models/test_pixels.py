@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from qkv.analysis import made_connectivity, pixel_attention, pixel_dependence
 from qkv.decoding.images import sample_images
 from qkv.errors import ConfigError, ShapeError
 from qkv.models.pixels import MADE, PIXEL_FAMILIES, GatedPixelCNN, PixelCNN, PixelTransformer
@@ -25,12 +26,8 @@ def _model(name: str, **overrides):  # noqa: ANN003, ANN202
 
 
 def dependence(model, images, labels, pixel: int) -> torch.Tensor:  # noqa: ANN001
-    """``(H, W)``: how much the logits of raster pixel ``pixel`` change with each input pixel (gradient norm)."""
-    features = model.embed(images).detach().requires_grad_()
-    row, column = divmod(pixel, model.config.width)
-    logits = model.predict(features, labels)[:, row, column]
-    (grad,) = torch.autograd.grad((logits * torch.randn_like(logits)).sum(), features)
-    return grad.norm(dim=-1).sum(dim=0)  # (H, W)
+    """``(H, W)`` gradient-norm map of raster pixel ``pixel``'s logits (qkv.analysis.pixel_dependence)."""
+    return pixel_dependence(model, images, labels, divmod(pixel, model.config.width))
 
 
 def _images(batch: int = 3, levels: int = 17) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,16 +77,32 @@ def test_pixelcnn_has_the_blind_spot_and_gated_pixelcnn_has_none():
 
 
 def test_made_masks_for_three_inputs_are_the_texts_figure():
-    """Output 1 sees nothing, output 2 sees x1, output 3 sees x1 and x2: the product of the layer masks (paths
-    from input i to output d) and the direct connections, for every connectivity."""
-    model = MADE(MADEConfig(height=1, width=3, levels=2, hidden=8, layers=2, num_masks=4))
+    """Output 1 sees nothing, output 2 sees x1, output 3 sees x1 and x2: paths through the product of the layer masks
+    and the direct connections, for every connectivity; a nonzero gradient only ever flows along such a path."""
+    torch.manual_seed(0)
+    model = MADE(MADEConfig(height=1, width=3, levels=2, hidden=8, layers=2, num_masks=4)).double()
+    images = torch.tensor([[[1, 0, 1]], [[0, 1, 1]]])
     for m in range(4):
-        hidden = model.mask(m, 0)
-        for k in range(1, 2):
-            hidden = model.mask(m, k) @ hidden
-        paths = (model.mask(m, 2) @ hidden + model.mask(m, 3)) > 0  # (outputs · levels, inputs)
-        per_output = paths.view(3, 2, 3).any(dim=1).int()  # both logits of an output share its inputs
-        assert per_output.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
+        connected = made_connectivity(model, mask=m)
+        assert connected.int().tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
+        model.active = m
+        for output in range(3):
+            grad = pixel_dependence(model, images, None, (0, output)).flatten()
+            assert torch.all((grad > 0) <= connected[output])
+
+
+def test_pixel_attention_is_the_transformers_row_for_that_pixel_over_the_grid():
+    model = _model("pixel-transformer")
+    images, labels = _images()
+    maps, start = pixel_attention(model, images, labels, (3, 5))
+    weights = model.attention(images[:1], labels[:1])
+    index = 3 * 8 + 5
+    for layer, w in enumerate(weights):
+        row = w[0, :, index].mean(dim=0)  # keys: start, pixel 0, 1, ...
+        torch.testing.assert_close(start[layer], row[0])
+        torch.testing.assert_close(maps[layer].flatten()[:index], row[1 : index + 1])
+        assert maps[layer].flatten()[index:].eq(0).all()
+        torch.testing.assert_close(maps[layer].sum() + start[layer], torch.tensor(1.0, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name", list(PIXEL_FAMILIES))

@@ -346,3 +346,27 @@ def test_page_refuses_rollout_and_scores_of_the_wrong_shape(tmp_path):
         write_attention_page(tmp_path / "x.html", weights, list("abcde"), rollout=torch.rand(1, 5, 5))
     with pytest.raises(ShapeError, match=r"head_scores must be \(layers, heads\) = \(2, 3\)"):
         write_attention_page(tmp_path / "x.html", weights, list("abcde"), head_scores=("x", torch.rand(3, 2)))
+
+
+def test_pixel_field_page_without_attention_draws_the_maps_and_switches_pixel_on_click(browser, tmp_path):
+    from qkv.visualization.html import PixelFields
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 17, (4, 5), generator=g)
+    maps = {"gradient": torch.rand(20, 4, 5, generator=g), "mask": (torch.rand(20, 4, 5, generator=g) > 0.5).double()}
+    fields = PixelFields(maps, list(range(20)), image, 17, pixel=7)
+    path = write_attention_page(tmp_path / "pixels.html", [], [], title="pixels", pixel_fields=fields)
+    page, errors, requests = _open(browser, path)
+    assert page.evaluate("window.qkvState.view") == "pixels"
+    assert page.evaluate("[...document.querySelectorAll('#tabs button')].map(b => b.id)") == ["tab-pixels"]
+    drawn = page.evaluate("window.qkvDrawn")
+    assert drawn["pixel"] == 7
+    torch.testing.assert_close(
+        torch.tensor(drawn["maps"]["gradient"]), maps["gradient"][7].flatten(), rtol=0, atol=1e-5
+    )
+    cell = page.evaluate("window.qkvPixelCell")
+    page.click("#pixelMap-1", position={"x": 3 * cell + 2, "y": 2 * cell + 2})  # row 2, column 3 = pixel 13
+    drawn = page.evaluate("window.qkvDrawn")
+    assert drawn["pixel"] == 13 and drawn["maps"]["mask"] == maps["mask"][13].flatten().tolist()
+    assert "pixel (2, 3)" in page.inner_text("#pixelsCap")
+    assert errors == [] and requests == [path.as_uri()]

@@ -10,6 +10,7 @@ from qkv.analysis.heads import (
 )
 from qkv.analysis.importance import causal_lm_loss, head_importance, rank_correlation
 from qkv.analysis.intervene import ActivationCache, intervene, layer_modules, record
+from qkv.analysis.pixels import made_connectivity, pixel_attention, pixel_dependence
 
 __all__ = [
     "ActivationCache",
@@ -23,7 +24,10 @@ __all__ = [
     "layer_modules",
     "layer_transitions",
     "logit_lens",
+    "made_connectivity",
     "max_flow",
+    "pixel_attention",
+    "pixel_dependence",
     "previous_token_scores",
     "rank_correlation",
     "record",

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import attention, bench, embed, generate, heads, quickstart, sample, train, translate
+from qkv.cli import attention, bench, embed, field, generate, heads, quickstart, sample, train, translate
 from qkv.errors import QkvError
 
 __all__ = ["main"]
@@ -24,6 +24,7 @@ VERBS = {
     "attention": attention,
     "heads": heads,
     "sample": sample,
+    "field": field,
     "bench": bench,
 }
 

@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qkv.cli.common import check_output_files, load_image_model
-    from qkv.data.images import ImageData, load_image_set
     from qkv.decoding.images import sample_images
     from qkv.errors import ConfigError
+    from qkv.training.images import run_image_data
     from qkv.visualization.grid import IMAGE_SUFFIXES
     from qkv.visualization.images import nearest_images, plot_samples
 
@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if classes:
         labels = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % classes
     images = sample_images(model, args.n, labels, seed=args.seed, temperature=args.temperature).cpu()
-    d = info.meta["config"]["data"]
-    data = ImageData(load_image_set(d["path"], d["binarise"], d["size"], d["levels"]), d["seed"])
-    training = data.splits["train"][0]
+    training = run_image_data(info.meta["config"]).splits["train"][0]
     index, distances = nearest_images(images, training)
     print(f"{args.n} samples of {tuple(images.shape[1:])} pixels, {model.config.levels} levels")
     print(f"nearest training image (L2 over levels): mean {float(distances.mean()):.2f}, min "

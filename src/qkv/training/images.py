@@ -18,7 +18,7 @@ from qkv.models.families import IMAGE, get_family
 from qkv.models.pixels.base import bits_per_dim
 from qkv.training.config import RunConfig
 
-__all__ = ["ImageFormat", "ImageTask", "build_images"]
+__all__ = ["ImageFormat", "ImageTask", "build_images", "run_image_data"]
 
 
 @dataclass
@@ -106,3 +106,9 @@ def build_images(
     torch.manual_seed(config.train.seed)  # the same initial weights on every process and every run
     model = family.build(m)
     return model, ImageTask(ImageData(images, d.seed), config.kind, d.conditional), fmt
+
+
+def run_image_data(run_config: dict[str, Any]) -> ImageData:
+    """The images (and their split) a run trained on, from its saved config (``CheckpointInfo.meta["config"]``)."""
+    d = run_config["data"]
+    return ImageData(load_image_set(d["path"], d["binarise"], d["size"], d["levels"]), d["seed"])

@@ -22,13 +22,14 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
 from qkv.errors import ShapeError, describe_shape
 
-__all__ = ["attention_page", "write_attention_page"]
+__all__ = ["PixelFields", "attention_page", "write_attention_page"]
 
 DENSE_LIMIT = 64  # up to this many tokens every weight is kept; beyond, the top_k per query row
 
@@ -61,6 +62,7 @@ def attention_page(
     rollout: Tensor | None = None,
     flow: Tensor | None = None,
     head_scores: tuple[str, Tensor] | None = None,
+    pixel_fields: PixelFields | None = None,
 ) -> str:
     """The page's HTML.
 
@@ -79,7 +81,13 @@ def attention_page(
             (:func:`qkv.analysis.attention_rollout` with ``every_layer=True``); self-attention over all tokens only.
         flow: ``(seq, seq)`` attention flow from the last layer (:func:`qkv.analysis.attention_flow`; short inputs).
         head_scores: ``(name, (layers, heads))`` one number per head, e.g. :func:`qkv.analysis.head_importance`.
+        pixel_fields: an image model's dependence maps (:class:`PixelFields`); with no ``attentions`` (an
+            empty list: PixelCNN, MADE) the page shows only them.
     """
+    if not attentions:
+        if pixel_fields is None:
+            raise ShapeError("no attention layers given (and no pixel fields to show instead)")
+        return _render(_pixel_payload(title, pixel_fields, {"layers": 0, "heads": 0}), title)
     k_len = attentions[0].shape[-1]
     keep = None if k_len <= DENSE_LIMIT else top_k
     q_len = attentions[0].shape[-2]
@@ -132,6 +140,7 @@ def attention_page(
         # per layer l, per position: [[token, share], ...] of the inputs that reach it through layers 0..l
         "rollout": None if rollout is None else [_rows(r, keep) for r in rollout],
         "flow": None if flow is None else _rows(flow, keep),
+        "pixelFields": None,
         "headScores": None
         if head_scores is None
         else {"name": head_scores[0], "values": [[round(float(x), 6) for x in row] for row in head_scores[1]]},
@@ -143,8 +152,57 @@ def attention_page(
             "target": list(target),
             "weights": [[round(float(x), 4) for x in row] for row in weights.float()],
         }
+    return _render(_pixel_payload(title, pixel_fields, payload) if pixel_fields is not None else payload, title)
+
+
+def _render(payload: dict, title: str) -> str:
     data = json.dumps(payload, ensure_ascii=False).replace("</", "<\\/")  # no early </script>
     return TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+
+
+@dataclass
+class PixelFields:
+    """What pixels of an image model depend on: ``maps`` name -> ``(n, H, W)``, the map of each pixel in
+    ``pixels`` (raster indices, n of them), e.g. :func:`qkv.analysis.pixel_dependence` per pixel; the input
+    ``image (H, W)`` of ``levels`` grey levels they were computed on; ``pixel`` the one the page opens on."""
+
+    maps: dict[str, Tensor]
+    pixels: list[int]
+    image: Tensor
+    levels: int
+    pixel: int
+
+    def payload(self) -> dict:
+        height, width = self.image.shape
+        for name, values in self.maps.items():
+            if tuple(values.shape) != (len(self.pixels), height, width):
+                raise ShapeError(
+                    f"pixel map {name!r} must be (pixels, H, W) = ({len(self.pixels)}, {height}, {width}), got "
+                    f"{describe_shape(values.shape)}"
+                )
+        if self.pixel not in self.pixels:
+            raise ShapeError(f"pixel {self.pixel} has no map (maps are given for {self.pixels[:8]}...)")
+        return {
+            "height": int(height),
+            "width": int(width),
+            "levels": self.levels,
+            "image": self.image.int().tolist(),
+            "pixels": list(self.pixels),
+            "pixel": self.pixel,
+            "maps": [
+                {"name": name, "values": [[round(float(x), 5) for x in m.flatten()] for m in values.double()]}
+                for name, values in self.maps.items()
+            ],
+        }
+
+
+def _pixel_payload(title: str, fields: PixelFields, payload: dict) -> dict:
+    """``payload`` (an attention page's, or a bare one) with the pixel fields added."""
+    if payload.get("layers") == 0:  # no attention: only the pixel view
+        payload = {"title": title, "tokens": [], "queryTokens": [], "queryOffset": 0, "cross": False, "rows": [],
+                   "note": "", "topK": None, "focus": [0, 0], "scores": None, "alignment": None, "rollout": None,
+                   "flow": None, "headScores": None, "layers": 0, "heads": 0}  # fmt: skip
+    return {**payload, "pixelFields": fields.payload()}
 
 
 def write_attention_page(path: str | Path, *args: object, **kwargs: object) -> Path:

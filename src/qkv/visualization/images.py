@@ -10,7 +10,7 @@ from torch import Tensor
 from qkv.errors import ShapeError, describe_shape
 from qkv.visualization.grid import _figure, _style, check_image_path
 
-__all__ = ["nearest_images", "plot_samples"]
+__all__ = ["nearest_images", "plot_pixel_fields", "plot_samples"]
 
 
 def nearest_images(samples: Tensor, training: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,6 +58,42 @@ def plot_samples(
                 twin.imshow(nearest[i].cpu().numpy(), cmap="gray_r", vmin=0, vmax=levels - 1, alpha=0.55)
                 twin.set_title(f"nearest: {float(distances[i]):.1f}", fontsize=7)
         fig.suptitle(title, fontsize=9)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_pixel_fields(
+    maps: dict[str, Tensor],
+    pixel: tuple[int, int],
+    path: str | Path,
+    *,
+    image: Tensor | None = None,
+    levels: int | None = None,
+    title: str = "what one pixel depends on",
+) -> Path:
+    """Draw, for one ``pixel`` (row, column), each named ``(H, W)`` map of what it depends on (gradients, a MADE
+    mask, attention weights) side by side, the pixel outlined in red; with ``image`` (and its ``levels``) the input
+    first. Each map is scaled to its own maximum; exact zeros stay white."""
+    from matplotlib.patches import Rectangle
+
+    path = check_image_path(path)
+    panels = ([("input image", image.cpu().double())] if image is not None else []) + [
+        (name, m.detach().cpu().double()) for name, m in maps.items()
+    ]
+    with _style():
+        fig = _figure(figsize=(2.3 * len(panels) + 0.3, 2.8), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (name, values) in zip(axes, panels):
+            if name == "input image" and levels is not None:
+                ax.imshow(values.numpy(), cmap="gray_r", vmin=0, vmax=levels - 1)
+            else:
+                ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=max(float(values.max()), 1e-12))
+            ax.add_patch(Rectangle((pixel[1] - 0.5, pixel[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+            ax.set_title(name, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(f"{title}: pixel {pixel}", fontsize=9)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
     return path

@@ -74,6 +74,7 @@ class PixelTransformer(SequencePixelModel):
             c.layers, batch_size, c.num_heads, c.pixels, c.hidden // c.num_heads, dtype=param.dtype, device=param.device
         )
 
+    @torch.no_grad()
     def attention(self, images: Tensor, labels: Tensor | None = None) -> list[Tensor]:
         """Per layer, the attention weights ``(batch, heads, pixels, pixels)``: row t (predicting pixel t) over
         keys s (key s holds pixel s - 1; key 0 the start)."""

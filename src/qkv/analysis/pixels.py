@@ -1,0 +1,71 @@
+"""Which earlier pixels a pixel of an autoregressive image model depends on: by gradients (any model: PixelCNN's
+receptive field with its blind spot, Gated PixelCNN's without), by construction (MADE's masks), and by the
+attention weights the pixel Transformer computed."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qkv.errors import ConfigError
+from qkv.models.pixels import MADE, PixelTransformer
+from qkv.models.pixels.base import PixelModel
+
+__all__ = ["made_connectivity", "pixel_attention", "pixel_dependence"]
+
+
+def _check_pixel(model: PixelModel, pixel: tuple[int, int]) -> int:
+    row, column = pixel
+    c = model.config
+    if not (0 <= row < c.height and 0 <= column < c.width):
+        raise ConfigError(f"pixel {pixel} is outside the {c.height}x{c.width} image")
+    return row * c.width + column
+
+
+def pixel_dependence(
+    model: PixelModel, images: Tensor, labels: Tensor | None, pixel: tuple[int, int], seed: int = 0
+) -> Tensor:
+    """``(H, W)``: how strongly the logits of ``pixel`` (row, column) respond to each input pixel, the norm of the
+    gradient of a random projection of those logits w.r.t. each pixel's input features, summed over the batch
+    ``images (batch, H, W)``. Exactly zero where the model cannot see."""
+    _check_pixel(model, pixel)
+    model.check_input(images, labels)
+    features = model.embed(images).detach().requires_grad_()
+    with torch.enable_grad():
+        logits = model.predict(features, labels)[:, pixel[0], pixel[1]]
+        direction = torch.randn(logits.shape, generator=torch.Generator().manual_seed(seed)).to(logits)
+        (grad,) = torch.autograd.grad((logits * direction).sum(), features)
+    return grad.norm(dim=-1).sum(dim=0).detach()
+
+
+def made_connectivity(model: MADE, mask: int | None = None) -> Tensor:
+    """``(pixels, pixels)`` bool, output d × input i: whether any path of nonzero mask entries (or a direct
+    connection) leads from input i to output d, for connectivity ``mask`` (default: the active one)."""
+    if not isinstance(model, MADE):
+        raise ConfigError(f"made_connectivity needs a MADE model, got {type(model).__name__}")
+    m = model.active if mask is None else mask
+    layers = model.config.layers
+    reach = model.mask(m, 0)
+    for k in range(1, layers):
+        reach = model.mask(m, k) @ reach
+    paths = (model.mask(m, layers) @ reach + model.mask(m, layers + 1)) > 0  # (pixels · levels, pixels)
+    return paths.view(model.config.pixels, model.config.levels, -1).any(dim=1)
+
+
+@torch.no_grad()
+def pixel_attention(
+    model: PixelTransformer, images: Tensor, labels: Tensor | None, pixel: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """The weights with which the prediction of ``pixel`` attended to each earlier pixel, per layer, averaged over
+    heads, for the first image: ``(layers, H, W)`` (key s of the sequence holds pixel s - 1) and the weight on the
+    start position ``(layers,)``."""
+    if not isinstance(model, PixelTransformer):
+        raise ConfigError(f"pixel_attention needs a pixel Transformer, got {type(model).__name__}")
+    index = _check_pixel(model, pixel)
+    c = model.config
+    first_label = None if labels is None else labels[:1]
+    weights = model.attention(images[:1], first_label)
+    rows = torch.stack([w[0, :, index].mean(dim=0) for w in weights])  # (layers, keys)
+    on_pixels = torch.zeros(len(rows), c.pixels, dtype=rows.dtype, device=rows.device)
+    on_pixels[:, : c.pixels - 1] = rows[:, 1:]  # key s -> pixel s - 1
+    return on_pixels.view(-1, c.height, c.width), rows[:, 0]
