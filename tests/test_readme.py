@@ -118,6 +118,9 @@ def test_every_readme_command_and_cli_hint_works_as_written(sandbox):
         "page.html",
         "head.png",
         "heads.html",
+        "runs/digits-pixelcnn/metrics.json",
+        "digits.png",
+        "field.html",
     ):
         assert (sandbox / path).exists(), path
 

@@ -45,6 +45,13 @@ def _class_bias(embedding: nn.Embedding | None, labels: Tensor | None) -> Tensor
     return 0.0 if embedding is None or labels is None else embedding(labels)[:, :, None, None]
 
 
+def _head(c: PixelConfig) -> nn.Module:
+    """Two 1×1 convolutions from the features to the ``levels`` logits of each pixel (dropout before them)."""
+    return nn.Sequential(
+        nn.ReLU(), nn.Dropout(c.dropout), nn.Conv2d(c.hidden, c.hidden, 1), nn.ReLU(), nn.Conv2d(c.hidden, c.levels, 1)
+    )
+
+
 class PixelCNN(PixelModel):
     """One type-A ``first_kernel`` convolution, ``layers - 1`` type-B ``kernel`` convolutions with ReLU and
     residual connections, then two 1×1 convolutions to ``levels`` logits per pixel."""
@@ -56,9 +63,8 @@ class PixelCNN(PixelModel):
         self.first = MaskedConv2d(1, c.hidden, c.first_kernel, "A")
         self.convs = nn.ModuleList(MaskedConv2d(c.hidden, c.hidden, c.kernel, "B") for _ in range(c.layers - 1))
         self.labels = nn.ModuleList(label_embedding(c, c.hidden) or nn.Identity() for _ in range(c.layers))
-        self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c.hidden, c.hidden, 1), nn.ReLU(), nn.Conv2d(c.hidden, c.levels, 1)
-        )
+        self.head = _head(c)
+        self.dropout = nn.Dropout(c.dropout)
 
     def embed(self, images: Tensor) -> Tensor:
         return _levels_input(self.as_float(images), self.config.levels)
@@ -70,7 +76,7 @@ class PixelCNN(PixelModel):
     def predict(self, features: Tensor, labels: Tensor | None) -> Tensor:
         x = self.first(features.permute(0, 3, 1, 2)) + self._label(0, labels)  # (batch, hidden, H, W)
         for index, conv in enumerate(self.convs, start=1):
-            x = x + conv(F.relu(x)) + self._label(index, labels)
+            x = x + self.dropout(conv(F.relu(x))) + self._label(index, labels)
         return self.head(x).permute(0, 2, 3, 1)  # (batch, H, W, levels)
 
 
@@ -89,8 +95,11 @@ class GatedLayer(nn.Module):
     stack the ``kernel // 2 + 1`` columns ending at its own (``first``: the input shifted right, so not its own)
     plus the vertical stack of the row above."""
 
-    def __init__(self, channels: int, in_channels: int, kernel: int, first: bool, num_classes: int) -> None:
+    def __init__(
+        self, channels: int, in_channels: int, kernel: int, first: bool, num_classes: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         half = kernel // 2
         self.half, self.first = half, first
         self.vertical = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel))
@@ -112,7 +121,7 @@ class GatedLayer(nn.Module):
         h_pre = h_pre + self.vertical_to_horizontal(_down(v_pre))  # the rows above only
         bias = _class_bias(self.label, labels)
         v_out = self.gate(v_pre + bias)
-        h_out = self.horizontal_out(self.gate(h_pre + bias))
+        h_out = self.dropout(self.horizontal_out(self.gate(h_pre + bias)))
         return v_out, h_out if self.first else h + h_out
 
 
@@ -125,13 +134,16 @@ class GatedPixelCNN(PixelModel):
         self.config = c = config
         self.layers = nn.ModuleList(
             GatedLayer(
-                c.hidden, 1 if i == 0 else c.hidden, c.first_kernel if i == 0 else c.kernel, i == 0, c.num_classes
+                c.hidden,
+                1 if i == 0 else c.hidden,
+                c.first_kernel if i == 0 else c.kernel,
+                i == 0,
+                c.num_classes,
+                c.dropout,
             )
             for i in range(c.layers)
         )
-        self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c.hidden, c.hidden, 1), nn.ReLU(), nn.Conv2d(c.hidden, c.levels, 1)
-        )
+        self.head = _head(c)
 
     def embed(self, images: Tensor) -> Tensor:
         return _levels_input(self.as_float(images), self.config.levels)

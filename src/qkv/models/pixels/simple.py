@@ -54,14 +54,15 @@ class PixelRNN(SequencePixelModel):
         dropout = c.dropout if c.layers > 1 else 0.0
         self.rnn = rnn(c.hidden, c.hidden, num_layers=c.layers, batch_first=True, dropout=dropout)
         self.out = nn.Linear(c.hidden, c.levels)
+        self.dropout = nn.Dropout(c.dropout)
 
     def predict(self, features: Tensor, labels: Tensor | None) -> Tensor:
         c = self.config
         inputs = self.shifted(features, labels)  # (batch, pixels, hidden): step d reads pixel d - 1
         if self.position is not None:
             inputs = inputs + self.position.weight
-        hidden, _ = self.rnn(inputs)
-        return self.out(hidden).view(features.shape[0], c.height, c.width, c.levels)
+        hidden, _ = self.rnn(self.dropout(inputs))
+        return self.out(self.dropout(hidden)).view(features.shape[0], c.height, c.width, c.levels)
 
 
 class MADE(PixelModel):
@@ -84,6 +85,7 @@ class MADE(PixelModel):
         self.output = nn.Linear(c.hidden, d * c.levels)
         self.direct = nn.Linear(d, d * c.levels, bias=False)  # input-to-output connections, masked like the output
         self.label = label_embedding(c, c.hidden)
+        self.dropout = nn.Dropout(c.dropout)
         g = torch.Generator().manual_seed(seed)
         orders, masks = [], []
         for index in range(c.num_masks):
@@ -124,9 +126,9 @@ class MADE(PixelModel):
         m = self.active if mask is None else mask
         x = features.reshape(features.shape[0], c.pixels)
         h = F.linear(x, self.input.weight * self.mask(m, 0), self.input.bias)
-        h = F.relu(h + condition(self.label, labels, x.shape[0], c.hidden, h))  # the label precedes every pixel
+        h = self.dropout(F.relu(h + condition(self.label, labels, x.shape[0], c.hidden, h)))  # (label: before all)
         for k, layer in enumerate(self.hidden_layers, start=1):
-            h = F.relu(F.linear(h, layer.weight * self.mask(m, k), layer.bias))
+            h = self.dropout(F.relu(F.linear(h, layer.weight * self.mask(m, k), layer.bias)))
         out = F.linear(h, self.output.weight * self.mask(m, c.layers), self.output.bias)
         out = out + F.linear(x, self.direct.weight * self.mask(m, c.layers + 1))
         return out.view(x.shape[0], c.height, c.width, c.levels)
