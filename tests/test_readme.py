@@ -121,6 +121,7 @@ def test_every_readme_command_and_cli_hint_works_as_written(sandbox):
         "runs/digits-pixelcnn/metrics.json",
         "digits.png",
         "field.html",
+        "tour.html",
     ):
         assert (sandbox / path).exists(), path
 

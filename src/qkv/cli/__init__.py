@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import attention, bench, embed, field, generate, heads, quickstart, sample, train, translate
+from qkv.cli import attention, bench, embed, field, generate, heads, quickstart, sample, tour, train, translate
 from qkv.errors import QkvError
 
 __all__ = ["main"]
@@ -25,6 +25,7 @@ VERBS = {
     "heads": heads,
     "sample": sample,
     "field": field,
+    "tour": tour,
     "bench": bench,
 }
 

@@ -69,8 +69,6 @@ class PixelConfig(ModelConfig):
             raise ConfigError(f"model.kernel and first_kernel must be odd, got {self.kernel}, {self.first_kernel}")
         self.check_choice("cell", CELLS)
         self.check_choice("ordering", ORDERINGS)
-        if self.hidden % self.num_heads:
-            raise ConfigError(f"model.hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")
         self.check_dropout()
 
     @property
@@ -202,4 +200,7 @@ class GatedPixelCNNConfig(PixelConfig):
 
 
 class PixelTransformerConfig(PixelConfig):
-    pass
+    def validate(self) -> None:
+        super().validate()
+        if self.hidden % self.num_heads:
+            raise ConfigError(f"model.hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")

@@ -1,0 +1,34 @@
+"""``qkv tour``: the worked examples of the texts qkv implements, computed live, as one offline page."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+
+def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
+    p = verbs.add_parser(
+        name,
+        help="write a page that walks through the texts' examples, computed live (English or Korean)",
+        description="Compute the texts' worked examples (self-attention on 'I go home', 3Blue1Brown's single head, "
+        "the √d_k scale, multi-head attention, masking, context, the seq2seq bottleneck, score functions, greedy vs "
+        "beam search, MADE and PixelCNN masks) and write them as one self-contained page. Trained runs under "
+        "--runs are reused (the quickstart's GPT, the dates translators).",
+    )
+    p.add_argument("--lang", choices=("en", "ko"), default="en", help="the page's language (default en)")
+    p.add_argument("--out", type=Path, default=Path("tour.html"), help="where to write the page (default tour.html)")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where trained runs are looked for (default runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files
+    from qkv.tour import build_tour, write_tour
+
+    check_output_files({"out": HTML_SUFFIXES}, out=args.out)
+    steps = build_tour(args.runs, progress=not args.no_progress)
+    print(f"written: {write_tour(args.out, args.lang, steps)}")
+    return 0

@@ -1,0 +1,55 @@
+"""``qkv tour``: the texts' worked examples computed live, as one offline page in English or Korean.
+
+Each step is a function returning a :class:`Step` (its numbers and figures); :func:`build_tour` runs them all,
+:func:`write_tour` renders the page. The numbers are the same in both languages; only the words differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from qkv.tour.base import Step
+from qkv.tour.text import LANGUAGES
+
+__all__ = ["LANGUAGES", "Step", "build_tour", "write_tour"]
+
+
+def build_tour(runs: str | Path = "runs", progress: bool = False) -> list[Step]:
+    """Every step, in order. ``runs``: where trained runs are reused from (the quickstart's GPT, the dates
+    translators); MiniLM comes with qkv's ``minilm`` extra."""
+    from qkv.tour import models, seq2seq, toy
+
+    runs = Path(runs)
+    minilm = models._minilm()
+    makers: list[Callable[[], Step]] = [
+        toy.i_go_home,
+        toy.single_head,
+        toy.scaling,
+        lambda: models.multi_head(*minilm),
+        lambda: models.masking(runs),
+        lambda: models.context_meaning(*minilm),
+        lambda: seq2seq.bottleneck(runs),
+        toy.score_functions,
+        lambda: seq2seq.greedy_vs_beam(runs),
+        toy.made_and_pixelcnn_masks,
+    ]
+    return [make() for make in tqdm(makers, desc="tour", unit="step", disable=not progress)]
+
+
+def write_tour(path: str | Path, lang: str = "en", steps: list[Step] | None = None, runs: str | Path = "runs") -> Path:
+    """Write the page in ``lang`` to ``path`` (the steps are computed unless given)."""
+    from qkv.errors import ConfigError
+    from qkv.tour.page import render
+
+    if lang not in LANGUAGES:
+        raise ConfigError(f"lang must be one of {', '.join(LANGUAGES)}, got {lang!r}")
+    page = render(steps if steps is not None else build_tour(runs), lang)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,18 @@
+"""What a step of the tour is: the numbers it computed (the text quotes them, the tests check them) and its
+figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Step"]
+
+
+@dataclass
+class Step:
+    key: str  # names the step's text in qkv.tour.text
+    numbers: dict[str, Any] = field(default_factory=dict)  # what the text cites, by name
+    figures: list[tuple[str, bytes]] = field(default_factory=list)  # (caption key, PNG)
+    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)  # (header, rows)
+    unavailable: str | None = None  # a text key saying why a part cannot be shown (instead of a meaningless picture)

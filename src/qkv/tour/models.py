@@ -1,0 +1,185 @@
+"""Steps of the tour that run real models: MiniLM (bundled), a character GPT (the quickstart's run when present,
+else trained here in seconds) and the dates translators (runs of configs/dates-rnn.toml when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import qkv
+from qkv.tour.base import Step
+from qkv.tour.figures import bars, from_file, heatmap
+
+__all__ = ["context_meaning", "masking", "multi_head"]
+
+ANIMAL = "The animal didn't cross the street because it was too tired"
+KOREAN = ["그는 목표를 위해 서브하려고 테니스 공을 던졌다", "오늘 학교에서 과학 시험을 봤다"]
+
+
+def _minilm():  # noqa: ANN202
+    return qkv.load_pretrained("minilm").eval(), qkv.load_tokenizer("minilm")
+
+
+def _attentions(model, tokenizer, text: str) -> tuple[list[torch.Tensor], list[str]]:  # noqa: ANN001
+    ids, mask = tokenizer.batch([text])
+    tokens = tokenizer.tokenizer.encode(text).tokens[: ids.shape[1]]
+    with torch.no_grad(), qkv.capture_attention(model) as cap:
+        model(ids, mask)
+    return [w[0] for w in cap.all_layers()], tokens
+
+
+def korean_coverage(tokenizer) -> list[dict]:  # noqa: ANN001
+    """How MiniLM's English vocabulary splits the texts' Korean sentences: pieces, unknown pieces, words."""
+    rows = []
+    for sentence in KOREAN:
+        tokens = tokenizer.tokenizer.encode(sentence).tokens[1:-1]
+        rows.append({"sentence": sentence, "words": len(sentence.split()), "pieces": len(tokens),
+                     "unknown": sum(t == "[UNK]" for t in tokens), "tokens": tokens})  # fmt: skip
+    return rows
+
+
+def _first_korean(rows: list[dict]) -> dict:
+    first = rows[0]
+    return {"": first["sentence"], "_words": first["words"], "_pieces": first["pieces"], "_unknown": first["unknown"]}
+
+
+def multi_head(model=None, tokenizer=None) -> Step:  # noqa: ANN001
+    """Several heads of one MiniLM layer on one sentence: each puts the weight of "it" somewhere else."""
+    if model is None:
+        model, tokenizer = _minilm()
+    attentions, tokens = _attentions(model, tokenizer, ANIMAL)
+    layer = 2
+    it = tokens.index("it")
+    targets = [tokens[int(attentions[layer][h, it].argmax())] for h in range(attentions[layer].shape[0])]
+    patterns = attentions[layer].flatten(1)
+    similarity = F.cosine_similarity(patterns[:, None], patterns[None], dim=-1)
+    off_diagonal = similarity[~torch.eye(len(similarity), dtype=torch.bool)]
+    title = f"MiniLM layer {layer}: 12 heads"
+    figure = from_file(lambda p: qkv.visualization.plot_attention(attentions, tokens, p, layer=layer, title=title))
+    attn = qkv.visualization.capture.attention_modules(model)[layer]
+    return Step(
+        "multi_head",
+        numbers={
+            "layer": layer,
+            "it_targets": targets,
+            "distinct_targets": len(set(targets)),
+            "max_head_similarity": float(off_diagonal.max()),
+            "heads": int(attn.num_heads),
+            "head_dim": int(attn.head_dim),
+            "out_proj": tuple(attn.out_proj.weight.shape),
+            "sentence": ANIMAL,
+            **{f"korean0{k}": v for k, v in _first_korean(korean_coverage(tokenizer)).items()},
+        },
+        figures=[("heads", figure)],
+        tables=[(["head", "“it” looks most at"], [[str(h), t] for h, t in enumerate(targets)])],
+        unavailable="korean_minilm",
+    )
+
+
+def _char_gpt(runs: Path):  # noqa: ANN202
+    """The quickstart's (or baby's) GPT if a run exists, else a small one trained here (a few seconds)."""
+    from qkv.cli.common import load_causal_lm
+
+    for name in ("quickstart", "baby"):
+        if (runs / name / "checkpoints" / "latest").exists():
+            model, tokenizer, _ = load_causal_lm(runs / name)
+            return model, tokenizer, f"{runs / name}"
+    from qkv.training import Trainer, load_run_config
+    from qkv.training.lm import build_lm
+
+    overrides = ["model.num_layers=2", "model.embed_dim=64", "model.num_heads=4", "model.max_seq_len=64",
+                 "train.steps=300", "train.eval_interval=300", "train.eval_iters=1", "train.batch_size=16",
+                 "train.checkpoint_interval=300", "train.warmup_steps=20"]  # fmt: skip
+    config = load_run_config(None, overrides)
+    model, task, tokenizer = build_lm(config)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        Trainer(model, task, config.train, Path(out), tokenizer, config.to_dict(), progress=False).fit()
+    return model.eval(), tokenizer, "a 2-layer GPT trained here for 300 steps"
+
+
+PROMPT = "ROMEO:\nBut soft, what light through yonder window b"
+
+
+def masking(runs: Path = Path("runs")) -> Step:
+    """The causal mask and next-token prediction: rows of weights sum to one over the past only; the model's
+    top-5 next characters and what temperature does to them."""
+    model, tokenizer, source = _char_gpt(runs)
+    ids = torch.tensor([tokenizer.encode(PROMPT)[-model.config.max_seq_len :]])
+    with torch.no_grad(), qkv.capture_attention(model) as cap:
+        logits = model(ids).logits[0, -1].float()
+    weights = cap.weights(0)[0, 0]  # layer 0, head 0: (seq, seq)
+    future = torch.ones_like(weights, dtype=torch.bool).triu(1)
+    shown = min(8, weights.shape[0])
+    last = [tokenizer.decode([i]) for i in ids[0, -shown:].tolist()]
+    temperatures = [0.5, 1.0, 2.0]
+    top = torch.softmax(logits, -1).topk(5)
+    chars = [tokenizer.decode([i]) for i in top.indices.tolist()]
+    by_temperature, entropy = {}, []
+    for t in temperatures:
+        p = torch.softmax(logits / t, -1)
+        by_temperature[t] = p[top.indices].tolist()
+        entropy.append(float(-(p * p.clamp_min(1e-30).log()).sum()))
+    figure_mask = heatmap(weights[-shown:, -shown:], last, last, "layer 0, head 0: the last 8 rows", ylabel="query")
+    figure_t = bars([repr(c) for c in chars], {f"T = {t}": v for t, v in by_temperature.items()},
+                    "next character after the prompt", "probability")  # fmt: skip
+    return Step(
+        "masking",
+        numbers={
+            "source": source,
+            "prompt": PROMPT,
+            "row_sums": weights.sum(-1),
+            "row_sum_error": float((weights.sum(-1) - 1).abs().max()),
+            "prompt_end": "…" + PROMPT[-24:].replace("\n", "⏎"),
+            "future_max": float(weights[future].abs().max()) if future.any() else 0.0,
+            "top5": list(zip(chars, top.values.tolist())),
+            "temperatures": temperatures,
+            "entropy": entropy,
+        },
+        figures=[("mask", figure_mask), ("temperature", figure_t)],
+        tables=[(["next", "p"], [[repr(c), f"{p:.3f}"] for c, p in zip(chars, top.values.tolist())])],
+    )
+
+
+BANK = ["I deposited my pay at the bank.", "The bank raised its interest rates.", "We sat on the bank of the river."]
+
+
+def _final_vector(model, tokenizer, sentence: str, word: str) -> torch.Tensor:  # noqa: ANN001
+    ids, mask = tokenizer.batch([sentence])
+    tokens = tokenizer.tokenizer.encode(sentence).tokens
+    with torch.no_grad():
+        hidden = model(ids, mask).last_hidden_state[0]
+    return hidden[tokens.index(word)]
+
+
+def context_meaning(model=None, tokenizer=None) -> Step:  # noqa: ANN001
+    """One input embedding, three final-layer vectors: "bank" in three sentences; and daughter - son against
+    woman - man in MiniLM's word embeddings."""
+    if model is None:
+        model, tokenizer = _minilm()
+    table = model.embeddings.word.weight.detach()
+    vocab = tokenizer.tokenizer
+
+    def word(w: str) -> torch.Tensor:
+        return table[vocab.token_to_id(w)]
+
+    finals = torch.stack([_final_vector(model, tokenizer, s, "bank") for s in BANK])
+    cos = F.cosine_similarity(finals[:, None], finals[None], dim=-1)
+    analogy = float(F.cosine_similarity(word("daughter") - word("son"), word("woman") - word("man"), dim=0))
+    control = float(F.cosine_similarity(word("daughter") - word("son"), word("table") - word("chair"), dim=0))
+    labels = ["money (1)", "money (2)", "river"]
+    return Step(
+        "context",
+        numbers={
+            "cos": cos,
+            "money_money": float(cos[0, 1]),
+            "money_river": float(cos[:2, 2].max()),
+            "analogy": analogy,
+            "control": control,
+            "sentences": BANK,
+        },  # fmt: skip
+        figures=[("bank", heatmap(cos, labels, labels, "cosine of the final-layer vectors of “bank”"))],
+    )

@@ -1,0 +1,113 @@
+"""The tour as one self-contained HTML page (figures inlined as PNG data URIs; no script, no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from qkv.tour.base import Step
+from qkv.tour.text import LANGUAGES, PAGE, STEPS
+
+__all__ = ["fmt", "render"]
+
+
+def fmt(value: Any) -> str:  # noqa: ANN401
+    """A number, tensor, list or mapping as the text shows it (3 decimals)."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return "×".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {fmt(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], str):
+            return ", ".join(f"“{v}”" for v in value)
+        return "(" + ", ".join(fmt(v) for v in value) + ")"
+    return str(value)
+
+
+def _paragraphs(step: Step, lang: str) -> list[str]:
+    text = STEPS[step.key][lang]
+    values = {name: html.escape(fmt(value)) for name, value in step.numbers.items()}
+    return [paragraph.format_map(_Strict(values, step.key)) for paragraph in text["body"]]
+
+
+class _Strict(dict):
+    """Formatting values that name the missing number instead of a KeyError deep inside."""
+
+    def __init__(self, values: dict, key: str) -> None:
+        super().__init__(values)
+        self.key = key
+
+    def __missing__(self, name: str) -> str:
+        raise KeyError(f"tour step {self.key!r} has no number {name!r} for its text")
+
+
+def _figure(png: bytes, caption: str, label: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{label}: {html.escape(caption)}</figcaption></figure>")  # fmt: skip
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render(steps: list[Step], lang: str) -> str:
+    """The page in ``lang`` (``en`` or ``ko``)."""
+    words = PAGE[lang]
+    sections = []
+    for step in steps:
+        spec = STEPS[step.key]
+        parts = [f'<section id="{step.key}"><h2>{html.escape(spec[lang]["title"])}</h2>']
+        if step.unavailable != "runs":  # (a step without its runs has no numbers to quote)
+            parts += [f"<p>{p}</p>" for p in _paragraphs(step, lang)]
+        if step.unavailable is not None:
+            message = spec["unavailable"][lang].format_map(
+                _Strict({k: html.escape(fmt(v)) for k, v in step.numbers.items()}, step.key)
+            )
+            parts.append(f'<p class="unavailable"><b>{words["unavailable"]}:</b> {message}</p>')
+        parts += [_table(header, rows) for header, rows in step.tables]
+        caption = LANGUAGES.index(lang)
+        parts += [_figure(png, spec["captions"][name][caption], words["figure"]) for name, png in step.figures]
+        sections.append("\n".join(parts) + "</section>")
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return TEMPLATE.format(
+        lang=lang,
+        title=html.escape(words["title"]),
+        intro=html.escape(words["intro"].format(made=made)),
+        sections="\n".join(sections),
+    )
+
+
+TEMPLATE = """<!doctype html>
+<html lang="{lang}"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
+<title>{title}</title>
+<style>
+body{{font:15px/1.55 system-ui,'Noto Sans CJK KR',sans-serif;margin:24px auto;max-width:980px;color:#222;
+padding:0 16px}}
+h1{{font-size:22px}} h2{{font-size:18px;margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}}
+figure{{margin:12px 0}} figure img{{max-width:100%;border:1px solid #eee}} figcaption{{font-size:12px;color:#666}}
+table{{border-collapse:collapse;font-size:13px;margin:8px 0}} td,th{{border:1px solid #ddd;padding:3px 8px}}
+.unavailable{{background:#fff8e1;border-left:3px solid #f0b429;padding:6px 10px}}
+</style></head><body>
+<h1>{title}</h1>
+<p>{intro}</p>
+{sections}
+</body></html>
+"""

@@ -1,0 +1,152 @@
+"""qkv tour: each step's claim checked on the numbers the page shows (against hand computations where there is
+one), and the page in both languages in Chromium (no console errors, no requests, every figure drawn)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkv.cli import main
+from qkv.tour import build_tour, write_tour
+from qkv.tour.models import KOREAN
+from qkv.tour.seq2seq import TRAIN_COMMANDS
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory) -> dict:
+    runs = tmp_path_factory.mktemp("no-runs")  # nothing to reuse: the GPT is trained here, the dates steps say so
+    return {step.key: step for step in build_tour(runs)}
+
+
+def test_the_tour_has_every_step_in_order(steps):
+    assert list(steps) == ["i_go_home", "single_head", "scaling", "multi_head", "masking", "context", "bottleneck",
+                           "score_functions", "beam", "masks"]  # fmt: skip
+
+
+def test_step1_each_word_weighs_itself_most_then_learned_projections_reach_the_target(steps):
+    n = steps["i_go_home"].numbers
+    plain = n["plain"]
+    assert all(int(row.argmax()) == i for i, row in enumerate(plain))  # diagonal dominance
+    torch.testing.assert_close(n["learned_row"], n["target"], rtol=0, atol=0.02)
+    torch.testing.assert_close(n["new_i"], n["weighted_sum"], rtol=1e-5, atol=1e-6)
+
+
+def test_step2_nouns_put_their_weight_on_their_adjectives(steps):
+    n = steps["single_head"].numbers
+    torch.testing.assert_close(n["weights"].sum(dim=0), torch.ones(8))  # softmax down each query's column
+    assert n["creature_on_adjectives"] > 0.9 and n["forest_on_verdant"] > 0.9
+    assert n["the_creature_dot"] == 0 and n["fluffy_creature_dot"] > 0
+
+
+def test_step3_the_spread_grows_as_root_dk_and_softmax_saturates_without_the_scale(steps):
+    n = steps["scaling"].numbers
+    for d, spread, scaled in zip(n["dims"], n["spread"], n["spread_scaled"]):
+        assert spread == pytest.approx(math.sqrt(d), rel=0.1) and scaled == pytest.approx(1.0, rel=0.1)
+    assert all(a < b for a, b in zip(n["peak"], n["peak"][1:]))  # saturation grows with d_k
+    assert max(n["peak_scaled"]) - min(n["peak_scaled"]) < 0.05
+
+
+def test_step4_heads_differ_and_korean_is_not_drawn_with_an_english_vocabulary(steps):
+    import qkv
+
+    n = steps["multi_head"].numbers
+    assert n["distinct_targets"] >= 2 and n["max_head_similarity"] < 0.99
+    assert n["heads"] * n["head_dim"] == n["out_proj"][0]
+    tokens = qkv.load_tokenizer("minilm").tokenizer.encode(KOREAN[0]).tokens[1:-1]
+    assert n["korean0_pieces"] == len(tokens) > n["korean0_words"] and steps["multi_head"].unavailable
+
+
+def test_step5_causal_rows_sum_to_one_over_the_past_and_temperature_spreads_the_distribution(steps):
+    n = steps["masking"].numbers
+    torch.testing.assert_close(n["row_sums"], torch.ones_like(n["row_sums"]), rtol=0, atol=1e-5)
+    assert n["future_max"] == 0.0
+    assert n["entropy"] == sorted(n["entropy"]) and n["entropy"][0] < n["entropy"][-1]
+    probabilities = [p for _, p in n["top5"]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1
+
+
+def test_step6_one_input_vector_different_final_vectors(steps):
+    n = steps["context"].numbers
+    cos = n["cos"]
+    assert (cos[~torch.eye(3, dtype=torch.bool)] < 0.99).all()  # the final vectors of "bank" differ
+    assert n["money_money"] > n["money_river"]
+    assert n["analogy"] > n["control"] + 0.1
+
+
+def test_step8_every_score_function_gives_a_distribution_and_dot_is_the_hand_softmax(steps):
+    weights = steps["score_functions"].numbers["weights"]
+    for row in weights.values():
+        assert float(row.sum()) == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(0)  # the step's example, drawn again
+    h_t, h_s = torch.randn(1, 8), torch.randn(5, 8)
+    torch.testing.assert_close(weights["dot"], torch.softmax(h_s @ h_t[0], dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_step10_made_and_pixelcnn_masks_are_the_texts_figures(steps):
+    n = steps["masks"].numbers
+    assert n["made"] == [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
+    assert n["mask_a"][2] == [1, 1, 0, 0, 0] and n["mask_b"][2] == [1, 1, 1, 0, 0]
+    assert n["mask_a"][3:] == [[0] * 5] * 2 and n["mask_a"][:2] == [[1] * 5] * 2
+
+
+def test_without_trained_translators_the_dates_steps_say_how_to_make_them(steps, tmp_path):
+    assert steps["bottleneck"].unavailable == "runs" and steps["beam"].unavailable == "runs"
+    text = write_tour(tmp_path / "t.html", "en", list(steps.values())).read_text(encoding="utf-8")
+    assert TRAIN_COMMANDS.split(";")[0] in text
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_the_page_in_chromium_draws_every_figure_offline(steps, tmp_path, lang):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    from tests.visualization.test_page import FLAGS
+
+    path = write_tour(tmp_path / f"tour-{lang}.html", lang, list(steps.values()))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        errors, requests = [], []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.as_uri())
+        widths = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+        sections = page.evaluate("document.querySelectorAll('section').length")
+        text = page.inner_text("body")
+        browser.close()
+    assert errors == [] and requests == [path.as_uri()]
+    assert sections == 10 and len(widths) >= 10 and all(w > 0 for w in widths)
+    if lang == "ko":
+        assert KOREAN[0] in text and "자모 조각" in text
+    else:
+        assert "Not shown" in text and "letter pieces" in text
+
+
+def test_qkv_tour_writes_the_page(tmp_path, capsys):
+    out = tmp_path / "tour.html"
+    assert main(["tour", "--lang", "ko", "--out", str(out), "--runs", str(tmp_path), "--no-progress"]) == 0
+    assert f"written: {out}" in capsys.readouterr().out and '<html lang="ko">' in out.read_text(encoding="utf-8")
+    assert main(["tour", "--out", str(tmp_path / "tour.txt")]) == 2
+
+
+@pytest.mark.slow
+def test_with_trained_translators_attention_beats_the_bottleneck_and_beam_beats_greedy(tmp_path):
+    from qkv.tour.seq2seq import bottleneck, greedy_vs_beam
+
+    common = ["--set", "train.steps=300", "--set", "train.eval_interval=300", "--set", "train.eval_iters=2",
+              "--set", "data.train_size=5000", "--set", "data.eval_size=50", "--no-progress"]  # fmt: skip
+    assert main(["train", "configs/dates-rnn.toml", "--out", str(tmp_path / "dates-rnn"), *common]) == 0
+    assert main(["train", "configs/dates-rnn.toml", "--out", str(tmp_path / "dates-rnn-none"),
+                 "--set", "model.attention=none", *common]) == 0  # fmt: skip
+    step = bottleneck(tmp_path)
+    assert step.numbers["with_attention"] > step.numbers["without"] + 0.3 and step.figures
+    beam = greedy_vs_beam(tmp_path).numbers
+    assert beam["beam_best_score"] >= beam["greedy_score"] - 1e-6
