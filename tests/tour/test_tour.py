@@ -42,6 +42,21 @@ def test_step2_nouns_put_their_weight_on_their_adjectives(steps):
     assert n["the_creature_dot"] == 0 and n["fluffy_creature_dot"] > 0
 
 
+def test_step2_the_minilm_head_found_is_the_best_of_all_72(steps):
+    import qkv
+
+    n = steps["single_head"].numbers
+    model, tokenizer = qkv.load_pretrained("minilm").eval(), qkv.load_tokenizer("minilm")
+    ids, mask = tokenizer.batch(["a fluffy blue creature roamed the verdant forest"])
+    with torch.no_grad():
+        weights = model(ids, mask, return_attention=True).attentions  # per layer (1, heads, n, n)
+    # creature (4) -> fluffy (2), blue (3); forest (11) -> ve, ##rdan, ##t (8, 9, 10)
+    scores = torch.stack([(w[0, :, 4, [2, 3]].sum(-1) + w[0, :, 11, [8, 9, 10]].sum(-1)) / 2 for w in weights])
+    torch.testing.assert_close(n["minilm_scores"], scores, rtol=1e-4, atol=1e-5)
+    assert divmod(int(scores.argmax()), 12) == (n["minilm_layer"], n["minilm_head"])
+    assert n["minilm_score"] > 5 * n["minilm_median"]
+
+
 def test_step3_the_spread_grows_as_root_dk_and_softmax_saturates_without_the_scale(steps):
     n = steps["scaling"].numbers
     for d, spread, scaled in zip(n["dims"], n["spread"], n["spread_scaled"]):
@@ -84,6 +99,18 @@ def test_step8_every_score_function_gives_a_distribution_and_dot_is_the_hand_sof
     torch.manual_seed(0)  # the step's example, drawn again
     h_t, h_s = torch.randn(1, 8), torch.randn(5, 8)
     torch.testing.assert_close(weights["dot"], torch.softmax(h_s @ h_t[0], dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_step8_local_windows_hide_what_lies_outside_them(steps):
+    n = steps["score_functions"].numbers
+    rows, d, t = n["rows"], n["window"], n["step"]
+    outside = torch.ones(12, dtype=torch.bool)
+    outside[t - d : t + d + 1] = False
+    assert (rows["global"] > 0).all() and rows["local-m"][outside].eq(0).all()
+    assert float(rows["local-m"].sum()) == pytest.approx(1.0, abs=1e-6)
+    support = rows["local-p"].nonzero().flatten()
+    assert 0 < len(support) <= 2 * d + 1 and int(support[-1] - support[0]) <= 2 * d
+    assert n["local_p_sum"] < 1.0  # the Gaussian multiplies the normalised weights
 
 
 def test_step10_made_and_pixelcnn_masks_are_the_texts_figures(steps):

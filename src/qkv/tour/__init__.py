@@ -26,17 +26,25 @@ def build_tour(runs: str | Path = "runs", progress: bool = False) -> list[Step]:
     minilm = models._minilm()
     makers: list[Callable[[], Step]] = [
         toy.i_go_home,
-        toy.single_head,
+        lambda: _merged(toy.single_head(), models.adjective_head(*minilm)),
         toy.scaling,
         lambda: models.multi_head(*minilm),
         lambda: models.masking(runs),
         lambda: models.context_meaning(*minilm),
         lambda: seq2seq.bottleneck(runs),
-        toy.score_functions,
+        lambda: _merged(toy.score_functions(), toy.local_alignment()),
         lambda: seq2seq.greedy_vs_beam(runs),
         toy.made_and_pixelcnn_masks,
     ]
     return [make() for make in tqdm(makers, desc="tour", unit="step", disable=not progress)]
+
+
+def _merged(step: Step, more: Step) -> Step:
+    """``step`` with the numbers and figures of ``more`` (a second part of the same step) added."""
+    step.numbers.update(more.numbers)
+    step.figures += more.figures
+    step.tables += more.tables
+    return step
 
 
 def write_tour(path: str | Path, lang: str = "en", steps: list[Step] | None = None, runs: str | Path = "runs") -> Path:

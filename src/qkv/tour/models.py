@@ -183,3 +183,33 @@ def context_meaning(model=None, tokenizer=None) -> Step:  # noqa: ANN001
         },  # fmt: skip
         figures=[("bank", heatmap(cos, labels, labels, "cosine of the final-layer vectors of “bank”"))],
     )
+
+
+FLUFFY_TEXT = "a fluffy blue creature roamed the verdant forest"
+
+
+def adjective_head(model, tokenizer) -> Step:  # noqa: ANN001
+    """The head of MiniLM whose nouns look most at their own adjectives in the fluffy-creature sentence, found by
+    trying every head: the mean over the two nouns of the weight each puts on its adjectives' word pieces."""
+    attentions, tokens = _attentions(model, tokenizer, FLUFFY_TEXT)
+    pieces = {"creature": ["fluffy", "blue"], "forest": ["ve", "##rdan", "##t"]}
+    index = {t: i for i, t in enumerate(tokens)}
+    scores = torch.stack([
+        torch.stack([a[:, index[noun], [index[p] for p in adjectives]].sum(-1) for noun, adjectives in pieces.items()])
+        .mean(0)
+        for a in attentions
+    ])  # (layers, heads)  # fmt: skip
+    layer, head = divmod(int(scores.argmax()), scores.shape[1])
+    figure = heatmap(attentions[layer][head], tokens, tokens, f"MiniLM layer {layer}, head {head}", numbers=False,
+                     ylabel="query")  # fmt: skip
+    return Step(
+        "single_head",
+        numbers={
+            "minilm_layer": layer,
+            "minilm_head": head,
+            "minilm_score": float(scores.max()),
+            "minilm_median": float(scores.median()),
+            "minilm_scores": scores,
+        },  # fmt: skip
+        figures=[("minilm", figure)],
+    )

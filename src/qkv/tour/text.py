@@ -64,6 +64,11 @@ STEPS = {
                 "Softmax down each column turns the grid into the attention pattern: “creature” puts "
                 "{creature_on_adjectives} of its weight on “fluffy” and “blue”, “forest” puts "
                 "{forest_on_verdant} on “verdant”.",
+                "A trained model has heads like it. Trying all 72 heads of MiniLM on the same sentence, head "
+                "{minilm_head} of layer {minilm_layer} sends the nouns' weight to their adjectives most: "
+                "{minilm_score} on average (the median head: {minilm_median}). Here the adjectives sit right before "
+                "their nouns, so a head that simply looks at the previous word does the same: one sentence cannot "
+                "tell the two apart.",
             ],
         },
         "ko": {
@@ -75,11 +80,16 @@ STEPS = {
                 "“creature”)부터 {fluffy_creature_dot}(“fluffy”와 “creature”)까지입니다.",
                 "열마다 softmax를 적용하면 어텐션 패턴이 됩니다. “creature”는 가중치의 {creature_on_adjectives}를 "
                 "“fluffy”와 “blue”에, “forest”는 {forest_on_verdant}를 “verdant”에 둡니다.",
+                "학습된 모델에도 이런 헤드가 있습니다. 같은 문장에서 MiniLM의 헤드 72개를 모두 시험해 보면, 층 "
+                "{minilm_layer}의 헤드 {minilm_head}가 명사의 가중치를 형용사에 가장 많이 보냅니다: 평균 "
+                "{minilm_score}(중앙값 헤드: {minilm_median}). 이 문장에서는 형용사가 명사 바로 앞에 있으므로, "
+                "단순히 앞 단어를 보는 헤드도 똑같이 합니다. 문장 하나로는 둘을 구별할 수 없습니다.",
             ],
         },
         "captions": {
             "dots": ("the grid of dot products", "내적 격자"),
             "pattern": ("the attention pattern", "어텐션 패턴"),
+            "minilm": ("the same sentence in MiniLM: the head found", "같은 문장, MiniLM에서 찾은 헤드"),
         },
     },
     "scaling": {
@@ -183,6 +193,9 @@ STEPS = {
                 "Luong's score functions compare a decoder state h_t with each encoder state h̄_s: dot (h_tᵀh̄_s), "
                 "general (h_tᵀW h̄_s), concat (vᵀtanh(W[h_t; h̄_s])) and location (W h_t alone). On one example "
                 "they weigh the five source states differently: {weights}.",
+                "Global attention weighs every source position; local-m only a window of 2D + 1 positions "
+                "around the current step (D = {window}, step {step}); local-p around a position p_t the model "
+                "predicts, multiplied by a Gaussian around p_t, so its weights sum to {local_p_sum}, less than one.",
             ],
         },
         "ko": {
@@ -191,9 +204,15 @@ STEPS = {
                 "Luong의 점수 함수는 디코더 상태 h_t와 인코더 상태 h̄_s를 비교합니다: dot(h_tᵀh̄_s), "
                 "general(h_tᵀW h̄_s), concat(vᵀtanh(W[h_t; h̄_s])), location(W h_t만). 한 예제에서 다섯 소스 "
                 "상태의 가중치는 각각 다릅니다: {weights}.",
+                "전역 어텐션은 모든 소스 위치에 가중치를 줍니다. local-m은 현재 스텝 주변 2D + 1개 위치의 창만(D = "
+                "{window}, 스텝 {step}), local-p는 모델이 예측한 위치 p_t 주변만 보고 p_t 중심의 가우시안을 곱하므로 "
+                "가중치 합이 {local_p_sum}로 1보다 작습니다.",
             ],
         },
-        "captions": {"scores": ("one example, four scores", "한 예제, 네 가지 점수")},
+        "captions": {
+            "scores": ("one example, four scores", "한 예제, 네 가지 점수"),
+            "local": ("global, local-m and local-p", "전역, local-m, local-p"),
+        },
     },
     "masks": {
         "en": {

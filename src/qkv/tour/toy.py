@@ -12,7 +12,7 @@ from qkv.attention.scores import make_score
 from qkv.tour.base import Step
 from qkv.tour.figures import heatmap, lines
 
-__all__ = ["i_go_home", "made_and_pixelcnn_masks", "scaling", "score_functions", "single_head"]
+__all__ = ["i_go_home", "local_alignment", "made_and_pixelcnn_masks", "scaling", "score_functions", "single_head"]
 
 WORDS_HOME = ["I", "go", "home"]
 
@@ -167,6 +167,39 @@ def score_functions() -> Step:
         "score_functions",
         numbers={"weights": rows},
         figures=[("scores", heatmap(table, list(rows), [f"h̄{s + 1}" for s in range(5)], "a_t(s) by score function"))],
+    )
+
+
+def local_alignment(window: int = 2, step: int = 5) -> Step:
+    """Global, local-m and local-p attention of one decoder step over 12 source positions (window D), from qkv's
+    RNN encoder-decoder with the same initial weights: local-m centres the window on the step, local-p on a
+    predicted position p_t and multiplies by a Gaussian (sigma = D / 2), so its weights sum to less than one."""
+    from qkv.models import RNNSeq2Seq, RNNSeq2SeqConfig
+
+    src = torch.randint(4, 20, (1, 12), generator=torch.Generator().manual_seed(1))
+    tgt = torch.randint(4, 20, (1, 8), generator=torch.Generator().manual_seed(2))
+    rows = {}
+    for alignment in ("global", "local-m", "local-p"):
+        torch.manual_seed(0)
+        config = RNNSeq2SeqConfig(src_vocab_size=20, tgt_vocab_size=20, alignment=alignment, window=window, dropout=0)
+        model = RNNSeq2Seq(config).eval()
+        with torch.no_grad():
+            rows[alignment] = model(src, tgt, return_attention=True).cross_attentions[0][0, 0, step]
+    table = torch.stack(list(rows.values()))
+    return Step(
+        "local",
+        numbers={"rows": rows, "window": window, "step": step, "local_p_sum": float(rows["local-p"].sum())},
+        figures=[
+            (
+                "local",
+                heatmap(
+                    table,
+                    list(rows),
+                    [str(s) for s in range(12)],
+                    f"decoder step {step}: weights over the source (D = {window})",
+                ),
+            )
+        ],  # fmt: skip
     )
 
 
