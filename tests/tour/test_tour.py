@@ -19,7 +19,7 @@ from qkv.tour.seq2seq import TRAIN_COMMANDS
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory) -> dict:
     runs = tmp_path_factory.mktemp("no-runs")  # nothing to reuse: the GPT is trained here, the dates steps say so
-    return {step.key: step for step in build_tour(runs)}
+    return {step.key: step for step in build_tour(runs, train=False)}
 
 
 def test_the_tour_has_every_step_in_order(steps):
@@ -159,20 +159,17 @@ def test_the_page_in_chromium_draws_every_figure_offline(steps, tmp_path, lang):
 
 def test_qkv_tour_writes_the_page(tmp_path, capsys):
     out = tmp_path / "tour.html"
-    assert main(["tour", "--lang", "ko", "--out", str(out), "--runs", str(tmp_path), "--no-progress"]) == 0
+    assert main(["tour", "--lang", "ko", "--out", str(out), "--runs", str(tmp_path), "--no-progress",
+                 "--no-training"]) == 0  # fmt: skip
     assert f"written: {out}" in capsys.readouterr().out and '<html lang="ko">' in out.read_text(encoding="utf-8")
     assert main(["tour", "--out", str(tmp_path / "tour.txt")]) == 2
 
 
 @pytest.mark.slow
-def test_with_trained_translators_attention_beats_the_bottleneck_and_beam_beats_greedy(tmp_path):
-    from qkv.tour.seq2seq import bottleneck, greedy_vs_beam
+def test_translators_trained_on_the_spot_show_attention_beating_the_bottleneck_and_beam_beating_greedy(tmp_path):
+    from qkv.tour.seq2seq import bottleneck, greedy_vs_beam, train_small
 
-    common = ["--set", "train.steps=300", "--set", "train.eval_interval=300", "--set", "train.eval_iters=2",
-              "--set", "data.train_size=5000", "--set", "data.eval_size=50", "--no-progress"]  # fmt: skip
-    assert main(["train", "configs/dates-rnn.toml", "--out", str(tmp_path / "dates-rnn"), *common]) == 0
-    assert main(["train", "configs/dates-rnn.toml", "--out", str(tmp_path / "dates-rnn-none"),
-                 "--set", "model.attention=none", *common]) == 0  # fmt: skip
+    train_small(tmp_path)
     step = bottleneck(tmp_path)
     assert step.numbers["with_attention"] > step.numbers["without"] + 0.3 and step.figures
     beam = greedy_vs_beam(tmp_path).numbers

@@ -20,6 +20,11 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--lang", choices=("en", "ko"), default="en", help="the page's language (default en)")
     p.add_argument("--out", type=Path, default=Path("tour.html"), help="where to write the page (default tour.html)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where trained runs are looked for (default runs)")
+    p.add_argument(
+        "--no-training",
+        action="store_true",
+        help="do not train missing dates translators on the spot (about 30 s); the page names the commands instead",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
@@ -29,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from qkv.tour import build_tour, write_tour
 
     check_output_files({"out": HTML_SUFFIXES}, out=args.out)
-    steps = build_tour(args.runs, progress=not args.no_progress)
+    steps = build_tour(args.runs, progress=not args.no_progress, train=not args.no_training)
     print(f"written: {write_tour(args.out, args.lang, steps)}")
     return 0

@@ -17,13 +17,25 @@ from qkv.tour.text import LANGUAGES
 __all__ = ["LANGUAGES", "Step", "build_tour", "write_tour"]
 
 
-def build_tour(runs: str | Path = "runs", progress: bool = False) -> list[Step]:
+def build_tour(runs: str | Path = "runs", progress: bool = False, train: bool = True) -> list[Step]:
     """Every step, in order. ``runs``: where trained runs are reused from (the quickstart's GPT, the dates
-    translators); MiniLM comes with qkv's ``minilm`` extra."""
+    translators); missing translators are trained small on the spot into a temporary directory (``train=False``:
+    the page names the commands instead). MiniLM comes with qkv's ``minilm`` extra."""
+    import tempfile
+
     from qkv.tour import models, seq2seq, toy
 
     runs = Path(runs)
     minilm = models._minilm()
+    dates_runs = runs
+    if train and not all(
+        (runs / n / "checkpoints" / "latest").exists() for n in (seq2seq.ATTENTION_RUN, seq2seq.PLAIN_RUN)
+    ):
+        dates_runs = Path(tempfile.mkdtemp(prefix="qkv-tour-"))
+        for name in (seq2seq.ATTENTION_RUN, seq2seq.PLAIN_RUN):  # reuse the one that exists
+            if (runs / name / "checkpoints" / "latest").exists():
+                (dates_runs / name).symlink_to((runs / name).resolve())
+        seq2seq.train_small(dates_runs)
     makers: list[Callable[[], Step]] = [
         toy.i_go_home,
         lambda: _merged(toy.single_head(), models.adjective_head(*minilm)),
@@ -31,9 +43,9 @@ def build_tour(runs: str | Path = "runs", progress: bool = False) -> list[Step]:
         lambda: models.multi_head(*minilm),
         lambda: models.masking(runs),
         lambda: models.context_meaning(*minilm),
-        lambda: seq2seq.bottleneck(runs),
+        lambda: seq2seq.bottleneck(dates_runs),
         lambda: _merged(toy.score_functions(), toy.local_alignment()),
-        lambda: seq2seq.greedy_vs_beam(runs),
+        lambda: seq2seq.greedy_vs_beam(dates_runs),
         toy.made_and_pixelcnn_masks,
     ]
     return [make() for make in tqdm(makers, desc="tour", unit="step", disable=not progress)]

@@ -248,8 +248,8 @@ STEPS["bottleneck"] = {
         "title": "7. The bottleneck, and attention as alignment",
         "body": [
             "An encoder-decoder without attention must squeeze the whole input into one vector. On {pairs} dates "
-            "longer than any it saw in training, it gets {without} exactly right; the same model with Luong "
-            "attention gets {with_attention}.",
+            "longer than any it saw in training, it gets {without_pct} exactly right; the same model with Luong "
+            "attention gets {with_attention_pct}.",
             "Attention is an alignment: translating the Korean date “{korean}” into “{translation}”, each output "
             "character looks at the input characters it comes from.",
         ],
