@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.analysis.intervene import ABLATIONS, _chain, intervene, layer_modules
+from qkv.analysis.intervene import ABLATIONS, head_hooks, intervene, layer_modules
 from qkv.errors import ConfigError
+from qkv.models.modes import eval_mode
 from qkv.visualization.capture import attention_modules
 
 __all__ = ["METHODS", "causal_lm_loss", "head_importance", "rank_correlation"]
@@ -74,23 +75,12 @@ def head_importance(
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no qkv MultiHeadAttention modules to score")
     scoring = _Scoring(model, modules, ids, ablation, metric, model_kwargs)
-    with _eval_mode(model):
+    with eval_mode(model):  # dropout off: an ablation's effect must not drown in noise, reused outputs must repeat
         if method == "attribution":
             return _attribution(scoring)
         if method == "forwards":
             return _one_forward_per_head(scoring)
         return _exact(scoring, heads_per_pass)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off (an ablation's effect must not be drowned by noise, and reused outputs must be reproducible)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @dataclass
@@ -141,13 +131,9 @@ def _exact(scoring: _Scoring, heads_per_pass: int | None) -> Tensor:
         for first in range(0, module.num_heads, step):
             heads = list(range(first, min(first + step, module.num_heads)))
             mean = clean.head_outputs[layer][:, heads].mean(dim=(0, 2)) if scoring.ablation == "mean" else None
-            previous = module.head_hook
-            module.head_hook = _chain(previous, _batched_ablation(heads, scoring.ids.shape[0], mean))
-            try:
-                with _reuse(clean.done_before[layer], clean.layer_outputs, len(heads)):
-                    ablated = scoring.run(copies=len(heads)).view(len(heads), -1)
-            finally:
-                module.head_hook = previous
+            hook = _batched_ablation(heads, scoring.ids.shape[0], mean)
+            with head_hooks({module: hook}), _reuse(clean.done_before[layer], clean.layer_outputs, len(heads)):
+                ablated = scoring.run(copies=len(heads)).view(len(heads), -1)
             out[layer, heads] = (ablated - clean.metric).mean(dim=1).cpu()
     return out
 
@@ -163,16 +149,17 @@ def _one_forward_per_head(scoring: _Scoring) -> Tensor:
     return out
 
 
+@dataclass
 class _CleanRun:
-    """One unablated forward pass: its output, each head's output, each layer module's output, and which layer
-    modules had finished before each attention module started (their outputs cannot depend on its heads)."""
+    """One unablated forward pass: its metric ``(batch,)``, each head's output, each layer module's output, and
+    which layer modules had finished before each attention module started (their outputs cannot depend on its
+    heads)."""
 
-    def __init__(self) -> None:
-        self.metric: Tensor | None = None  # (batch,)
-        self.head_outputs: dict[int, Tensor] = {}
-        self.layer_outputs: dict[nn.Module, Any] = {}
-        self.done_before: dict[int, list[nn.Module]] = {}
-        self.calls: dict[nn.Module, int] = {}
+    metric: Tensor | None = None
+    head_outputs: dict[int, Tensor] = field(default_factory=dict)
+    layer_outputs: dict[nn.Module, Any] = field(default_factory=dict)
+    done_before: dict[int, list[nn.Module]] = field(default_factory=dict)
+    calls: dict[nn.Module, int] = field(default_factory=dict)
 
 
 def _clean_run(scoring: _Scoring) -> _CleanRun:
@@ -201,16 +188,12 @@ def _clean_run(scoring: _Scoring) -> _CleanRun:
 
     handles = [layer.register_forward_hook(layer_done) for layer in layers]
     handles += [m.register_forward_pre_hook(attention_starts(i)) for i, m in enumerate(modules)]
-    previous = [m.head_hook for m in modules]
-    for index, m in enumerate(modules):
-        m.head_hook = _chain(m.head_hook, keep_heads(index))
     try:
-        run.metric = scoring.run()
+        with head_hooks({m: keep_heads(index) for index, m in enumerate(modules)}):
+            run.metric = scoring.run()
     finally:
         for handle in handles:
             handle.remove()
-        for m, hook in zip(modules, previous):
-            m.head_hook = hook
     if any(count != 1 for count in run.calls.values()):  # a layer run twice (shared weights): nothing to reuse
         run.done_before = {index: [] for index in run.done_before}
     return run
@@ -262,18 +245,10 @@ def _attribution(scoring: _Scoring) -> Tensor:
 
         return hook
 
-    modules = scoring.modules
-    previous = [m.head_hook for m in modules]
-    for index, m in enumerate(modules):
-        m.head_hook = _chain(m.head_hook, probe(index))
-    try:
-        with torch.enable_grad():
-            value = scoring.run().mean()
-            order = sorted(probes)
-            grads = torch.autograd.grad(value, [probes[i][1] for i in order], allow_unused=True)
-    finally:
-        for m, hook in zip(modules, previous):
-            m.head_hook = hook
+    with head_hooks({m: probe(index) for index, m in enumerate(scoring.modules)}), torch.enable_grad():
+        value = scoring.run().mean()
+        order = sorted(probes)
+        grads = torch.autograd.grad(value, [probes[i][1] for i in order], allow_unused=True)
     out = scoring.table()
     for index, grad in zip(order, grads):
         actual = probes[index][0].double()  # (batch, heads, q_len, head_dim)

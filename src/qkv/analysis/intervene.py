@@ -8,7 +8,7 @@ backend is untouched: the hook acts on the heads' outputs, after attention.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from qkv.errors import ConfigError
 from qkv.visualization.capture import attention_modules
 
-__all__ = ["ABLATIONS", "ActivationCache", "intervene", "layer_modules", "record"]
+__all__ = ["ABLATIONS", "ActivationCache", "head_hooks", "intervene", "layer_modules", "record"]
 
 ABLATIONS = ("zero", "mean")
 
@@ -49,19 +49,31 @@ def record(model: nn.Module) -> Iterator[ActivationCache]:
     patch from). One forward pass: a second one overwrites."""
     cache = ActivationCache()
     modules, layers = attention_modules(model), layer_modules(model)
-    previous = [m.head_hook for m in modules]
-    handles = []
-    for index, (attn, layer) in enumerate(zip(modules, layers)):
-        attn.head_hook = _chain(attn.head_hook, _recorder(cache, index))
-        if index == 0 or layer is not layers[index - 1]:  # (a decoder layer holds two attention modules)
-            handles.append(layer.register_forward_hook(lambda _m, _a, out, i=index: _keep(cache, i, out)))
+    handles = [
+        layer.register_forward_hook(lambda _m, _a, out, i=index: _keep(cache, i, out))
+        for index, layer in enumerate(layers)
+        if index == 0 or layer is not layers[index - 1]  # (a decoder layer holds two attention modules)
+    ]
     try:
-        yield cache
+        with head_hooks({attn: _recorder(cache, index) for index, attn in enumerate(modules)}):
+            yield cache
     finally:
-        for attn, hook in zip(modules, previous):
-            attn.head_hook = hook
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def head_hooks(hooks: Mapping[nn.Module, Callable[[Tensor], Tensor]]) -> Iterator[None]:
+    """Inside, each attention module's head hook runs ``hooks[module]`` on the heads' outputs ``(batch, heads,
+    q_len, head_dim)`` after the hook it already had (an outer intervention's); those are restored on exit."""
+    previous = {module: module.head_hook for module in hooks}
+    for module, hook in hooks.items():
+        module.head_hook = _chain(previous[module], hook)
+    try:
+        yield
+    finally:
+        for module, hook in previous.items():
+            module.head_hook = hook
 
 
 def _recorder(cache: ActivationCache, index: int):  # noqa: ANN202
@@ -163,18 +175,17 @@ def intervene(
                 "patch keys are ('head', layer, head) or ('resid', layer) with layer in "
                 f"[0, {len(modules)}), got {key!r}"
             )
-    hooked = set(per_layer) | set(head_patches)
-    previous = {layer: modules[layer].head_hook for layer in hooked}
-    for layer in hooked:
-        layer_means = {h: m for (lay, h), m in (means or {}).items() if lay == layer}
-        own = _head_hook(per_layer.get(layer, {}), layer_means, head_patches.get(layer, {}))
-        modules[layer].head_hook = _chain(previous[layer], own)
+    hooks = {
+        modules[layer]: _head_hook(
+            per_layer.get(layer, {}),
+            {h: m for (lay, h), m in (means or {}).items() if lay == layer},
+            head_patches.get(layer, {}),
+        )
+        for layer in set(per_layer) | set(head_patches)
+    }
     layers = layer_modules(model)
     with ExitStack() as stack:
+        stack.enter_context(head_hooks(hooks))
         for layer, value in resid_patches.items():
             stack.callback(layers[layer].register_forward_hook(_resid_hook(value, layer)).remove)
-        try:
-            yield model
-        finally:
-            for layer, hook in previous.items():
-                modules[layer].head_hook = hook
+        yield model

@@ -18,6 +18,7 @@ from qkv.decoding.controls import LogitsControls, Stopping, stopping
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.devices import model_device, resolve_compile
 from qkv.errors import ConfigError, ShapeError, describe_shape
+from qkv.models.modes import eval_mode
 
 __all__ = ["generate", "generate_stream"]
 
@@ -169,15 +170,8 @@ def generate(
 @contextmanager
 def decoding_mode(model: object) -> Iterator[None]:
     """Evaluation mode (no dropout) and frozen weights while decoding; the model's mode is restored afterwards."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        with frozen_weights():  # weights do not change while decoding: tensors derived from them may be reused
-            yield
-    finally:
-        if was_training and hasattr(model, "train"):
-            model.train()
+    with eval_mode(model), frozen_weights():  # weights do not change while decoding: derived tensors may be reused
+        yield
 
 
 def decode_loop(

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from qkv.errors import ConfigError
+from qkv.models.modes import eval_mode
 from qkv.models.pixels.base import PixelModel
 
 __all__ = ["sample_images"]
@@ -53,9 +54,7 @@ def sample_images(
         raise ConfigError(f"this model is class-conditional: give a class in [0, {c.num_classes})")
     generator = torch.Generator(device=device)
     generator.manual_seed(torch.seed() if seed is None else seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if cached and hasattr(model, "sample_cached"):
             return model.sample_cached(labels, n, generator=generator, temperature=temperature)
         images = torch.zeros(n, c.height, c.width, dtype=torch.long, device=device)
@@ -64,5 +63,3 @@ def sample_images(
             logits = model(images, labels).logits[:, row, column].float() / temperature
             images[:, row, column] = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
         return images
-    finally:
-        model.train(was_training)

@@ -36,7 +36,7 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
     if isinstance(data, dict) and data.get("qkv_tokenizer") == "char":
         return CharTokenizer.from_dict(data, source=path)
     if isinstance(data, dict) and data.get("qkv_tokenizer") == "image":  # an image run's format
-        from qkv.training.images import ImageFormat
+        from qkv.tokenizers.image import ImageFormat
 
         return ImageFormat.from_dict(data, source=path)  # type: ignore[return-value]
     if isinstance(data, dict) and data.get("qkv_tokenizer") == "pair":

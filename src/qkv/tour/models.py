@@ -3,6 +3,7 @@ else trained here in seconds) and the dates translators (runs of configs/dates-r
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -94,8 +95,6 @@ def _char_gpt(runs: Path):  # noqa: ANN202
                  "train.checkpoint_interval=300", "train.warmup_steps=20"]  # fmt: skip
     config = load_run_config(None, overrides)
     model, task, tokenizer = build_lm(config)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as out:
         Trainer(model, task, config.train, Path(out), tokenizer, config.to_dict(), progress=False).fit()
     return model.eval(), tokenizer, "a 2-layer GPT trained here for 300 steps"

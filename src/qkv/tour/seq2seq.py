@@ -58,10 +58,9 @@ def _load(runs: Path, name: str):  # noqa: ANN202
 
 
 def _exact_match(model, tokenizer, pairs) -> float:  # noqa: ANN001
-    from qkv.training.seq2seq_eval import translate_texts
+    from qkv.training.seq2seq_eval import evaluate_pairs
 
-    guesses = translate_texts(model, tokenizer, [s for s, _ in pairs])
-    return sum(g == t for g, (_, t) in zip(guesses, pairs)) / len(pairs)
+    return evaluate_pairs(model, tokenizer, pairs)["exact_match"] / 100  # (a fraction: the page shows percent)
 
 
 def _source(tokenizer, text: str) -> torch.Tensor:  # noqa: ANN001

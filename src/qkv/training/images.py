@@ -3,9 +3,7 @@ the end, the exact test negative log-likelihood in bits per dimension (from the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,35 +13,12 @@ from torch import Tensor, nn
 from qkv.data.images import ImageData, load_image_set
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.families import IMAGE, get_family
+from qkv.models.modes import eval_mode
 from qkv.models.pixels.base import bits_per_dim
+from qkv.tokenizers.image import ImageFormat
 from qkv.training.config import RunConfig
 
-__all__ = ["ImageFormat", "ImageTask", "build_images", "run_image_data"]
-
-
-@dataclass
-class ImageFormat:
-    """What a run's images are (saved as the run's ``tokenizer.json``, the vocabulary of an image model): their
-    size, grey levels and classes (with their names)."""
-
-    height: int
-    width: int
-    levels: int
-    num_classes: int
-
-    @property
-    def vocab_size(self) -> int:
-        return self.levels
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"qkv_tokenizer": "image", **self.__dict__}))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: Path | None = None) -> ImageFormat:
-        try:
-            return cls(int(data["height"]), int(data["width"]), int(data["levels"]), int(data["num_classes"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source} is not a valid image format: {exc}") from None
+__all__ = ["ImageTask", "build_images", "run_image_data"]
 
 
 @dataclass
@@ -70,15 +45,13 @@ class ImageTask:
     def report(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
         """Exact negative log-likelihood of the test split, in bits per dimension and nats per image."""
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         images, labels = self.data.splits["test"]
         pieces = []
-        for start in range(0, len(images), self.eval_batch):
-            chunk = images[start : start + self.eval_batch].to(device)
-            chunk_labels = labels[start : start + self.eval_batch].to(device) if self.conditional else None
-            pieces.append(model.log_prob(chunk, chunk_labels).cpu())
-        model.train(was_training)
+        with eval_mode(model):
+            for start in range(0, len(images), self.eval_batch):
+                chunk = images[start : start + self.eval_batch].to(device)
+                chunk_labels = labels[start : start + self.eval_batch].to(device) if self.conditional else None
+                pieces.append(model.log_prob(chunk, chunk_labels).cpu())
         log_p = torch.cat(pieces)
         return {
             "test": {

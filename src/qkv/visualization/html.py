@@ -32,6 +32,10 @@ from qkv.errors import ShapeError, describe_shape
 __all__ = ["PixelFields", "attention_page", "write_attention_page"]
 
 DENSE_LIMIT = 64  # up to this many tokens every weight is kept; beyond, the top_k per query row
+# the data of a page with no attention to show (an image model without it: only the pixel-field view)
+NO_ATTENTION = {"tokens": [], "queryTokens": [], "queryOffset": 0, "cross": False, "layers": 0, "heads": 0, "rows": [],
+                "note": "", "topK": None, "focus": [0, 0], "scores": None, "alignment": None, "rollout": None,
+                "flow": None, "headScores": None}  # fmt: skip
 
 
 def _round(x: float) -> float | None:
@@ -87,7 +91,7 @@ def attention_page(
     if not attentions:
         if pixel_fields is None:
             raise ShapeError("no attention layers given (and no pixel fields to show instead)")
-        return _render(_pixel_payload(title, pixel_fields, {"layers": 0, "heads": 0}), title)
+        return _render({**NO_ATTENTION, "title": title, "pixelFields": pixel_fields.payload()}, title)
     k_len = attentions[0].shape[-1]
     keep = None if k_len <= DENSE_LIMIT else top_k
     q_len = attentions[0].shape[-2]
@@ -140,7 +144,7 @@ def attention_page(
         # per layer l, per position: [[token, share], ...] of the inputs that reach it through layers 0..l
         "rollout": None if rollout is None else [_rows(r, keep) for r in rollout],
         "flow": None if flow is None else _rows(flow, keep),
-        "pixelFields": None,
+        "pixelFields": None if pixel_fields is None else pixel_fields.payload(),
         "headScores": None
         if head_scores is None
         else {"name": head_scores[0], "values": [[round(float(x), 6) for x in row] for row in head_scores[1]]},
@@ -152,7 +156,7 @@ def attention_page(
             "target": list(target),
             "weights": [[round(float(x), 4) for x in row] for row in weights.float()],
         }
-    return _render(_pixel_payload(title, pixel_fields, payload) if pixel_fields is not None else payload, title)
+    return _render(payload, title)
 
 
 def _render(payload: dict, title: str) -> str:
@@ -194,15 +198,6 @@ class PixelFields:
                 for name, values in self.maps.items()
             ],
         }
-
-
-def _pixel_payload(title: str, fields: PixelFields, payload: dict) -> dict:
-    """``payload`` (an attention page's, or a bare one) with the pixel fields added."""
-    if payload.get("layers") == 0:  # no attention: only the pixel view
-        payload = {"title": title, "tokens": [], "queryTokens": [], "queryOffset": 0, "cross": False, "rows": [],
-                   "note": "", "topK": None, "focus": [0, 0], "scores": None, "alignment": None, "rollout": None,
-                   "flow": None, "headScores": None, "layers": 0, "heads": 0}  # fmt: skip
-    return {**payload, "pixelFields": fields.payload()}
 
 
 def write_attention_page(path: str | Path, *args: object, **kwargs: object) -> Path:
