@@ -148,7 +148,7 @@ SEQ2SEQ_CASES = [
     (
         "translate",
         lambda g, s, b, f: ["translate", str(s), "5 Mar 21", "--num-beams", "0", "--strategy", "beam"],
-        "num_beams must be >= 1",
+        "--num-beams must be at least 1",
     ),  # fmt: skip
     (
         "translate",

@@ -13,12 +13,13 @@ import torch
 from qkv.cli import main
 from qkv.tour import build_tour, write_tour
 from qkv.tour.models import KOREAN
-from qkv.tour.seq2seq import TRAIN_COMMANDS
+from qkv.tour.runs import DATES_COMMANDS, GPT_COMMANDS, TOUR_DIR, dates_runs, gpt_run, train_small_gpt
 
 
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory) -> dict:
-    runs = tmp_path_factory.mktemp("no-runs")  # nothing to reuse: the GPT is trained here, the dates steps say so
+    runs = tmp_path_factory.mktemp("runs")  # the tour's own small GPT (seconds); no translators: their steps say so
+    train_small_gpt(runs / TOUR_DIR / "gpt")
     return {step.key: step for step in build_tour(runs, train=False)}
 
 
@@ -123,7 +124,53 @@ def test_step10_made_and_pixelcnn_masks_are_the_texts_figures(steps):
 def test_without_trained_translators_the_dates_steps_say_how_to_make_them(steps, tmp_path):
     assert steps["bottleneck"].unavailable == "runs" and steps["beam"].unavailable == "runs"
     text = write_tour(tmp_path / "t.html", "en", list(steps.values())).read_text(encoding="utf-8")
-    assert TRAIN_COMMANDS.split(";")[0] in text
+    assert DATES_COMMANDS.split(";")[0] in text
+
+
+def test_no_training_trains_nothing_and_the_gpt_step_names_its_command(tmp_path, monkeypatch):
+    """--no-training with no runs at all: nothing is written anywhere (no run, no temporary directory), and the
+    masking step says which command makes the GPT it needs, in both languages."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    runs = tmp_path / "runs"
+    steps = {step.key: step for step in build_tour(runs, train=False)}
+    assert not runs.exists() and list((tmp_path / "tmp").iterdir()) == []
+    assert steps["masking"].unavailable == "runs" and steps["masking"].numbers == {"commands": GPT_COMMANDS}
+    for lang, words in (("en", "character-level GPT"), ("ko", "문자 단위 GPT")):
+        page = write_tour(tmp_path / f"t-{lang}.html", lang, list(steps.values())).read_text(encoding="utf-8")
+        assert words in page and GPT_COMMANDS in page
+
+
+def test_the_tour_reuses_the_runs_the_readme_trains_before_its_own(tmp_path):
+    """runs/quickstart, runs/dates-rnn and runs/dates-rnn-none (the README's names) are read when present; the
+    tour's own small runs (runs/tour/...) only when they are not."""
+    from tests.cli.test_cli import TINY, sets
+
+    own = tmp_path / TOUR_DIR
+    readme = tmp_path / "quickstart"
+    assert gpt_run(tmp_path, train=False) is None and set(dates_runs(tmp_path, train=False).values()) == {None}
+    shutil.copytree(_tiny_run(tmp_path, TINY, sets), own / "gpt")
+    assert gpt_run(tmp_path, train=False) == own / "gpt"
+    shutil.copytree(own / "gpt", readme)
+    assert gpt_run(tmp_path, train=False) == readme
+    for name in ("dates-rnn", "dates-rnn-none"):  # any trained run stands in: only the names are looked up here
+        shutil.copytree(own / "gpt", own / name)
+    assert dates_runs(tmp_path, train=False) == {
+        "dates-rnn": own / "dates-rnn",
+        "dates-rnn-none": own / "dates-rnn-none",
+    }
+    shutil.copytree(own / "gpt", tmp_path / "dates-rnn")
+    assert dates_runs(tmp_path, train=False)["dates-rnn"] == tmp_path / "dates-rnn"
+
+
+def _tiny_run(tmp_path, tiny, sets):  # noqa: ANN001, ANN201 - a tiny trained GPT run, made once per test
+    out = tmp_path / "tiny"
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nseed = 3\n")
+    assert main(["train", str(config), "--out", str(out), "--no-progress", *sets(tiny)]) == 0
+    return out
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -167,10 +214,14 @@ def test_qkv_tour_writes_the_page(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_translators_trained_on_the_spot_show_attention_beating_the_bottleneck_and_beam_beating_greedy(tmp_path):
-    from qkv.tour.seq2seq import bottleneck, greedy_vs_beam, train_small
+    from qkv.tour.seq2seq import bottleneck, greedy_vs_beam
 
-    train_small(tmp_path)
-    step = bottleneck(tmp_path)
+    found = dates_runs(tmp_path)  # trained small into runs/tour/, and found there the next time without training
+    assert found == {name: tmp_path / TOUR_DIR / name for name in ("dates-rnn", "dates-rnn-none")}
+    stamps = {p: (p / "checkpoints" / "latest").stat().st_mtime_ns for p in found.values()}
+    assert dates_runs(tmp_path) == found
+    assert stamps == {p: (p / "checkpoints" / "latest").stat().st_mtime_ns for p in found.values()}
+    step = bottleneck(found["dates-rnn"], found["dates-rnn-none"])
     assert step.numbers["with_attention"] > step.numbers["without"] + 0.3 and step.figures
-    beam = greedy_vs_beam(tmp_path).numbers
+    beam = greedy_vs_beam(found["dates-rnn"]).numbers
     assert beam["beam_best_score"] >= beam["greedy_score"] - 1e-6

@@ -291,7 +291,8 @@ def test_the_progress_bar_shows_the_evaluation_of_its_own_step(tmp_path, capfd):
     trainer.progress = True
     trainer.fit()
     printed = capfd.readouterr()
-    last_eval = re.findall(r"step 6: train [\d.]+, val ([\d.]+)", printed.out + printed.err)
+    name = tmp_path.name
+    last_eval = re.findall(rf"{name} step 6/6: train loss [\d.]+, val loss ([\d.]+)", printed.out + printed.err)
     assert last_eval, printed
     final_bar = printed.err.rstrip().split("\r")[-1]
     assert f"val={last_eval[-1]}" in final_bar, final_bar

@@ -302,7 +302,7 @@ def test_several_query_tokens_sum_their_weights_and_hide_the_scores(browser, tmp
 def test_head_score_grid_zooms_into_the_clicked_head_and_filters_narrow_the_model_view(browser, tmp_path):
     path, _, _, _, scores, _ = _analysis_page(tmp_path)
     page, errors, _ = _open(browser, path)
-    page.click("#tab-scores")
+    assert page.evaluate("window.qkvState.view") == "scores"  # a page with head scores opens on them
     assert "ablation per head" in page.inner_text("#scoresCap")
     layout = page.evaluate("window.qkvScoreLayout")
     layer, head = 1, 3
@@ -332,6 +332,13 @@ def test_a_2000_token_input_keeps_every_row(browser, tmp_path):
     view = page.evaluate("window.qkvHeadView")
     assert view["rowsDrawn"] == n and view["height"] <= 32767 and view["rowHeight"] >= 1
     assert page.evaluate("document.getElementById('qtok').options.length") == n
+    # the list opens scrolled to its selected query (the last token), not to token 0
+    top, height, option_top, option_height = page.evaluate(
+        "(() => { const l = document.getElementById('qtok'), o = l.options[l.options.length - 1];"
+        " return [l.scrollTop, l.clientHeight, o.offsetTop, o.offsetHeight]; })()"
+    )
+    assert page.evaluate("document.getElementById('qtok').options[%d].selected" % (n - 1))
+    assert top <= option_top and option_top + option_height <= top + height + 1, (top, height, option_top)
     page.click("#tab-qk")
     page.select_option("#qtok", str(n - 1))
     assert page.evaluate("window.qkvDrawn")["query"] == n - 1

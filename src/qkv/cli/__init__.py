@@ -1,33 +1,42 @@
 """The ``qkv`` command line: one entry point, one verb per job.
 
 Every user-facing problem (a :class:`qkv.errors.QkvError`, a missing file) becomes one line on stderr and exit code 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. Ctrl-C, from the first instant on (PyTorch's import takes a second), exits
+with code 130 and one line that says what was interrupted and what was kept.
+
+The verbs are imported inside :func:`main`, after the interrupt handling is in place: importing this package loads
+neither PyTorch nor any verb.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Sequence
 
-from qkv.cli import attention, bench, embed, field, generate, heads, quickstart, sample, tour, train, translate
 from qkv.errors import QkvError
 
 __all__ = ["main"]
 
-VERBS = {
-    "train": train,
-    "generate": generate,
-    "translate": translate,
-    "quickstart": quickstart,
-    "embed": embed,
-    "attention": attention,
-    "heads": heads,
-    "sample": sample,
-    "field": field,
-    "tour": tour,
-    "bench": bench,
-}
+VERBS = (  # name -> module qkv.cli.<name>, in the order --help lists them
+    "train",
+    "generate",
+    "translate",
+    "quickstart",
+    "embed",
+    "attention",
+    "heads",
+    "sample",
+    "field",
+    "tour",
+    "configs",
+    "bench",
+)
+
+# What Ctrl-C leaves behind when a verb says nothing more precise (by raising KeyboardInterrupt with a message).
+NOTHING_KEPT = "nothing was written"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,23 +46,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something goes wrong")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for name, module in VERBS.items():
-        module.add_parser(verbs, name)
+    for name in VERBS:
+        importlib.import_module(f"qkv.cli.{name}").add_parser(verbs, name)
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parse_args``, except that texts after an option (``qkv translate RUN --min-new-tokens 3 'March 5'``) join
+    a verb's TEXT list: argparse fills a ``nargs="*"`` positional once, before the options, and would refuse them."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and isinstance(getattr(args, "texts", None), list) and not any(e.startswith("-") for e in extras):
+        args.texts += extras
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _verb_of(argv: Sequence[str]) -> str:
+    """The verb in ``argv`` (for messages before the parser exists): the first word that is one."""
+    return next((word for word in argv if word in VERBS), "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = _verb_of(argv)
+    prefix = f"qkv {verb}".rstrip()
+    debug = "--debug" in argv[: argv.index(verb) if verb else len(argv)]
     try:
+        args = _parse(build_parser(), argv)
         return int(args.run(args) or 0)
     except (QkvError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        if args.debug:
+        if debug:
             raise
-        print(f"qkv {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped reading (qkv configs | head): Python's documented remedy, no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as exc:
-        print(f"qkv {args.verb}: {exc or 'interrupted'}", file=sys.stderr)
+        if debug:
+            raise
+        # a verb says what it was doing and what it kept (qkv.cli.common.on_interrupt); otherwise nothing was kept
+        message = str(exc) or NOTHING_KEPT
+        print(
+            f"{prefix}: interrupted (Ctrl-C){' ' if message.startswith('while ') else '; '}{message}", file=sys.stderr
+        )
         return 130
 
 

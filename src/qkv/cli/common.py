@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,10 @@ __all__ = [
     "load_causal_lm",
     "load_model_and_tokenizer",
     "load_seq2seq",
+    "non_text_tokens",
+    "on_interrupt",
     "qkv_command",
+    "resume_hint",
     "warn",
 ]
 
@@ -64,6 +71,28 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+@contextmanager
+def on_interrupt(doing: str, kept: str = "nothing was written") -> Iterator[None]:
+    """Ctrl-C inside the block says what was going on and what was kept: ``qkv VERB: interrupted (Ctrl-C) while
+    {doing}; {kept}``. A message raised from within (the Trainer's, naming its checkpoint) is kept, with ``doing``
+    put in front."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise KeyboardInterrupt(f"while {doing}; {str(exc) or kept}") from None
+
+
+@contextmanager
+def resume_hint(command: str) -> Iterator[None]:
+    """A Trainer stopped by Ctrl-C names its checkpoint; add the command that resumes from it."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if not str(exc):
+            raise
+        raise KeyboardInterrupt(f"{exc}; {command} resumes it") from None
+
+
 def _blocked_by_a_file(path: Path) -> Path | None:
     """The first existing ancestor of ``path`` that is a file (so no directory can be made there), if any."""
     for parent in reversed(path.parents):
@@ -72,10 +101,25 @@ def _blocked_by_a_file(path: Path) -> Path | None:
     return None
 
 
+def _check_writable(option: str, path: Path, what: str) -> None:
+    """Refuse ``path`` (a file or a directory to create) when its nearest existing directory takes no new file: a
+    probe file is made there and removed, so permissions, read-only mounts and pseudo file systems (``/proc``) are
+    all found before any work, and the message names the user's path, never the probe's."""
+    existing = next((p for p in (path, *path.parents) if p.is_dir()), Path.cwd())
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".qkv-probe-", dir=existing)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{option} {path}: {what} cannot be written in {existing} ({reason.lower()})") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
 def check_output_files(suffixes: dict[str, tuple[str, ...]] | None = None, **flags: Path | None) -> None:
     """Refuse, before any work is done, an output file that cannot be written where it is asked for: a directory, a
-    path under an existing file, or (``suffixes={"png": (".png", ...)}``) a name of a format that is not written.
-    Missing parent directories are fine: they are created (as ``--out`` creates a run directory).
+    path under an existing file, a directory that takes no new file (read-only, ``/proc``), or (``suffixes={"png":
+    (".png", ...)}``) a name of a format that is not written. Missing parent directories are fine: they are created
+    (as ``--out`` creates a run directory).
 
     ``check_output_files({"html": (".html",)}, html=args.html)``
     """
@@ -93,16 +137,19 @@ def check_output_files(suffixes: dict[str, tuple[str, ...]] | None = None, **fla
             raise ConfigError(
                 f"{option} {path}: the name must end in {', '.join(allowed)} (got {path.suffix or 'no suffix'})"
             )
+        _check_writable(option, path, "the file")
 
 
 def check_output_dir(flag: str, path: Path) -> None:
-    """Refuse a run directory that is an existing file or lies under one (``check_output_dir("out", args.out)``)."""
+    """Refuse a run directory that is an existing file, lies under one, or cannot be written
+    (``check_output_dir("out", args.out)``)."""
     option = "--" + flag.replace("_", "-")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file; a run needs a directory (a new or existing one)")
     blocker = _blocked_by_a_file(path)
     if blocker is not None:
         raise ConfigError(f"{option} {path}: {blocker} is a file, so no directory can be made under it")
+    _check_writable(option, path, "the run")
 
 
 def load_causal_lm(
@@ -112,7 +159,7 @@ def load_causal_lm(
     checkpoint directory, on ``device`` (default: the CPU) in ``dtype`` (default: fp32). Checkpoints hold no
     device: one trained on a GPU loads anywhere."""
     info = load_checkpoint_info(path)
-    family = _family_of_checkpoint(info, CAUSAL_LM, "for a translation model use qkv translate")
+    family = _family_of_checkpoint(info, CAUSAL_LM)
     model = family.build(family.config.from_dict(info.meta["config"]["model"]))
     info.load_model_weights(model)
     return place(model, device, dtype).eval(), info.tokenizer(), info
@@ -123,9 +170,7 @@ def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module
     from qkv.training.config import RunConfig
 
     info = load_checkpoint_info(path)
-    family = _family_of_checkpoint(
-        info, SEQ2SEQ, "train one with e.g. qkv train configs/dates-rnn.toml; for a language model use qkv generate"
-    )
+    family = _family_of_checkpoint(info, SEQ2SEQ)
     model = family.build(RunConfig.from_dict(info.meta["config"]).model)
     info.load_model_weights(model)
     tokenizer = info.tokenizer()
@@ -139,7 +184,7 @@ def load_image_model(path: str | Path, device: str | None = None) -> tuple[nn.Mo
     from qkv.training.config import RunConfig
 
     info = load_checkpoint_info(path)
-    family = _family_of_checkpoint(info, IMAGE, "train one with e.g. qkv train configs/digits-pixelcnn.toml")
+    family = _family_of_checkpoint(info, IMAGE)
     model = family.build(RunConfig.from_dict(info.meta["config"]).model)
     info.load_model_weights(model)
     return place(model, device).eval(), info
@@ -170,19 +215,39 @@ def load_model_and_tokenizer(
     return model, load_tokenizer(model_ref), True
 
 
-def _family_of_checkpoint(info: CheckpointInfo, protocol: str, hint: str) -> Family:
+# what each kind of model is for, named in the refusal when a run goes to the wrong verb
+WANTED = {
+    CAUSAL_LM: "a language model (causal LM)",
+    SEQ2SEQ: "a sequence-to-sequence model",
+    IMAGE: "an image model",
+}
+VERBS_FOR = {
+    CAUSAL_LM: "qkv generate, qkv attention or qkv heads",
+    SEQ2SEQ: "qkv translate",
+    IMAGE: "qkv sample or qkv field",
+}
+TRAIN_ONE = {CAUSAL_LM: "qkv quickstart", SEQ2SEQ: "qkv train dates-rnn", IMAGE: "qkv train digits-pixelcnn"}
+
+
+def _family_of_checkpoint(info: CheckpointInfo, protocol: str) -> Family:
     try:
         family = get_family(info.kind, what="model kind")
     except ConfigError as exc:
         raise CheckpointError(f"{info.path} holds a model qkv does not know: {exc}") from None
     if family.protocol != protocol:
-        wanted = {
-            CAUSAL_LM: "a language model (causal LM)",
-            SEQ2SEQ: "a sequence-to-sequence model",
-            IMAGE: "an image model",
-        }[protocol]
-        raise CheckpointError(f"{info.path} holds a {info.kind!r} model, but this needs {wanted}; {hint}")
+        raise CheckpointError(
+            f"{info.path} holds a {info.kind!r} model, but this needs {WANTED[protocol]}; for this run use "
+            f"{VERBS_FOR.get(family.protocol, 'the verb of its kind')} (to train one this verb reads: "
+            f"{TRAIN_ONE[protocol]})"
+        )
     return family
+
+
+def non_text_tokens(tokenizer: object) -> tuple[int, ...]:
+    """Ids a tokenizer has that stand for no text (a character tokenizer's ``<unk>``, which decodes to U+FFFD):
+    never sampled by the verbs, which print text."""
+    unk = getattr(tokenizer, "unk_id", None)
+    return (unk,) if isinstance(unk, int) else ()
 
 
 def encode_prompt(

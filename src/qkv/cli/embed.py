@@ -34,16 +34,24 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import check_output_files
+    from qkv.cli.common import check_output_files, warn
     from qkv.data.text import read_text_file
-    from qkv.pretrained import embed
+    from qkv.pretrained import embed, load_tokenizer
 
     texts = list(args.texts)
     if args.file is not None:
         texts += [line.strip() for line in read_text_file(args.file).splitlines() if line.strip()]
     if not texts:
         raise ConfigError("nothing to embed: give texts as arguments or --file FILE")
+    if any(not text.strip() for text in texts):
+        raise ConfigError("a text is empty: give something to embed, e.g. qkv embed 'a sentence'")
     check_output_files({"out": (".npy", ".jsonl")}, out=args.out)
+    tokenizer = load_tokenizer(args.model)
+    cut = tokenizer.cut(texts)
+    if cut:  # as qkv attention does: say so rather than embed the beginning of a text silently
+        which = f"text {cut[0] + 1}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
+        warn(f"{which} is longer than the model's {tokenizer.max_length} tokens; only the first {tokenizer.max_length} "
+             "tokens are embedded")  # fmt: skip
     vectors = embed(texts, model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

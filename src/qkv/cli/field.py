@@ -58,6 +58,7 @@ def pixel_fields(model, image, label, pixel: tuple[int, int]) -> dict:  # noqa: 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from qkv.attention.memory import activation_bytes, check_fits
     from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_image_model
     from qkv.errors import ConfigError
     from qkv.training.images import run_image_data
@@ -73,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
     c = model.config
     if not (0 <= pixel[0] < c.height and 0 <= pixel[1] < c.width):
         raise ConfigError(f"--pixel {args.pixel} is outside the {c.height}x{c.width} image")
+    pages = c.pixels if args.html is not None and c.pixels <= FIELD_PAGE_LIMIT else 1  # maps computed
+    check_fits(  # one forward and backward over one image, and the maps kept (one per pixel shown, several kinds)
+        activation_bytes(model, c.pixels) + pages * c.pixels * 4 * 4,
+        f"the fields of a {c.height}x{c.width} image",
+        "use a smaller image size",
+        next(model.parameters()).device,
+    )
     images, labels = run_image_data(info.meta["config"]).splits["test"]
     if not 0 <= args.image < len(images):
         raise ConfigError(f"--image {args.image}: the test split has {len(images)} images")

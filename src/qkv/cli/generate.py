@@ -101,11 +101,12 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from qkv.cli.common import encode_prompt, load_model_and_tokenizer
+    from qkv.cli.common import encode_prompt, load_model_and_tokenizer, non_text_tokens, on_interrupt
     from qkv.decoding import generate_stream
     from qkv.decoding.controls import stop_strings
     from qkv.models.families import CAUSAL_LM
 
+    check_generation_args(args)
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
     options = {
         "temperature": args.temperature,
@@ -117,13 +118,16 @@ def run(args: argparse.Namespace) -> int:
         "presence_penalty": args.presence_penalty,
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "max_time": args.max_time,
+        "suppress_tokens": non_text_tokens(tokenizer),
     }
     if args.file is not None:
         return _generate_file(args, model, tokenizer, options)
     ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     options["stop_when"] = stop_strings(args.stop, tokenizer.decode, ids.shape[1]) if args.stop else None
     if args.strategy == "beam" or args.no_stream or args.num_return_sequences > 1:
-        _print_all(args, model, tokenizer, list(_complete(args, model, ids, options)), [ids.shape[1]])
+        with on_interrupt(f"generating ({_whole(args)})", kept="nothing was printed"):
+            outputs = list(_complete(args, model, ids, options))
+        _print_all(args, model, tokenizer, outputs, [ids.shape[1]])
         return 0
     # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
     stream = generate_stream(
@@ -150,10 +154,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         sys.stdout.flush()
-        print(
-            f"qkv generate: interrupted after {new} new tokens; the text above is what was generated", file=sys.stderr
-        )
-        return 130
+        raise KeyboardInterrupt(f"{new} new tokens were generated: the text above") from None
     finally:
         stream.close()
     sys.stdout.write("\n")
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _generate_file(args: argparse.Namespace, model, tokenizer, options: dict) -> int:  # noqa: ANN001
     """Every line of ``--file`` continued in one left-padded batch; printed in order, one block per prompt."""
-    from qkv.cli.common import encode_prompt
+    from qkv.cli.common import encode_prompt, on_interrupt
     from qkv.data.text import read_text_file
     from qkv.errors import ConfigError
 
@@ -172,8 +173,29 @@ def _generate_file(args: argparse.Namespace, model, tokenizer, options: dict) ->
     if args.stop:
         raise ConfigError("--stop works with --prompt; for a file, each prompt would stop at its own time")
     prompts = [encode_prompt(tokenizer, text, model.config.max_seq_len)[0] for text in texts]
-    _print_all(args, model, tokenizer, _complete(args, model, prompts, options), [len(p) for p in prompts])
+    with on_interrupt(f"generating for {len(prompts)} prompts in one batch", kept="nothing was printed"):
+        outputs = _complete(args, model, prompts, options)
+    _print_all(args, model, tokenizer, outputs, [len(p) for p in prompts])
     return 0
+
+
+def _whole(args: argparse.Namespace) -> str:
+    """Why the text is printed only when complete."""
+    if args.strategy == "beam":
+        return "beam search's best is known only at the end"
+    return "--no-stream" if args.no_stream else "several sequences are printed when all are complete"
+
+
+def check_generation_args(args: argparse.Namespace) -> None:
+    """The counts a decoding verb takes, checked before the model is loaded (each one line naming its flag)."""
+    from qkv.decoding.controls import check_sampling
+    from qkv.errors import ConfigError
+
+    for flag, least in (("max_new_tokens", 1), ("num_return_sequences", 1), ("num_beams", 1)):
+        value = getattr(args, flag, None)
+        if value is not None and value < least:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least {least}, got {value}")
+    check_sampling(getattr(args, "temperature", 1.0), getattr(args, "top_k", None), getattr(args, "top_p", None))
 
 
 def _complete(args: argparse.Namespace, model, prompts, options: dict):  # noqa: ANN001, ANN202

@@ -50,52 +50,63 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from qkv.cli.attention import attention_report
-    from qkv.cli.common import check_output_dir, encode_prompt, load_causal_lm, qkv_command
+    from qkv.cli.common import check_output_dir, encode_prompt, load_causal_lm, on_interrupt, qkv_command, resume_hint
     from qkv.decoding import generate
+    from qkv.errors import ConfigError
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
 
     overrides = [*QUICKSTART_OVERRIDES, f"train.device={args.device!r}"]
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1 (the sample's length), got {args.max_new_tokens}")
     out: Path = args.out
     check_output_dir("out", out)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
     config = load_run_config(None, overrides)
-    started = time.perf_counter()
-    if (out / "metrics.json").exists() and (out / "checkpoints" / "latest").exists():
+    again = f"{qkv_command()} quickstart --out {shlex.quote(str(out))}"
+    trained = not args.fresh and (out / "metrics.json").exists() and (out / "checkpoints" / "latest").exists()
+    # every argument is checked before the training, so a bad prompt never costs its minutes
+    if trained:
+        model, tokenizer, _ = load_causal_lm(out, args.device)
+        encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
         print(f"{out} already holds a trained model (use --fresh to train again)")
     else:
+        model, task, tokenizer = build_lm(config)
+        encode_prompt(tokenizer, args.prompt, config.model.max_seq_len)
+        if args.fresh and out.exists():
+            shutil.rmtree(out)
+        started = time.perf_counter()
         print(
             f"training a {config.model.num_layers}-layer character-level GPT on the bundled Shakespeare "
             f"for {config.train.steps} steps..."
         )
-        model, task, tokenizer = build_lm(config)
         trainer = Trainer(model, task, config.train, out, tokenizer, config.to_dict(), progress=not args.no_progress)
         if (out / "checkpoints" / "latest").exists():  # an interrupted quickstart: carry on rather than start over
             print(f"resuming the interrupted run in {out} from step {trainer.resume()} (use --fresh to start over)")
-        metrics = trainer.fit()
+        with on_interrupt("training", kept="nothing was saved yet"), resume_hint(again):
+            metrics = trainer.fit()
         print(
             f"validation loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.2f}), "
             f"{metrics['ms_per_iter']:.1f} ms/step, {time.perf_counter() - started:.0f} s"
         )
-    model, tokenizer, _ = load_causal_lm(out, args.device)
+        model, tokenizer, _ = load_causal_lm(out, args.device)
     prompt = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
-    ids = generate(model, prompt, args.max_new_tokens, "sample", temperature=0.8, seed=0)
-    sample = tokenizer.decode(ids[0].tolist())
-    print("\n---- sample ----\n" + sample + "\n----------------\n")
-    (out / "sample.txt").write_text(sample, encoding="utf-8")
-    # the attention report over the sample's last 48 characters: the PNG grid and the interactive page
-    png, page = attention_report(
-        model,
-        tokenizer,
-        None,
-        out / "attention.png",
-        out / "attention.html",
-        title="quickstart: the sample's last 48 characters",
-        token_ids=ids[:, -48:],
-    )
+    with on_interrupt("sampling and drawing", kept=f"the trained model is kept in {out}; {again} samples and draws"):
+        ids = generate(model, prompt, args.max_new_tokens, "sample", temperature=0.8, seed=0)
+        sample = tokenizer.decode(ids[0].tolist())
+        print("\n---- sample ----\n" + sample + "\n----------------\n")
+        (out / "sample.txt").write_text(sample, encoding="utf-8")
+        # the attention report over the sample's last 48 characters: the PNG grid and the interactive page
+        png, page = attention_report(
+            model,
+            tokenizer,
+            None,
+            out / "attention.png",
+            out / "attention.html",
+            title="quickstart: the sample's last 48 characters",
+            token_ids=ids[:, -48:],
+        )
     print(
         f"model:     {out / 'checkpoints'}\nmetrics:   {out / 'metrics.json'}\nsample:    {out / 'sample.txt'}\n"
         f"attention: {png}\nexplorer:  {page} (open it in a browser; it works offline)\n"

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from qkv.cli.common import check_output_files, load_image_model
+    from qkv.cli.common import check_output_files, load_image_model, on_interrupt
     from qkv.decoding.images import sample_images
     from qkv.errors import ConfigError
     from qkv.training.images import run_image_data
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     labels = None
     if classes:
         labels = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % classes
-    images = sample_images(model, args.n, labels, seed=args.seed, temperature=args.temperature).cpu()
+    with on_interrupt(f"sampling {args.n} image{'s' if args.n > 1 else ''}"):
+        images = sample_images(model, args.n, labels, seed=args.seed, temperature=args.temperature).cpu()
     training = run_image_data(info.meta["config"]).splits["train"][0]
     index, distances = nearest_images(images, training)
     print(f"{args.n} samples of {tuple(images.shape[1:])} pixels, {model.config.levels} levels")

@@ -19,21 +19,34 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--lang", choices=("en", "ko"), default="en", help="the page's language (default en)")
     p.add_argument("--out", type=Path, default=Path("tour.html"), help="where to write the page (default tour.html)")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="where trained runs are looked for (default runs)")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("runs"),
+        help="where trained runs are looked for (default runs): quickstart, dates-rnn, dates-rnn-none; what is "
+        "missing is trained small into RUNS/tour/ and reused next time",
+    )
     p.add_argument(
         "--no-training",
         action="store_true",
-        help="do not train missing dates translators on the spot (about 30 s); the page names the commands instead",
+        help="train nothing (the missing runs would take about a minute in all); the steps that need them name the "
+        "commands that make them instead",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import HTML_SUFFIXES, check_output_files
+    from qkv.cli.common import HTML_SUFFIXES, check_output_dir, check_output_files, on_interrupt
     from qkv.tour import build_tour, write_tour
+    from qkv.tour.runs import TOUR_DIR
 
     check_output_files({"out": HTML_SUFFIXES}, out=args.out)
-    steps = build_tour(args.runs, progress=not args.no_progress, train=not args.no_training)
-    print(f"written: {write_tour(args.out, args.lang, steps)}")
+    own = args.runs / TOUR_DIR  # what the tour trains itself goes here, and is reused next time
+    if not args.no_training:
+        check_output_dir("runs", own)
+    kept = f"runs trained so far are kept in {own} and reused next time; the page was not written"
+    with on_interrupt("making the tour", kept=kept if not args.no_training else "the page was not written"):
+        steps = build_tour(args.runs, progress=not args.no_progress, train=not args.no_training)
+        print(f"written: {write_tour(args.out, args.lang, steps)}")
     return 0

@@ -43,7 +43,9 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import check_output_dir
+    import shlex
+
+    from qkv.cli.common import check_output_dir, on_interrupt, qkv_command, resume_hint
     from qkv.training import Trainer, load_checkpoint_info, load_run_config
     from qkv.training.config import RunConfig, apply_overrides
     from qkv.training.distributed import setup_distributed
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         info = load_checkpoint_info(out)
         config = apply_overrides(RunConfig.from_dict(info.meta["config"]), overrides)
-        config.train.validate()
+        config.validate()
         tokenizer = info.tokenizer()
     else:
         config = load_run_config(args.config, overrides)
@@ -70,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.resume:
             trainer.resume()
-        metrics = trainer.fit()
+        again = f"{qkv_command()} train {shlex.quote(str(args.config))} --out {shlex.quote(str(out))} --resume"
+        with on_interrupt("training", kept="nothing was saved yet"), resume_hint(again):
+            metrics = trainer.fit()
     finally:
         dist_ctx.shutdown()
     if dist_ctx.is_main:

@@ -69,6 +69,9 @@ def _texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+CHUNK = 64  # texts decoded together: one batch each, printed before the next is decoded
+
+
 def _numbered(path: Path, index: int, count: int, suffix: str) -> Path:
     """``path`` itself for one text; ``NAME-1.png``, ``NAME-2.png``, ... for several."""
     if count == 1:
@@ -79,13 +82,15 @@ def _numbered(path: Path, index: int, count: int, suffix: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_seq2seq
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_seq2seq, warn
+    from qkv.cli.generate import check_generation_args
     from qkv.data.pairs import pad_rows
     from qkv.decoding.translate import NO_ALIGNMENT, cross_attention, translate
     from qkv.tokenizers.pair import EOS_ID
     from qkv.visualization.grid import IMAGE_SUFFIXES, plot_alignment
     from qkv.visualization.html import write_attention_page
 
+    check_generation_args(args)
     texts = _texts(args)
     check_output_files(
         {"show_attention": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, show_attention=args.show_attention, html=args.html
@@ -108,27 +113,45 @@ def run(args: argparse.Namespace) -> int:
             encoded[i] = ids
     if len(problems) == len(texts):  # nothing to translate: one clear error (the first text's)
         raise ConfigError(problems[0] if len(texts) == 1 else f"no text could be translated; the first: {problems[0]}")
-    out = translate(
-        model,
-        pad_rows(list(encoded.values())),
-        args.max_new_tokens,
-        args.strategy,
-        num_beams=args.num_beams,
-        repetition_penalty=args.repetition_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-        min_new_tokens=args.min_new_tokens,
-    )
-    results = dict(zip(encoded, out.tolist()))
-    scores = {}
-    if args.scores:
-        from qkv.decoding.scores import score_translation
+    longest = args.max_new_tokens if args.max_new_tokens is not None else model.config.max_target_len
+    min_new_tokens = args.min_new_tokens
+    if min_new_tokens > longest:  # </s> would be barred to the end: every output cut off, and no sign of it
+        warn(f"--min-new-tokens {min_new_tokens} is more than the {longest} tokens an output may have here; using "
+             f"{longest}")  # fmt: skip
+        min_new_tokens = longest
+    results: dict[int, list[int]] = {}
+    printed = 0
+    try:  # a chunk of texts at a time, printed as it is done: Ctrl-C keeps the lines printed so far
+        for first in range(0, len(texts), CHUNK):
+            chunk = [i for i in range(first, min(first + CHUNK, len(texts))) if i in encoded]
+            scores: dict[int, str] = {}
+            if chunk:
+                sources = pad_rows([encoded[i] for i in chunk])
+                out = translate(
+                    model,
+                    sources,
+                    args.max_new_tokens,
+                    args.strategy,
+                    num_beams=args.num_beams,
+                    repetition_penalty=args.repetition_penalty,
+                    no_repeat_ngram_size=args.no_repeat_ngram_size,
+                    min_new_tokens=min_new_tokens,
+                )
+                results.update(zip(chunk, out.tolist()))
+                if args.scores:
+                    from qkv.decoding.scores import score_translation
 
-        means = score_translation(model, pad_rows(list(encoded.values())), out).mean.tolist()
-        scores = {i: f"\t{mean:.4g}" for i, mean in zip(encoded, means)}
-    for i in range(len(texts)):  # one output line per text, in order: a skipped text leaves its line empty
-        if i in problems:
-            print(f"qkv translate: error: {problems[i]} (skipped: its output line is empty)", file=sys.stderr)
-        print((tokenizer.decode_target(results[i]) + scores.get(i, "")) if i in results else "", flush=True)
+                    means = score_translation(model, sources, out).mean.tolist()
+                    scores = {i: f"\t{mean:.4g}" for i, mean in zip(chunk, means)}
+            for i in range(first, min(first + CHUNK, len(texts))):  # one line per text, in order: a skipped text
+                if i in problems:  # leaves its line empty
+                    print(f"qkv translate: error: {problems[i]} (skipped: its output line is empty)", file=sys.stderr)
+                print((tokenizer.decode_target(results[i]) + scores.get(i, "")) if i in results else "", flush=True)
+                printed += 1
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"while translating; {printed} of {len(texts)} lines were translated and printed above"
+        ) from None
     if args.show_attention is not None or args.html is not None:
         for i, ids in encoded.items():
             row = results[i]

@@ -20,7 +20,21 @@ from torch import Tensor
 
 from qkv.errors import ConfigError
 
-__all__ = ["LogitsControls", "Stopping", "stop_strings", "stopping"]
+__all__ = ["LogitsControls", "Stopping", "check_sampling", "stop_strings", "stopping"]
+
+
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """The sampling settings every sampler shares (text and images alike): ``temperature`` a finite number > 0
+    (NaN would make every probability NaN, infinity every token equally likely: noise), ``top_k >= 1``, ``top_p`` in
+    ``(0, 1]``."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ConfigError(f"temperature must be a number, got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be a finite number > 0 (1 = the model's distribution), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"top_k must be an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,7 @@ class LogitsControls:
     no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size occurs twice (prompt included)
     min_new_tokens: int = 0  # the end-of-sequence token is barred until this many tokens are new
     eos_token_id: int | None = None
+    suppress_tokens: tuple[int, ...] = ()  # never chosen (HF's suppress_tokens): e.g. <unk>, which is no text
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
@@ -44,6 +59,9 @@ class LogitsControls:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an int >= 0 (0 = off), got {value!r}")
+        object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))  # (a list is fine to pass)
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.suppress_tokens):
+            raise ConfigError(f"suppress_tokens must be token ids (ints >= 0), got {self.suppress_tokens!r}")
         if self.min_new_tokens and self.eos_token_id is None:
             raise ConfigError("min_new_tokens needs eos_token_id: it bars that token until enough are new")
 
@@ -55,6 +73,7 @@ class LogitsControls:
             or self.presence_penalty > 0
             or self.no_repeat_ngram_size > 0
             or self.min_new_tokens > 0
+            or bool(self.suppress_tokens)
         )
 
     def check_context(self, context: int) -> None:
@@ -82,7 +101,16 @@ class LogitsControls:
         if ids.shape[1] - prompt_len < self.min_new_tokens:
             scores = scores.clone()
             scores[:, self.eos_token_id] = float("-inf")
+        if self.suppress_tokens:
+            scores = scores.index_fill(1, self._suppressed(scores.device), float("-inf"))
         return scores
+
+    def _suppressed(self, device: torch.device) -> Tensor:
+        """``suppress_tokens`` as a tensor on ``device``, made once (no host-to-device copy per step)."""
+        cache = self.__dict__.setdefault("_suppressed_on", {})
+        if device not in cache:
+            cache[device] = torch.tensor(self.suppress_tokens, dtype=torch.long, device=device)
+        return cache[device]
 
     def _repeated_ngram_ends(self, ids: Tensor, vocab: int) -> Tensor:
         """``(rows, vocab)`` bool: tokens that would complete an n-gram the row already contains."""

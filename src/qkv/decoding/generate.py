@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,7 +13,7 @@ from torch import Tensor
 from qkv.attention.frozen import frozen_weights
 from qkv.attention.memory import check_fits
 from qkv.decoding.beam import beam_search
-from qkv.decoding.controls import LogitsControls, Stopping, stopping
+from qkv.decoding.controls import LogitsControls, Stopping, check_sampling, stopping
 from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper
 from qkv.devices import model_device, resolve_compile
 from qkv.errors import ConfigError, ShapeError, describe_shape
@@ -50,12 +49,7 @@ def check_decoding_args(input_ids: Tensor, max_new_tokens: int, strategy: str, *
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if not (math.isfinite(kw["temperature"]) and kw["temperature"] > 0):  # type: ignore[arg-type, operator]
-        raise ConfigError(f"temperature must be a finite number > 0, got {kw['temperature']}")
-    if kw["top_k"] is not None and kw["top_k"] < 1:  # type: ignore[operator]
-        raise ConfigError(f"top_k must be >= 1, got {kw['top_k']}")
-    if kw["top_p"] is not None and not 0 < kw["top_p"] <= 1:  # type: ignore[operator]
-        raise ConfigError(f"top_p must be in (0, 1], got {kw['top_p']}")
+    check_sampling(kw["temperature"], kw["top_k"], kw["top_p"])  # type: ignore[arg-type]
     if kw["num_beams"] < 1:  # type: ignore[operator]
         raise ConfigError(f"num_beams must be >= 1, got {kw['num_beams']}")
     rows = input_ids.shape[0] * (kw["num_beams"] if strategy == "beam" else 1)  # type: ignore[operator]
@@ -91,6 +85,7 @@ def generate(
     stop_when: Callable[[Tensor], bool] | None = None,
     max_time: float | None = None,
     num_return_sequences: int = 1,
+    suppress_tokens: Sequence[int] = (),
 ) -> Tensor:
     """Continue ``input_ids (batch, seq)`` by up to ``max_new_tokens`` tokens; returns ``(batch, seq + new)``.
 
@@ -111,6 +106,8 @@ def generate(
             1, 0, 0; beam search applies them to log-probabilities, as HuggingFace does).
         stop_when: ``ids (batch, seq) -> bool``, asked after every step; True ends the generation (e.g.
             :func:`~qkv.decoding.controls.stop_strings`). max_time: seconds, checked after every step.
+        suppress_tokens: ids never chosen (HF's ``suppress_tokens``), e.g. a tokenizer's ``<unk>``, which decodes
+            to no text.
         num_return_sequences: n sequences per prompt, ``(batch * n, seq + new)`` (rows ``b * n ..`` for prompt b):
             n samples, or beam search's n best, best first (n <= num_beams). Score them with
             :func:`qkv.score_continuation`.
@@ -123,13 +120,18 @@ def generate(
         input_ids, max_new_tokens, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams
     )
     penalties = (repetition_penalty, frequency_penalty, presence_penalty)
-    controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id)
+    controls = _controls(model, *penalties, no_repeat_ngram_size, min_new_tokens, eos_token_id, tuple(suppress_tokens))
     stops = stopping(stop_when, max_time)
     check_return_sequences(num_return_sequences, strategy, num_beams)
     device = model_device(model)  # prompts, caches and sampling follow the model's device
     input_ids = input_ids.to(device)
     compile = resolve_compile(compile, input_ids.device, what="compile")
     rows_per_prompt = num_beams if strategy == "beam" else num_return_sequences
+    if max_new_tokens == 0:  # nothing to add: every strategy returns its prompts, as many rows as it would
+        out = input_ids.repeat_interleave(num_return_sequences, dim=0)
+        return (
+            out if prompts is None else [row[pad:] for row, pad in zip(out, _pads(left_padding, num_return_sequences))]
+        )
     padding = None if left_padding is None else left_padding.to(device).repeat_interleave(rows_per_prompt)
     with decoding_mode(model):
         if strategy == "beam":
@@ -163,8 +165,12 @@ def generate(
             )
     if prompts is None:
         return out
-    pads = [pad for pad in left_padding.tolist() for _ in range(num_return_sequences)]  # type: ignore[union-attr]
-    return [row[pad:] for row, pad in zip(out, pads)]
+    return [row[pad:] for row, pad in zip(out, _pads(left_padding, num_return_sequences))]
+
+
+def _pads(left_padding: Tensor | None, rows_per_prompt: int) -> list[int]:
+    """Each output row's left padding (``rows_per_prompt`` rows per prompt)."""
+    return [pad for pad in left_padding.tolist() for _ in range(rows_per_prompt)]  # type: ignore[union-attr]
 
 
 @contextmanager
@@ -244,6 +250,7 @@ STREAM_OPTIONS = {
     "min_new_tokens": 0,
     "stop_when": None,
     "max_time": None,
+    "suppress_tokens": (),
 }
 
 
@@ -272,7 +279,7 @@ def generate_stream(
         top_p=o["top_p"],
         num_beams=1,
     )
-    o["controls"] = _controls(model, *(o[name] for name in _CONTROLS), o["eos_token_id"])
+    o["controls"] = _controls(model, *(o[name] for name in _CONTROLS), o["eos_token_id"], tuple(o["suppress_tokens"]))
     o["stopping"] = stopping(o["stop_when"], o["max_time"])
     input_ids = input_ids.to(model_device(model))
     o["compile"] = resolve_compile(o["compile"], input_ids.device, what="compile")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qkv.attention.memory import check_fits
+from qkv.decoding.controls import check_sampling
 from qkv.errors import ConfigError
 from qkv.models.modes import eval_mode
 from qkv.models.pixels.base import PixelModel
@@ -39,9 +41,14 @@ def sample_images(
     c = model.config
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    check_sampling(temperature)
     device = next(model.parameters()).device
+    check_fits(  # the logits of every image alone (each pixel's distribution over the levels), float32
+        n * c.pixels * c.levels * 4,
+        f"{n} image{'s' if n > 1 else ''} of {c.height}x{c.width} pixels with {c.levels} levels",
+        "sample fewer images at a time",
+        device,
+    )
     if isinstance(labels, int):
         labels = torch.full((n,), labels, dtype=torch.long)
     if labels is not None:

@@ -13,7 +13,7 @@ from qkv.decoding.generate import check_decoding_args, check_return_sequences, d
 from qkv.decoding.stepper import Seq2SeqDecodable, Seq2SeqStepper
 from qkv.devices import model_device
 from qkv.errors import ConfigError
-from qkv.special_tokens import BOS_ID, EOS_ID
+from qkv.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 __all__ = ["alignment", "cross_attention", "translate"]
 
@@ -58,6 +58,7 @@ def translate(
         no_repeat_ngram_size=no_repeat_ngram_size,
         min_new_tokens=min_new_tokens,
         eos_token_id=eos_token_id,
+        suppress_tokens=(PAD_ID, bos_token_id, UNK_ID),  # never text: a translation never writes them
     )
     controls.check_context(limit + 1)
     with decoding_mode(model):

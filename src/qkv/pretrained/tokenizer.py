@@ -44,6 +44,10 @@ class PretrainedTokenizer(HFBackedTokenizer):
     def tokens(self, text: str) -> list[str]:
         return self.tokenizer.encode(text).tokens
 
+    def cut(self, texts: list[str]) -> list[int]:
+        """The indices of ``texts`` longer than ``max_length`` tokens: :meth:`batch` keeps only their beginning."""
+        return [i for i, e in enumerate(self.tokenizer.encode_batch(texts)) if e.overflowing]
+
     def batch(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """``input_ids`` and ``attention_mask`` ``(n, longest)``, right-padded, truncated to ``max_length``."""
         encodings = self.tokenizer.encode_batch(texts)

@@ -19,33 +19,28 @@ __all__ = ["LANGUAGES", "Step", "build_tour", "write_tour"]
 
 def build_tour(runs: str | Path = "runs", progress: bool = False, train: bool = True) -> list[Step]:
     """Every step, in order. ``runs``: where trained runs are reused from (the quickstart's GPT, the dates
-    translators); missing translators are trained small on the spot into a temporary directory (``train=False``:
-    the page names the commands instead). MiniLM comes with qkv's ``minilm`` extra."""
-    import tempfile
-
+    translators of the README); what is missing is trained small into ``runs/tour/`` and reused next time
+    (``train=False``: nothing is trained, and those steps name the commands instead). MiniLM comes with qkv's
+    ``minilm`` extra."""
     from qkv.tour import models, seq2seq, toy
+    from qkv.tour import runs as tour_runs
 
     runs = Path(runs)
+    say = tqdm.write if progress else (lambda _: None)
     minilm = models._minilm()
-    dates_runs = runs
-    if train and not all(
-        (runs / n / "checkpoints" / "latest").exists() for n in (seq2seq.ATTENTION_RUN, seq2seq.PLAIN_RUN)
-    ):
-        dates_runs = Path(tempfile.mkdtemp(prefix="qkv-tour-"))
-        for name in (seq2seq.ATTENTION_RUN, seq2seq.PLAIN_RUN):  # reuse the one that exists
-            if (runs / name / "checkpoints" / "latest").exists():
-                (dates_runs / name).symlink_to((runs / name).resolve())
-        seq2seq.train_small(dates_runs)
+    gpt = tour_runs.gpt_run(runs, train, say)
+    dates = tour_runs.dates_runs(runs, train, say)
+    attention, plain = dates[tour_runs.ATTENTION_RUN], dates[tour_runs.PLAIN_RUN]
     makers: list[Callable[[], Step]] = [
         toy.i_go_home,
         lambda: _merged(toy.single_head(), models.adjective_head(*minilm)),
         toy.scaling,
         lambda: models.multi_head(*minilm),
-        lambda: models.masking(runs),
+        lambda: models.masking(gpt),
         lambda: models.context_meaning(*minilm),
-        lambda: seq2seq.bottleneck(dates_runs),
+        lambda: seq2seq.bottleneck(attention, plain),
         lambda: _merged(toy.score_functions(), toy.local_alignment()),
-        lambda: seq2seq.greedy_vs_beam(dates_runs),
+        lambda: seq2seq.greedy_vs_beam(attention),
         toy.made_and_pixelcnn_masks,
     ]
     return [make() for make in tqdm(makers, desc="tour", unit="step", disable=not progress)]

@@ -1,9 +1,9 @@
-"""Steps of the tour that run real models: MiniLM (bundled), a character GPT (the quickstart's run when present,
-else trained here in seconds) and the dates translators (runs of configs/dates-rnn.toml when present)."""
+"""Steps of the tour that run real models: MiniLM (bundled) and a character GPT (the quickstart's run when present,
+else the tour's own small one: :mod:`qkv.tour.runs`)."""
 
 from __future__ import annotations
 
-import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import qkv
 from qkv.tour.base import Step
 from qkv.tour.figures import bars, from_file, heatmap
+from qkv.tour.runs import GPT_COMMANDS
 
 __all__ = ["context_meaning", "masking", "multi_head"]
 
@@ -58,13 +59,16 @@ def multi_head(model=None, tokenizer=None) -> Step:  # noqa: ANN001
     similarity = F.cosine_similarity(patterns[:, None], patterns[None], dim=-1)
     off_diagonal = similarity[~torch.eye(len(similarity), dtype=torch.bool)]
     title = f"MiniLM layer {layer}: 12 heads"
-    figure = from_file(lambda p: qkv.visualization.plot_attention(attentions, tokens, p, layer=layer, title=title))
+    figure = from_file(  # two heads to a row: the token labels stay readable on the page at its own size
+        lambda p: qkv.visualization.plot_attention(attentions, tokens, p, layer=layer, title=title, columns=2)
+    )
     attn = qkv.visualization.capture.attention_modules(model)[layer]
     return Step(
         "multi_head",
         numbers={
             "layer": layer,
             "it_targets": targets,
+            "it_places": dict(Counter(targets).most_common()),  # each place, and how many heads send "it" there
             "distinct_targets": len(set(targets)),
             "max_head_similarity": float(off_diagonal.max()),
             "heads": int(attn.num_heads),
@@ -74,39 +78,29 @@ def multi_head(model=None, tokenizer=None) -> Step:  # noqa: ANN001
             **{f"korean0{k}": v for k, v in _first_korean(korean_coverage(tokenizer)).items()},
         },
         figures=[("heads", figure)],
-        tables=[(["head", "“it” looks most at"], [[str(h), t] for h, t in enumerate(targets)])],
+        tables=[
+            (
+                [("head", "헤드"), ("“it” looks most at", "“it”이 가장 많이 보는 곳")],
+                [[str(h), t] for h, t in enumerate(targets)],
+            )
+        ],
         unavailable="korean_minilm",
     )
-
-
-def _char_gpt(runs: Path):  # noqa: ANN202
-    """The quickstart's (or baby's) GPT if a run exists, else a small one trained here (a few seconds)."""
-    from qkv.cli.common import load_causal_lm
-
-    for name in ("quickstart", "baby"):
-        if (runs / name / "checkpoints" / "latest").exists():
-            model, tokenizer, _ = load_causal_lm(runs / name)
-            return model, tokenizer, f"{runs / name}"
-    from qkv.training import Trainer, load_run_config
-    from qkv.training.lm import build_lm
-
-    overrides = ["model.num_layers=2", "model.embed_dim=64", "model.num_heads=4", "model.max_seq_len=64",
-                 "train.steps=300", "train.eval_interval=300", "train.eval_iters=1", "train.batch_size=16",
-                 "train.checkpoint_interval=300", "train.warmup_steps=20"]  # fmt: skip
-    config = load_run_config(None, overrides)
-    model, task, tokenizer = build_lm(config)
-    with tempfile.TemporaryDirectory() as out:
-        Trainer(model, task, config.train, Path(out), tokenizer, config.to_dict(), progress=False).fit()
-    return model.eval(), tokenizer, "a 2-layer GPT trained here for 300 steps"
 
 
 PROMPT = "ROMEO:\nBut soft, what light through yonder window b"
 
 
-def masking(runs: Path = Path("runs")) -> Step:
-    """The causal mask and next-token prediction: rows of weights sum to one over the past only; the model's
-    top-5 next characters and what temperature does to them."""
-    model, tokenizer, source = _char_gpt(runs)
+def masking(run: Path | None) -> Step:
+    """The causal mask and next-token prediction in the character GPT of ``run`` (:func:`qkv.tour.runs.gpt_run`):
+    rows of weights sum to one over the past only; the model's top-5 next characters and what temperature does to
+    them."""
+    from qkv.cli.common import load_causal_lm
+
+    if run is None:
+        return Step("masking", numbers={"commands": GPT_COMMANDS}, unavailable="runs")
+    model, tokenizer, _ = load_causal_lm(run)
+    source = str(run)
     ids = torch.tensor([tokenizer.encode(PROMPT)[-model.config.max_seq_len :]])
     with torch.no_grad(), qkv.capture_attention(model) as cap:
         logits = model(ids).logits[0, -1].float()
@@ -139,7 +133,12 @@ def masking(runs: Path = Path("runs")) -> Step:
             "entropy": entropy,
         },
         figures=[("mask", figure_mask), ("temperature", figure_t)],
-        tables=[(["next", "p"], [[repr(c), f"{p:.3f}"] for c, p in zip(chars, top.values.tolist())])],
+        tables=[
+            (
+                [("next", "다음 글자"), ("p", "확률")],
+                [[repr(c), f"{p:.3f}"] for c, p in zip(chars, top.values.tolist())],
+            )
+        ],
     )
 
 

@@ -16,24 +16,29 @@ __all__ = ["fmt", "render"]
 
 
 def fmt(value: Any) -> str:  # noqa: ANN401
-    """A number, tensor, list or mapping as the text shows it (3 decimals)."""
+    """A number, tensor, list or mapping as a person reads it: numbers to 3 significant digits, words in quotes,
+    a (word, number) pair as ``“e” 0.392``, a shape as ``384×384``, a mapping as ``key: value; ...``."""
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, float):
-        return f"{value:.3f}"
+    if isinstance(value, float):  # 3 significant digits, trailing zeros kept: 1.00 (not 1), 0.0551, 2.38e-07
+        return f"{value:#.3g}"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
         return value
-    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+    if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
         return "×".join(str(v) for v in value)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        return f"“{value[0]}” {fmt(value[1])}"
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {fmt(v)}" for k, v in value.items())
+        return "; ".join(f"{fmt([k]) if isinstance(k, str) else fmt(k)}: {fmt(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         if value and isinstance(value[0], str):
             return ", ".join(f"“{v}”" for v in value)
+        if value and isinstance(value[0], tuple):
+            return ", ".join(fmt(v) for v in value)
         return "(" + ", ".join(fmt(v) for v in value) + ")"
     return str(value)
 
@@ -61,8 +66,9 @@ def _figure(png: bytes, caption: str, label: str) -> str:
             f"<figcaption>{label}: {html.escape(caption)}</figcaption></figure>")  # fmt: skip
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: list[str | tuple[str, str]], rows: list[list[str]], lang: str) -> str:
+    words = [cell if isinstance(cell, str) else cell[LANGUAGES.index(lang)] for cell in header]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in words)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -81,7 +87,7 @@ def render(steps: list[Step], lang: str) -> str:
                 _Strict({k: html.escape(fmt(v)) for k, v in step.numbers.items()}, step.key)
             )
             parts.append(f'<p class="unavailable"><b>{words["unavailable"]}:</b> {message}</p>')
-        parts += [_table(header, rows) for header, rows in step.tables]
+        parts += [_table(header, rows, lang) for header, rows in step.tables]
         caption = LANGUAGES.index(lang)
         parts += [_figure(png, spec["captions"][name][caption], words["figure"]) for name, png in step.figures]
         sections.append("\n".join(parts) + "</section>")

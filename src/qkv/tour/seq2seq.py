@@ -1,7 +1,6 @@
 """Steps of the tour on the dates translators: the bottleneck of an encoder-decoder without attention, the
-alignment of a Korean date, and greedy against beam search. They read trained runs (configs/dates-rnn.toml with
-and without attention) when present; otherwise :func:`train_small` makes small ones on the spot (300 steps each,
-about half a minute on 2 cores), and with ``train=False`` the page says which commands make them."""
+alignment of a Korean date, and greedy against beam search. They read the runs :func:`qkv.tour.runs.dates_runs`
+finds or makes; without them the page says which commands make them."""
 
 from __future__ import annotations
 
@@ -12,49 +11,17 @@ import torch
 import qkv
 from qkv.tour.base import Step
 from qkv.tour.figures import from_file
+from qkv.tour.runs import DATES_COMMANDS
 
-__all__ = ["ATTENTION_RUN", "PLAIN_RUN", "bottleneck", "greedy_vs_beam"]
+__all__ = ["bottleneck", "greedy_vs_beam"]
 
-ATTENTION_RUN = "dates-rnn"
-PLAIN_RUN = "dates-rnn-none"
 KOREAN_DATE = "2021년 3월 5일 금요일"
-TRAIN_COMMANDS = (
-    "qkv train configs/dates-rnn.toml --out runs/dates-rnn; "
-    "qkv train configs/dates-rnn.toml --set model.attention=none --out runs/dates-rnn-none"
-)
 
 
-# configs/dates-rnn.toml's model and optimiser, with a small budget (the repository's configs are not installed)
-SMALL = {
-    "kind": "rnn-seq2seq",
-    "model": {"embed_dim": 64, "hidden_dim": 128, "attention": "luong", "score": "general", "dropout": 0.0},
-    "data": {"task": "dates", "train_size": 3000, "eval_size": 20},
-    "train": {"steps": 300, "batch_size": 64, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 50, "weight_decay": 0.0,
-              "eval_interval": 300, "eval_iters": 1, "checkpoint_interval": 300},
-}  # fmt: skip
-
-
-def train_small(runs: Path) -> None:
-    """Train the two dates translators the steps read (300 steps each, seconds), into ``runs``."""
-    from qkv.training import Trainer
-    from qkv.training.config import RunConfig, apply_overrides
-    from qkv.training.seq2seq import build_seq2seq
-
-    for name, extra in ((ATTENTION_RUN, []), (PLAIN_RUN, ["model.attention=none"])):
-        if (runs / name / "checkpoints" / "latest").exists():
-            continue
-        config = apply_overrides(RunConfig.from_dict(SMALL), extra)
-        model, task, tokenizer = build_seq2seq(config)
-        Trainer(model, task, config.train, runs / name, tokenizer, config.to_dict(), progress=False).fit()
-
-
-def _load(runs: Path, name: str):  # noqa: ANN202
+def _load(run: Path | None):  # noqa: ANN202
     from qkv.cli.common import load_seq2seq
 
-    if not (runs / name / "checkpoints" / "latest").exists():
-        return None
-    model, tokenizer, info = load_seq2seq(runs / name)
-    return model, tokenizer, info
+    return None if run is None else load_seq2seq(run)
 
 
 def _exact_match(model, tokenizer, pairs) -> float:  # noqa: ANN001
@@ -71,14 +38,14 @@ def _decode(tokenizer, rows: torch.Tensor) -> list[str]:  # noqa: ANN001
     return [tokenizer.decode_target(row) for row in rows.tolist()]
 
 
-def bottleneck(runs: Path = Path("runs"), pairs: int = 200) -> Step:
-    """Exact match on the long split (inputs longer than any seen in training) with and without attention, and
-    the alignment of a Korean date."""
+def bottleneck(attention_run: Path | None, plain_run: Path | None, pairs: int = 200) -> Step:
+    """Exact match on the long split (inputs longer than any seen in training) with and without attention (the
+    runs of :func:`qkv.tour.runs.dates_runs`), and the alignment of a Korean date."""
     from qkv.data.tasks import task_splits
 
-    attention, plain = _load(runs, ATTENTION_RUN), _load(runs, PLAIN_RUN)
+    attention, plain = _load(attention_run), _load(plain_run)
     if attention is None or plain is None:
-        return Step("bottleneck", numbers={"commands": TRAIN_COMMANDS}, unavailable="runs")
+        return Step("bottleneck", numbers={"commands": DATES_COMMANDS}, unavailable="runs")
     long_pairs = task_splits("dates", seed=0)["long"][:pairs]
     with_attention = _exact_match(attention[0], attention[1], long_pairs)
     without = _exact_match(plain[0], plain[1], long_pairs)
@@ -110,11 +77,11 @@ def bottleneck(runs: Path = Path("runs"), pairs: int = 200) -> Step:
     )
 
 
-def greedy_vs_beam(runs: Path = Path("runs"), source: str = "5 Mar 21", beams: int = 4) -> Step:
+def greedy_vs_beam(attention_run: Path | None, source: str = "5 Mar 21", beams: int = 4) -> Step:
     """One input decoded greedily and by beam search, with every beam's candidate and its log-probability."""
-    attention = _load(runs, ATTENTION_RUN)
+    attention = _load(attention_run)
     if attention is None:
-        return Step("beam", numbers={"commands": TRAIN_COMMANDS}, unavailable="runs")
+        return Step("beam", numbers={"commands": DATES_COMMANDS}, unavailable="runs")
     model, tokenizer, _ = attention
     src = _source(tokenizer, source)
     greedy = qkv.translate(model, src)
@@ -132,5 +99,10 @@ def greedy_vs_beam(runs: Path = Path("runs"), source: str = "5 Mar 21", beams: i
             "beam_best_score": beam_scores[0],
             "beams": beams,
         },  # fmt: skip
-        tables=[(["candidate", "log p"], [[c, f"{s:.4f}"] for c, s in zip(candidates, beam_scores)])],
+        tables=[
+            (
+                [("candidate", "후보"), ("log p", "로그 확률")],
+                [[c, f"{s:.4f}"] for c, s in zip(candidates, beam_scores)],
+            )
+        ],
     )

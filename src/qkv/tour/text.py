@@ -118,16 +118,17 @@ STEPS = {
             "title": "4. Many heads, many patterns",
             "body": [
                 "MiniLM has {heads} heads of {head_dim} dimensions in every layer; their outputs are concatenated "
-                "and mixed by the output projection W_O ({out_proj}). On “" + "{sentence}" + "” the heads of "
-                "layer {layer} send the weight of “it” to {distinct_targets} different places: {it_targets}.",
+                "and mixed by the output projection W_O ({out_proj}). On “" + "{sentence}" + "” the {heads} heads of "
+                "layer {layer} send most of the weight of “it” to {distinct_targets} different places (each with "
+                "the number of heads that choose it): {it_places}.",
             ],
         },
         "ko": {
             "title": "4. 여러 헤드, 여러 패턴",
             "body": [
                 "MiniLM은 층마다 {head_dim}차원 헤드 {heads}개를 가지며, 출력은 이어 붙인 뒤 출력 투영 W_O "
-                "({out_proj})로 섞입니다. “{sentence}”에서 층 {layer}의 헤드들은 “it”의 가중치를 서로 다른 "
-                "{distinct_targets}곳으로 보냅니다: {it_targets}.",
+                "({out_proj})로 섞입니다. “{sentence}”에서 층 {layer}의 헤드 {heads}개는 “it”의 가중치를 가장 많이 "
+                "서로 다른 {distinct_targets}곳으로 보냅니다(각 곳을 고른 헤드 수와 함께): {it_places}.",
             ],
         },
         "captions": {"heads": ("one layer, every head", "한 층의 모든 헤드")},
@@ -145,8 +146,8 @@ STEPS = {
             "title": "5. Masking and next-token prediction",
             "body": [
                 "A causal mask lets each position see only itself and the past, so one pass trains every position "
-                "at once. In {source} the weights of every row sum to one (largest deviation {row_sum_error}) and "
-                "the largest weight on a future position is {future_max}.",
+                "at once. In the character GPT of {source} the weights of every row sum to one (largest deviation "
+                "{row_sum_error}) and the largest weight on a future position is {future_max}.",
                 "After “{prompt_end}” the model's five most likely next characters are {top5}. Temperature "
                 "reshapes that distribution: its entropy is {entropy} nats at T = {temperatures}.",
             ],
@@ -155,13 +156,19 @@ STEPS = {
             "title": "5. 마스킹과 다음 토큰 예측",
             "body": [
                 "인과 마스크는 각 위치가 자기 자신과 과거만 보게 하므로, 한 번의 계산으로 모든 위치를 동시에 "
-                "학습합니다. {source}에서 모든 행의 가중치 합은 1이고(최대 오차 {row_sum_error}) 미래 위치의 "
-                "가중치는 최대 {future_max}입니다.",
+                "학습합니다. {source}의 문자 단위 GPT에서 모든 행의 가중치 합은 1이고(최대 오차 {row_sum_error}) "
+                "미래 위치의 가중치는 최대 {future_max}입니다.",
                 "“{prompt_end}” 다음 글자로 모델이 꼽은 상위 5개는 {top5}입니다. 온도는 이 분포를 바꿉니다. "
                 "T = {temperatures}에서 엔트로피는 {entropy} nat입니다.",
             ],
         },
         "captions": {"mask": ("causal attention", "인과 어텐션"), "temperature": ("temperature", "온도")},
+        "unavailable": {
+            "en": "This step reads a trained character-level GPT, which is not here yet. Make one (about 3 minutes) "
+            "and make the page again: {commands}",
+            "ko": "이 단계는 학습된 문자 단위 GPT를 읽는데, 아직 없습니다. 다음 명령으로 만든 뒤(약 3분) 페이지를 "
+            "다시 만드세요: {commands}",
+        },
     },
     "context": {
         "en": {
@@ -219,17 +226,19 @@ STEPS = {
             "title": "10. Autoregressive models beyond text",
             "body": [
                 "MADE masks the weights of a network so that output d sees only inputs before d: for three "
-                "inputs, output 1 sees nothing, output 2 sees x1, output 3 sees x1 and x2 ({made}). PixelCNN "
-                "masks its convolution kernel instead: type A hides the centre pixel and everything after it, "
-                "type B keeps the centre ({mask_a} and {mask_b}).",
+                "inputs, output 1 sees nothing, output 2 sees x1, output 3 sees x1 and x2 (the table and the first "
+                "figure, read off qkv's MADE). PixelCNN masks its convolution kernel instead: type A hides the "
+                "centre pixel and everything after it, type B keeps the centre (the second figure: row {centre} of "
+                "the {kernel} kernel is {row_a} in type A and {row_b} in type B).",
             ],
         },
         "ko": {
             "title": "10. 텍스트 너머의 자기회귀 모델",
             "body": [
                 "MADE는 신경망의 가중치를 가려 출력 d가 d 이전의 입력만 보게 합니다. 입력이 셋이면 출력 1은 아무것도, "
-                "출력 2는 x1을, 출력 3은 x1과 x2를 봅니다({made}). PixelCNN은 대신 합성곱 커널을 가립니다. "
-                "A형은 가운데 픽셀과 그 뒤를 모두 가리고, B형은 가운데를 남깁니다({mask_a}, {mask_b}).",
+                "출력 2는 x1을, 출력 3은 x1과 x2를 봅니다(표와 첫째 그림: qkv의 MADE에서 읽은 것). PixelCNN은 대신 "
+                "합성곱 커널을 가립니다. A형은 가운데 픽셀과 그 뒤를 모두 가리고, B형은 가운데를 남깁니다(둘째 그림: "
+                "{kernel} 커널의 {centre}행이 A형에서는 {row_a}, B형에서는 {row_b}).",
             ],
         },
         "captions": {"made": ("MADE", "MADE"), "pixelcnn": ("PixelCNN masks", "PixelCNN 마스크")},

@@ -140,7 +140,13 @@ def scaling(samples: int = 2000, keys: int = 16) -> Step:
         figures=[("saturation", figure)],
         tables=[
             (
-                ["d_k", "std of q·k", "std of q·k/√d_k", "largest weight", "largest weight, scaled"],
+                [
+                    "d_k",
+                    ("std of q·k", "q·k의 표준편차"),
+                    ("std of q·k/√d_k", "q·k/√d_k의 표준편차"),
+                    ("largest weight", "가장 큰 가중치"),
+                    ("largest weight, scaled", "가장 큰 가중치(나눈 뒤)"),
+                ],
                 [
                     [str(d), f"{a:.2f}", f"{b:.2f}", f"{c:.3f}", f"{e:.3f}"]
                     for d, a, b, c, e in zip(dims, spread, spread_scaled, peak, peak_scaled)
@@ -217,7 +223,21 @@ def made_and_pixelcnn_masks() -> Step:
     names = ["x1", "x2", "x3"]
     return Step(
         "masks",
-        numbers={"made": connectivity.tolist(), "mask_a": mask_a.int().tolist(), "mask_b": mask_b.int().tolist()},
+        numbers={
+            "made": connectivity.tolist(),
+            "mask_a": mask_a.int().tolist(),
+            "mask_b": mask_b.int().tolist(),
+            "kernel": tuple(mask_a.shape),
+            "centre": mask_a.shape[0] // 2,
+            "row_a": " ".join(str(int(v)) for v in mask_a[mask_a.shape[0] // 2]),
+            "row_b": " ".join(str(int(v)) for v in mask_b[mask_b.shape[0] // 2]),
+        },
+        tables=[
+            (
+                ["", *names],
+                [[f"p(x{d + 1}|·)", *("✓" if c else "·" for c in row)] for d, row in enumerate(connectivity.tolist())],
+            )
+        ],  # fmt: skip
         figures=[
             (
                 "made",

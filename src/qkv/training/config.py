@@ -92,19 +92,13 @@ class TrainConfig:
     log_interval: int = 50
 
     def validate(self) -> None:
-        """ConfigError for a count below 1 (before any work, so nothing is printed or written first)."""
-        for name in (
-            "steps",
-            "batch_size",
-            "grad_accum",
-            "eval_iters",
-            "eval_interval",
-            "checkpoint_interval",
-            "keep_checkpoints",
-            "log_interval",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        """ConfigError for a setting out of its range (:data:`RANGES`) or inconsistent with another, before any
+        work, so nothing is printed or written first."""
+        check_ranges("train", self)
+        if self.min_lr > self.lr:
+            raise ConfigError(
+                f"train.min_lr ({self.min_lr:g}) must be <= train.lr ({self.lr:g}): it is where lr decays to"
+            )
         if self.bf16 and self.precision not in ("auto", "bf16"):
             raise ConfigError(
                 f"train.bf16 = true and train.precision = {self.precision!r} disagree; train.precision replaces "
@@ -126,6 +120,78 @@ class TrainConfig:
     def precision_spec(self) -> str:
         """The precision asked for, with the older ``bf16 = true`` read as ``"bf16"``."""
         return "bf16" if self.bf16 else self.precision
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low``/``high`` bounds (None = unbounded), each closed unless
+    ``*_open``. Printed as people write them (``>= 1``, ``> 0``, ``in [0, 1)``)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        def show(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {show(self.low or 0)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{show(self.low or 0)}, {show(self.high)}{right}"
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
+FRACTION = Range(0, 1, low_open=True, high_open=True)  # strictly between 0 and 1
+BETA = Range(0, 1, high_open=True)  # Adam's betas: 1 would never forget, and torch refuses it
+SEED = Range(0, 2**63 - 1)
+
+# Every numeric setting of the [train] and [data] sections and what it may be, in one place: checked (all of them,
+# before any work) by RunConfig.validate; a test fails when a numeric field has no row here. The [model] section is
+# checked by each family's config (its validate()).
+RANGES: dict[str, Range] = {
+    "train.steps": AT_LEAST_1,
+    "train.batch_size": AT_LEAST_1,
+    "train.grad_accum": AT_LEAST_1,
+    "train.lr": POSITIVE,
+    "train.min_lr": AT_LEAST_0,  # and <= train.lr (checked beside it)
+    "train.warmup_steps": AT_LEAST_0,
+    "train.weight_decay": AT_LEAST_0,
+    "train.beta1": BETA,
+    "train.beta2": BETA,
+    "train.grad_clip": AT_LEAST_0,  # 0 = no clipping
+    "train.eval_interval": AT_LEAST_1,
+    "train.eval_iters": AT_LEAST_1,
+    "train.checkpoint_interval": AT_LEAST_1,
+    "train.keep_checkpoints": AT_LEAST_1,
+    "train.seed": SEED,
+    "train.log_interval": AT_LEAST_1,
+    "data.bpe_vocab_size": Range(257),  # byte-level BPE starts from the 256 bytes and needs a merge at least
+    "data.val_fraction": FRACTION,
+    "data.seed": SEED,
+    "data.train_size": AT_LEAST_1,
+    "data.eval_size": AT_LEAST_1,
+    "data.eval_num_beams": AT_LEAST_1,
+    "data.size": Range(2),
+    "data.levels": Range(2, 65536),
+}
+
+
+def check_ranges(section: str, settings: Any) -> None:
+    """ConfigError naming the first numeric setting of ``settings`` (the ``section`` dataclass) outside its range
+    in :data:`RANGES`."""
+    for f in fields(settings):
+        key = f"{section}.{f.name}"
+        value = getattr(settings, f.name)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in RANGES and numeric and value not in RANGES[key]:
+            raise ConfigError(f"{key} must be {RANGES[key]}, got {value!r}")
 
 
 def data_config_type(kind: str) -> type:
@@ -152,6 +218,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Every section checked (the model by its family's config, train and data by :data:`RANGES`)."""
+        self.model.validate()
+        check_ranges("data", self.data)
+        self.train.validate()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -251,12 +323,13 @@ def apply_overrides(config: RunConfig, overrides: typing.Sequence[str]) -> RunCo
 
 
 def load_run_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Defaults, then the TOML file (if any), then the overrides."""
+    """Defaults, then the TOML file (if any: a path, or the name of a config qkv ships such as ``gpt-baby``), then
+    the overrides."""
     config = RunConfig()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        from qkv.training.bundled import resolve_config_path
+
+        path = resolve_config_path(path)  # a file, or a config qkv ships, by name
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -267,6 +340,5 @@ def load_run_config(path: str | Path | None, overrides: typing.Sequence[str] = (
             raise ConfigError(f"unknown config section {name!r} in {path}{_suggest(name, SECTIONS)}")
         config = RunConfig.from_dict(data)
     apply_overrides(config, overrides)
-    config.model.validate()
-    config.train.validate()
+    config.validate()
     return config

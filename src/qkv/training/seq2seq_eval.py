@@ -47,9 +47,10 @@ def translate_texts(
 
 def _corpus_scores(hypotheses: list[str], references: list[str], bleu_tokenize: str) -> dict[str, float]:
     return {
-        "exact_match": 100.0 * sum(h == r for h, r in zip(hypotheses, references)) / max(1, len(references)),
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references], tokenize=bleu_tokenize).score,
-        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        # percentages to 4 decimals, as they are reported (sacrebleu's 100.00000000000004 is 100)
+        "exact_match": round(100.0 * sum(h == r for h, r in zip(hypotheses, references)) / max(1, len(references)), 4),
+        "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references], tokenize=bleu_tokenize).score, 4),
+        "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 4),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -76,7 +77,11 @@ class Trainer:
         run_config: dict[str, Any],
         dist_ctx: DistributedContext | None = None,
         progress: bool = True,
+        quiet: bool = False,
     ) -> None:
+        """``progress``: a progress bar; ``quiet``: no evaluation lines either (a caller that says what it trains
+        in its own words, as the tour does). The evaluation lines name the run (``out_dir``'s name)."""
+        self.quiet = quiet
         self.config, self.task, self.tokenizer = config, task, tokenizer
         self.out_dir = Path(out_dir)
         self.run_config = run_config
@@ -276,7 +281,18 @@ class Trainer:
         )
 
     def fit(self) -> dict[str, Any]:
-        """Train from ``self.step`` to ``config.steps``; returns (and writes) the metrics."""
+        """Train from ``self.step`` to ``config.steps``; returns (and writes) the metrics. A run that fails before
+        it saved anything (a diverged loss in the first steps, say) removes the directory it made: nothing is left
+        behind that looks like a run."""
+        created = not self.out_dir.exists()
+        try:
+            return self._fit()
+        except Exception:
+            if created and self.dist.is_main and not (self.out_dir / "checkpoints").exists():
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+            raise
+
+    def _fit(self) -> dict[str, Any]:
         c = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
@@ -302,10 +318,10 @@ class Trainer:
                     if self.dist.is_main or self.sharded:  # (a sharded model's forward needs every process)
                         last_eval = self.evaluate()
                         self.history[-1].update(last_eval)
-                        if self.dist.is_main:
+                        if self.dist.is_main and not self.quiet:
                             bar.write(
-                                f"step {self.step}: train {last_eval['train_loss']:.4f}, "
-                                f"val {last_eval['val_loss']:.4f}"
+                                f"{self.out_dir.name} step {self.step}/{c.steps}: train loss "
+                                f"{last_eval['train_loss']:.4f}, val loss {last_eval['val_loss']:.4f}"
                             )
                     self.dist.barrier()
                 if self.step % c.log_interval == 0 or self.step == c.steps:  # after evaluating: val is never stale
@@ -317,7 +333,9 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             path = self.save()
-            raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}") from None
+            raise KeyboardInterrupt(
+                f"training stopped at step {self.step} of {c.steps}; checkpoint saved to {path}"
+            ) from None
         finally:
             bar.close()
             if flushed:

@@ -75,6 +75,7 @@ def plot_attention(
     head: int | None = None,
     average: bool = False,
     title: str = "attention",
+    columns: int = 4,
 ) -> Path:
     """Draw one sequence's attention and write it to ``path`` (``.png`` or ``.svg``).
 
@@ -83,6 +84,7 @@ def plot_attention(
         tokens: the key tokens (the last ``q_len`` of them label the queries).
         layer, head: both -> one head; ``layer`` only -> all heads of that layer (``average`` -> their mean);
             neither -> the layer × head overview (``average`` -> one panel per layer).
+        columns: panels per row when one layer's heads are drawn (fewer, larger panels read better on a page).
     """
     layers, heads = len(attentions), attentions[0].shape[0]
     if layer is not None and not 0 <= layer < layers:
@@ -99,8 +101,8 @@ def plot_attention(
             panels.append((0, 0, w[head], f"layer {li} · head {head}"))
         elif average:
             panels.append((row, 0, w.mean(0), f"layer {li} · mean of {heads} heads"))
-        elif layer is not None:  # one layer's heads, four to a row
-            panels += [(h // 4, h % 4, w[h], f"layer {li} · head {h}") for h in range(heads)]
+        elif layer is not None:  # one layer's heads, `columns` to a row
+            panels += [(h // columns, h % columns, w[h], f"layer {li} · head {h}") for h in range(heads)]
         else:
             panels += [(row, h, w[h], f"layer {li} · head {h}") for h in range(heads)]
     rows = 1 + max(p[0] for p in panels)

@@ -1,0 +1,93 @@
+"""Ctrl-C (SIGINT) in every phase a user can press it: exit code 130, one line on stderr that says what was
+interrupted and what was kept, no traceback, and what was promised kept is there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_cli import run_dir  # noqa: F401 - the trained tiny GPT run, shared
+from tests.cli.test_translate import seq2seq_dir  # noqa: F401 - a trained tiny seq2seq run
+
+QKV = [sys.executable, "-m", "qkv.cli"]
+
+
+def interrupt(args: list[str], cwd: Path, *, after: float = 0.0, when_stdout: int = 0) -> tuple[int, str, str]:
+    """Run ``qkv ARGS``, press Ctrl-C once it has printed ``when_stdout`` bytes to stdout (and ``after`` seconds
+    have passed), and return (exit code, stdout, stderr)."""
+    proc = subprocess.Popen([*QKV, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen, started = b"", time.monotonic()
+    while time.monotonic() - started < 120 and proc.poll() is None:
+        seen += proc.stdout.read() or b""
+        if len(seen) >= when_stdout and time.monotonic() - started >= after:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"qkv {args[0]} finished before it could be interrupted: {proc.stderr.read()!r}"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, (seen + out).decode(errors="replace"), err.decode(errors="replace")
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("train:", "\r"))]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line(tmp_path):
+    """The first second of any verb is PyTorch's import: Ctrl-C there is handled like anywhere else."""
+    rc, _, err = interrupt(["train", "gpt-baby", "--out", str(tmp_path / "r")], tmp_path, after=0.3)
+    assert rc == 130 and one_line(err) == "qkv train: interrupted (Ctrl-C); nothing was written"
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "doing"),
+    [
+        (["--no-stream"], "while generating (--no-stream); nothing was printed"),
+        (["--strategy", "beam", "--num-beams", "2"], "while generating (beam search's best is known only at the end)"),
+    ],
+)
+def test_ctrl_c_while_generating_whole_says_nothing_was_printed(run_dir, tmp_path, flags, doing):  # noqa: F811
+    rc, out, err = interrupt(
+        ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "100000000", *flags], tmp_path, after=3
+    )
+    assert rc == 130 and one_line(err).startswith(f"qkv generate: interrupted (Ctrl-C) {doing}") and out == ""
+
+
+def test_ctrl_c_while_translating_a_file_keeps_the_lines_printed(seq2seq_dir, tmp_path):  # noqa: F811
+    lines = [f"March {1 + i % 28}, {1900 + i % 200}" for i in range(20_000)]
+    (tmp_path / "dates.txt").write_text("\n".join(lines) + "\n")
+    rc, out, err = interrupt(
+        ["translate", str(seq2seq_dir), "--file", str(tmp_path / "dates.txt")], tmp_path, when_stdout=1
+    )
+    message = one_line(err)
+    printed = int(message.split("; ")[1].split(" of ")[0])
+    assert rc == 130 and message.startswith("qkv translate: interrupted (Ctrl-C) while translating; ")
+    assert f" of {len(lines)} lines were translated and printed above" in message
+    assert 64 <= printed < len(lines) and len(out.splitlines()) == printed
+
+
+def test_ctrl_c_while_sampling_images(tmp_path):
+    from qkv.cli import main
+
+    run = tmp_path / "img"
+    assert main(["train", "digits-independent", "--out", str(run), "--no-progress", "--set", "train.steps=2"]) == 0
+    rc, _, err = interrupt(["sample", str(run), "--n", "200000", "--png", "s.png"], tmp_path, after=3)
+    assert rc == 130 and not (tmp_path / "s.png").exists()
+    assert one_line(err) == "qkv sample: interrupted (Ctrl-C) while sampling 200000 images; nothing was written"
+
+
+def test_ctrl_c_in_the_quickstart_keeps_the_checkpoint_and_names_the_command_that_resumes(tmp_path):
+    rc, _, err = interrupt(["quickstart", "--out", "qs", "--no-progress", "--steps", "100000"], tmp_path, after=8)
+    message = one_line(err)
+    assert rc == 130 and message.startswith("qkv quickstart: interrupted (Ctrl-C) while training; training stopped")
+    assert message.endswith("qkv quickstart --out qs resumes it"), message
+    assert (tmp_path / "qs" / "checkpoints" / "latest").exists()
