@@ -407,9 +407,17 @@ def test_attention_gym_soft_cap_gives_what_the_dense_computation_gives():
 
 
 def _flex_runs() -> bool:
-    from qkv.attention.backends.flex import _flex
+    """FlexAttention compiles for this machine's CPU (torch 2.6 and later)."""
+    from qkv.attention.backends.flex import _flex, _torch_version
 
-    return _flex() is not None
+    return _flex() is not None and _torch_version() >= (2, 6)
+
+
+@pytest.mark.skipif(_flex_runs(), reason="this torch compiles FlexAttention for the CPU")
+def test_flex_backend_is_refused_by_name_where_it_cannot_compile_for_the_cpu():
+    q = torch.randn(1, 2, 16, 16)
+    with pytest.raises(BackendUnsupportedError, match="use 'chunked'|has no torch.nn.attention.flex_attention"):
+        qkv.attend(q, q, q, mask_mod=mods.causal(), backend="flex")
 
 
 @pytest.mark.skipif(not _flex_runs(), reason="this torch has no FlexAttention")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from qkv.cli import main
@@ -110,6 +112,61 @@ CASES = [
     ),
     # bench
     ("bench", lambda r, f: ["bench", "attention", "--long", "0"], "must be >= 1"),
+    # what a new user hit (issue 24): decoding counts, every numeric setting's range, outputs that cannot be written
+    ("generate", lambda r, f: ["generate", str(r), "--prompt", "Ham.", "--max-new-tokens", "0"], "must be at least 1"),
+    (
+        "generate",
+        lambda r, f: ["generate", str(r), "--prompt", "Ham.", "--max-new-tokens", "0", "--strategy", "beam"],
+        "--max-new-tokens must be at least 1, got 0",
+    ),  # fmt: skip
+    (
+        "generate",
+        lambda r, f: ["generate", str(r), "--prompt", "Ham.", "--num-return-sequences", "0"],
+        "--num-return-sequences must be at least 1, got 0",
+    ),
+    ("generate", lambda r, f: ["generate", str(r), "--prompt", "a", "--temperature", "inf"], "finite number > 0"),
+    *[
+        ("train", lambda r, f, s=setting: ["train", str(f / "ok.toml"), "--set", s, "--out", str(f / "o9")], message)
+        for setting, message in [
+            ("train.lr=-1", "train.lr must be > 0, got -1"),
+            ("train.beta1=2", "train.beta1 must be in [0, 1), got 2"),
+            ("train.beta2=1", "train.beta2 must be in [0, 1), got 1"),
+            ("train.min_lr=-1", "train.min_lr must be >= 0, got -1"),
+            ("train.weight_decay=-1", "train.weight_decay must be >= 0, got -1"),
+            ("train.min_lr=0.1", "train.min_lr (0.1) must be <= train.lr (0.001)"),
+            ("train.warmup_steps=-1", "train.warmup_steps must be >= 0"),
+            ("train.grad_clip=-1", "train.grad_clip must be >= 0"),
+            ("train.seed=-1", "train.seed must be in [0, "),
+            ("data.val_fraction=1", "data.val_fraction must be in (0, 1), got 1"),
+            ("data.bpe_vocab_size=100", "data.bpe_vocab_size must be >= 257"),
+        ]
+    ],
+    ("train", lambda r, f: ["train", "gpt-bbay"], "does not exist (qkv configs lists the bundled configs)"),
+    ("train", lambda r, f: ["train", str(f / "x" / "gpt-baby.toml")], "qkv ships one by that name: use gpt-baby"),
+    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--out", "/proc/qkv-run"], "the run cannot be written"),
+    ("quickstart", lambda r, f: ["quickstart", "--out", "/proc/qkv-run"], "the run cannot be written in /proc"),
+    ("attention", lambda r, f: ["attention", str(r), "Ham.", "--png", "/proc/x.png"], "cannot be written in /proc"),
+    ("attention", lambda r, f: ["attention", str(r), "Ham.", "--html", "/proc/x.html"], "cannot be written in"),
+    ("heads", lambda r, f: ["heads", str(r), "Ham.", "--html", "/proc/x.html"], "--html /proc/x.html: the file"),
+    ("embed", lambda r, f: ["embed", "x", "--out", "/proc/x.npy"], "--out /proc/x.npy: the file cannot be written"),
+    ("tour", lambda r, f: ["tour", "--out", "/proc/t.html"], "--out /proc/t.html: the file cannot be written"),
+    (
+        "tour",
+        lambda r, f: ["tour", "--runs", "/proc/runs", "--out", str(f / "t.html")],
+        "--runs /proc/runs/tour: the run cannot be written",
+    ),
+    ("configs", lambda r, f: ["configs", "cp", "gpt-baby", "/proc/x.toml"], "the file cannot be written"),
+    ("configs", lambda r, f: ["configs", "cp", "gpt-baby", str(f / "ok.toml")], "already exists; pass --force"),
+    ("configs", lambda r, f: ["configs", "show", "gpt-bbay"], "qkv ships no config called 'gpt-bbay'"),
+    # the quickstart checks every argument before its training
+    ("quickstart", lambda r, f: ["quickstart", "--prompt", "", "--out", str(f / "q")], "the prompt is empty"),
+    ("quickstart", lambda r, f: ["quickstart", "--prompt", "→", "--out", str(f / "q")], "never saw in training"),
+    (
+        "quickstart",
+        lambda r, f: ["quickstart", "--max-new-tokens", "-5", "--out", str(f / "q")],
+        "--max-new-tokens must be at least 1 (the sample's length), got -5",
+    ),
+    ("embed", lambda r, f: ["embed", ""], "a text is empty"),
 ]
 
 
@@ -157,6 +214,8 @@ SEQ2SEQ_CASES = [
     ),  # fmt: skip
     ("translate", lambda g, s, b, f: ["translate", str(b), "5 Mar 21", "--html", str(f / "a.html")], "no attention"),
     ("translate", lambda g, s, b, f: ["translate", str(s), "5 Mar 21", "--html", str(f)], "is a directory; give"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), "x", "--max-new-tokens", "0"], "must be at least 1"),
+    ("translate", lambda g, s, b, f: ["translate", str(s), "x", "--html", "/proc/a.html"], "cannot be written"),
     ("generate", lambda g, s, b, f: ["generate", str(s), "--prompt", "x"], "holds a 'rnn-seq2seq' model"),
     ("train", lambda g, s, b, f: ["train", SEQ2SEQ, "--set", "model.scroe=dot"], "did you mean 'score'"),
     (
@@ -173,6 +232,38 @@ SEQ2SEQ_CASES = [
 )
 def test_bad_input_matrix_seq2seq(run_dir, seq2seq_dir, baseline_dir, files, capsys, verb, make_args, fragment):  # noqa: F811
     assert_one_clear_line(make_args(run_dir, seq2seq_dir, baseline_dir, files), verb, fragment, capsys)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("image-run")
+    assert main(["train", "digits-independent", "--out", str(out), "--no-progress", "--set", "train.steps=2"]) == 0
+    return out
+
+
+# image runs: (gpt run, image run, files) -> args
+IMAGE_CASES = [
+    ("sample", lambda g, i, f: ["sample", str(i), "--temperature", "nan"], "temperature must be a finite number > 0"),
+    ("sample", lambda g, i, f: ["sample", str(i), "--temperature", "inf"], "temperature must be a finite number > 0"),
+    ("sample", lambda g, i, f: ["sample", str(i), "--n", "1000000000"], "1000000000 images of 8x8 pixels with 17"),
+    ("sample", lambda g, i, f: ["sample", str(i), "--png", "/proc/s.png"], "--png /proc/s.png: the file cannot"),
+    ("sample", lambda g, i, f: ["sample", str(g)], "for this run use qkv generate, qkv attention or qkv heads"),
+    ("field", lambda g, i, f: ["field", str(i), "--pixel", "1,1", "--html", "/proc/f.html"], "cannot be written"),
+    ("generate", lambda g, i, f: ["generate", str(i), "--prompt", "a"], "for this run use qkv sample or qkv field"),
+    ("attention", lambda g, i, f: ["attention", str(i), "a", "--png", str(f / "a.png")], "use qkv sample or qkv"),
+    ("heads", lambda g, i, f: ["heads", str(i), "a"], "for this run use qkv sample or qkv field"),
+    ("translate", lambda g, i, f: ["translate", str(i), "a"], "for this run use qkv sample or qkv field"),
+    ("quickstart", lambda g, i, f: ["quickstart", "--out", str(i)], "for this run use qkv sample or qkv field"),
+]
+
+
+@pytest.mark.parametrize(
+    ("verb", "make_args", "fragment"), IMAGE_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(IMAGE_CASES)]
+)
+def test_bad_input_matrix_images(run_dir, image_dir, files, capsys, verb, make_args, fragment):  # noqa: F811
+    before = sorted(p.relative_to(files) for p in files.rglob("*"))
+    assert_one_clear_line(make_args(run_dir, image_dir, files), verb, fragment, capsys)
+    assert sorted(p.relative_to(files) for p in files.rglob("*")) == before, "a refused command left files behind"
 
 
 def test_debug_shows_the_traceback(files):

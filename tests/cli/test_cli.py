@@ -300,3 +300,29 @@ def test_heads_refuses_ablation_without_a_language_model_and_empty_text(run_dir,
     assert "needs a causal language model" in capsys.readouterr().err
     assert main(["heads", str(run_dir), ""]) == 2
     assert "TEXT is empty" in capsys.readouterr().err
+
+
+def test_generate_never_samples_unk_and_prints_what_the_api_gives_with_it_suppressed(run_dir, capsys):
+    """The tiny model gives <unk> (id 0, no text: it would print U+FFFD) some probability; the CLI suppresses it."""
+    import qkv
+    from qkv.cli.common import load_causal_lm
+
+    model, tokenizer, _ = load_causal_lm(run_dir)
+    prompt = torch.tensor([tokenizer.encode("Ham.")])
+    free = qkv.generate(model, prompt, 400, "sample", seed=5, temperature=1.5)
+    assert 0 in free[0].tolist(), "the test needs a model that would sample <unk>"
+    capsys.readouterr()
+    args = ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "400", "--seed", "5"]
+    assert main([*args, "--temperature", "1.5", "--no-stream"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    want = qkv.generate(model, prompt, 400, "sample", seed=5, temperature=1.5, suppress_tokens=[0])
+    assert printed == tokenizer.decode(want[0].tolist()) and "\ufffd" not in printed
+
+
+def test_embed_warns_when_a_text_is_cut_and_refuses_an_empty_one(capsys):
+    long_text = " ".join(["word"] * 2000)
+    capsys.readouterr()
+    assert main(["embed", "short", long_text]) == 0
+    err = capsys.readouterr().err
+    assert "warning: text 2 is longer than the model's 256 tokens; only the first 256 tokens are embedded" in err
+    assert main(["embed", "  "]) == 2 and "a text is empty" in capsys.readouterr().err

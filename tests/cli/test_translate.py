@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from qkv.cli import main
@@ -155,3 +156,30 @@ def test_one_bad_text_is_reported_and_the_others_translated(seq2seq_dir, capsys)
     assert printed.out.splitlines() == [good[0], "", good[1]]  # line N answers text N; the skipped one is empty
     err = printed.err.strip().splitlines()
     assert len(err) == 1 and "'March → 5' has pieces the model never saw" in err[0] and "skipped" in err[0]
+
+
+def test_texts_after_options_are_texts_and_min_new_tokens_is_capped_with_a_warning(seq2seq_dir, capsys):
+    from qkv.cli.common import load_seq2seq
+    from qkv.decoding import translate
+
+    capsys.readouterr()
+    assert main(["translate", str(seq2seq_dir), "--min-new-tokens", "1", "5 Mar 21", "March 5, 2021"]) == 0
+    after = capsys.readouterr().out
+    assert main(["translate", str(seq2seq_dir), "5 Mar 21", "March 5, 2021", "--min-new-tokens", "1"]) == 0
+    assert capsys.readouterr().out == after and len(after.splitlines()) == 2
+    model, tokenizer, _ = load_seq2seq(seq2seq_dir)
+    limit = model.config.max_target_len
+    assert main(["translate", str(seq2seq_dir), "5 Mar 21", "--min-new-tokens", str(limit + 1000)]) == 0
+    printed = capsys.readouterr()
+    assert f"--min-new-tokens {limit + 1000} is more than the {limit} tokens an output may have here" in printed.err
+    want = translate(model, torch.tensor([tokenizer.encode_source("5 Mar 21")]), min_new_tokens=limit)
+    assert printed.out.rstrip("\n") == tokenizer.decode_target(want[0].tolist())
+
+
+def test_reported_scores_are_rounded_and_a_perfect_match_is_exactly_100():
+    from qkv.training.seq2seq_eval import score_translations
+
+    scores = score_translations(["2021-03-05", "2021-03-06"], ["2021-03-05", "2021-03-06"], ["a", "b"])
+    assert scores["exact_match"] == scores["bleu"] == 100.0
+    mixed = score_translations(["2021-03-05", "x"], ["2021-03-05", "2021-03-06"], ["a", "b"], "char")
+    assert all(round(mixed[k], 4) == mixed[k] for k in ("exact_match", "bleu", "chrf"))

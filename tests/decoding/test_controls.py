@@ -40,6 +40,25 @@ def test_min_new_tokens_is_huggingfaces(new):
     assert torch.equal(LogitsControls(min_new_tokens=3, eos_token_id=2)(scores, ids, 4), expected)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_suppress_tokens_is_huggingfaces(seed):
+    ids, scores = random_case(seed)
+    expected = transformers.SuppressTokensLogitsProcessor([0, 4])(ids, scores.clone())
+    assert torch.equal(LogitsControls(suppress_tokens=[0, 4])(scores, ids, 4), expected)
+
+
+def test_suppressed_tokens_are_never_generated_on_any_strategy(gpt2):
+    """Suppress the token greedy decoding would pick: no strategy emits it, and greedy's first pick changes."""
+    model = gpt2[1]
+    prompt = torch.tensor([[4, 29, 31]])
+    favourite = int(qkv.generate(model, prompt, 1)[0, -1])
+    for options in ({}, {"strategy": "sample", "seed": 0}, {"strategy": "beam", "num_beams": 3}):
+        out = qkv.generate(model, prompt, 8, suppress_tokens=[favourite], **options)
+        assert favourite not in out[0, 3:].tolist(), options
+    streamed = list(qkv.generate_stream(model, prompt, 8, suppress_tokens=[favourite]))
+    assert favourite not in [int(t) for t in streamed]
+
+
 def test_frequency_and_presence_penalties_by_hand():
     ids = torch.tensor([[5, 1, 1, 2, 1, 0]])  # prompt [5, 1]; generated 1, 2, 1, 0
     scores = torch.zeros(1, 6)
@@ -52,7 +71,7 @@ def test_controls_read_nothing_back_to_the_host():
     from tests.decoding.test_host_reads import reads
 
     ids, scores = random_case(1)
-    controls = LogitsControls(1.3, 0.5, 0.5, 2, 3, eos_token_id=1)
+    controls = LogitsControls(1.3, 0.5, 0.5, 2, 3, eos_token_id=1, suppress_tokens=(0, 5))
     controls(scores, ids, 4)  # warm-up
     assert reads(lambda: controls(scores, ids, 4)) == 0
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import qkv
-from qkv.decoding import generate
+from qkv.decoding import generate, generate_stream
 from qkv.errors import ConfigError, ShapeError
+from qkv.models import GPT, GPTConfig
 from tests.models.test_gpt import tiny
 
 
@@ -90,3 +91,19 @@ def test_generate_stream_checks_its_arguments_when_asked_not_at_the_first_token(
         qkv.generate_stream(model, prompt(), 3, "sample", temperature=float("nan"))
     with pytest.raises(ConfigError, match="beam search cannot stream"):
         qkv.generate_stream(model, prompt(), 3, "beam")
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_zero_new_tokens_returns_the_prompts_on_every_strategy(strategy):
+    """0 new tokens: each strategy returns its prompts unchanged, as many rows as it would return."""
+    model = GPT(GPTConfig(vocab_size=11, max_seq_len=16, num_layers=1, num_heads=2, embed_dim=8)).eval()
+    prompt = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(0))
+    n = 1 if strategy == "greedy" else 2
+    out = generate(model, prompt, 0, strategy, num_beams=2, num_return_sequences=n, seed=0)
+    assert torch.equal(out, prompt.repeat_interleave(n, dim=0))
+    prompts = [prompt[0, 2:], prompt[1]]  # different lengths: a list in, the prompts out
+    assert [p.tolist() for p in generate(model, prompts, 0, strategy, num_beams=2, num_return_sequences=n)] == [
+        p.tolist() for p in prompts for _ in range(n)
+    ]
+    if strategy != "beam":
+        assert list(generate_stream(model, prompt, 0, strategy)) == []

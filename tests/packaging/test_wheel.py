@@ -42,3 +42,9 @@ def test_wheel_carries_the_page_and_the_corpus(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     assert {"qkv/visualization/page.html", "qkv/data/shakespeare/plays.txt"} <= names
+
+
+def test_wheel_carries_every_bundled_config(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n.removeprefix("qkv/configs/") for n in z.namelist() if n.startswith("qkv/configs/")}
+    assert shipped == {p.name for p in (ROOT / "src" / "qkv" / "configs").glob("*.toml")} and len(shipped) >= 14

@@ -15,6 +15,7 @@ import torch
 
 from qkv.errors import CheckpointError, ConfigError
 from qkv.training import TrainConfig, Trainer, load_checkpoint_info, load_run_config, lr_at
+from qkv.training.config import fsdp_runs_on_cpus
 from qkv.training.lm import build_lm
 
 TINY = [
@@ -148,7 +149,10 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+FSDP_ON_CPU = pytest.mark.skipif(not fsdp_runs_on_cpus(), reason="FSDP2 on CPUs needs torch 2.6 (refused by name)")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=FSDP_ON_CPU)])
 def test_two_processes_match_one_process(tmp_path, parallel):
     """Same global batch (4 rows = 2 x 2), DDP or FSDP: losses agree to 1e-5 relative (only the summation order of
     the gradient reduction differs), and so do the final weights; FSDP's checkpoint is the full model, in the same
@@ -171,6 +175,7 @@ def test_two_processes_match_one_process(tmp_path, parallel):
         torch.testing.assert_close(weights["two"][name], value, rtol=1e-4, atol=1e-5)
 
 
+@FSDP_ON_CPU
 def test_fsdp_resumes_bit_for_bit_and_its_checkpoint_loads_anywhere(tmp_path):
     """Two FSDP processes train 12 steps; a copy of the run cut back to its step-8 checkpoint (as if killed after
     it) resumes under FSDP to the same step-12 weights, optimizer state and losses, bit for bit."""
@@ -310,3 +315,35 @@ def test_the_fp16_loss_scale_is_kept_across_a_resume(tmp_path):
     resumed.resume()
     assert resumed.scaler.get_scale() == 2.0**8
     assert resumed.scaler.state_dict()["_growth_tracker"] == trainer.scaler.state_dict()["_growth_tracker"]
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_leaves_no_directory(tmp_path):
+    """A new run directory that would hold nothing but a failure is removed; one that existed before is kept."""
+    from qkv.errors import TrainingDivergedError
+
+    overrides = ["train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0", "train.checkpoint_interval=1000",
+                 "model.dropout=0.0", "train.steps=50"]  # fmt: skip
+    with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet"):
+        make_trainer(tmp_path / "new" / "run", overrides).fit()
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(TrainingDivergedError):
+        make_trainer(tmp_path / "mine", overrides).fit()
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "the user's"
+
+
+def test_a_quiet_trainer_prints_nothing_and_evaluation_lines_name_the_run(tmp_path, capfd):
+    make_trainer(tmp_path / "silent", ["train.steps=2", "train.eval_interval=1"], quiet=True).fit()
+    assert capfd.readouterr().out == ""
+    make_trainer(tmp_path / "named", ["train.steps=2", "train.eval_interval=1"]).fit()
+    assert re.findall(r"^named step (\d)/2: train loss [\d.]+, val loss [\d.]+$", capfd.readouterr().out, re.M) == [
+        "1", "2",
+    ]  # fmt: skip
+
+
+def test_fsdp_on_cpus_with_a_torch_too_old_for_it_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr("qkv.training.config.fsdp_runs_on_cpus", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="fsdp' on the CPU needs torch 2.6 or newer.*use train.parallel = 'ddp'"):
+        load_run_config(None, ["train.parallel='fsdp'", "train.device='cpu'"])

@@ -337,7 +337,7 @@ def test_a_2000_token_input_keeps_every_row(browser, tmp_path):
         "(() => { const l = document.getElementById('qtok'), o = l.options[l.options.length - 1];"
         " return [l.scrollTop, l.clientHeight, o.offsetTop, o.offsetHeight]; })()"
     )
-    assert page.evaluate("document.getElementById('qtok').options[%d].selected" % (n - 1))
+    assert page.evaluate(f"document.getElementById('qtok').options[{n - 1}].selected")
     assert top <= option_top and option_top + option_height <= top + height + 1, (top, height, option_top)
     page.click("#tab-qk")
     page.select_option("#qtok", str(n - 1))

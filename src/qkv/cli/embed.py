@@ -46,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     if any(not text.strip() for text in texts):
         raise ConfigError("a text is empty: give something to embed, e.g. qkv embed 'a sentence'")
     check_output_files({"out": (".npy", ".jsonl")}, out=args.out)
-    tokenizer = load_tokenizer(args.model)
+    vectors = embed(texts, model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    tokenizer = load_tokenizer(args.model)  # (loaded and checked by embed: a bad --model is named there)
     cut = tokenizer.cut(texts)
     if cut:  # as qkv attention does: say so rather than embed the beginning of a text silently
         which = f"text {cut[0] + 1}" + (f" and {len(cut) - 1} more" if len(cut) > 1 else "")
         warn(f"{which} is longer than the model's {tokenizer.max_length} tokens; only the first {tokenizer.max_length} "
              "tokens are embedded")  # fmt: skip
-    vectors = embed(texts, model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out is not None and args.out.suffix == ".npy":

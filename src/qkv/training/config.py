@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from qkv.devices import precision_candidates, resolve_compile, resolve_device
 from qkv.errors import ConfigError
 from qkv.models.families import CAUSAL_LM, IMAGE, families, get_family
@@ -66,6 +68,12 @@ class ImageDataConfig:
 PARALLEL = ("ddp", "fsdp")
 
 
+def fsdp_runs_on_cpus() -> bool:
+    """FSDP2 shards on CPU processes (gloo) from torch 2.6; before, it needs CUDA streams."""
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 6)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2000
@@ -113,6 +121,11 @@ class TrainConfig:
                 "e.g. torchrun --nproc_per_node=2 -m qkv.cli train ..."
             )
         device = resolve_device(self.device, what="train.device")
+        if self.parallel == "fsdp" and device.type == "cpu" and not fsdp_runs_on_cpus():
+            raise ConfigError(
+                f"train.parallel = 'fsdp' on the CPU needs torch 2.6 or newer (this is {torch.__version__}, whose "
+                "FSDP2 needs CUDA streams); use train.parallel = 'ddp'"
+            )
         precision_candidates(self.precision_spec, device, what="train.precision")
         resolve_compile(self.compile, device, what="train.compile")
 

@@ -21,7 +21,10 @@ __all__ = ["full_state", "load_full_state", "shard"]
 def shard(model: nn.Module) -> nn.Module:
     """Shard ``model`` in place across the default process group: each layer of every ``nn.ModuleList`` (a GPT's
     blocks, a Transformer's encoder and decoder layers) is one unit, the rest (embeddings, head) the root's."""
-    from torch.distributed.fsdp import fully_shard
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch 2.5 keeps FSDP2 under its first name
+        from torch.distributed._composable.fsdp import fully_shard  # type: ignore[no-redef]
 
     for module in list(model.modules()):
         if isinstance(module, nn.ModuleList):
