@@ -89,5 +89,28 @@ def test_ctrl_c_in_the_quickstart_keeps_the_checkpoint_and_names_the_command_tha
     rc, _, err = interrupt(["quickstart", "--out", "qs", "--no-progress", "--steps", "100000"], tmp_path, after=8)
     message = one_line(err)
     assert rc == 130 and message.startswith("qkv quickstart: interrupted (Ctrl-C) while training; training stopped")
-    assert message.endswith("qkv quickstart --out qs resumes it"), message
+    assert message.endswith("the same qkv quickstart command resumes it"), message
     assert (tmp_path / "qs" / "checkpoints" / "latest").exists()
+
+
+def test_ctrl_c_in_training_names_the_command_that_resumes_and_it_does(tmp_path):
+    """The hint is pasted as printed (with a step cap appended, as the README's trainings are in the suite)."""
+    import re
+
+    rc, _, err = interrupt(["train", "gpt-baby", "--out", "runs/b", "--no-progress"], tmp_path, after=6)
+    message = one_line(err)
+    match = re.fullmatch(
+        r"qkv train: interrupted \(Ctrl-C\) while training; training stopped at step (\d+) of 2000; checkpoint "
+        r"saved to runs/b/checkpoints/step-\d+; (.*) resumes it",
+        message,
+    )
+    assert rc == 130 and match, message
+    step, hint = int(match.group(1)), match.group(2)
+    assert hint.endswith("train gpt-baby --out runs/b --resume")
+    command = hint.split(" train ", 1)[1]
+    proc = subprocess.run(
+        [*QKV, "train", *command.split(), "--set", f"train.steps={step + 2}", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f'"steps": {step + 2}' in proc.stdout and '"steps_this_run": 2' in proc.stdout

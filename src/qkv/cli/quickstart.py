@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     check_output_dir("out", out)
     config = load_run_config(None, overrides)
-    again = f"{qkv_command()} quickstart --out {shlex.quote(str(out))}"
+    again = "the same qkv quickstart command"  # (with the same --out and --steps: the flags are the user's)
     trained = not args.fresh and (out / "metrics.json").exists() and (out / "checkpoints" / "latest").exists()
     # every argument is checked before the training, so a bad prompt never costs its minutes
     if trained:

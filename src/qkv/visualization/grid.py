@@ -111,7 +111,7 @@ def plot_attention(
     size = 6.5 if single else (3.2 if len(tokens) <= MAX_LABELS else 2.2)
     path = check_image_path(path)
     with _style():
-        fig = _figure(figsize=(size * cols + 1.2, size * rows + 0.6))
+        fig = _figure(figsize=(size * cols + 1.2, size * rows + 0.6), layout="constrained")
         axes = fig.subplots(rows, cols, squeeze=False)
         image, block = None, 1
         for ax in axes.flat:  # panels that stay empty (a last row of heads) show nothing
