@@ -4,6 +4,7 @@ interrupted and what was kept, no traceback, and what was promised kept is there
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,32 +19,72 @@ from tests.cli.test_translate import seq2seq_dir  # noqa: F401 - a trained tiny 
 QKV = [sys.executable, "-m", "qkv.cli"]
 
 
-def interrupt(args: list[str], cwd: Path, *, after: float = 0.0, when_stdout: int = 0) -> tuple[int, str, str]:
-    """Run ``qkv ARGS``, press Ctrl-C once it has printed ``when_stdout`` bytes to stdout (and ``after`` seconds
-    have passed), and return (exit code, stdout, stderr)."""
+def _loading_torch(pid: int) -> bool:
+    """PyTorch's library is mapped into the process: it is inside ``import torch`` (which goes on for a second)."""
+    try:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time the process has used (user + system): a measure of its progress that a loaded machine does not
+    stretch, as it stretches wall-clock time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def interrupt(
+    args: list[str],
+    cwd: Path,
+    *,
+    after: float = 0.0,
+    when_stdout: int = 0,
+    when_importing: bool = False,
+    when_cpu: float = 0.0,
+    when_stderr: str | None = None,
+) -> tuple[int, str, str]:
+    """Run ``qkv ARGS`` and press Ctrl-C once it has printed ``when_stdout`` bytes to stdout, its stderr matches
+    ``when_stderr`` (a progress bar past its first step), it has used ``when_cpu`` seconds of CPU (past its imports
+    and loading) and ``after`` seconds have passed since; or, ``when_importing``, as soon as it is importing
+    PyTorch. Returns (exit code, stdout, stderr). Each phase is waited for by what marks it, not by a guess at how
+    long a loaded machine takes to reach it."""
     proc = subprocess.Popen([*QKV, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.set_blocking(proc.stdout.fileno(), False)
-    seen, started = b"", time.monotonic()
-    while time.monotonic() - started < 120 and proc.poll() is None:
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen, said, started, deadline = b"", b"", None, time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
         seen += proc.stdout.read() or b""
-        if len(seen) >= when_stdout and time.monotonic() - started >= after:
+        said += proc.stderr.read() or b""
+        if when_importing and _loading_torch(proc.pid):
             break
-        time.sleep(0.02)
+        ready = len(seen) >= when_stdout
+        ready = ready and _cpu_seconds(proc.pid) >= when_cpu
+        ready = ready and (when_stderr is None or re.search(when_stderr, said.decode(errors="replace")) is not None)
+        started = started or (time.monotonic() if ready and not when_importing else None)
+        if started is not None and time.monotonic() - started >= after:
+            break
+        time.sleep(0.005 if when_importing else 0.02)
     assert proc.poll() is None, f"qkv {args[0]} finished before it could be interrupted: {proc.stderr.read()!r}"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    return proc.returncode, (seen + out).decode(errors="replace"), err.decode(errors="replace")
+    return proc.returncode, (seen + out).decode(errors="replace"), (said + err).decode(errors="replace")
 
 
 def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("train:", "\r"))]
+    """The one line that is not the progress bar (tqdm's redraws end in carriage returns)."""
+    lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
+    lines = [line for line in lines if line.strip() and not line.startswith("train:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
 
 def test_ctrl_c_while_torch_is_imported_is_one_line(tmp_path):
     """The first second of any verb is PyTorch's import: Ctrl-C there is handled like anywhere else."""
-    rc, _, err = interrupt(["train", "gpt-baby", "--out", str(tmp_path / "r")], tmp_path, after=0.3)
+    rc, _, err = interrupt(["train", "gpt-baby", "--out", str(tmp_path / "r")], tmp_path, when_importing=True)
     assert rc == 130 and one_line(err) == "qkv train: interrupted (Ctrl-C); nothing was written"
     assert not (tmp_path / "r").exists()
 
@@ -57,7 +98,7 @@ def test_ctrl_c_while_torch_is_imported_is_one_line(tmp_path):
 )
 def test_ctrl_c_while_generating_whole_says_nothing_was_printed(run_dir, tmp_path, flags, doing):  # noqa: F811
     rc, out, err = interrupt(
-        ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "100000000", *flags], tmp_path, after=3
+        ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "100000000", *flags], tmp_path, when_cpu=5
     )
     assert rc == 130 and one_line(err).startswith(f"qkv generate: interrupted (Ctrl-C) {doing}") and out == ""
 
@@ -80,13 +121,14 @@ def test_ctrl_c_while_sampling_images(tmp_path):
 
     run = tmp_path / "img"
     assert main(["train", "digits-independent", "--out", str(run), "--no-progress", "--set", "train.steps=2"]) == 0
-    rc, _, err = interrupt(["sample", str(run), "--n", "200000", "--png", "s.png"], tmp_path, after=3)
+    rc, _, err = interrupt(["sample", str(run), "--n", "200000", "--png", "s.png"], tmp_path, when_cpu=5)
     assert rc == 130 and not (tmp_path / "s.png").exists()
     assert one_line(err) == "qkv sample: interrupted (Ctrl-C) while sampling 200000 images; nothing was written"
 
 
 def test_ctrl_c_in_the_quickstart_keeps_the_checkpoint_and_names_the_command_that_resumes(tmp_path):
-    rc, _, err = interrupt(["quickstart", "--out", "qs", "--no-progress", "--steps", "100000"], tmp_path, after=8)
+    args = ["quickstart", "--out", "qs", "--steps", "100000"]
+    rc, _, err = interrupt(args, tmp_path, when_stderr=r" [1-9]\d*/100000 ")
     message = one_line(err)
     assert rc == 130 and message.startswith("qkv quickstart: interrupted (Ctrl-C) while training; training stopped")
     assert message.endswith("the same qkv quickstart command resumes it"), message
@@ -95,9 +137,8 @@ def test_ctrl_c_in_the_quickstart_keeps_the_checkpoint_and_names_the_command_tha
 
 def test_ctrl_c_in_training_names_the_command_that_resumes_and_it_does(tmp_path):
     """The hint is pasted as printed (with a step cap appended, as the README's trainings are in the suite)."""
-    import re
-
-    rc, _, err = interrupt(["train", "gpt-baby", "--out", "runs/b", "--no-progress"], tmp_path, after=6)
+    args = ["train", "gpt-baby", "--out", "runs/b"]
+    rc, _, err = interrupt(args, tmp_path, when_stderr=r" [1-9]\d*/2000 ")
     message = one_line(err)
     match = re.fullmatch(
         r"qkv train: interrupted \(Ctrl-C\) while training; training stopped at step (\d+) of 2000; checkpoint "

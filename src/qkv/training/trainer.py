@@ -282,12 +282,12 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.step`` to ``config.steps``; returns (and writes) the metrics. A run that fails before
-        it saved anything (a diverged loss in the first steps, say) removes the directory it made: nothing is left
-        behind that looks like a run."""
+        it saved anything (a diverged loss in the first steps, Ctrl-C while it starts) removes the directory it made:
+        nothing is left behind that looks like a run."""
         created = not self.out_dir.exists()
         try:
             return self._fit()
-        except Exception:
+        except BaseException:  # (Ctrl-C before the first step included: after it, a checkpoint is saved)
             if created and self.dist.is_main and not (self.out_dir / "checkpoints").exists():
                 shutil.rmtree(self.out_dir, ignore_errors=True)
             raise
