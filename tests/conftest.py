@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
+import subprocess
 import tempfile
 
 # torch.compile's on-disk cache (inductor's FX graph cache) keys its kernels without ATEN_CPU_CAPABILITY or the
@@ -105,3 +107,10 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def interruptible(command: list[str], **kwargs) -> subprocess.Popen:  # noqa: ANN003
+    """``subprocess.Popen`` for a process the test will press Ctrl-C in. A process started in the background by a
+    non-interactive shell (a CI runner, ``cmd &``) inherits SIGINT *ignored*, and Python then keeps ignoring it; the
+    child gets the default handling back, as in a terminal."""
+    return subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)

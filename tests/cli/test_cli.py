@@ -221,7 +221,9 @@ def test_ctrl_c_keeps_what_was_generated_and_exits_130(run_dir):
     import signal
     import time
 
-    proc = subprocess.Popen(
+    from tests.conftest import interruptible
+
+    proc = interruptible(
         [sys.executable, "-m", "qkv.cli", "generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "1000000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

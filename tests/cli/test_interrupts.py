@@ -15,6 +15,7 @@ import pytest
 
 from tests.cli.test_cli import run_dir  # noqa: F401 - the trained tiny GPT run, shared
 from tests.cli.test_translate import seq2seq_dir  # noqa: F401 - a trained tiny seq2seq run
+from tests.conftest import interruptible
 
 QKV = [sys.executable, "-m", "qkv.cli"]
 
@@ -52,7 +53,7 @@ def interrupt(
     and loading) and ``after`` seconds have passed since; or, ``when_importing``, as soon as it is importing
     PyTorch. Returns (exit code, stdout, stderr). Each phase is waited for by what marks it, not by a guess at how
     long a loaded machine takes to reach it."""
-    proc = subprocess.Popen([*QKV, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = interruptible([*QKV, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.set_blocking(proc.stdout.fileno(), False)
     os.set_blocking(proc.stderr.fileno(), False)
     seen, said, started, deadline = b"", b"", None, time.monotonic() + 120
@@ -70,7 +71,10 @@ def interrupt(
         time.sleep(0.005 if when_importing else 0.02)
     assert proc.poll() is None, f"qkv {args[0]} finished before it could be interrupted: {proc.stderr.read()!r}"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # (a no-op once it has exited; never left running when it did not)
     return proc.returncode, (seen + out).decode(errors="replace"), (said + err).decode(errors="replace")
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from qkv.training import load_checkpoint_info
+from tests.conftest import interruptible
 
 TINY = [
     "train.precision='fp32'",  # runs are compared number for number: no measured choice of precision
@@ -143,7 +144,7 @@ def test_sigkill_twenty_times_then_identical_model(tmp_path, seed):
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "interrupted"
     command = _command(tmp_path, out, resume=False, steps=100000)
-    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = interruptible(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not (out / "checkpoints" / "latest").exists() and time.time() < deadline:
         time.sleep(0.2)
