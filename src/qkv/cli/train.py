@@ -16,15 +16,16 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p = verbs.add_parser(
         name,
         help="train a model from a TOML config",
-        description="Train a model described by a TOML config (see configs/). Checkpoints (safetensors + JSON) are "
-        "written atomically to OUT/checkpoints; OUT/metrics.json summarises the run. Run it under "
+        description="Train a model described by a TOML config (a file, or a bundled one by name: qkv configs). "
+        "Checkpoints (safetensors + JSON) are written atomically to OUT/checkpoints; OUT/metrics.json summarises "
+        "the run. Run it under "
         "`torchrun --nproc_per_node=N` to train on N processes with the same global batch.",
     )
     p.add_argument(
         "config",
         type=Path,
         help='a TOML file with [model], [data] and [train] sections and an optional top-level kind = "gpt" | '
-        '"rnn-seq2seq" | "transformer"',
+        '"rnn-seq2seq" | "transformer" | ..., or the name of a config qkv ships (gpt-baby; qkv configs lists them)',
     )
     p.add_argument(
         "--set",
