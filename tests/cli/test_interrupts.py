@@ -3,6 +3,7 @@ interrupted and what was kept, no traceback, and what was promised kept is there
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -79,9 +80,10 @@ def interrupt(
 
 
 def one_line(err: str) -> str:
-    """The one line that is not the progress bar (tqdm's redraws end in carriage returns)."""
+    """The one line that is neither a progress bar (tqdm's redraws end in carriage returns) nor a status line of
+    the tour (``tour: training ...``)."""
     lines = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
-    lines = [line for line in lines if line.strip() and not line.startswith("train:")]
+    lines = [line for line in lines if line.strip() and not line.startswith(("train:", "tour:"))]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -159,3 +161,19 @@ def test_ctrl_c_in_training_names_the_command_that_resumes_and_it_does(tmp_path)
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert f'"steps": {step + 2}' in proc.stdout and '"steps_this_run": 2' in proc.stdout
+
+
+def test_ctrl_c_in_the_tour_keeps_its_training_in_the_runs_directory_and_the_next_tour_resumes_it(tmp_path):
+    from qkv.tour.runs import TOUR_DIR, gpt_run
+
+    runs = tmp_path / "runs"
+    args = ["tour", "--runs", str(runs), "--out", str(tmp_path / "t.html")]
+    rc, _, err = interrupt(args, tmp_path, when_stderr="tour: training a 2-layer", when_cpu=4)
+    message = one_line(err)
+    own = runs / TOUR_DIR / "gpt"
+    assert rc == 130 and message.startswith("qkv tour: interrupted (Ctrl-C) while making the tour; training stopped")
+    assert f"checkpoint saved to {own}" in message and "/tmp/qkv-tour" not in err and not (tmp_path / "t.html").exists()
+    assert (own / "checkpoints" / "latest").exists() and gpt_run(runs, train=False) is None  # unfinished: not read
+    assert gpt_run(runs) == own  # the next tour carries on from the checkpoint
+    metrics = json.loads((own / "metrics.json").read_text())
+    assert metrics["steps"] == 300 and 0 < metrics["steps_this_run"] < 300

@@ -51,7 +51,15 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from qkv.cli.attention import attention_report
-    from qkv.cli.common import check_output_dir, encode_prompt, load_causal_lm, on_interrupt, qkv_command, resume_hint
+    from qkv.cli.common import (
+        check_output_dir,
+        encode_prompt,
+        load_causal_lm,
+        non_text_tokens,
+        on_interrupt,
+        qkv_command,
+        resume_hint,
+    )
     from qkv.decoding import generate
     from qkv.errors import ConfigError
     from qkv.training import Trainer, load_run_config
@@ -94,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer, _ = load_causal_lm(out, args.device)
     prompt = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     with on_interrupt("sampling and drawing", kept=f"the trained model is kept in {out}; {again} samples and draws"):
-        ids = generate(model, prompt, args.max_new_tokens, "sample", temperature=0.8, seed=0)
+        ids = generate(
+            model, prompt, args.max_new_tokens, "sample", temperature=0.8, seed=0,
+            suppress_tokens=non_text_tokens(tokenizer),
+        )  # fmt: skip
         sample = tokenizer.decode(ids[0].tolist())
         print("\n---- sample ----\n" + sample + "\n----------------\n")
         (out / "sample.txt").write_text(sample, encoding="utf-8")

@@ -6,6 +6,7 @@ Each step is a function returning a :class:`Step` (its numbers and figures); :fu
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def build_tour(runs: str | Path = "runs", progress: bool = False, train: bool = 
     from qkv.tour import runs as tour_runs
 
     runs = Path(runs)
-    say = tqdm.write if progress else (lambda _: None)
+    say = (lambda line: tqdm.write(line, file=sys.stderr)) if progress else (lambda _: None)
     minilm = models._minilm()
     gpt = tour_runs.gpt_run(runs, train, say)
     dates = tour_runs.dates_runs(runs, train, say)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qkv.training import Trainer
+
 __all__ = [
     "DATES_COMMANDS",
     "GPT_COMMANDS",
@@ -49,7 +51,14 @@ Say = Callable[[str], None]
 
 
 def _trained(path: Path) -> bool:
-    return (path / "checkpoints" / "latest").exists()
+    """A finished run (its metrics are written last): an interrupted one is resumed, not read."""
+    return (path / "metrics.json").exists() and (path / "checkpoints" / "latest").exists()
+
+
+def _fit(trainer: Trainer, out: Path) -> None:
+    if (out / "checkpoints" / "latest").exists():  # a tour interrupted while it trained: carry on from there
+        trainer.resume()
+    trainer.fit()
 
 
 def _silent(_: str) -> None:
@@ -84,20 +93,19 @@ def dates_runs(runs: Path, train: bool = True, say: Say = _silent) -> dict[str, 
 
 def train_small_gpt(out: Path, say: Say = _silent) -> Path:
     """A 2-layer character GPT on the bundled plays (300 steps, about 10 s) into ``out``."""
-    from qkv.training import Trainer, load_run_config
+    from qkv.training import load_run_config
     from qkv.training.lm import build_lm
 
     config = load_run_config(None, SMALL_GPT)
     say(f"tour: training a 2-layer character GPT for {config.train.steps} steps into {out} (reused next time)")
     model, task, tokenizer = build_lm(config)
-    Trainer(model, task, config.train, out, tokenizer, config.to_dict(), progress=False, quiet=True).fit()
+    _fit(Trainer(model, task, config.train, out, tokenizer, config.to_dict(), progress=False, quiet=True), out)
     return out
 
 
 def train_small_dates(out: Path, name: str = ATTENTION_RUN, say: Say = _silent) -> Path:
     """One of the dates translators (``name``: with attention or without) trained small (300 steps, about 15 s)
     into ``out``."""
-    from qkv.training import Trainer
     from qkv.training.config import RunConfig, apply_overrides
     from qkv.training.seq2seq import build_seq2seq
 
@@ -105,5 +113,5 @@ def train_small_dates(out: Path, name: str = ATTENTION_RUN, say: Say = _silent) 
     what = "with attention" if config.model.attention != "none" else "without attention"
     say(f"tour: training the dates translator {what} for {config.train.steps} steps into {out} (reused next time)")
     model, task, tokenizer = build_seq2seq(config)
-    Trainer(model, task, config.train, out, tokenizer, config.to_dict(), progress=False, quiet=True).fit()
+    _fit(Trainer(model, task, config.train, out, tokenizer, config.to_dict(), progress=False, quiet=True), out)
     return out
