@@ -225,3 +225,39 @@ def test_translators_trained_on_the_spot_show_attention_beating_the_bottleneck_a
     assert step.numbers["with_attention"] > step.numbers["without"] + 0.3 and step.figures
     beam = greedy_vs_beam(found["dates-rnn"]).numbers
     assert beam["beam_best_score"] >= beam["greedy_score"] - 1e-6
+
+
+# what the Korean page may write in Latin letters: notation, names, and the English example words it discusses
+LATIN_IN_KOREAN = {
+    "A", "B", "D", "K", "Q", "T", "V", "W", "X", "a", "d", "e", "h", "k", "p", "q", "s", "v", "x",  # notation
+    "W_K", "W_O", "W_Q", "d_k", "h_t", "p_t", "softmax", "tanh", "nat", "UTC",
+    "dot", "general", "concat", "location", "local-m", "local-p",  # Luong's names for his score functions
+    "GPT", "Luong", "MADE", "MiniLM", "PixelCNN", "qkv", "Blue", "Brown",  # names (3Blue1Brown)
+    "daughter", "son", "woman", "man", "table", "chair",  # the English words whose vectors the text compares
+}  # fmt: skip
+
+
+def test_the_korean_page_is_korean_and_its_figures_speak_korean(steps, tmp_path):
+    """Every sentence, heading and table header of the Korean page is Korean (Latin letters only in notation, names,
+    quoted examples and the model's own tokens), and every figure is drawn with Korean words."""
+    import html as html_module
+    import re
+
+    page = write_tour(tmp_path / "ko.html", "ko", list(steps.values())).read_text(encoding="utf-8")
+    text = re.sub(r"<style>.*?</style>|src=\"data:[^\"]*\"|<td>.*?</td>|<code>.*?</code>", " ", page, flags=re.S)
+    text = html_module.unescape(re.sub(r"<[^>]+>", " ", text))
+    text = re.sub(r"“[^”]*”|\S*/tour/\S*|\d[\d.]*e[-+]\d+", " ", text)  # quoted examples, the run's path, 2.4e-07
+    assert set(re.findall(r"[A-Za-z][A-Za-z_\-]*", text)) <= LATIN_IN_KOREAN
+    for step in steps.values():
+        for name, png in step.figures:
+            assert isinstance(png, dict) and png["en"] != png["ko"], (step.key, name)
+
+
+def test_numbers_are_written_for_people():
+    from qkv.tour.page import fmt
+
+    assert [fmt(x) for x in (0.5, 2.0, 0.99996, 0.0551234, 2.38e-07, 1024.0, -0.0275123)] == [
+        "0.5", "2", "1.00", "0.0551", "2.38e-07", "1024", "-0.0275",
+    ]  # fmt: skip
+    assert fmt([("e", 0.39208582043647766), ("o", 0.111)]) == "“e” 0.392, “o” 0.111"  # never a raw float
+    assert fmt((384, 384)) == "384×384" and fmt({"it": 8, "tired": 3}) == "“it”: 8; “tired”: 3"

@@ -13,7 +13,8 @@ __all__ = ["Step"]
 class Step:
     key: str  # names the step's text in qkv.tour.text
     numbers: dict[str, Any] = field(default_factory=dict)  # what the text cites, by name
-    figures: list[tuple[str, bytes]] = field(default_factory=list)  # (caption key, PNG)
+    # (caption key, PNG): one PNG for every language, or one per language when the figure has words in it
+    figures: list[tuple[str, bytes | dict[str, bytes]]] = field(default_factory=list)
     # (header, rows); a header cell is one string for every language or an (English, Korean) pair
     tables: list[tuple[list[str | tuple[str, str]], list[list[str]]]] = field(default_factory=list)
     unavailable: str | None = None  # a text key saying why a part cannot be shown (instead of a meaningless picture)

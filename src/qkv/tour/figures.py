@@ -9,9 +9,23 @@ from pathlib import Path
 
 from torch import Tensor
 
-from qkv.visualization.grid import _figure, _style
+from qkv.visualization.grid import GridWords, _figure, _style
 
-__all__ = ["bars", "from_file", "heatmap", "lines"]
+__all__ = ["bars", "each_language", "from_file", "grid_words", "heatmap", "lines"]
+
+
+def each_language(draw: Callable[[str], bytes]) -> dict[str, bytes]:
+    """A figure drawn once per language of the tour (its words in that language), by language."""
+    from qkv.tour.text import LANGUAGES
+
+    return {lang: draw(lang) for lang in LANGUAGES}
+
+
+def grid_words(lang: str) -> GridWords:
+    """The words of qkv's attention drawings in ``lang``."""
+    from qkv.tour.text import GRID_KO
+
+    return GridWords(**GRID_KO) if lang == "ko" else GridWords()
 
 
 def _png(draw: Callable, size: tuple[float, float]) -> bytes:

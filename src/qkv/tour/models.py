@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 import qkv
 from qkv.tour.base import Step
-from qkv.tour.figures import bars, from_file, heatmap
+from qkv.tour.figures import bars, each_language, from_file, grid_words, heatmap
 from qkv.tour.runs import GPT_COMMANDS
+from qkv.tour.text import figure_words
 
 __all__ = ["context_meaning", "masking", "multi_head"]
 
@@ -58,10 +59,13 @@ def multi_head(model=None, tokenizer=None) -> Step:  # noqa: ANN001
     patterns = attentions[layer].flatten(1)
     similarity = F.cosine_similarity(patterns[:, None], patterns[None], dim=-1)
     off_diagonal = similarity[~torch.eye(len(similarity), dtype=torch.bool)]
-    title = f"MiniLM layer {layer}: 12 heads"
-    figure = from_file(  # two heads to a row: the token labels stay readable on the page at its own size
-        lambda p: qkv.visualization.plot_attention(attentions, tokens, p, layer=layer, title=title, columns=2)
-    )
+    heads = attentions[layer].shape[0]
+    figure = each_language(lambda lang: from_file(  # two heads to a row: labels readable on the page at 1x
+        lambda p: qkv.visualization.plot_attention(
+            attentions, tokens, p, layer=layer, title=figure_words(lang, "heads", layer=layer, heads=heads), columns=2,
+            words=grid_words(lang),
+        )
+    ))  # fmt: skip
     attn = qkv.visualization.capture.attention_modules(model)[layer]
     return Step(
         "multi_head",
@@ -116,9 +120,21 @@ def masking(run: Path | None) -> Step:
         p = torch.softmax(logits / t, -1)
         by_temperature[t] = p[top.indices].tolist()
         entropy.append(float(-(p * p.clamp_min(1e-30).log()).sum()))
-    figure_mask = heatmap(weights[-shown:, -shown:], last, last, "layer 0, head 0: the last 8 rows", ylabel="query")
-    figure_t = bars([repr(c) for c in chars], {f"T = {t}": v for t, v in by_temperature.items()},
-                    "next character after the prompt", "probability")  # fmt: skip
+    figure_mask = each_language(
+        lambda lang: heatmap(
+            weights[-shown:, -shown:],
+            last,
+            last,
+            figure_words(lang, "last_rows", rows=shown),
+            ylabel=figure_words(lang, "query"),
+        )
+    )
+    series = {f"T = {t}": v for t, v in by_temperature.items()}
+    figure_t = each_language(
+        lambda lang: bars(
+            [repr(c) for c in chars], series, figure_words(lang, "next_char"), figure_words(lang, "probability")
+        )
+    )
     return Step(
         "masking",
         numbers={
@@ -179,7 +195,7 @@ def context_meaning(model=None, tokenizer=None) -> Step:  # noqa: ANN001
             "control": control,
             "sentences": BANK,
         },  # fmt: skip
-        figures=[("bank", heatmap(cos, labels, labels, "cosine of the final-layer vectors of “bank”"))],
+        figures=[("bank", each_language(lambda lang: heatmap(cos, labels, labels, figure_words(lang, "bank"))))],
     )
 
 
@@ -198,8 +214,9 @@ def adjective_head(model, tokenizer) -> Step:  # noqa: ANN001
         for a in attentions
     ])  # (layers, heads)  # fmt: skip
     layer, head = divmod(int(scores.argmax()), scores.shape[1])
-    figure = heatmap(attentions[layer][head], tokens, tokens, f"MiniLM layer {layer}, head {head}", numbers=False,
-                     ylabel="query")  # fmt: skip
+    figure = each_language(lambda lang: heatmap(
+        attentions[layer][head], tokens, tokens, figure_words(lang, "minilm_head", layer=layer, head=head),
+        numbers=False, ylabel=figure_words(lang, "query")))  # fmt: skip
     return Step(
         "single_head",
         numbers={

@@ -22,8 +22,10 @@ def fmt(value: Any) -> str:  # noqa: ANN401
         value = value.tolist()
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, float):  # 3 significant digits, trailing zeros kept: 1.00 (not 1), 0.0551, 2.38e-07
-        return f"{value:#.3g}"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
+        return str(int(value))  # 1024, not 1.02e+03
+    if isinstance(value, float):  # exact short values as they are (0.5); others to 3 significant digits, the
+        return f"{value:g}" if float(f"{value:.3g}") == value else f"{value:#.3g}"  # zeros kept: 0.99996 -> 1.00
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
@@ -43,10 +45,17 @@ def fmt(value: Any) -> str:  # noqa: ANN401
     return str(value)
 
 
+def _quoted(numbers: dict[str, Any]) -> dict[str, str]:
+    """A step's numbers as the page writes them (escaped); commands to paste as code."""
+    return {
+        name: f"<code>{html.escape(fmt(value))}</code>" if name == "commands" else html.escape(fmt(value))
+        for name, value in numbers.items()
+    }
+
+
 def _paragraphs(step: Step, lang: str) -> list[str]:
     text = STEPS[step.key][lang]
-    values = {name: html.escape(fmt(value)) for name, value in step.numbers.items()}
-    return [paragraph.format_map(_Strict(values, step.key)) for paragraph in text["body"]]
+    return [paragraph.format_map(_Strict(_quoted(step.numbers), step.key)) for paragraph in text["body"]]
 
 
 class _Strict(dict):
@@ -83,13 +92,14 @@ def render(steps: list[Step], lang: str) -> str:
         if step.unavailable != "runs":  # (a step without its runs has no numbers to quote)
             parts += [f"<p>{p}</p>" for p in _paragraphs(step, lang)]
         if step.unavailable is not None:
-            message = spec["unavailable"][lang].format_map(
-                _Strict({k: html.escape(fmt(v)) for k, v in step.numbers.items()}, step.key)
-            )
+            message = spec["unavailable"][lang].format_map(_Strict(_quoted(step.numbers), step.key))
             parts.append(f'<p class="unavailable"><b>{words["unavailable"]}:</b> {message}</p>')
         parts += [_table(header, rows, lang) for header, rows in step.tables]
         caption = LANGUAGES.index(lang)
-        parts += [_figure(png, spec["captions"][name][caption], words["figure"]) for name, png in step.figures]
+        parts += [
+            _figure(png if isinstance(png, bytes) else png[lang], spec["captions"][name][caption], words["figure"])
+            for name, png in step.figures
+        ]
         sections.append("\n".join(parts) + "</section>")
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return TEMPLATE.format(

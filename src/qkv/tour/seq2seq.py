@@ -10,7 +10,7 @@ import torch
 
 import qkv
 from qkv.tour.base import Step
-from qkv.tour.figures import from_file
+from qkv.tour.figures import each_language, from_file, grid_words
 from qkv.tour.runs import DATES_COMMANDS
 
 __all__ = ["bottleneck", "greedy_vs_beam"]
@@ -60,8 +60,9 @@ def bottleneck(attention_run: Path | None, plain_run: Path | None, pairs: int = 
     source_tokens = [tokenizer.source.piece(t) for t in src[0].tolist()]
     target_tokens = [tokenizer.target.piece(t) for t in kept]
     translation = tokenizer.decode_target(kept)
-    figure = from_file(lambda p: qkv.visualization.plot_alignment(
-        weights, source_tokens, target_tokens, p, title=f"{KOREAN_DATE} → {translation}"))  # fmt: skip
+    title = f"{KOREAN_DATE} → {translation}"
+    figure = each_language(lambda lang: from_file(lambda p: qkv.visualization.plot_alignment(
+        weights, source_tokens, target_tokens, p, title=title, words=grid_words(lang))))  # fmt: skip
     return Step(
         "bottleneck",
         numbers={

@@ -296,3 +296,43 @@ STEPS["beam"] = {
     "captions": {},
     "unavailable": RUNS_MISSING,
 }
+
+# The words inside the figures, (English, Korean); a figure is drawn once per language (qkv.tour.figures.each_language)
+FIGURES = {
+    "query": ("query", "쿼리"),
+    "plain": ("Q = K = V = X: softmax(X Xᵀ)", "Q = K = V = X: softmax(X Xᵀ)"),
+    "learned": ("learned W_Q, W_K: softmax(QKᵀ/√d)", "학습된 W_Q, W_K: softmax(QKᵀ/√d)"),
+    "dots": ("K·Q (rows: keys, columns: queries)", "K·Q (행: 키, 열: 쿼리)"),
+    "pattern": ("softmax down each column: the attention pattern", "열마다 softmax: 어텐션 패턴"),
+    "minilm_head": ("MiniLM layer {layer}, head {head}", "MiniLM 층 {layer}, 헤드 {head}"),
+    "unscaled": ("without the scale", "나누지 않음"),
+    "scaled": ("divided by √d_k", "√d_k로 나눔"),
+    "saturation": ("mean largest softmax weight over {keys} keys", "키 {keys}개에 대한 softmax 최대 가중치의 평균"),
+    "largest": ("largest weight", "가장 큰 가중치"),
+    "heads": ("MiniLM layer {layer}: {heads} heads", "MiniLM 층 {layer}: 헤드 {heads}개"),
+    "last_rows": ("layer 0, head 0: the last {rows} rows", "층 0, 헤드 0: 마지막 {rows}행"),
+    "next_char": ("next character after the prompt", "프롬프트 다음 글자"),
+    "probability": ("probability", "확률"),
+    "bank": ("cosine of the final-layer vectors of “bank”", "“bank”의 마지막 층 벡터 코사인"),
+    "scores": ("a_t(s) by score function", "점수 함수별 a_t(s)"),
+    "local": (
+        "decoder step {step}: weights over the source (D = {window})",
+        "디코더 스텝 {step}: 소스 가중치 (D = {window})",
+    ),
+    "made": ("MADE: output × input", "MADE: 출력 × 입력"),
+    "pixelcnn": ("PixelCNN 5×5 masks: type A (left), type B (right)", "PixelCNN 5×5 마스크: A형(왼쪽), B형(오른쪽)"),
+}
+
+# what the attention drawings write around the weights, in Korean (English: the library's defaults)
+GRID_KO = {
+    "panel": "층 {layer} · 헤드 {head}",
+    "mean": "층 {layer} · 헤드 {heads}개의 평균",
+    "axes": "행: 쿼리, 열: 키",
+    "alignment_axes": "행: 출력, 열: 입력",
+    "colorbar": "어텐션 가중치",
+}
+
+
+def figure_words(lang: str, key: str, **values: object) -> str:
+    """A figure's words in ``lang``, with ``values`` filled in."""
+    return FIGURES[key][LANGUAGES.index(lang)].format(**values)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from qkv.attention import attend
 from qkv.attention.scores import make_score
 from qkv.tour.base import Step
-from qkv.tour.figures import heatmap, lines
+from qkv.tour.figures import each_language, heatmap, lines
+from qkv.tour.text import figure_words
 
 __all__ = ["i_go_home", "local_alignment", "made_and_pixelcnn_masks", "scaling", "score_functions", "single_head"]
 
@@ -56,8 +57,26 @@ def i_go_home(steps: int = 300) -> Step:
             "plain_diag": plain.diagonal().tolist(),
         },
         figures=[
-            ("plain", heatmap(plain, WORDS_HOME, WORDS_HOME, "Q = K = V = X: softmax(X Xᵀ)", ylabel="query")),
-            ("learned", heatmap(learned, WORDS_HOME, WORDS_HOME, "learned W_Q, W_K: softmax(QKᵀ/√d)", ylabel="query")),
+            (
+                "plain",
+                each_language(
+                    lambda lang: heatmap(
+                        plain, WORDS_HOME, WORDS_HOME, figure_words(lang, "plain"), ylabel=figure_words(lang, "query")
+                    )
+                ),
+            ),
+            (
+                "learned",
+                each_language(
+                    lambda lang: heatmap(
+                        learned,
+                        WORDS_HOME,
+                        WORDS_HOME,
+                        figure_words(lang, "learned"),
+                        ylabel=figure_words(lang, "query"),
+                    )
+                ),
+            ),
         ],
     )
 
@@ -100,8 +119,11 @@ def single_head() -> Step:
             "fluffy_creature_dot": float(dots[1, 3]),
         },
         figures=[
-            ("dots", heatmap(dots, FLUFFY, FLUFFY, "K·Q (rows: keys, columns: queries)", cmap="RdBu_r")),
-            ("pattern", heatmap(weights, FLUFFY, FLUFFY, "softmax down each column: the attention pattern")),
+            (
+                "dots",
+                each_language(lambda lang: heatmap(dots, FLUFFY, FLUFFY, figure_words(lang, "dots"), cmap="RdBu_r")),
+            ),
+            ("pattern", each_language(lambda lang: heatmap(weights, FLUFFY, FLUFFY, figure_words(lang, "pattern")))),
         ],
     )
 
@@ -119,14 +141,14 @@ def scaling(samples: int = 2000, keys: int = 16) -> Step:
         spread_scaled.append(float((scores / math.sqrt(d)).std()))
         peak.append(float(torch.softmax(scores, -1).max(-1).values.mean()))
         peak_scaled.append(float(torch.softmax(scores / math.sqrt(d), -1).max(-1).values.mean()))
-    figure = lines(
+    figure = each_language(lambda lang: lines(
         dims,
-        {"without the scale": peak, "divided by √d_k": peak_scaled},
-        f"mean largest softmax weight over {keys} keys",
+        {figure_words(lang, "unscaled"): peak, figure_words(lang, "scaled"): peak_scaled},
+        figure_words(lang, "saturation", keys=keys),
         "d_k",
-        "largest weight",
+        figure_words(lang, "largest"),
         log_x=True,
-    )
+    ))  # fmt: skip
     return Step(
         "scaling",
         numbers={
@@ -172,7 +194,16 @@ def score_functions() -> Step:
     return Step(
         "score_functions",
         numbers={"weights": rows},
-        figures=[("scores", heatmap(table, list(rows), [f"h̄{s + 1}" for s in range(5)], "a_t(s) by score function"))],
+        figures=[
+            (
+                "scores",
+                each_language(
+                    lambda lang: heatmap(
+                        table, list(rows), [f"h̄{s + 1}" for s in range(5)], figure_words(lang, "scores")
+                    )
+                ),
+            )
+        ],  # fmt: skip
     )
 
 
@@ -198,11 +229,13 @@ def local_alignment(window: int = 2, step: int = 5) -> Step:
         figures=[
             (
                 "local",
-                heatmap(
-                    table,
-                    list(rows),
-                    [str(s) for s in range(12)],
-                    f"decoder step {step}: weights over the source (D = {window})",
+                each_language(
+                    lambda lang: heatmap(
+                        table,
+                        list(rows),
+                        [str(s) for s in range(12)],
+                        figure_words(lang, "local", step=step, window=window),
+                    )
                 ),
             )
         ],  # fmt: skip
@@ -241,15 +274,21 @@ def made_and_pixelcnn_masks() -> Step:
         figures=[
             (
                 "made",
-                heatmap(connectivity.float(), [f"p(x{i + 1}|·)" for i in range(3)], names, "MADE: output × input"),
+                each_language(
+                    lambda lang: heatmap(
+                        connectivity.float(), [f"p(x{i + 1}|·)" for i in range(3)], names, figure_words(lang, "made")
+                    )
+                ),
             ),
             (
                 "pixelcnn",
-                heatmap(
-                    torch.cat([mask_a, torch.zeros(5, 1), mask_b], dim=1),
-                    [str(r) for r in range(5)],
-                    [str(c) for c in range(5)] + [""] + [str(c) for c in range(5)],
-                    "PixelCNN 5×5 masks: type A (left), type B (right)",
+                each_language(
+                    lambda lang: heatmap(
+                        torch.cat([mask_a, torch.zeros(5, 1), mask_b], dim=1),
+                        [str(r) for r in range(5)],
+                        [str(c) for c in range(5)] + [""] + [str(c) for c in range(5)],
+                        figure_words(lang, "pixelcnn"),
+                    )
                 ),
             ),  # fmt: skip
         ],

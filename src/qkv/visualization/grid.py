@@ -6,6 +6,7 @@ setup script)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from qkv.errors import ConfigError, ShapeError, describe_shape
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["IMAGE_SUFFIXES", "check_image_path", "downsample", "plot_alignment", "plot_attention"]
+__all__ = ["IMAGE_SUFFIXES", "GridWords", "check_image_path", "downsample", "plot_alignment", "plot_attention"]
 
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf")  # what matplotlib writes without extra packages
 MAX_LABELS = 48  # beyond this many tokens the axis labels are unreadable and are left out
@@ -66,6 +67,21 @@ def _panel(ax, w: Tensor, keys: Sequence[str], queries: Sequence[str], title: st
     return image, block
 
 
+@dataclass(frozen=True)
+class GridWords:
+    """The words a drawing writes around the weights (panel titles, what rows and columns are, the colour bar):
+    English by default; a page in another language passes its own (``qkv tour --lang ko``)."""
+
+    panel: str = "layer {layer} · head {head}"
+    mean: str = "layer {layer} · mean of {heads} heads"
+    axes: str = "rows: queries, columns: keys"
+    alignment_axes: str = "rows: target, columns: source"
+    colorbar: str = "attention weight"
+
+
+ENGLISH = GridWords()
+
+
 def plot_attention(
     attentions: Sequence[Tensor],
     tokens: Sequence[str],
@@ -76,6 +92,7 @@ def plot_attention(
     average: bool = False,
     title: str = "attention",
     columns: int = 4,
+    words: GridWords = ENGLISH,
 ) -> Path:
     """Draw one sequence's attention and write it to ``path`` (``.png`` or ``.svg``).
 
@@ -85,6 +102,7 @@ def plot_attention(
         layer, head: both -> one head; ``layer`` only -> all heads of that layer (``average`` -> their mean);
             neither -> the layer × head overview (``average`` -> one panel per layer).
         columns: panels per row when one layer's heads are drawn (fewer, larger panels read better on a page).
+        words: the words written around the weights (:class:`GridWords`; English by default).
     """
     layers, heads = len(attentions), attentions[0].shape[0]
     if layer is not None and not 0 <= layer < layers:
@@ -98,13 +116,13 @@ def plot_attention(
     for row, li in enumerate(chosen):
         w = attentions[li].detach().float().cpu()
         if head is not None:
-            panels.append((0, 0, w[head], f"layer {li} · head {head}"))
+            panels.append((0, 0, w[head], words.panel.format(layer=li, head=head)))
         elif average:
-            panels.append((row, 0, w.mean(0), f"layer {li} · mean of {heads} heads"))
+            panels.append((row, 0, w.mean(0), words.mean.format(layer=li, heads=heads)))
         elif layer is not None:  # one layer's heads, `columns` to a row
-            panels += [(h // columns, h % columns, w[h], f"layer {li} · head {h}") for h in range(heads)]
+            panels += [(h // columns, h % columns, w[h], words.panel.format(layer=li, head=h)) for h in range(heads)]
         else:
-            panels += [(row, h, w[h], f"layer {li} · head {h}") for h in range(heads)]
+            panels += [(row, h, w[h], words.panel.format(layer=li, head=h)) for h in range(heads)]
     rows = 1 + max(p[0] for p in panels)
     cols = 1 + max(p[1] for p in panels)
     single = len(panels) == 1
@@ -120,8 +138,8 @@ def plot_attention(
             axes[row][col].set_axis_on()
             image, block = _panel(axes[row][col], w, tokens, tokens, name, labels=single or len(tokens) <= 24)
         note = f" (averaged over {block}×{block} blocks: {len(tokens)} tokens)" if block > 1 else ""
-        fig.suptitle(f"{title}{note} — rows: queries, columns: keys", fontsize=10)
-        return _finish(fig, axes, image, path)
+        fig.suptitle(f"{title}{note} — {words.axes}", fontsize=10)
+        return _finish(fig, axes, image, path, words.colorbar)
 
 
 def check_image_path(path: str | Path) -> Path:
@@ -159,7 +177,13 @@ def _finish(fig: Figure, axes, image, path: Path, label: str = "attention weight
 
 
 def plot_alignment(
-    weights: Tensor, source: Sequence[str], target: Sequence[str], path: str | Path, *, title: str = "alignment"
+    weights: Tensor,
+    source: Sequence[str],
+    target: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "alignment",
+    words: GridWords = ENGLISH,
 ) -> Path:
     """Draw a seq2seq alignment, ``weights (target_len, source_len)``: row t = where target token t looked.
 
@@ -185,8 +209,8 @@ def plot_alignment(
             for tick in axes[0][0].get_xticklabels():
                 tick.set_rotation(0)
         note = f" (averaged over {block}×{block} blocks)" if block > 1 else ""
-        fig.suptitle(f"{title}{note} — rows: target, columns: source", fontsize=10)
-        return _finish(fig, axes, image, path)
+        fig.suptitle(f"{title}{note} — {words.alignment_axes}", fontsize=10)
+        return _finish(fig, axes, image, path, words.colorbar)
 
 
 def plot_head_scores(scores: Tensor, path: str | Path, *, title: str = "head scores") -> Path:
