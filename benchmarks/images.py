@@ -24,8 +24,8 @@ import torch
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
 from qkv.cli import main as qkv_main
-from qkv.cli.common import load_image_model
 from qkv.decoding.images import sample_images
+from qkv.runs import load_image_model
 
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results"

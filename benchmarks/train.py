@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from qkv.benchmarking.report import Report, Row
-from qkv.cli.common import load_causal_lm
+from qkv.runs import load_causal_lm
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "configs" / "gpt-baby.toml"

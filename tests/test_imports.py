@@ -25,3 +25,16 @@ def test_public_names_arrive_when_used():
     assert "safetensors" in loaded_after("import qkv; qkv.load_pretrained")
     code = "import qkv; assert qkv.models.GPT and qkv.errors.ShapeError and 'attend' in dir(qkv)"
     assert loaded_after(code) == set()
+
+
+def test_the_cli_entry_point_loads_nothing_until_it_runs():
+    """``qkv`` must be inside its Ctrl-C handling before PyTorch's second-long import starts."""
+    code = "import sys\nfrom qkv.cli import main\nprint('torch' in sys.modules, 'qkv.cli.common' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_the_tour_loads_runs_through_the_library_not_the_cli():
+    code = "import sys\nimport qkv.tour.models, qkv.tour.seq2seq, qkv.tour.runs\nprint('qkv.cli' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "False"

@@ -37,6 +37,7 @@ _SUBMODULES = (
     "errors",
     "models",
     "pretrained",
+    "runs",
     "training",
     "visualization",
 )

@@ -52,7 +52,7 @@ def test_generate_with_decoding_controls_prints_what_the_api_returns(run_dir, ca
     import torch
 
     import qkv
-    from qkv.cli.common import load_causal_lm
+    from qkv.runs import load_causal_lm
 
     flags = ["--repetition-penalty", "1.5", "--no-repeat-ngram-size", "3", "--frequency-penalty", "0.2"]
     capsys.readouterr()
@@ -77,7 +77,7 @@ def test_generate_prints_the_n_best_with_their_scores(run_dir, capsys):
     import torch
 
     import qkv
-    from qkv.cli.common import load_causal_lm
+    from qkv.runs import load_causal_lm
 
     argv = ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "6", "--strategy", "beam"]
     capsys.readouterr()
@@ -96,7 +96,7 @@ def test_generate_prints_the_n_best_with_their_scores(run_dir, capsys):
 
 def test_generate_continues_every_line_of_a_file_in_one_batch(run_dir, tmp_path, capsys):
     import qkv
-    from qkv.cli.common import load_causal_lm
+    from qkv.runs import load_causal_lm
 
     lines = ["Ham.", "", "KING", "O"]
     (tmp_path / "prompts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -262,8 +262,9 @@ def test_streamed_text_equals_the_text_printed_whole(run_dir, capsys):
 
 @pytest.mark.parametrize("metric", ["ablation", "attribution", "logit-attribution", "induction", "previous-token"])
 def test_heads_prints_the_scores_the_api_computes_and_draws_them(run_dir, tmp_path, capsys, metric):
-    from qkv.cli.common import encode_prompt, load_causal_lm
+    from qkv.cli.common import encode_prompt
     from qkv.cli.heads import head_scores
+    from qkv.runs import load_causal_lm
 
     png = tmp_path / "heads.png"
     capsys.readouterr()
@@ -307,7 +308,7 @@ def test_heads_refuses_ablation_without_a_language_model_and_empty_text(run_dir,
 def test_generate_never_samples_unk_and_prints_what_the_api_gives_with_it_suppressed(run_dir, capsys):
     """The tiny model gives <unk> (id 0, no text: it would print U+FFFD) some probability; the CLI suppresses it."""
     import qkv
-    from qkv.cli.common import load_causal_lm
+    from qkv.runs import load_causal_lm
 
     model, tokenizer, _ = load_causal_lm(run_dir)
     prompt = torch.tensor([tokenizer.encode("Ham.")])

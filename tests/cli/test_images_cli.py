@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from qkv.cli import main
-from qkv.cli.common import load_image_model
 from qkv.data.images import ImageData, load_digits
+from qkv.runs import load_image_model
 
 ROOT = Path(__file__).parent.parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("digits-*.toml"))

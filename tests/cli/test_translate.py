@@ -65,9 +65,9 @@ def test_translate_prints_one_line_per_text_and_draws_the_alignment(seq2seq_dir,
 def test_translate_scores_are_the_models_log_probabilities(seq2seq_dir, capsys):
     import torch
 
-    from qkv.cli.common import load_seq2seq
     from qkv.data.pairs import pad_rows
     from qkv.decoding import score_translation, translate
+    from qkv.runs import load_seq2seq
 
     texts = ["March 5, 2021", "February 30, 2021"]
     capsys.readouterr()
@@ -85,9 +85,9 @@ def test_translate_scores_are_the_models_log_probabilities(seq2seq_dir, capsys):
 
 
 def test_translate_with_controls_prints_what_the_api_returns(seq2seq_dir, capsys):
-    from qkv.cli.common import load_seq2seq
     from qkv.data.pairs import pad_rows
     from qkv.decoding import translate
+    from qkv.runs import load_seq2seq
 
     capsys.readouterr()
     flags = ["--no-repeat-ngram-size", "2", "--min-new-tokens", "3", "--repetition-penalty", "1.2"]
@@ -159,8 +159,8 @@ def test_one_bad_text_is_reported_and_the_others_translated(seq2seq_dir, capsys)
 
 
 def test_texts_after_options_are_texts_and_min_new_tokens_is_capped_with_a_warning(seq2seq_dir, capsys):
-    from qkv.cli.common import load_seq2seq
     from qkv.decoding import translate
+    from qkv.runs import load_seq2seq
 
     capsys.readouterr()
     assert main(["translate", str(seq2seq_dir), "--min-new-tokens", "1", "5 Mar 21", "March 5, 2021"]) == 0

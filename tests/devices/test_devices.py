@@ -91,7 +91,7 @@ def test_every_backend_on_cuda_matches_the_float64_oracle(backend, causal):
 
 @pytest.mark.gpu
 def test_a_gpu_trained_checkpoint_generates_on_the_cpu(tmp_path):
-    from qkv.cli.common import load_causal_lm
+    from qkv.runs import load_causal_lm
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import qkv
-from qkv.cli.common import load_causal_lm, load_seq2seq
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models import GPT, GPTConfig, families
 from qkv.models.families import CAUSAL_LM, Family, family_for_hf, family_of, get_family, register_family
 from qkv.models.llama import LlamaConfig
+from qkv.runs import load_causal_lm, load_seq2seq
 from qkv.training import Trainer, load_run_config
 from qkv.training.config import RunConfig
 from qkv.training.runs import build_run

@@ -100,8 +100,9 @@ def attention_report(
 
 
 def run(args: argparse.Namespace) -> int:
-    from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_model_and_tokenizer
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files
     from qkv.errors import ConfigError
+    from qkv.runs import load_model_and_tokenizer
     from qkv.visualization.grid import IMAGE_SUFFIXES
 
     if not args.text:

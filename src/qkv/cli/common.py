@@ -1,4 +1,5 @@
-"""Pieces the CLI verbs share: loading a trained model and turning a prompt into token ids."""
+"""Pieces the CLI verbs share: options, output checks, Ctrl-C messages and turning a prompt into token ids (runs are
+loaded by :mod:`qkv.runs`)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,17 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
-from qkv.devices import place
-from qkv.errors import CheckpointError, ConfigError
-from qkv.models.families import CAUSAL_LM, IMAGE, SEQ2SEQ, Family, get_family
-from qkv.tokenizers import PairTokenizer, Tokenizer
-from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
+from qkv.errors import ConfigError
+from qkv.tokenizers import Tokenizer
 
 __all__ = [
     "add_device_option",
     "check_output_dir",
     "check_output_files",
     "encode_prompt",
-    "load_causal_lm",
-    "load_model_and_tokenizer",
-    "load_seq2seq",
     "non_text_tokens",
     "on_interrupt",
     "qkv_command",
@@ -150,97 +143,6 @@ def check_output_dir(flag: str, path: Path) -> None:
     if blocker is not None:
         raise ConfigError(f"{option} {path}: {blocker} is a file, so no directory can be made under it")
     _check_writable(option, path, "the run")
-
-
-def load_causal_lm(
-    path: str | Path, device: str | None = None, dtype: str | None = None
-) -> tuple[nn.Module, Tokenizer, CheckpointInfo]:
-    """A trained causal LM (GPT, Llama, or any registered family), its tokenizer and checkpoint info from a run or
-    checkpoint directory, on ``device`` (default: the CPU) in ``dtype`` (default: fp32). Checkpoints hold no
-    device: one trained on a GPU loads anywhere."""
-    info = load_checkpoint_info(path)
-    family = _family_of_checkpoint(info, CAUSAL_LM)
-    model = family.build(family.config.from_dict(info.meta["config"]["model"]))
-    info.load_model_weights(model)
-    return place(model, device, dtype).eval(), info.tokenizer(), info
-
-
-def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module, PairTokenizer, CheckpointInfo]:
-    """A trained RNN or Transformer encoder-decoder, its pair tokenizer and checkpoint info, on ``device``."""
-    from qkv.training.config import RunConfig
-
-    info = load_checkpoint_info(path)
-    family = _family_of_checkpoint(info, SEQ2SEQ)
-    model = family.build(RunConfig.from_dict(info.meta["config"]).model)
-    info.load_model_weights(model)
-    tokenizer = info.tokenizer()
-    if not isinstance(tokenizer, PairTokenizer):
-        raise CheckpointError(f"{info.path}/tokenizer.json is not a source/target (pair) tokenizer")
-    return place(model, device).eval(), tokenizer, info
-
-
-def load_image_model(path: str | Path, device: str | None = None) -> tuple[nn.Module, CheckpointInfo]:
-    """A trained image model (PixelCNN, MADE, pixel Transformer, ...) and its checkpoint info, on ``device``."""
-    from qkv.training.config import RunConfig
-
-    info = load_checkpoint_info(path)
-    family = _family_of_checkpoint(info, IMAGE)
-    model = family.build(RunConfig.from_dict(info.meta["config"]).model)
-    info.load_model_weights(model)
-    return place(model, device).eval(), info
-
-
-def load_model_and_tokenizer(
-    model_ref: str | Path, device: str | None = None, dtype: str | None = None, protocol: str | None = None
-) -> tuple[nn.Module, Any, bool]:
-    """``(model, tokenizer, pretrained)`` for a qkv run or checkpoint directory, a HuggingFace-format directory or a
-    bundled name; ``pretrained`` says which of the last two it was. ``protocol``: the kind of model the verb needs
-    (e.g. a causal LM to generate from), checked for pretrained models too."""
-    path = Path(model_ref)
-    if path.is_dir() and not (path / "config.json").is_file():  # a qkv run or checkpoint, or nothing qkv reads
-        if not ((path / "checkpoints").is_dir() or (path / "trainer.json").is_file()):
-            raise CheckpointError(
-                f"{path} holds no qkv checkpoint (no checkpoints/latest and no trainer.json) and is not a "
-                "HuggingFace-format model directory (no config.json)"
-            )
-        model, tokenizer, _ = load_causal_lm(path, device, dtype)
-        return model, tokenizer, False
-    from qkv.models.families import family_of
-    from qkv.pretrained import load_pretrained, load_tokenizer
-
-    model = load_pretrained(model_ref, device=device, dtype=dtype)
-    family = family_of(model)
-    if protocol is not None and family.protocol != protocol:
-        raise CheckpointError(f"{model_ref} holds a {family.name} model ({family.protocol}); this needs a {protocol}")
-    return model, load_tokenizer(model_ref), True
-
-
-# what each kind of model is for, named in the refusal when a run goes to the wrong verb
-WANTED = {
-    CAUSAL_LM: "a language model (causal LM)",
-    SEQ2SEQ: "a sequence-to-sequence model",
-    IMAGE: "an image model",
-}
-VERBS_FOR = {
-    CAUSAL_LM: "qkv generate, qkv attention or qkv heads",
-    SEQ2SEQ: "qkv translate",
-    IMAGE: "qkv sample or qkv field",
-}
-TRAIN_ONE = {CAUSAL_LM: "qkv quickstart", SEQ2SEQ: "qkv train dates-rnn", IMAGE: "qkv train digits-pixelcnn"}
-
-
-def _family_of_checkpoint(info: CheckpointInfo, protocol: str) -> Family:
-    try:
-        family = get_family(info.kind, what="model kind")
-    except ConfigError as exc:
-        raise CheckpointError(f"{info.path} holds a model qkv does not know: {exc}") from None
-    if family.protocol != protocol:
-        raise CheckpointError(
-            f"{info.path} holds a {info.kind!r} model, but this needs {WANTED[protocol]}; for this run use "
-            f"{VERBS_FOR.get(family.protocol, 'the verb of its kind')} (to train one this verb reads: "
-            f"{TRAIN_ONE[protocol]})"
-        )
-    return family
 
 
 def non_text_tokens(tokenizer: object) -> tuple[int, ...]:

@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qkv.attention.memory import activation_bytes, check_fits
-    from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_image_model
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files
     from qkv.errors import ConfigError
+    from qkv.runs import load_image_model
     from qkv.training.images import run_image_data
     from qkv.visualization.grid import IMAGE_SUFFIXES
     from qkv.visualization.html import PixelFields, write_attention_page

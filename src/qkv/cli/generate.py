@@ -101,10 +101,11 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from qkv.cli.common import encode_prompt, load_model_and_tokenizer, non_text_tokens, on_interrupt
+    from qkv.cli.common import encode_prompt, non_text_tokens, on_interrupt
     from qkv.decoding import generate_stream
     from qkv.decoding.controls import stop_strings
     from qkv.models.families import CAUSAL_LM
+    from qkv.runs import load_model_and_tokenizer
 
     check_generation_args(args)
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)

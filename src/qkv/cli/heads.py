@@ -61,9 +61,10 @@ def head_scores(model, ids, metric: str):  # noqa: ANN001, ANN201
 
 def run(args: argparse.Namespace) -> int:
     from qkv.cli.attention import attention_report
-    from qkv.cli.common import HTML_SUFFIXES, check_output_files, encode_prompt, load_model_and_tokenizer
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files, encode_prompt
     from qkv.devices import model_device
     from qkv.errors import ConfigError
+    from qkv.runs import load_model_and_tokenizer
     from qkv.visualization.grid import IMAGE_SUFFIXES, plot_head_scores
 
     if not args.text:

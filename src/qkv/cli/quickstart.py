@@ -54,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     from qkv.cli.common import (
         check_output_dir,
         encode_prompt,
-        load_causal_lm,
         non_text_tokens,
         on_interrupt,
         qkv_command,
@@ -62,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from qkv.decoding import generate
     from qkv.errors import ConfigError
+    from qkv.runs import load_causal_lm
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
 

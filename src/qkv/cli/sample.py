@@ -33,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from qkv.cli.common import check_output_files, load_image_model, on_interrupt
+    from qkv.cli.common import check_output_files, on_interrupt
     from qkv.decoding.images import sample_images
     from qkv.errors import ConfigError
+    from qkv.runs import load_image_model
     from qkv.training.images import run_image_data
     from qkv.visualization.grid import IMAGE_SUFFIXES
     from qkv.visualization.images import nearest_images, plot_samples

@@ -82,10 +82,11 @@ def _numbered(path: Path, index: int, count: int, suffix: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from qkv.cli.common import HTML_SUFFIXES, check_output_files, load_seq2seq, warn
+    from qkv.cli.common import HTML_SUFFIXES, check_output_files, warn
     from qkv.cli.generate import check_generation_args
     from qkv.data.pairs import pad_rows
     from qkv.decoding.translate import NO_ALIGNMENT, cross_attention, translate
+    from qkv.runs import load_seq2seq
     from qkv.tokenizers.pair import EOS_ID
     from qkv.visualization.grid import IMAGE_SUFFIXES, plot_alignment
     from qkv.visualization.html import write_attention_page

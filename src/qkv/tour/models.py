@@ -99,7 +99,7 @@ def masking(run: Path | None) -> Step:
     """The causal mask and next-token prediction in the character GPT of ``run`` (:func:`qkv.tour.runs.gpt_run`):
     rows of weights sum to one over the past only; the model's top-5 next characters and what temperature does to
     them."""
-    from qkv.cli.common import load_causal_lm
+    from qkv.runs import load_causal_lm
 
     if run is None:
         return Step("masking", numbers={"commands": GPT_COMMANDS}, unavailable="runs")

@@ -19,7 +19,7 @@ KOREAN_DATE = "2021년 3월 5일 금요일"
 
 
 def _load(run: Path | None):  # noqa: ANN202
-    from qkv.cli.common import load_seq2seq
+    from qkv.runs import load_seq2seq
 
     return None if run is None else load_seq2seq(run)
 
