@@ -149,3 +149,25 @@ def test_bad_arguments_are_named():
     ):
         with pytest.raises(ConfigError, match=message):
             head_importance(model, ids, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["exact", "forwards"])
+def test_mean_ablation_importance_averages_real_tokens_when_the_input_is_padded(method):
+    """With an attention_mask among the model's inputs, a head's mean excludes padding: the importance equals the
+    metric change of patching that head with its mean over real tokens, taken by hand."""
+    model = qkv.load_pretrained("minilm").double().eval()
+    ids, mask = qkv.load_tokenizer("minilm").batch(["The cat sat on the mat today.", "Hi", "Attention is all"])
+
+    def norm(output, _ids, attention_mask):  # noqa: ANN001, ANN202
+        return (output.last_hidden_state * attention_mask[..., None]).sum(dim=(1, 2))
+
+    got = head_importance(model, ids, "mean", norm, method=method, attention_mask=mask)
+    layer, head = 3, 7
+    with torch.no_grad():
+        with qkv.analysis.record(model) as cache:
+            clean = norm(model(ids, mask), ids, mask)
+        out = cache.heads[layer][:, head]
+        by_hand = out[mask.bool()].mean(dim=0).expand_as(out).clone()
+        with qkv.intervene(model, patch={("head", layer, head): by_hand}):
+            ablated = norm(model(ids, mask), ids, mask)
+    assert got[layer, head].item() == pytest.approx(float((ablated - clean).mean()), rel=1e-9)

@@ -173,3 +173,27 @@ def test_bad_patches_are_named():
     refused = pytest.raises(ConfigError, match=r"residual after layer 1 must be \(2, 8, 16\)")
     with refused, torch.no_grad(), qkv.intervene(model, patch=bad):
         model(ids)
+
+
+def test_mean_ablation_with_a_token_mask_averages_the_real_tokens_only():
+    """MiniLM on a padded batch: with the padding mask, "mean" is the head's mean over real tokens (computed here by
+    hand from the recorded head outputs), not one pulled towards the padding positions' outputs."""
+    model = qkv.load_pretrained("minilm").double().eval()
+    ids, mask = qkv.load_tokenizer("minilm").batch(["The cat sat on the mat today.", "Hi"])
+    assert (mask == 0).any()  # the second sentence is padded
+    layer, head = 2, 5
+    with torch.no_grad():
+        with qkv.analysis.record(model) as cache:
+            model(ids, mask)
+        out = cache.heads[layer][:, head]  # (batch, seq, head_dim)
+        real = mask.bool()
+        by_hand = out[real].mean(dim=0)
+        assert (by_hand - out.mean(dim=(0, 1))).abs().max() > 1e-3  # the padding would move the mean
+        with qkv.intervene(model, patch={("head", layer, head): by_hand.expand_as(out).clone()}):
+            want = model(ids, mask).last_hidden_state
+        with qkv.intervene(model, ablate={(layer, head): "mean"}, token_mask=mask):
+            got = model(ids, mask).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    wrong = qkv.intervene(model, ablate={(layer, head): "mean"}, token_mask=mask[:, :3])
+    with pytest.raises(ConfigError, match=r"token_mask must be \(batch, q_len\) = \(2, \d+\)"), wrong, torch.no_grad():
+        model(ids, mask)

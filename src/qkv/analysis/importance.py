@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.analysis.intervene import ABLATIONS, head_hooks, intervene, layer_modules
+from qkv.analysis.intervene import ABLATIONS, head_hooks, head_means, intervene, layer_modules
 from qkv.errors import ConfigError
 from qkv.models.modes import eval_mode
 from qkv.visualization.capture import attention_modules
@@ -54,8 +54,8 @@ def head_importance(
     Args:
         ids: ``(batch, seq)`` the input, passed as ``model(ids, **model_kwargs)``; tensors in ``model_kwargs``
             (e.g. BERT's ``attention_mask``) have the batch first.
-        ablation: ``"zero"`` or ``"mean"`` (the head's mean output over the batch and positions), as in
-            :func:`qkv.intervene`.
+        ablation: ``"zero"`` or ``"mean"`` (the head's mean output over the batch and positions; over the real
+            tokens only when ``model_kwargs`` has an ``attention_mask``), as in :func:`qkv.intervene`.
         metric: ``metric(model_output, ids, **model_kwargs) -> (batch,)``, given the inputs the model was given (in
             the exact method, the batch is repeated once per head scored in a pass); the default is the next-token
             loss of a causal LM.
@@ -104,6 +104,12 @@ class _Scoring:
             )
         return values.double()
 
+    @property
+    def token_mask(self) -> Tensor | None:
+        """The real tokens ``(batch, seq)`` when the model was given a padding mask (BERT's ``attention_mask``):
+        a head's mean is taken over them only."""
+        return self.inputs.get("attention_mask")
+
     def table(self) -> Tensor:
         """Zeros ``(layers, heads)`` to fill."""
         return torch.zeros(len(self.modules), max(m.num_heads for m in self.modules), dtype=torch.float64)
@@ -130,7 +136,11 @@ def _exact(scoring: _Scoring, heads_per_pass: int | None) -> Tensor:
         step = heads_per_pass or module.num_heads
         for first in range(0, module.num_heads, step):
             heads = list(range(first, min(first + step, module.num_heads)))
-            mean = clean.head_outputs[layer][:, heads].mean(dim=(0, 2)) if scoring.ablation == "mean" else None
+            mean = (
+                head_means(clean.head_outputs[layer][:, heads], scoring.token_mask)
+                if scoring.ablation == "mean"
+                else None
+            )
             hook = _batched_ablation(heads, scoring.ids.shape[0], mean)
             with head_hooks({module: hook}), _reuse(clean.done_before[layer], clean.layer_outputs, len(heads)):
                 ablated = scoring.run(copies=len(heads)).view(len(heads), -1)
@@ -144,7 +154,7 @@ def _one_forward_per_head(scoring: _Scoring) -> Tensor:
     out = scoring.table()
     for layer, module in enumerate(scoring.modules):
         for head in range(module.num_heads):
-            with intervene(scoring.model, ablate={(layer, head): scoring.ablation}):
+            with intervene(scoring.model, ablate={(layer, head): scoring.ablation}, token_mask=scoring.token_mask):
                 out[layer, head] = float((scoring.run() - clean).mean())
     return out
 
@@ -254,7 +264,11 @@ def _attribution(scoring: _Scoring) -> Tensor:
         actual = probes[index][0].double()  # (batch, heads, q_len, head_dim)
         if grad is None:  # the metric does not depend on this layer
             continue
-        target = torch.zeros_like(actual) if scoring.ablation == "zero" else actual.mean(dim=(0, 2), keepdim=True)
+        target = (
+            torch.zeros_like(actual)
+            if scoring.ablation == "zero"
+            else head_means(actual, scoring.token_mask)[None, :, None, :]
+        )
         out[index, : actual.shape[1]] = ((target - actual) * grad.double()).sum(dim=(0, 2, 3)).cpu()
     return out
 

@@ -93,14 +93,32 @@ def _chain(first: Any, second: Any) -> Any:  # noqa: ANN401
     return second if first is None else (lambda out: second(first(out)))
 
 
-def _head_hook(heads: dict[int, str], means: Mapping[int, Tensor], patches: Mapping[int, Tensor]):  # noqa: ANN202
+def head_means(out: Tensor, token_mask: Tensor | None = None) -> Tensor:
+    """Each head's mean output ``(heads, head_dim)`` over the batch and positions of ``out (batch, heads, q_len,
+    head_dim)``: over the real tokens only when ``token_mask (batch, q_len)`` (1 = a real token, as BERT's
+    ``attention_mask``) is given, so padding never pulls the mean (as nnsight's examples average)."""
+    if token_mask is None:
+        return out.mean(dim=(0, 2))
+    if token_mask.shape != (out.shape[0], out.shape[2]):
+        raise ConfigError(
+            f"token_mask must be (batch, q_len) = ({out.shape[0]}, {out.shape[2]}) for this attention module, got "
+            f"{tuple(token_mask.shape)}"
+        )
+    weights = token_mask.to(out.dtype)[:, None, :, None]  # (batch, 1, q_len, 1)
+    return (out * weights).sum(dim=(0, 2)) / weights.sum(dim=(0, 2)).clamp_min(1)
+
+
+def _head_hook(  # noqa: ANN202
+    heads: dict[int, str], means: Mapping[int, Tensor], patches: Mapping[int, Tensor], token_mask: Tensor | None
+):
     def hook(out: Tensor) -> Tensor:  # (batch, heads, q_len, head_dim)
+        current = head_means(out, token_mask) if any(kind == "mean" for kind in heads.values()) else None
         out = out.clone()
         for head, kind in heads.items():
             if kind == "zero":
                 out[:, head] = 0.0
             else:
-                mean = means[head] if head in means else out[:, head].mean(dim=(0, 1))
+                mean = means[head] if head in means else current[head]  # type: ignore[index]
                 out[:, head] = mean.to(out.dtype)
         for head, value in patches.items():
             if value.shape != out[:, head].shape:
@@ -132,6 +150,7 @@ def intervene(
     ablate: Mapping[tuple[int, int], str] | None = None,
     means: Mapping[tuple[int, int], Tensor] | None = None,
     patch: Mapping[tuple, Tensor] | None = None,
+    token_mask: Tensor | None = None,
 ) -> Iterator[nn.Module]:
     """Inside, the listed heads of ``model`` are ablated.
 
@@ -141,6 +160,8 @@ def intervene(
             encoder's self-attention, then per decoder layer self- and cross-attention).
         means: ``{(layer, head): (head_dim,)}`` for ``"mean"``: a reference mean (default: the mean of the current
             forward pass over batch and positions).
+        token_mask: ``(batch, seq)``, 1 = a real token (BERT's ``attention_mask``): the current forward's
+            ``"mean"`` averages over the real tokens only, never over padding.
         patch: activation patching from a :func:`record`-ed run: ``{("head", layer, head): (batch, q_len,
             head_dim)}`` replaces a head's output, ``{("resid", layer): (batch, seq, embed_dim)}`` the residual
             stream after a layer (e.g. ``cache.heads[layer][:, head]``, ``cache.resid[layer]``).
@@ -180,6 +201,7 @@ def intervene(
             per_layer.get(layer, {}),
             {h: m for (lay, h), m in (means or {}).items() if lay == layer},
             head_patches.get(layer, {}),
+            token_mask,
         )
         for layer in set(per_layer) | set(head_patches)
     }
