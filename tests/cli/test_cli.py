@@ -329,3 +329,15 @@ def test_embed_warns_when_a_text_is_cut_and_refuses_an_empty_one(capsys):
     err = capsys.readouterr().err
     assert "warning: text 2 is longer than the model's 256 tokens; only the first 256 tokens are embedded" in err
     assert main(["embed", "  "]) == 2 and "a text is empty" in capsys.readouterr().err
+
+
+def test_help_names_every_trainable_family_and_every_pretrained_format(capsys):
+    from qkv.models.families import families
+
+    for verb in ("train", "attention"):
+        with pytest.raises(SystemExit) as done:
+            main([verb, "--help"])
+        assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f.name in text for f in families() if f.trainable)
+    assert "BERT, GPT-2, Llama, Mistral or Qwen2" in text

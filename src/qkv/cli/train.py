@@ -13,6 +13,8 @@ __all__ = ["add_parser"]
 
 
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
+    from qkv.models.families import families
+
     p = verbs.add_parser(
         name,
         help="train a model from a TOML config",
@@ -24,8 +26,9 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "config",
         type=Path,
-        help='a TOML file with [model], [data] and [train] sections and an optional top-level kind = "gpt" | '
-        '"rnn-seq2seq" | "transformer" | ..., or the name of a config qkv ships (gpt-baby; qkv configs lists them)',
+        help="a TOML file with [model], [data] and [train] sections and an optional top-level kind (a model family: "
+        f"{', '.join(f.name for f in families() if f.trainable)}), or the name of a config qkv ships (gpt-baby; "
+        "qkv configs lists them)",
     )
     p.add_argument(
         "--set",
