@@ -51,8 +51,10 @@ def test_every_config_trains_and_reports_the_models_exact_test_bits_per_dim(runs
 
 def test_an_image_run_resumes_bit_for_bit(tmp_path):
     config = str(ROOT / "configs" / "digits-pixelcnn.toml")
+    # one precision for both runs: "auto" still rests on a timing (issue 28), and a loaded machine can pick bf16 for
+    # one run and fp32 for the other; what is tested here is the resume
     args = ["--set", "train.eval_interval=2", "--set", "train.eval_iters=1", "--set", "train.checkpoint_interval=2",
-            "--no-progress"]  # fmt: skip
+            "--set", "train.precision='fp32'", "--no-progress"]  # fmt: skip
     assert main(["train", config, "--out", str(tmp_path / "a"), "--set", "train.steps=4", *args]) == 0
     assert main(["train", config, "--out", str(tmp_path / "b"), "--set", "train.steps=2", *args]) == 0
     assert main(["train", config, "--out", str(tmp_path / "b"), "--resume", "--set", "train.steps=4", *args]) == 0
