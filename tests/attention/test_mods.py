@@ -408,9 +408,9 @@ def test_attention_gym_soft_cap_gives_what_the_dense_computation_gives():
 
 def _flex_runs() -> bool:
     """FlexAttention compiles for this machine's CPU (torch 2.6 and later)."""
-    from qkv.attention.backends.flex import _flex, _torch_version
+    from qkv.attention.backends.flex import _flex
 
-    return _flex() is not None and _torch_version() >= (2, 6)
+    return _flex() is not None and torch.__version__ >= (2, 6)
 
 
 @pytest.mark.skipif(_flex_runs(), reason="this torch compiles FlexAttention for the CPU")

@@ -114,12 +114,13 @@ def check_output_files(suffixes: dict[str, tuple[str, ...]] | None = None, **fla
     (".png", ...)}``) a name of a format that is not written. Missing parent directories are fine: they are created
     (as ``--out`` creates a run directory).
 
-    ``check_output_files({"html": (".html",)}, html=args.html)``
+    ``check_output_files({"html": (".html",)}, html=args.html)``; an upper-case name is a positional argument's
+    (``FILE=path``), shown as it is.
     """
     for flag, path in flags.items():
         if path is None:
             continue
-        option = "--" + flag.replace("_", "-")
+        option = flag if flag.isupper() else "--" + flag.replace("_", "-")  # a positional (FILE) or an option
         if path.is_dir():
             raise ConfigError(f"{option} {path} is a directory; give a file name inside it, e.g. {path / 'out'}")
         blocker = _blocked_by_a_file(path)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
     target: Path = args.file or Path(config.name)
-    check_output_files({"file": (".toml",)}, file=target)
+    check_output_files({"FILE": (".toml",)}, FILE=target)
     if target.exists() and not args.force:
         raise ConfigError(f"{target} already exists; pass --force to overwrite it, or name another FILE")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -70,8 +70,7 @@ PARALLEL = ("ddp", "fsdp")
 
 def fsdp_runs_on_cpus() -> bool:
     """FSDP2 shards on CPU processes (gloo) from torch 2.6; before, it needs CUDA streams."""
-    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
-    return (major, minor) >= (2, 6)
+    return torch.__version__ >= (2, 6)  # (a TorchVersion: compares with tuples, local tags such as +cpu ignored)
 
 
 @dataclass

@@ -38,11 +38,6 @@ def _flex() -> tuple[Any, Any] | None:
     return torch.compile(flex_attention, dynamic=False), create_block_mask
 
 
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int(minor)
-
-
 def flex_unsupported_reason(call: AttentionCall) -> str | None:
     """Why FlexAttention cannot compute this call, or None when it can."""
     if _flex() is None:  # pragma: no cover - torch < 2.5
@@ -54,7 +49,7 @@ def flex_unsupported_reason(call: AttentionCall) -> str | None:
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (call.q, call.k, call.v, call.bias)
     )
-    if call.q.device.type == "cpu" and _torch_version() < (2, 6):
+    if call.q.device.type == "cpu" and torch.__version__ < (2, 6):
         return f"torch {torch.__version__} compiles FlexAttention for GPUs only (CPUs from torch 2.6); use 'chunked'"
     if call.q.device.type == "cpu" and wants_grad:
         return "FlexAttention has no backward pass on a CPU (pytorch#148752); 'chunked' has one"
