@@ -8,7 +8,8 @@
   qkv against HF generate on the same batch (attention mask and positions from the padding), and against qkv
   generating them one by one (the same tokens, tested in tests/decoding/test_batched.py).
 * speculative: a 6-layer / 384-dim character GPT and a 2-layer draft trained on the bundled corpus
-  (``--train-steps`` each), greedy 256 tokens: speculative_generate against plain qkv.generate; identical output.
+  (``--train-steps`` each), greedy 256 tokens: qkv.generate(..., draft_model=) against plain qkv.generate;
+  identical output.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import transformers
 import qkv
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
-from qkv.decoding import speculative_generate
 from qkv.training import Trainer, load_run_config
 from qkv.training.lm import build_lm
 
@@ -103,14 +103,14 @@ def batched(report: Report, new_tokens: int = 64) -> None:
     tokens = new_tokens * len(prompts)
 
     def run_batch():
-        return qkv.generate(ours, prompts, new_tokens)
+        return qkv.generate(ours, prompts, max_new_tokens=new_tokens)
 
     def run_hf():
         with torch.no_grad():
             return hf.generate(padded, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
     def run_one_by_one():
-        return [qkv.generate(ours, p[None], new_tokens) for p in prompts]
+        return [qkv.generate(ours, p[None], max_new_tokens=new_tokens) for p in prompts]
 
     t_batch, t_hf = time_pair(run_batch, run_hf, 3)
     setting = f"8 prompts of 5-60 tokens, {new_tokens} new each, 6 layers, 384 dim, 50k vocab"
@@ -165,13 +165,15 @@ def speculative(report: Report, steps: int, new_tokens: int = 256, k: int = 4) -
     results = {}
 
     def run_speculative():
-        results["spec"] = speculative_generate(target, draft, prompt, new_tokens, num_draft_tokens=k)
+        results["spec"] = qkv.generate(
+            target, prompt, max_new_tokens=new_tokens, draft_model=draft, num_draft_tokens=k, return_dict=True
+        )
 
     def run_plain():
-        results["plain"] = qkv.generate(target, prompt, new_tokens)
+        results["plain"] = qkv.generate(target, prompt, max_new_tokens=new_tokens)
 
     t_spec, t_plain = time_pair(run_speculative, run_plain, 3)
-    assert torch.equal(results["spec"].ids, results["plain"]), "speculative output differs from plain greedy"
+    assert torch.equal(results["spec"].sequences, results["plain"]), "speculative output differs from plain greedy"
     rate = results["spec"].acceptance_rate
     setting = f"6-layer target, 2-layer draft, {steps} steps each, greedy {new_tokens} tokens, k={k}"
     report.rows.append(

@@ -34,7 +34,7 @@ def measure(layers: int, dim: int, heads: int, vocab: int, new_tokens: int, repe
     outputs = {}
 
     def run(use_cache: bool) -> None:
-        outputs[use_cache] = qkv.generate(model, prompt, new_tokens, use_cache=use_cache)
+        outputs[use_cache] = qkv.generate(model, prompt, max_new_tokens=new_tokens, use_cache=use_cache)
 
     cached, uncached = time_pair(lambda: run(True), lambda: run(False), repeats)
     assert torch.equal(outputs[True], outputs[False]), "cache and no-cache decoding disagree"

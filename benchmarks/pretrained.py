@@ -42,7 +42,7 @@ def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new
     results = {}
 
     def run_ours():
-        results["ours"] = qkv.generate(ours, prompt, new_tokens)
+        results["ours"] = qkv.generate(ours, prompt, max_new_tokens=new_tokens)
 
     def run_hf():
         with torch.no_grad():

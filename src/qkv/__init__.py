@@ -17,7 +17,10 @@ _LAZY = {  # public name -> the module that defines it
     "attend": "qkv.attention",
     "register_score": "qkv.attention",
     "ModelOutput": "qkv.models.output",
+    "GenerateOutput": "qkv.decoding",
+    "GenerationConfig": "qkv.decoding",
     "generate": "qkv.decoding",
+    "stop_strings": "qkv.decoding",
     "generate_stream": "qkv.decoding",
     "translate": "qkv.decoding",
     "score_continuation": "qkv.decoding",
@@ -48,7 +51,16 @@ if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from qkv import errors  # noqa: F401
     from qkv.analysis import intervene  # noqa: F401
     from qkv.attention import KVCache, MultiHeadAttention, attend, register_score  # noqa: F401
-    from qkv.decoding import generate, generate_stream, score_continuation, score_translation, translate  # noqa: F401
+    from qkv.decoding import (  # noqa: F401
+        GenerateOutput,
+        GenerationConfig,
+        generate,
+        generate_stream,
+        score_continuation,
+        score_translation,
+        stop_strings,
+        translate,
+    )
     from qkv.models.output import ModelOutput  # noqa: F401
     from qkv.pretrained import embed, load_pretrained, load_tokenizer, save_pretrained  # noqa: F401
     from qkv.visualization import capture_attention  # noqa: F401

@@ -39,4 +39,4 @@ def test_generation_too_long_for_memory_is_refused_before_decoding():
     model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=8, max_seq_len=8, num_layers=1, num_heads=1, embed_dim=8))
     too_many = device_memory_bytes() // 8 + 1  # the ids alone (int64) would not fit
     with pytest.raises(OutOfMemoryError, match=f"max_new_tokens={too_many} for 1 sequence"):
-        qkv.generate(model, torch.zeros(1, 1, dtype=torch.long), too_many)
+        qkv.generate(model, torch.zeros(1, 1, dtype=torch.long), max_new_tokens=too_many)

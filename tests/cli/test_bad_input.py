@@ -122,7 +122,7 @@ CASES = [
     (
         "generate",
         lambda r, f: ["generate", str(r), "--prompt", "Ham.", "--num-return-sequences", "0"],
-        "--num-return-sequences must be at least 1, got 0",
+        "--num-return-sequences must be an int >= 1, got 0",
     ),
     ("generate", lambda r, f: ["generate", str(r), "--prompt", "a", "--temperature", "inf"], "finite number > 0"),
     *[
@@ -205,7 +205,7 @@ SEQ2SEQ_CASES = [
     (
         "translate",
         lambda g, s, b, f: ["translate", str(s), "5 Mar 21", "--num-beams", "0", "--strategy", "beam"],
-        "--num-beams must be at least 1",
+        "--num-beams must be an int >= 1",
     ),  # fmt: skip
     (
         "translate",

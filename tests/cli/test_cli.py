@@ -60,7 +60,9 @@ def test_generate_with_decoding_controls_prints_what_the_api_returns(run_dir, ca
     assert main([*argv, *flags]) == 0
     model, tokenizer, _ = load_causal_lm(run_dir)
     prompt = torch.tensor([tokenizer.encode("Ham.")])
-    expected = qkv.generate(model, prompt, 12, repetition_penalty=1.5, no_repeat_ngram_size=3, frequency_penalty=0.2)
+    expected = qkv.generate(
+        model, prompt, max_new_tokens=12, repetition_penalty=1.5, no_repeat_ngram_size=3, frequency_penalty=0.2
+    )
     assert capsys.readouterr().out.rstrip("\n") == tokenizer.decode(expected[0].tolist())
     assert main([*argv, *flags, "--scores", "--no-stream"]) == 0
     captured = capsys.readouterr()
@@ -70,7 +72,7 @@ def test_generate_with_decoding_controls_prints_what_the_api_returns(run_dir, ca
     assert main([*argv, *flags, "--scores"]) == 0  # streamed: the same score at the end
     assert capsys.readouterr().err.strip() == f"qkv generate: {expected_score}"
     assert main(["generate", str(run_dir), "--prompt", "Ham.", "--repetition-penalty", "-1"]) == 2
-    assert "repetition_penalty must be a finite number > 0" in capsys.readouterr().err
+    assert "--repetition-penalty must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_generate_prints_the_n_best_with_their_scores(run_dir, capsys):
@@ -85,7 +87,7 @@ def test_generate_prints_the_n_best_with_their_scores(run_dir, capsys):
     captured = capsys.readouterr()
     model, tokenizer, _ = load_causal_lm(run_dir)
     prompt = torch.tensor([tokenizer.encode("Ham.")])
-    out = qkv.generate(model, prompt, 6, "beam", num_beams=3, num_return_sequences=3)
+    out = qkv.generate(model, prompt, max_new_tokens=6, strategy="beam", num_beams=3, num_return_sequences=3)
     expected = []
     for row in range(3):
         expected += [f"---- {row + 1} of 3 ----", tokenizer.decode(out[row].tolist())]
@@ -107,7 +109,7 @@ def test_generate_continues_every_line_of_a_file_in_one_batch(run_dir, tmp_path,
     model, tokenizer, _ = load_causal_lm(run_dir)
     expected = ""
     for index, text in enumerate(t for t in lines if t):
-        alone = qkv.generate(model, torch.tensor([tokenizer.encode(text)]), 7)[0]
+        alone = qkv.generate(model, torch.tensor([tokenizer.encode(text)]), max_new_tokens=7)[0]
         expected += f"---- {index + 1} of 3 ----\n{tokenizer.decode(alone.tolist())}\n"
     assert printed == expected
     assert main(["generate", str(run_dir), "--file", str(tmp_path / "none.txt")]) == 2
@@ -312,13 +314,15 @@ def test_generate_never_samples_unk_and_prints_what_the_api_gives_with_it_suppre
 
     model, tokenizer, _ = load_causal_lm(run_dir)
     prompt = torch.tensor([tokenizer.encode("Ham.")])
-    free = qkv.generate(model, prompt, 400, "sample", seed=5, temperature=1.5)
+    free = qkv.generate(model, prompt, max_new_tokens=400, strategy="sample", seed=5, temperature=1.5)
     assert 0 in free[0].tolist(), "the test needs a model that would sample <unk>"
     capsys.readouterr()
     args = ["generate", str(run_dir), "--prompt", "Ham.", "--max-new-tokens", "400", "--seed", "5"]
     assert main([*args, "--temperature", "1.5", "--no-stream"]) == 0
     printed = capsys.readouterr().out.rstrip("\n")
-    want = qkv.generate(model, prompt, 400, "sample", seed=5, temperature=1.5, suppress_tokens=[0])
+    want = qkv.generate(
+        model, prompt, max_new_tokens=400, strategy="sample", seed=5, temperature=1.5, suppress_tokens=[0]
+    )
     assert printed == tokenizer.decode(want[0].tolist()) and "\ufffd" not in printed
 
 

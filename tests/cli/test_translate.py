@@ -97,7 +97,7 @@ def test_translate_with_controls_prints_what_the_api_returns(seq2seq_dir, capsys
     out = translate(model, src, no_repeat_ngram_size=2, min_new_tokens=3, repetition_penalty=1.2)
     assert capsys.readouterr().out.strip() == tokenizer.decode_target(out[0].tolist())
     assert main(["translate", str(seq2seq_dir), "March 5, 2021", "--no-repeat-ngram-size", "-1"]) == 2
-    assert "no_repeat_ngram_size must be an int >= 0" in capsys.readouterr().err
+    assert "--no-repeat-ngram-size must be an int >= 0" in capsys.readouterr().err
 
 
 def test_translate_reads_a_file_and_beam_search(seq2seq_dir, tmp_path, capsys):

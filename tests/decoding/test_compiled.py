@@ -58,13 +58,13 @@ def test_compiled_decoding_gives_the_same_tokens(strategy):
     one compiled module across calls."""
     model = tiny_gpt("rotary")
     prompt = torch.randint(0, 32, (2, 5))
-    plain = qkv.generate(model, prompt, 12, strategy)
+    plain = qkv.generate(model, prompt, max_new_tokens=12, strategy=strategy)
     with pytest.warns(UserWarning, match="measured slower than plain decoding"):  # (on this CPU)
-        compiled = qkv.generate(model, prompt, 12, strategy, compile=True)
+        compiled = qkv.generate(model, prompt, max_new_tokens=12, strategy=strategy, compile=True)
     assert torch.equal(compiled, plain)
     assert compiled_for_decoding(model) is compiled_for_decoding(model)
     if strategy == "greedy":
-        streamed = torch.stack(list(qkv.generate_stream(model, prompt, 12, compile=True)), dim=1)
+        streamed = torch.stack(list(qkv.generate_stream(model, prompt, max_new_tokens=12, compile=True)), dim=1)
         assert torch.equal(streamed, plain[:, 5:])
 
 
@@ -73,4 +73,4 @@ def test_compile_without_a_compiler_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(qkv.devices, "cxx_compiler", lambda: None)
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
-        qkv.generate(tiny_gpt("learned"), torch.zeros(1, 2, dtype=torch.long), 3, compile=True)
+        qkv.generate(tiny_gpt("learned"), torch.zeros(1, 2, dtype=torch.long), max_new_tokens=3, compile=True)

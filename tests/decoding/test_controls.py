@@ -51,11 +51,11 @@ def test_suppressed_tokens_are_never_generated_on_any_strategy(gpt2):
     """Suppress the token greedy decoding would pick: no strategy emits it, and greedy's first pick changes."""
     model = gpt2[1]
     prompt = torch.tensor([[4, 29, 31]])
-    favourite = int(qkv.generate(model, prompt, 1)[0, -1])
+    favourite = int(qkv.generate(model, prompt, max_new_tokens=1)[0, -1])
     for options in ({}, {"strategy": "sample", "seed": 0}, {"strategy": "beam", "num_beams": 3}):
-        out = qkv.generate(model, prompt, 8, suppress_tokens=[favourite], **options)
+        out = qkv.generate(model, prompt, max_new_tokens=8, suppress_tokens=[favourite], **options)
         assert favourite not in out[0, 3:].tolist(), options
-    streamed = list(qkv.generate_stream(model, prompt, 8, suppress_tokens=[favourite]))
+    streamed = list(qkv.generate_stream(model, prompt, max_new_tokens=8, suppress_tokens=[favourite]))
     assert favourite not in [int(t) for t in streamed]
 
 
@@ -76,16 +76,6 @@ def test_controls_read_nothing_back_to_the_host():
     assert reads(lambda: controls(scores, ids, 4)) == 0
 
 
-@pytest.fixture(scope="module")
-def gpt2(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=40)
-    hf = transformers.GPT2LMHeadModel(config).eval()
-    directory = tmp_path_factory.mktemp("gpt2")
-    hf.save_pretrained(directory)
-    return hf, qkv.load_pretrained(directory)
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -101,7 +91,7 @@ def test_greedy_generation_with_controls_equals_hf_generate(gpt2, options):
     hf.generation_config.eos_token_id = options.get("eos_token_id")
     mask = torch.ones_like(prompt)  # (else HF takes prompt tokens equal to pad_token_id for padding)
     theirs = hf.generate(prompt, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0, **options)
-    mine = qkv.generate(ours, prompt, 30, **options)
+    mine = qkv.generate(ours, prompt, max_new_tokens=30, **options)
     if "eos_token_id" in options:  # HF stops at the end token and pads; qkv fills the row with it
         mine = mine[:, : theirs.shape[1]]
     assert torch.equal(mine, theirs)
@@ -115,10 +105,10 @@ def _has_repeated_ngram(row: list[int], n: int) -> bool:
 def test_beam_search_blocks_ngrams_and_survives_when_every_continuation_is_blocked(gpt2):
     _, ours = gpt2
     prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(5))
-    out = qkv.generate(ours, prompt, 25, "beam", num_beams=3, no_repeat_ngram_size=2)
+    out = qkv.generate(ours, prompt, max_new_tokens=25, strategy="beam", num_beams=3, no_repeat_ngram_size=2)
     assert not any(_has_repeated_ngram(row, 2) for row in out.tolist())
     # unigram blocking on a 40-token vocabulary: after at most 40 distinct tokens nothing may follow
-    out = qkv.generate(ours, prompt, 60, "beam", num_beams=2, no_repeat_ngram_size=1)
+    out = qkv.generate(ours, prompt, max_new_tokens=60, strategy="beam", num_beams=2, no_repeat_ngram_size=1)
     assert all(len(set(row)) == len(row) for row in out.tolist()) and out.shape[1] <= 40
 
 
@@ -134,9 +124,9 @@ def test_beam_search_blocks_ngrams_and_survives_when_every_continuation_is_block
 )
 def test_bad_controls_are_named(gpt2, options, words):
     with pytest.raises(ConfigError, match=words):
-        qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, **options)
+        qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), max_new_tokens=5, **options)
     with pytest.raises(ConfigError, match=words):  # the stream refuses them where it is asked for
-        qkv.generate_stream(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, **options)
+        qkv.generate_stream(gpt2[1], torch.zeros(1, 3, dtype=torch.long), max_new_tokens=5, **options)
 
 
 class PieceTokenizer:
@@ -154,27 +144,36 @@ def test_stop_strings_end_generation_across_token_boundaries(gpt2):
     _, ours = gpt2
     tok = PieceTokenizer()
     prompt = torch.randint(0, 40, (1, 4), generator=torch.Generator().manual_seed(8))
-    full = qkv.generate(ours, prompt, 40)
+    full = qkv.generate(ours, prompt, max_new_tokens=40)
     text = tok.decode(full[0, 4:].tolist())
     target = text[15:18]  # three characters from the middle of the continuation, wherever token edges fall
-    stopped = qkv.generate(ours, prompt, 40, stop_when=stop_strings([target], tok.decode, 4))
+    stopped = qkv.generate(ours, prompt, max_new_tokens=40, stopping_criteria=[stop_strings([target], tok.decode, 4)])
     new = tok.decode(stopped[0, 4:].tolist())
     assert torch.equal(stopped, full[:, : stopped.shape[1]])  # the same tokens, cut
     assert target in new and target not in tok.decode(stopped[0, 4:-1].tolist())  # cut at the completing token
-    streamed = list(qkv.generate_stream(ours, prompt, 40, stop_when=stop_strings([target], tok.decode, 4)))
+    streamed = list(
+        qkv.generate_stream(ours, prompt, max_new_tokens=40, stopping_criteria=[stop_strings([target], tok.decode, 4)])
+    )
     assert torch.equal(torch.stack(streamed, 1), stopped[:, 4:])
 
 
 def test_a_stopping_callback_and_max_time(gpt2):
     _, ours = gpt2
     prompt = torch.zeros(2, 3, dtype=torch.long)
-    out = qkv.generate(ours, prompt, 30, stop_when=lambda ids: ids.shape[1] >= 10)
+    out = qkv.generate(ours, prompt, max_new_tokens=30, stopping_criteria=[lambda ids, scores: ids.shape[1] >= 10])
     assert out.shape == (2, 10)
-    out = qkv.generate(ours, prompt, 30, "beam", num_beams=2, stop_when=lambda ids: ids.shape[1] >= 8)
+    out = qkv.generate(
+        ours,
+        prompt,
+        max_new_tokens=30,
+        strategy="beam",
+        num_beams=2,
+        stopping_criteria=[lambda ids, scores: ids.shape[1] >= 8],
+    )
     assert out.shape[1] <= 8
-    assert qkv.generate(ours, prompt, 10_000, max_time=1e-9).shape[1] == 4  # one step, then the clock
+    assert qkv.generate(ours, prompt, max_new_tokens=10_000, max_time=1e-9).shape[1] == 4  # one step, then the clock
     with pytest.raises(ConfigError, match="max_time must be a number of seconds > 0"):
-        qkv.generate(ours, prompt, 3, max_time=0)
+        qkv.generate(ours, prompt, max_new_tokens=3, max_time=0)
     from qkv.decoding.controls import stop_strings
 
     with pytest.raises(ConfigError, match="stop strings must be non-empty"):
@@ -184,8 +183,8 @@ def test_a_stopping_callback_and_max_time(gpt2):
 def test_beam_search_returns_its_n_best_best_first(gpt2):
     _, ours = gpt2
     prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(2))
-    best = qkv.generate(ours, prompt, 8, "beam", num_beams=4)
-    nbest = qkv.generate(ours, prompt, 8, "beam", num_beams=4, num_return_sequences=3)
+    best = qkv.generate(ours, prompt, max_new_tokens=8, strategy="beam", num_beams=4)
+    nbest = qkv.generate(ours, prompt, max_new_tokens=8, strategy="beam", num_beams=4, num_return_sequences=3)
     assert nbest.shape == (6, 12) and torch.equal(nbest[::3], best)
     assert torch.equal(nbest[:, :4], prompt.repeat_interleave(3, dim=0))
     totals = qkv.score_continuation(ours, nbest, 4).total.view(2, 3)  # equal lengths: ranked by total log-prob
@@ -195,10 +194,12 @@ def test_beam_search_returns_its_n_best_best_first(gpt2):
 def test_several_samples_per_prompt(gpt2):
     _, ours = gpt2
     prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(2))
-    out = qkv.generate(ours, prompt, 10, "sample", seed=3, num_return_sequences=4)
+    out = qkv.generate(ours, prompt, max_new_tokens=10, strategy="sample", seed=3, num_return_sequences=4)
     assert out.shape == (8, 14) and torch.equal(out[:, :4], prompt.repeat_interleave(4, dim=0))
     assert len({tuple(r) for r in out[:4, 4:].tolist()}) > 1  # different samples of one prompt
-    assert torch.equal(out, qkv.generate(ours, prompt, 10, "sample", seed=3, num_return_sequences=4))
+    assert torch.equal(
+        out, qkv.generate(ours, prompt, max_new_tokens=10, strategy="sample", seed=3, num_return_sequences=4)
+    )
 
 
 @pytest.mark.parametrize(
@@ -211,7 +212,7 @@ def test_several_samples_per_prompt(gpt2):
 )
 def test_bad_return_sequences_are_named(gpt2, strategy, options, words):
     with pytest.raises(ConfigError, match=words):
-        qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), 5, strategy, **options)
+        qkv.generate(gpt2[1], torch.zeros(1, 3, dtype=torch.long), max_new_tokens=5, strategy=strategy, **options)
 
 
 def _processed_score(model, seq: torch.Tensor, prompt_len: int, controls: LogitsControls) -> float:
@@ -241,7 +242,7 @@ def test_beam_search_with_controls_scores_at_least_as_high_as_hf(gpt2, seed):
         pad_token_id=0,
         **options,
     )
-    mine = qkv.generate(ours, prompt, 10, "beam", num_beams=4, **options)
+    mine = qkv.generate(ours, prompt, max_new_tokens=10, strategy="beam", num_beams=4, **options)
     controls = LogitsControls(**options)
     assert mine.shape == theirs.shape
     assert _processed_score(ours, mine, 5, controls) >= _processed_score(ours, theirs, 5, controls) - 1e-4

@@ -26,22 +26,22 @@ def prompt():
 def test_kv_cache_generation_equals_no_cache(model, strategy):
     # 4 + 16 tokens > the context of 12: the window slides, and both paths must agree there too
     kw = dict(seed=5, num_beams=3, eos_token_id=None)
-    a = generate(model, prompt(), 16, strategy, **kw)
-    b = generate(model, prompt(), 16, strategy, use_cache=False, **kw)
+    a = generate(model, prompt(), max_new_tokens=16, strategy=strategy, **kw)
+    b = generate(model, prompt(), max_new_tokens=16, strategy=strategy, use_cache=False, **kw)
     assert torch.equal(a, b)
 
 
 def test_beam_width_one_and_top_k_one_equal_greedy(model):
-    greedy = generate(model, prompt(), 10)
-    assert torch.equal(generate(model, prompt(), 10, "beam", num_beams=1), greedy)
-    assert torch.equal(generate(model, prompt(), 10, "sample", top_k=1, seed=123), greedy)
-    assert torch.equal(generate(model, prompt(), 10, "sample", top_p=1e-6, seed=9), greedy)
+    greedy = generate(model, prompt(), max_new_tokens=10)
+    assert torch.equal(generate(model, prompt(), max_new_tokens=10, strategy="beam", num_beams=1), greedy)
+    assert torch.equal(generate(model, prompt(), max_new_tokens=10, strategy="sample", top_k=1, seed=123), greedy)
+    assert torch.equal(generate(model, prompt(), max_new_tokens=10, strategy="sample", top_p=1e-6, seed=9), greedy)
 
 
 def test_sampling_is_reproducible_and_varies_with_seed(model):
-    a = generate(model, prompt(), 10, "sample", seed=1)
-    assert torch.equal(a, generate(model, prompt(), 10, "sample", seed=1))
-    assert not torch.equal(a, generate(model, prompt(), 10, "sample", seed=2))
+    a = generate(model, prompt(), max_new_tokens=10, strategy="sample", seed=1)
+    assert torch.equal(a, generate(model, prompt(), max_new_tokens=10, strategy="sample", seed=1))
+    assert not torch.equal(a, generate(model, prompt(), max_new_tokens=10, strategy="sample", seed=2))
 
 
 def test_beam_search_finds_a_sequence_at_least_as_likely_as_greedy(model):
@@ -50,15 +50,15 @@ def test_beam_search_finds_a_sequence_at_least_as_likely_as_greedy(model):
         return logits.gather(-1, ids[:, 1:, None])[:, 3:].sum().item()  # new tokens only
 
     x = prompt()[:1]
-    greedy = generate(model, x, 6)
-    beam = generate(model, x, 6, "beam", num_beams=5, length_penalty=0.0)
+    greedy = generate(model, x, max_new_tokens=6)
+    beam = generate(model, x, max_new_tokens=6, strategy="beam", num_beams=5, length_penalty=0.0)
     assert logprob(beam) >= logprob(greedy) - 1e-5
 
 
 def test_eos_finishes_rows(model):
-    greedy = generate(model, prompt(), 8)
+    greedy = generate(model, prompt(), max_new_tokens=8)
     eos = int(greedy[0, 5])  # the token greedy picks second for row 0
-    out = generate(model, prompt(), 8, eos_token_id=eos)
+    out = generate(model, prompt(), max_new_tokens=8, eos_token_id=eos)
     row = out[0, 4:].tolist()
     first = row.index(eos)
     assert all(t == eos for t in row[first:])
@@ -66,11 +66,11 @@ def test_eos_finishes_rows(model):
 
 def test_bad_arguments(model):
     with pytest.raises(ShapeError, match="empty"):
-        generate(model, torch.zeros(1, 0, dtype=torch.long), 5)
+        generate(model, torch.zeros(1, 0, dtype=torch.long), max_new_tokens=5)
     with pytest.raises(ConfigError, match="unknown strategy"):
-        generate(model, prompt(), 5, "nucleus")
+        generate(model, prompt(), max_new_tokens=5, strategy="nucleus")
     with pytest.raises(ConfigError, match="temperature"):
-        generate(model, prompt(), 5, "sample", temperature=0)
+        generate(model, prompt(), max_new_tokens=5, strategy="sample", temperature=0)
 
 
 def test_public_name():
@@ -79,8 +79,8 @@ def test_public_name():
 
 @pytest.mark.parametrize("strategy", ["greedy", "sample"])
 def test_generate_stream_yields_the_tokens_of_generate(model, strategy):
-    full = generate(model, prompt(), 10, strategy, seed=3, temperature=0.7)
-    streamed = list(qkv.generate_stream(model, prompt(), 10, strategy, seed=3, temperature=0.7))
+    full = generate(model, prompt(), max_new_tokens=10, strategy=strategy, seed=3, temperature=0.7)
+    streamed = list(qkv.generate_stream(model, prompt(), max_new_tokens=10, strategy=strategy, seed=3, temperature=0.7))
     assert len(streamed) == 10 and all(t.shape == (3,) for t in streamed)
     assert torch.equal(torch.stack(streamed, dim=1), full[:, 4:])
     assert torch.is_grad_enabled(), "the stream must not leave autograd disabled in the caller"
@@ -88,9 +88,9 @@ def test_generate_stream_yields_the_tokens_of_generate(model, strategy):
 
 def test_generate_stream_checks_its_arguments_when_asked_not_at_the_first_token(model):
     with pytest.raises(ConfigError, match="finite number > 0"):
-        qkv.generate_stream(model, prompt(), 3, "sample", temperature=float("nan"))
+        qkv.generate_stream(model, prompt(), max_new_tokens=3, strategy="sample", temperature=float("nan"))
     with pytest.raises(ConfigError, match="beam search cannot stream"):
-        qkv.generate_stream(model, prompt(), 3, "beam")
+        qkv.generate_stream(model, prompt(), max_new_tokens=3, strategy="beam")
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
@@ -99,11 +99,12 @@ def test_zero_new_tokens_returns_the_prompts_on_every_strategy(strategy):
     model = GPT(GPTConfig(vocab_size=11, max_seq_len=16, num_layers=1, num_heads=2, embed_dim=8)).eval()
     prompt = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(0))
     n = 1 if strategy == "greedy" else 2
-    out = generate(model, prompt, 0, strategy, num_beams=2, num_return_sequences=n, seed=0)
+    out = generate(model, prompt, max_new_tokens=0, strategy=strategy, num_beams=2, num_return_sequences=n, seed=0)
     assert torch.equal(out, prompt.repeat_interleave(n, dim=0))
     prompts = [prompt[0, 2:], prompt[1]]  # different lengths: a list in, the prompts out
-    assert [p.tolist() for p in generate(model, prompts, 0, strategy, num_beams=2, num_return_sequences=n)] == [
-        p.tolist() for p in prompts for _ in range(n)
-    ]
+    assert [
+        p.tolist()
+        for p in generate(model, prompts, max_new_tokens=0, strategy=strategy, num_beams=2, num_return_sequences=n)
+    ] == [p.tolist() for p in prompts for _ in range(n)]
     if strategy != "beam":
-        assert list(generate_stream(model, prompt, 0, strategy)) == []
+        assert list(generate_stream(model, prompt, max_new_tokens=0, strategy=strategy)) == []

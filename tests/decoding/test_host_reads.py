@@ -40,8 +40,8 @@ def test_decoding_reads_back_a_constant_number_of_values_whatever_the_length(pos
     config.positions = positions
     model = qkv.models.GPT(config).eval()
     prompt = torch.randint(0, 32, (2, 5))
-    short = reads(lambda: qkv.generate(model, prompt, 4, strategy, seed=1))
-    long = reads(lambda: qkv.generate(model, prompt, 40, strategy, seed=1))
+    short = reads(lambda: qkv.generate(model, prompt, max_new_tokens=4, strategy=strategy, seed=1))
+    long = reads(lambda: qkv.generate(model, prompt, max_new_tokens=40, strategy=strategy, seed=1))
     assert long == short, f"{long - short} more reads for 36 more steps: a read per step"
 
 

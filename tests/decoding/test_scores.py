@@ -34,7 +34,7 @@ def stepwise_logprobs(model, sequences: torch.Tensor, prompt_len: int) -> torch.
 def test_continuation_scores_are_the_models_log_probabilities(context, strategy):
     model = tiny_gpt(context)
     prompt = torch.randint(0, 20, (2, 5), generator=torch.Generator().manual_seed(1))
-    out = qkv.generate(model, prompt, 12, strategy, seed=0, num_beams=3)
+    out = qkv.generate(model, prompt, max_new_tokens=12, strategy=strategy, seed=0, num_beams=3)
     scores = score_continuation(model, out, 5)
     torch.testing.assert_close(scores.token_logprobs, stepwise_logprobs(model, out, 5), **FP32)
     torch.testing.assert_close(scores.mean, scores.total / 12)
@@ -58,7 +58,7 @@ def test_scores_stop_at_the_end_token():
 def test_translation_scores_equal_step_by_step_decoding(half_trained):  # noqa: F811
     model, tok = half_trained
     src = tiny_batch(tok)[0]
-    out = qkv.translate(model, src, 10)
+    out = qkv.translate(model, src, max_new_tokens=10)
     scores = score_translation(model, src, out)
     state, ids, steps = model.begin_decoding(src), torch.full((src.shape[0], 1), BOS_ID), []
     with torch.no_grad():

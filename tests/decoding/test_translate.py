@@ -43,36 +43,36 @@ def logprob(model, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 def test_beam_width_one_is_greedy(half_trained):
     model, tok = half_trained
     src = tiny_batch(tok)[0]
-    greedy = translate(model, src, 12)
-    beam = translate(model, src, 12, "beam", num_beams=1, length_penalty=0.0)
+    greedy = translate(model, src, max_new_tokens=12)
+    beam = translate(model, src, max_new_tokens=12, strategy="beam", num_beams=1, length_penalty=0.0)
     assert torch.equal(beam[:, : greedy.shape[1]], greedy)
 
 
 def test_beam_search_is_at_least_as_likely_as_greedy(half_trained):
     model, tok = half_trained
     src = tiny_batch(tok)[0]
-    greedy = translate(model, src, 12)
-    beam = translate(model, src, 12, "beam", num_beams=4, length_penalty=0.0)
+    greedy = translate(model, src, max_new_tokens=12)
+    beam = translate(model, src, max_new_tokens=12, strategy="beam", num_beams=4, length_penalty=0.0)
     assert torch.all(logprob(model, src, beam) >= logprob(model, src, greedy) - 1e-5)
 
 
 def test_rows_end_at_eos_and_respect_the_limit(half_trained):
     model, tok = half_trained
     src = tiny_batch(tok)[0]
-    out = translate(model, src, 5)
+    out = translate(model, src, max_new_tokens=5)
     assert out.shape == (len(TINY_PAIRS), 5) or out.shape[1] < 5
-    for row in translate(model, src, 30).tolist():
+    for row in translate(model, src, max_new_tokens=30).tolist():
         if EOS_ID in row:
             assert all(t == EOS_ID for t in row[row.index(EOS_ID) :])
-    with pytest.raises(ConfigError, match="num_beams must be >= 1"):
-        translate(model, src, 5, "beam", num_beams=0)
+    with pytest.raises(ConfigError, match="num_beams must be an int >= 1"):
+        translate(model, src, max_new_tokens=5, strategy="beam", num_beams=0)
 
 
 def test_the_alignment_is_what_the_decoder_used(half_trained):
     """alignment() re-runs the decoder with teacher forcing; the weights equal those of step-by-step decoding."""
     model, tok = half_trained
     src = tiny_batch(tok)[0][:2]
-    out = translate(model, src, 8)
+    out = translate(model, src, max_new_tokens=8)
     weights = alignment(model, src, out)
     assert weights.shape == (2, out.shape[1], src.shape[1])
     if hasattr(model, "decode_step"):  # the RNN hands back each step's weights
@@ -99,20 +99,20 @@ def test_the_baseline_has_no_alignment():
     model = test_rnn_seq2seq.make(tok, attention="none")
     src = tiny_batch(tok)[0]
     with pytest.raises(ConfigError, match="no attention"):
-        alignment(model, src, translate(model, src, 3))
+        alignment(model, src, translate(model, src, max_new_tokens=3))
 
 
 def test_translation_controls_and_n_best(half_trained):
     model, tok = half_trained
     src = tiny_batch(tok)[0]
-    out = translate(model, src, 12, no_repeat_ngram_size=2)
+    out = translate(model, src, max_new_tokens=12, no_repeat_ngram_size=2)
     for row in out.tolist():
         row = row[: row.index(EOS_ID)] if EOS_ID in row else row
         grams = [tuple(row[i : i + 2]) for i in range(len(row) - 1)]
         assert len(grams) == len(set(grams))
-    longer = translate(model, src, 12, min_new_tokens=6)
+    longer = translate(model, src, max_new_tokens=12, min_new_tokens=6)
     for row in longer.tolist():
         assert EOS_ID not in row[:6]
-    best = translate(model, src, 12, "beam", num_beams=3)
-    nbest = translate(model, src, 12, "beam", num_beams=3, num_return_sequences=2)
+    best = translate(model, src, max_new_tokens=12, strategy="beam", num_beams=3)
+    nbest = translate(model, src, max_new_tokens=12, strategy="beam", num_beams=3, num_return_sequences=2)
     assert nbest.shape[0] == 2 * src.shape[0] and torch.equal(nbest[::2, : best.shape[1]], best)

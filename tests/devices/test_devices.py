@@ -67,7 +67,7 @@ def test_generation_follows_the_model_in_bf16():
     torch.manual_seed(0)
     model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=16, max_seq_len=16, num_layers=1, num_heads=2, embed_dim=16))
     ids = torch.randint(0, 16, (2, 4))
-    out = qkv.generate(place(model, "cpu", "bf16"), ids, 5)
+    out = qkv.generate(place(model, "cpu", "bf16"), ids, max_new_tokens=5)
     assert out.shape == (2, 9) and torch.equal(out[:, :4], ids)
 
 
@@ -104,7 +104,9 @@ def test_a_gpu_trained_checkpoint_generates_on_the_cpu(tmp_path):
     cpu_model, tokenizer, _ = load_causal_lm(tmp_path, "cpu")
     gpu_model, _, _ = load_causal_lm(tmp_path, "cuda")
     prompt = torch.tensor([tokenizer.encode("Ham.")])
-    assert torch.equal(qkv.generate(cpu_model, prompt, 8), qkv.generate(gpu_model, prompt, 8).cpu())
+    assert torch.equal(
+        qkv.generate(cpu_model, prompt, max_new_tokens=8), qkv.generate(gpu_model, prompt, max_new_tokens=8).cpu()
+    )
 
 
 def test_compile_settings(monkeypatch):

@@ -63,8 +63,8 @@ def test_a_family_added_by_registration_alone_trains_saves_loads_generates_and_s
     assert isinstance(loaded, ToyLM) and info.kind == "toy-lm" and family_of(loaded) is toy_family
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     prompt = torch.tensor([tokenizer.encode("Ham")])
-    out = qkv.generate(loaded, prompt, 8)
-    assert out.shape == (1, 11) and torch.equal(out, qkv.generate(loaded, prompt, 8, use_cache=False))
+    out = qkv.generate(loaded, prompt, max_new_tokens=8)
+    assert out.shape == (1, 11) and torch.equal(out, qkv.generate(loaded, prompt, max_new_tokens=8, use_cache=False))
     with qkv.capture_attention(loaded) as captured:
         loaded(out)
     weights = captured.weights(1)

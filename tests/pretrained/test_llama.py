@@ -117,7 +117,7 @@ def test_greedy_generation_matches_hf_for_64_tokens(pair):
     mask = torch.ones_like(prompt)  # (else HF takes prompt tokens equal to pad_token_id for padding)
     theirs = hf.generate(prompt, attention_mask=mask, max_new_tokens=64, do_sample=False, pad_token_id=0)
     assert theirs.shape == (1, 8 + 64)
-    mine = qkv.generate(ours, prompt, 64)
+    mine = qkv.generate(ours, prompt, max_new_tokens=64)
     assert torch.equal(mine, theirs)
 
 
@@ -229,7 +229,7 @@ def test_the_cli_generates_from_and_draws_the_attention_of_an_hf_directory(case,
     assert main([*argv, "--max-new-tokens", "6", "--no-stream"]) == 0
     printed = capsys.readouterr().out.strip()
     model, tokenizer = qkv.load_pretrained(tmp_path / "model"), qkv.load_tokenizer(tmp_path / "model")
-    expected = qkv.generate(model, torch.tensor([tokenizer.encode("the cat sat")]), 6)
+    expected = qkv.generate(model, torch.tensor([tokenizer.encode("the cat sat")]), max_new_tokens=6)
     assert printed == tokenizer.decode(expected[0].tolist())
     png, html = tmp_path / "a.png", tmp_path / "a.html"
     assert (

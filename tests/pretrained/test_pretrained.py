@@ -110,7 +110,7 @@ def test_gpt2_logits_and_greedy_generation_match_hf(gpt2_dir):
         pad_token_id=0,
         eos_token_id=None,
     )
-    assert torch.equal(qkv.generate(ours, prompt, 40), theirs)
+    assert torch.equal(qkv.generate(ours, prompt, max_new_tokens=40), theirs)
 
 
 def test_save_pretrained_round_trips_through_hf(gpt2_dir, tmp_path):

@@ -64,7 +64,7 @@ def test_decoding_steps_append_rows_equal_to_the_full_pattern():
     model = gpt()
     x = torch.randint(0, 40, (1, 6))
     with qkv.capture_attention(model, layers=[2]) as cap:
-        out = qkv.generate(model, x, 8)
+        out = qkv.generate(model, x, max_new_tokens=8)
     with torch.no_grad():
         full = gpt("reference")(out[:, :-1], return_attention=True).attentions[2]
     torch.testing.assert_close(cap.weights(2), full.float(), **FP32_TIGHT)
@@ -89,20 +89,39 @@ def test_bad_requests():
 
 
 @pytest.mark.parametrize("eos", [None, 7])
-def test_beam_search_capture_follows_the_chosen_beam(eos):
+@pytest.mark.parametrize("n", [1, 2])
+def test_beam_search_capture_follows_each_returned_hypothesis(eos, n):
+    """With the search's beam_indices, weights(layer) has one row per returned hypothesis: exactly the attention a
+    plain forward pass over that hypothesis computes, though its rows moved between beams at every step."""
     model = gpt()
     x = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(3))
     with qkv.capture_attention(model, layers=[1]) as cap:
-        out = qkv.generate(model, x, 9, "beam", num_beams=3, eos_token_id=eos)
-    assert cap.beam_rows is not None
+        out = qkv.generate(
+            model, x, max_new_tokens=9, strategy="beam", num_beams=3, num_return_sequences=n, eos_token_id=eos,
+            return_dict=True,
+        )  # fmt: skip
+    assert out.beam_indices.shape == (2 * n, out.sequences.shape[1] - 5)
     reference = gpt("reference")
-    for b in range(2):
-        row = out[b].tolist()
+    weights = cap.weights(1, out.beam_indices)
+    assert weights.shape[0] == 2 * n
+    for h in range(2 * n):
+        row = out.sequences[h].tolist()
         end = row.index(eos, 5) + 1 if eos is not None and eos in row[5:] else len(row)
         with torch.no_grad():
-            full = reference(out[b : b + 1, : end - 1], return_attention=True).attentions[1][0]
-        got = cap.weights(1)[b, :, : end - 1, : end - 1]
-        torch.testing.assert_close(got, full.float(), **FP32_TIGHT)
+            full = reference(out.sequences[h : h + 1, : end - 1], return_attention=True).attentions[1][0]
+        torch.testing.assert_close(weights[h, :, : end - 1, : end - 1], full.float(), **FP32_TIGHT)
+        # after a hypothesis ended, its steps are -1 and its rows zero
+        ended = out.beam_indices[h, end - 5 :]
+        assert (ended == -1).all() and (weights[h, :, end - 1 :] == 0).all()
+
+
+def test_beam_indices_must_fit_the_recorded_calls():
+    model = gpt()
+    x = torch.randint(0, 40, (1, 5), generator=torch.Generator().manual_seed(3))
+    with qkv.capture_attention(model, layers=[0]) as cap:
+        model(x)
+    with pytest.raises(qkv.errors.ShapeError, match="at most 1 steps"):
+        cap.weights(0, torch.zeros(1, 4, dtype=torch.long))
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -121,7 +140,7 @@ def test_captured_scores_are_the_softmax_input_of_the_weights(positions):
         torch.testing.assert_close(torch.softmax(scores, -1), cap.weights(layer), **FP32_TIGHT)
     # after cached decoding steps the rows line up as for the weights, keys not yet seen are -inf
     with torch.no_grad(), qkv.capture_attention(model, layers=[0]) as cap:
-        qkv.generate(model, x[:1, :5], 3, "greedy")
+        qkv.generate(model, x[:1, :5], max_new_tokens=3, strategy="greedy")
     scores = cap.scores(0)
     assert scores.shape == (1, 4, 7, 7)
     assert torch.equal(torch.isneginf(scores), torch.ones(7, 7, dtype=torch.bool).triu(1).expand_as(scores))

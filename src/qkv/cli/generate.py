@@ -11,41 +11,31 @@ from qkv.cli.common import add_device_option
 __all__ = ["add_parser"]
 
 
+#: the GenerationConfig fields both decoding verbs take as flags (each verb adds its own few)
+SHARED_FLAGS = (
+    "max_new_tokens",
+    "strategy",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "num_beams",
+    "length_penalty",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "no_repeat_ngram_size",
+    "max_time",
+)
+GENERATE_FLAGS = (*SHARED_FLAGS, "num_return_sequences", "use_cache", "compile")
+#: where ``qkv generate`` defaults differently from the API: a text generator samples, reproducibly
+GENERATE_DEFAULTS = {"max_new_tokens": 200, "strategy": "sample", "temperature": 0.8, "seed": 0}
+
+
 def add_generation_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=200, help="how many tokens to add (200)")
-    p.add_argument(
-        "--strategy",
-        choices=("greedy", "beam", "sample"),
-        default="sample",
-        help="greedy: most likely token; beam: beam search; sample: draw from the distribution (default)",
-    )
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0.8); lower = safer")
-    p.add_argument("--top-k", type=int, help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="sample only among the most likely tokens whose probability sums to p")
-    p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
-    p.add_argument(
-        "--num-return-sequences",
-        type=int,
-        default=1,
-        metavar="N",
-        help="print N samples, or beam search's N best (best first); with --scores, each one's score",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed for sampling (0): same seed, same text")
-    p.add_argument(
-        "--repetition-penalty",
-        type=float,
-        default=1.0,
-        help="> 1 makes every token already in the text less likely (HF's definition; 1 = off)",
-    )
-    p.add_argument(
-        "--frequency-penalty", type=float, default=0.0, help="subtracted per earlier use of a generated token (0 = off)"
-    )
-    p.add_argument(
-        "--presence-penalty", type=float, default=0.0, help="subtracted once from each token generated so far (0 = off)"
-    )
-    p.add_argument(
-        "--no-repeat-ngram-size", type=int, default=0, help="N > 0: never repeat an N-token sequence (0 = off)"
-    )
+    from qkv.cli.decoding_flags import add_decoding_flags
+
+    add_decoding_flags(p, GENERATE_FLAGS, GENERATE_DEFAULTS)
     p.add_argument(
         "--stop",
         action="append",
@@ -53,18 +43,10 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="stop once the new text contains TEXT (kept in the output; repeatable: any of them)",
     )
-    p.add_argument("--max-time", type=float, help="stop after this many seconds")
     p.add_argument(
         "--scores",
         action="store_true",
         help="also print (to stderr) how likely the model finds the new text: total and mean log-probability",
-    )
-    p.add_argument("--no-cache", action="store_true", help="recompute every step instead of using the KV cache")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the decoding step: for GPUs (on CPUs it was measured slower, and needs a C++ compiler); "
-        "the first step compiles",
     )
     p.add_argument(
         "--no-stream",
@@ -102,38 +84,27 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qkv.cli.common import encode_prompt, non_text_tokens, on_interrupt
-    from qkv.decoding import generate_stream
-    from qkv.decoding.controls import stop_strings
+    from qkv.cli.decoding_flags import decoding_config
+    from qkv.decoding import generate, generate_stream, stop_strings
     from qkv.models.families import CAUSAL_LM
     from qkv.runs import load_model_and_tokenizer
 
     check_generation_args(args)
+    config = decoding_config(args, GENERATE_FLAGS)  # every flag checked before the model loads
     model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
-    options = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "seed": args.seed,
-        "repetition_penalty": args.repetition_penalty,
-        "frequency_penalty": args.frequency_penalty,
-        "presence_penalty": args.presence_penalty,
-        "no_repeat_ngram_size": args.no_repeat_ngram_size,
-        "max_time": args.max_time,
-        "suppress_tokens": non_text_tokens(tokenizer),
-    }
+    config = config.replace(suppress_tokens=non_text_tokens(tokenizer))
     if args.file is not None:
-        return _generate_file(args, model, tokenizer, options)
+        return _generate_file(args, model, tokenizer, config)
     ids = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
-    options["stop_when"] = stop_strings(args.stop, tokenizer.decode, ids.shape[1]) if args.stop else None
+    if args.stop:
+        config = config.replace(stopping_criteria=[stop_strings(args.stop, tokenizer.decode, ids.shape[1])])
     if args.strategy == "beam" or args.no_stream or args.num_return_sequences > 1:
         with on_interrupt(f"generating ({_whole(args)})", kept="nothing was printed"):
-            outputs = list(_complete(args, model, ids, options))
+            outputs = list(generate(model, ids, config))
         _print_all(args, model, tokenizer, outputs, [ids.shape[1]])
         return 0
     # stream: print each piece as soon as it is chosen; Ctrl-C keeps what was printed
-    stream = generate_stream(
-        model, ids, args.max_new_tokens, args.strategy, use_cache=not args.no_cache, compile=args.compile, **options
-    )
+    stream = generate_stream(model, ids, config)
     sys.stdout.write(tokenizer.decode(ids[0].tolist()))
     sys.stdout.flush()
     new = 0
@@ -163,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_file(args: argparse.Namespace, model, tokenizer, options: dict) -> int:  # noqa: ANN001
+def _generate_file(args: argparse.Namespace, model, tokenizer, config) -> int:  # noqa: ANN001
     """Every line of ``--file`` continued in one left-padded batch; printed in order, one block per prompt."""
     from qkv.cli.common import encode_prompt, on_interrupt
     from qkv.data.text import read_text_file
+    from qkv.decoding import generate
     from qkv.errors import ConfigError
 
     # (missing, a directory, not UTF-8 or blank: each named by read_text_file)
@@ -175,7 +147,7 @@ def _generate_file(args: argparse.Namespace, model, tokenizer, options: dict) ->
         raise ConfigError("--stop works with --prompt; for a file, each prompt would stop at its own time")
     prompts = [encode_prompt(tokenizer, text, model.config.max_seq_len)[0] for text in texts]
     with on_interrupt(f"generating for {len(prompts)} prompts in one batch", kept="nothing was printed"):
-        outputs = _complete(args, model, prompts, options)
+        outputs = generate(model, prompts, config)
     _print_all(args, model, tokenizer, outputs, [len(p) for p in prompts])
     return 0
 
@@ -188,32 +160,12 @@ def _whole(args: argparse.Namespace) -> str:
 
 
 def check_generation_args(args: argparse.Namespace) -> None:
-    """The counts a decoding verb takes, checked before the model is loaded (each one line naming its flag)."""
-    from qkv.decoding.controls import check_sampling
+    """What a decoding verb refuses beyond the config's own checks: asking for no new tokens at all (the API
+    allows it and returns the prompts; on the command line it is a mistake)."""
     from qkv.errors import ConfigError
 
-    for flag, least in (("max_new_tokens", 1), ("num_return_sequences", 1), ("num_beams", 1)):
-        value = getattr(args, flag, None)
-        if value is not None and value < least:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be at least {least}, got {value}")
-    check_sampling(getattr(args, "temperature", 1.0), getattr(args, "top_k", None), getattr(args, "top_p", None))
-
-
-def _complete(args: argparse.Namespace, model, prompts, options: dict):  # noqa: ANN001, ANN202
-    """``qkv.generate`` with the verb's settings: a ``(1, n)`` prompt or a list of prompts."""
-    from qkv.decoding import generate
-
-    return generate(
-        model,
-        prompts,
-        args.max_new_tokens,
-        args.strategy,
-        num_beams=args.num_beams,
-        use_cache=not args.no_cache,
-        compile=args.compile,
-        num_return_sequences=args.num_return_sequences,
-        **options,
-    )
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
 
 
 def _print_all(args: argparse.Namespace, model, tokenizer, outputs: list, prompt_lens: list[int]) -> None:  # noqa: ANN001

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
     with on_interrupt("sampling and drawing", kept=f"the trained model is kept in {out}; {again} samples and draws"):
         ids = generate(
-            model, prompt, args.max_new_tokens, "sample", temperature=0.8, seed=0,
+            model, prompt, max_new_tokens=args.max_new_tokens, strategy="sample", temperature=0.8, seed=0,
             suppress_tokens=non_text_tokens(tokenizer),
         )  # fmt: skip
         sample = tokenizer.decode(ids[0].tolist())

@@ -7,9 +7,15 @@ import sys
 from pathlib import Path
 
 from qkv.cli.common import add_device_option
+from qkv.cli.generate import SHARED_FLAGS
 from qkv.errors import ConfigError
 
 __all__ = ["add_parser"]
+
+
+#: the GenerationConfig fields qkv translate takes as flags: qkv generate's shared ones, and min_new_tokens (a
+#: translation always knows its end token). Its output is one line per text, so one sequence each.
+TRANSLATE_FLAGS = (*SHARED_FLAGS, "min_new_tokens")
 
 
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
@@ -23,14 +29,9 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("checkpoint", type=Path, help="a run directory (from qkv train) or a checkpoint directory")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="what to translate, e.g. 'March 5, 2021'")
     p.add_argument("--file", type=Path, help="a UTF-8 file with one text per line (instead of, or after, TEXT)")
-    p.add_argument("--strategy", choices=("greedy", "beam"), default="greedy", help="decoding strategy (greedy)")
-    p.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam (4)")
-    p.add_argument("--max-new-tokens", type=int, help="output length limit (default: the model's max_target_len)")
-    p.add_argument(
-        "--repetition-penalty", type=float, default=1.0, help="> 1 makes output tokens already used less likely"
-    )
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="N > 0: never repeat an N-token sequence")
-    p.add_argument("--min-new-tokens", type=int, default=0, help="no </s> before this many output tokens")
+    from qkv.cli.decoding_flags import add_decoding_flags
+
+    add_decoding_flags(p, TRANSLATE_FLAGS, {"seed": 0})
     p.add_argument(
         "--scores",
         action="store_true",
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qkv.cli.common import HTML_SUFFIXES, check_output_files, warn
+    from qkv.cli.decoding_flags import decoding_config
     from qkv.cli.generate import check_generation_args
     from qkv.data.pairs import pad_rows
     from qkv.decoding.translate import NO_ALIGNMENT, cross_attention, translate
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from qkv.visualization.html import write_attention_page
 
     check_generation_args(args)
+    config = decoding_config(args, TRANSLATE_FLAGS)  # every flag checked before the model loads
     texts = _texts(args)
     check_output_files(
         {"show_attention": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, show_attention=args.show_attention, html=args.html
@@ -115,11 +118,10 @@ def run(args: argparse.Namespace) -> int:
     if len(problems) == len(texts):  # nothing to translate: one clear error (the first text's)
         raise ConfigError(problems[0] if len(texts) == 1 else f"no text could be translated; the first: {problems[0]}")
     longest = args.max_new_tokens if args.max_new_tokens is not None else model.config.max_target_len
-    min_new_tokens = args.min_new_tokens
-    if min_new_tokens > longest:  # </s> would be barred to the end: every output cut off, and no sign of it
-        warn(f"--min-new-tokens {min_new_tokens} is more than the {longest} tokens an output may have here; using "
-             f"{longest}")  # fmt: skip
-        min_new_tokens = longest
+    if config.min_new_tokens > longest:  # </s> would be barred to the end: every output cut off, and no sign of it
+        warn(f"--min-new-tokens {config.min_new_tokens} is more than the {longest} tokens an output may have here; "
+             f"using {longest}")  # fmt: skip
+        config = config.replace(min_new_tokens=longest)
     results: dict[int, list[int]] = {}
     printed = 0
     try:  # a chunk of texts at a time, printed as it is done: Ctrl-C keeps the lines printed so far
@@ -128,16 +130,7 @@ def run(args: argparse.Namespace) -> int:
             scores: dict[int, str] = {}
             if chunk:
                 sources = pad_rows([encoded[i] for i in chunk])
-                out = translate(
-                    model,
-                    sources,
-                    args.max_new_tokens,
-                    args.strategy,
-                    num_beams=args.num_beams,
-                    repetition_penalty=args.repetition_penalty,
-                    no_repeat_ngram_size=args.no_repeat_ngram_size,
-                    min_new_tokens=min_new_tokens,
-                )
+                out = translate(model, sources, config)
                 results.update(zip(chunk, out.tolist()))
                 if args.scores:
                     from qkv.decoding.scores import score_translation

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.decoding.config import GenerationConfig
 from qkv.decoding.controls import LogitsControls, Stopping
+from qkv.decoding.output import GenerateOutput
 from qkv.decoding.stepper import TokenStepper
-from qkv.decoding.trace import BEAM_OBSERVER
 
 __all__ = ["beam_search"]
 
@@ -17,16 +18,16 @@ def beam_search(
     stepper: TokenStepper,
     input_ids: Tensor,
     max_new_tokens: int,
-    num_beams: int,
-    length_penalty: float,
-    eos_token_id: int | None,
+    config: GenerationConfig,
     controls: LogitsControls | None = None,
     stopping: Stopping | None = None,
-    num_return_sequences: int = 1,
-) -> Tensor:
+    *,
+    keep_scores: bool = False,
+) -> GenerateOutput:
     """Best continuation per row of ``input_ids (batch, seq)`` -> ``(batch, seq + new)``; with
-    ``num_return_sequences = n`` the n best, best first: ``(batch * n, seq + new)``, rows ``b * n .. b * n + n - 1``
-    for item b.
+    ``config.num_return_sequences = n`` the n best, best first: ``(batch * n, seq + new)``, rows
+    ``b * n .. b * n + n - 1`` for item b. Also each returned hypothesis's beam rows (``beam_indices``) and, with
+    ``keep_scores``, each step's processed log-probabilities ``(batch * num_beams, vocab)``.
 
     Beams are rows of one big batch ``(batch * num_beams, seq)``: ``stepper`` must step that many rows (row
     ``b * num_beams + j`` is beam j of item b). After each step the surviving beams are gathered (and the stepper's
@@ -34,6 +35,8 @@ def beam_search(
     ``sum log p / new_len ** length_penalty``; the search ends when every row has ``num_beams`` finished hypotheses
     that no live beam can beat, or after ``max_new_tokens``.
     """
+    num_beams, length_penalty, eos_token_id = config.num_beams, config.length_penalty, config.eos_token_id
+    num_return_sequences = config.num_return_sequences
     batch, prompt_len = input_ids.shape
     if stopping is not None:
         stopping.start()
@@ -44,10 +47,15 @@ def beam_search(
     scores[:, 0] = 0.0
     finished: list[list[tuple[float, int, int, Tensor]]] = [[] for _ in range(batch)]  # (score, step, row, tokens)
     parents: list[Tensor] = []  # per step: for each new beam, its row in that step's model call
+    step_scores: list[Tensor] = []
     for step in range(max_new_tokens):
         logp = F.log_softmax(stepper.logits(ids), dim=-1)  # (batch * k, vocab)
         if controls is not None:  # on log-probabilities, as HuggingFace's beam search; a blocked token gets -inf
             logp = controls(logp, ids, prompt_len)
+        for processor in config.logits_processors:
+            logp = processor(ids, logp)
+        if keep_scores:
+            step_scores.append(logp)
         vocab = logp.shape[-1]
         candidates = (scores.view(-1, 1) + logp).view(batch, k * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=-1)
@@ -81,10 +89,10 @@ def beam_search(
         scores = torch.tensor(next_scores, device=ids.device).view(batch, k)
         if eos_token_id is not None and _all_done(finished, scores, step + 1, length_penalty, k):
             break
-        if stopping is not None and stopping(ids):  # (asked of the live beams)
+        if stopping is not None and stopping(ids, logp, per_row=False):  # (asked of the live beams)
             break
     new_len = ids.shape[1] - prompt_len
-    results, origins = [], []  # origins: (model call, row) where each chosen hypothesis was last extended
+    results, origins = [], []  # origins: (model call, row) where each returned hypothesis was last extended
     for b in range(batch):
         pool = list(finished[b])
         for beam in range(k):
@@ -93,36 +101,35 @@ def beam_search(
                 row = b * k + beam
                 pool.append((normalised, len(parents) - 1, int(parents[-1][row]), ids[row, prompt_len:]))
         ranked = sorted(pool, key=lambda item: item[0], reverse=True)[:num_return_sequences]
-        best = ranked[0] if ranked else None
         results.extend(item[3] for item in ranked)
-        results.extend(ids.new_zeros(0) for _ in range(num_return_sequences - len(ranked)))  # (all blocked)
-        origins.append((best[1], best[2]) if best else (0, b * k))
-    observer = BEAM_OBSERVER.get()
-    if observer is not None and parents:
-        observer(_trace_rows(parents, origins))
+        origins.extend((item[1], item[2]) for item in ranked)
+        missing = num_return_sequences - len(ranked)  # (every candidate was blocked)
+        results.extend(ids.new_zeros(0) for _ in range(missing))
+        origins.extend((-1, -1) for _ in range(missing))
     width = max(len(r) for r in results)
     pad = eos_token_id if eos_token_id is not None else 0
     out = input_ids.new_full((batch * num_return_sequences, prompt_len + width), pad)
     out[:, :prompt_len] = input_ids.repeat_interleave(num_return_sequences, dim=0)
     for row, r in enumerate(results):
         out[row, prompt_len : prompt_len + len(r)] = r
-    return out
+    return GenerateOutput(out, tuple(step_scores), beam_indices=_beam_indices(parents, origins, width))
 
 
-def _trace_rows(parents: list[Tensor], origins: list[tuple[int, int]]) -> list[Tensor]:
-    """For every model call, the row of each batch item's chosen hypothesis: ``[(batch,) per call]``.
+def _beam_indices(parents: list[Tensor], origins: list[tuple[int, int]], width: int) -> Tensor:
+    """``(hypotheses, width)``: for each returned hypothesis and step, the row whose scores chose its token.
 
     A hypothesis last extended in call ``s`` from row ``r`` came, in call ``c - 1``, from row ``parents[c - 1][r_c]``;
-    calls after ``s`` (it had ended) get -1.
+    steps after ``s`` (it had ended) get -1. (Read back once, after the search.)
     """
-    calls = len(parents)
-    trace = [[-1] * len(origins) for _ in range(calls)]
-    for b, (last_call, row) in enumerate(origins):
-        for c in range(last_call, -1, -1):
-            trace[c][b] = row
+    parent_rows = [p.tolist() for p in parents]
+    indices = [[-1] * width for _ in origins]
+    for h, (last_call, row) in enumerate(origins):
+        for c in range(last_call, -1, -1):  # (a hypothesis of last_call + 1 tokens: last_call < width)
+            indices[h][c] = row
             if c > 0:
-                row = int(parents[c - 1][row])
-    return [torch.tensor(t) for t in trace]
+                row = parent_rows[c - 1][row]
+    device = parents[0].device if parents else None
+    return torch.tensor(indices, dtype=torch.long, device=device).view(len(origins), width)
 
 
 def _all_done(finished: list, scores: Tensor, length: int, length_penalty: float, k: int) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qkv.errors import ConfigError
+from qkv.errors import ConfigError, ShapeError, describe_shape
 
 __all__ = ["LogitsControls", "Stopping", "check_sampling", "stop_strings", "stopping"]
 
@@ -129,52 +129,73 @@ class LogitsControls:
         return hits > 0
 
 
-@dataclass
 class Stopping:
-    """When to stop before ``max_new_tokens``: ``when(ids (batch, seq)) -> bool`` called after each new token (a
-    stop string, a user's own test), and ``max_time`` seconds. A check reads the ids back to the host, once per step,
-    so it is made only when one is asked for."""
+    """When to stop before ``max_new_tokens``: HF-shaped criteria ``(ids (rows, seq), scores (rows, vocab)) -> bool``
+    (every row) or a ``(rows,)`` bool tensor (each row), asked after each new token, and ``max_time`` seconds.
 
-    when: Callable[[Tensor], bool] | None = None
-    max_time: float | None = None
+    A row once told to stop stays stopped (it keeps decoding until all have stopped, as HF's rows do, so a batch
+    keeps its shape); the generation ends when every row has. A check reads back to the host once per step, so a
+    :class:`Stopping` is made only when something is asked for (:func:`stopping`).
+    """
 
-    def __post_init__(self) -> None:
-        if self.max_time is not None and not (math.isfinite(self.max_time) and self.max_time > 0):
-            raise ConfigError(f"max_time must be a number of seconds > 0, got {self.max_time}")
-        if self.when is not None and not callable(self.when):
-            raise ConfigError(f"a stopping test must be callable (ids -> bool), got {type(self.when).__name__}")
+    def __init__(
+        self, criteria: Sequence[Callable[[Tensor, Tensor], bool | Tensor]] = (), max_time: float | None = None
+    ):
+        self.criteria = tuple(criteria)
+        self.max_time = max_time
         self._deadline = math.inf
+        self._stopped: Tensor | None = None
 
     def start(self) -> Stopping:
+        """Start the clock and forget earlier answers (one generation per start)."""
         self._deadline = time.monotonic() + self.max_time if self.max_time is not None else math.inf
+        self._stopped = None
         return self
 
-    def __call__(self, ids: Tensor) -> bool:
-        return time.monotonic() >= self._deadline or (self.when is not None and bool(self.when(ids)))
+    def __call__(self, ids: Tensor, scores: Tensor, *, per_row: bool = True) -> bool:
+        """True when generation should end. ``per_row=False`` (beam search, whose rows change hypotheses every
+        step): a row's earlier answers are not kept."""
+        if time.monotonic() >= self._deadline:
+            return True
+        if not self.criteria:
+            return False
+        stopped = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for criterion in self.criteria:
+            answer = criterion(ids, scores)
+            if isinstance(answer, Tensor):
+                if answer.shape != (ids.shape[0],):
+                    raise ShapeError(
+                        f"a stopping criterion returned {describe_shape(answer.shape)}; it must return a bool or "
+                        f"one bool per row ({ids.shape[0]},)"
+                    )
+                stopped |= answer.to(device=ids.device, dtype=torch.bool)
+            elif answer:
+                stopped[:] = True
+        if per_row and self._stopped is not None and self._stopped.shape == stopped.shape:
+            stopped |= self._stopped
+        self._stopped = stopped
+        return bool(stopped.all())
 
 
-def stopping(when: Callable[[Tensor], bool] | None, max_time: float | None) -> Stopping | None:
-    """A checked :class:`Stopping` when either is given; None otherwise (no per-step check at all)."""
-    return Stopping(when, max_time) if when is not None or max_time is not None else None
+def stopping(criteria: Sequence[Callable[[Tensor, Tensor], bool | Tensor]], max_time: float | None) -> Stopping | None:
+    """A :class:`Stopping` when a criterion or a time limit is given; None otherwise (no per-step check at all)."""
+    return Stopping(criteria, max_time) if criteria or max_time is not None else None
 
 
 def stop_strings(
     strings: Sequence[str], decode: Callable[[list[int]], str], prompt_len: int
-) -> Callable[[Tensor], bool]:
-    """A stopping test: true once every row's new text has contained one of ``strings`` (matched on decoded text,
-    so across token boundaries; the output keeps the string, as HuggingFace's ``stop_strings``). Each step decodes
-    only each row's last tokens: as many as the longest string has characters, and two more for tokens that are
-    parts of one character. Rows that stop early keep generating until all have stopped."""
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """A stopping criterion: a row stops once its new text contains one of ``strings`` (matched on decoded text, so
+    across token boundaries; the output keeps the string, as HuggingFace's ``stop_strings``). Each step decodes only
+    each row's last tokens: as many as the longest string has characters, and two more for tokens that are parts of
+    one character."""
     strings = list(strings)
     if not strings or any(not isinstance(s, str) or not s for s in strings):
         raise ConfigError(f"stop strings must be non-empty strings, got {strings!r}")
     window = max(len(s) for s in strings) + 2
-    stopped: set[int] = set()
 
-    def test(ids: Tensor) -> bool:
-        for index, row in enumerate(ids[:, prompt_len:].tolist()):
-            if index not in stopped and any(s in decode(row[-window:]) for s in strings):
-                stopped.add(index)
-        return len(stopped) == ids.shape[0]
+    def criterion(ids: Tensor, scores: Tensor) -> Tensor:
+        rows = ids[:, prompt_len:].tolist()
+        return torch.tensor([any(s in decode(row[-window:]) for s in strings) for row in rows], device=ids.device)
 
-    return test
+    return criterion

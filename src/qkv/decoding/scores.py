@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.decoding.generate import decoding_mode
-from qkv.decoding.stepper import DecodableModel, Stepper
+from qkv.decoding.stepper import DecodableModel, Stepper, decoding_mode
 from qkv.devices import model_device
 from qkv.errors import ShapeError
 from qkv.special_tokens import BOS_ID, EOS_ID

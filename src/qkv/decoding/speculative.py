@@ -9,28 +9,14 @@ after k acceptances one more from p: every token is distributed exactly as the t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from qkv.decoding.generate import decoding_mode, generate
+from qkv.decoding.config import GenerationConfig
 from qkv.decoding.stepper import DecodableModel
-from qkv.devices import model_device
-from qkv.errors import ConfigError, ShapeError
+from qkv.errors import ConfigError
 
-__all__ = ["SpeculativeResult", "speculative_generate"]
-
-
-@dataclass
-class SpeculativeResult:
-    ids: Tensor  # (1, prompt + new)
-    drafted: int  # tokens the draft proposed
-    accepted: int  # of those, kept
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
+__all__ = ["speculative_decode"]
 
 
 class _Runner:
@@ -48,55 +34,35 @@ class _Runner:
         self.cache.truncate(length)
 
 
-@torch.no_grad()
-def speculative_generate(
-    target: DecodableModel,
-    draft: DecodableModel,
-    input_ids: Tensor,
-    max_new_tokens: int,
-    strategy: str = "greedy",
-    *,
-    num_draft_tokens: int = 4,
-    temperature: float = 1.0,
-    seed: int | None = None,
-) -> SpeculativeResult:
-    """Continue ``input_ids (1, seq)`` with ``target``, ``num_draft_tokens`` drafted by ``draft`` per round (the two
-    share a vocabulary). Same output as ``qkv.generate(target, ...)`` for greedy, the same distribution for sampling.
-    Past the target's context the rest is decoded plainly (a window that slides cannot check drafts in one pass)."""
-    if strategy not in ("greedy", "sample"):
-        raise ConfigError(f"speculative decoding is greedy or sample, got {strategy!r}")
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ShapeError("speculative decoding continues one prompt: input_ids must be (1, seq)")
-    if num_draft_tokens < 1:
-        raise ConfigError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    vocab = (target.config.vocab_size, draft.config.vocab_size)  # type: ignore[attr-defined]
+def speculative_decode(
+    target: DecodableModel, draft: DecodableModel, ids: Tensor, end: int, config: GenerationConfig
+) -> tuple[Tensor, int, int]:
+    """Continue ``ids (1, seq)`` towards ``end`` tokens with ``target``, ``config.num_draft_tokens`` drafted by
+    ``draft`` per round (the two share a vocabulary); ``config.strategy`` is greedy or sample. Returns the ids, the
+    tokens drafted and those accepted. Stops short of ``end`` for the last token and at the models' shared context
+    (a window that slides cannot check drafts in one pass): ``qkv.generate(..., draft_model=)`` decodes the rest
+    plainly. Run under ``decoding_mode`` of both models, without gradients."""
+    vocab = (target.config.vocab_size, draft.config.vocab_size)  # type: ignore[attr-defined]  # (every CAUSAL_LM)
     if vocab[0] != vocab[1]:
         raise ConfigError(f"the draft's vocabulary ({vocab[1]}) is not the target's ({vocab[0]}): they must share one")
-    device = model_device(target)
-    ids = input_ids.to(device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    strategy, temperature = config.strategy, config.temperature
+    generator = torch.Generator(device=ids.device)
+    generator.manual_seed(config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
     context = min(target.config.max_seq_len, draft.config.max_seq_len)  # type: ignore[attr-defined]
-    end = ids.shape[1] + max_new_tokens
     drafted = accepted = 0
-    with decoding_mode(target), decoding_mode(draft):
-        big, small = _Runner(target), _Runner(draft)
-        while ids.shape[1] < end:
-            k = min(num_draft_tokens, end - ids.shape[1] - 1, context - ids.shape[1] - 1)
-            if k < 1:
-                break
-            proposal, q = _draft(small, ids, k, strategy, temperature, generator)
-            p = big.logits(torch.cat([ids, proposal], dim=1))[-(k + 1) :]  # (k + 1, vocab): after ids, d1 .. dk
-            kept, token = _verify(proposal[0], p, q, strategy, temperature, generator)
-            drafted, accepted = drafted + k, accepted + kept
-            ids = torch.cat([ids, proposal[:, :kept], token.view(1, 1)], dim=1)
-            big.keep(ids.shape[1] - 1)
-            small.keep(ids.shape[1] - 1)
-    if ids.shape[1] < end:  # the last token, or past the context: plainly, with the target alone
-        ids = generate(target, ids, end - ids.shape[1], strategy, temperature=temperature, seed=seed)
-    return SpeculativeResult(ids, drafted, accepted)
+    big, small = _Runner(target), _Runner(draft)
+    while ids.shape[1] < end:
+        k = min(config.num_draft_tokens, end - ids.shape[1] - 1, context - ids.shape[1] - 1)
+        if k < 1:
+            break
+        proposal, q = _draft(small, ids, k, strategy, temperature, generator)
+        p = big.logits(torch.cat([ids, proposal], dim=1))[-(k + 1) :]  # (k + 1, vocab): after ids, d1 .. dk
+        kept, token = _verify(proposal[0], p, q, strategy, temperature, generator)
+        drafted, accepted = drafted + k, accepted + kept
+        ids = torch.cat([ids, proposal[:, :kept], token.view(1, 1)], dim=1)
+        big.keep(ids.shape[1] - 1)
+        small.keep(ids.shape[1] - 1)
+    return ids, drafted, accepted
 
 
 def _draft(

@@ -10,12 +10,16 @@ from __future__ import annotations
 import typing
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from qkv.attention.frozen import frozen_weights
 from qkv.attention.kv_cache import KVCache
+from qkv.models.modes import eval_mode
 
 __all__ = [
     "DecodableModel",
@@ -25,7 +29,15 @@ __all__ = [
     "Stepper",
     "TokenStepper",
     "compiled_for_decoding",
+    "decoding_mode",
 ]
+
+
+@contextmanager
+def decoding_mode(model: object) -> Iterator[None]:
+    """Evaluation mode (no dropout) and frozen weights while decoding; the model's mode is restored afterwards."""
+    with eval_mode(model), frozen_weights():  # weights do not change while decoding: derived tensors may be reused
+        yield
 
 
 class TokenStepper(Protocol):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import Tensor
 
 from qkv.decoding.beam import beam_search
-from qkv.decoding.controls import LogitsControls
-from qkv.decoding.generate import check_decoding_args, check_return_sequences, decode_loop, decoding_mode
-from qkv.decoding.stepper import Seq2SeqDecodable, Seq2SeqStepper
+from qkv.decoding.config import GenerationConfig, resolve_config
+from qkv.decoding.controls import stopping
+from qkv.decoding.generate import check_ids_fit, decode_loop
+from qkv.decoding.output import GenerateOutput
+from qkv.decoding.stepper import Seq2SeqDecodable, Seq2SeqStepper, decoding_mode
 from qkv.devices import model_device
 from qkv.errors import ConfigError
 from qkv.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -20,59 +22,73 @@ __all__ = ["alignment", "cross_attention", "translate"]
 NO_ALIGNMENT = "this model has no attention (the no-attention baseline): there is no alignment to show"
 
 
+@overload
+def translate(
+    model: torch.nn.Module,
+    src_ids: Tensor,
+    config: GenerationConfig | None = None,
+    *,
+    return_dict: Literal[False] = False,
+    **overrides: Any,
+) -> Tensor: ...
+@overload
+def translate(
+    model: torch.nn.Module,
+    src_ids: Tensor,
+    config: GenerationConfig | None = None,
+    *,
+    return_dict: Literal[True],
+    **overrides: Any,
+) -> GenerateOutput: ...
 @torch.no_grad()
 def translate(
     model: torch.nn.Module,
     src_ids: Tensor,
-    max_new_tokens: int | None = None,
-    strategy: str = "greedy",
+    config: GenerationConfig | None = None,
     *,
-    num_beams: int = 4,
-    length_penalty: float = 1.0,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    bos_token_id: int = BOS_ID,
-    eos_token_id: int = EOS_ID,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
-    min_new_tokens: int = 0,
-    num_return_sequences: int = 1,
-) -> Tensor:
-    """Target ids ``(batch, n)`` for sources ``src_ids (batch, src_len)`` (0 = padding).
+    return_dict: bool = False,
+    **overrides: Any,
+) -> Tensor | GenerateOutput:
+    """Target ids ``(batch * num_return_sequences, n)`` for sources ``src_ids (batch, src_len)`` (0 = padding).
 
-    The source is encoded once; the decoder starts from ``<s>`` and stops at ``</s>`` or after ``max_new_tokens``
-    (default: the model's ``max_target_len``). Rows are returned without ``<s>``, and a row that ended early is
-    filled with ``</s>``. ``strategy`` and its options, the controls (``repetition_penalty``,
-    ``no_repeat_ngram_size``, ``min_new_tokens``: on the output tokens) and ``num_return_sequences`` (``(batch * n,
-    len)``) are those of :func:`qkv.generate`; :func:`qkv.score_translation` scores the outputs.
+    The source is encoded once; the decoder starts from ``bos_token_id`` (default ``<s>``) and stops at
+    ``eos_token_id`` (default ``</s>``) or after ``max_new_tokens`` (default: the model's ``max_target_len``). Rows
+    are returned without ``<s>``, and a row that ended early is filled with ``</s>``. ``config`` and
+    ``**overrides`` are :func:`qkv.generate`'s (the controls count output tokens only; padding, ``<s>`` and
+    ``<unk>`` are never written); :func:`qkv.score_translation` scores the outputs.
     """
-    limit = int(model.config.max_target_len) if max_new_tokens is None else max_new_tokens  # type: ignore[union-attr]
+    cfg = resolve_config(config, overrides)
+    if cfg.compile or not cfg.use_cache:
+        raise ConfigError(
+            "translate always decodes step by step on the decoder's state: compile and use_cache=False are for "
+            "language models"
+        )
+    eos = EOS_ID if cfg.eos_token_id is None else cfg.eos_token_id
+    bos = BOS_ID if cfg.bos_token_id is None else cfg.bos_token_id
+    limit = int(model.config.max_target_len) if cfg.max_new_tokens is None else cfg.max_new_tokens  # type: ignore[union-attr]
+    cfg = cfg.replace(eos_token_id=eos)  # (beam search and the decoding loop read the end token from the config)
     src_ids = src_ids.to(model_device(model))  # sources, states and sampling follow the model's device
-    start = torch.full((src_ids.shape[0], 1), bos_token_id, dtype=torch.long, device=src_ids.device)
-    check_decoding_args(start, limit, strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
-    check_return_sequences(num_return_sequences, strategy, num_beams)
-    controls = LogitsControls(
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        min_new_tokens=min_new_tokens,
-        eos_token_id=eos_token_id,
-        suppress_tokens=(PAD_ID, bos_token_id, UNK_ID),  # never text: a translation never writes them
-    )
+    start = torch.full((src_ids.shape[0], 1), bos, dtype=torch.long, device=src_ids.device)
+    check_ids_fit(start, limit, cfg)
+    controls = cfg.logits_controls(eos, extra_suppressed=(PAD_ID, bos, UNK_ID))  # never text: never written
     controls.check_context(limit + 1)
+    stops = stopping(cfg.stopping_criteria, cfg.max_time)
+    decodable = cast(Seq2SeqDecodable, model)
+    if limit == 0:  # nothing to add: as many empty rows as the strategy would return
+        empty = start.new_zeros((start.shape[0] * cfg.num_return_sequences, 0))
+        return GenerateOutput(empty, ()) if return_dict else empty
     with decoding_mode(model):
-        if strategy == "beam":
-            stepper = Seq2SeqStepper(cast(Seq2SeqDecodable, model), src_ids.repeat_interleave(num_beams, dim=0))
-            ids = beam_search(
-                stepper, start, limit, num_beams, length_penalty, eos_token_id, controls, None, num_return_sequences
-            )
+        if cfg.strategy == "beam":
+            stepper = Seq2SeqStepper(decodable, src_ids.repeat_interleave(cfg.num_beams, dim=0))
+            out = beam_search(stepper, start, limit, cfg, controls, stops, keep_scores=return_dict)
         else:
-            rows = src_ids.repeat_interleave(num_return_sequences, dim=0)
-            stepper = Seq2SeqStepper(cast(Seq2SeqDecodable, model), rows)
-            start = start.repeat_interleave(num_return_sequences, dim=0)
-            ids = decode_loop(stepper, start, limit, strategy, temperature, top_k, top_p, seed, eos_token_id, controls)
-    return ids[:, 1:]
+            n = cfg.num_return_sequences
+            stepper = Seq2SeqStepper(decodable, src_ids.repeat_interleave(n, dim=0))
+            out = decode_loop(
+                stepper, start.repeat_interleave(n, dim=0), limit, cfg, controls, stops, keep_scores=return_dict
+            )
+    out.sequences = cast(Tensor, out.sequences)[:, 1:]
+    return out if return_dict else out.sequences
 
 
 @torch.no_grad()

@@ -15,8 +15,7 @@ from torch import Tensor, nn
 
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.weights import attention_scores, attention_weights
-from qkv.decoding.trace import BEAM_OBSERVER
-from qkv.errors import ConfigError
+from qkv.errors import ConfigError, ShapeError, describe_shape
 
 __all__ = ["AttentionCapture", "capture_attention"]
 
@@ -31,16 +30,17 @@ class AttentionCapture:
     queries: dict[int, list[Tensor]] = field(default_factory=dict)  # q (batch, heads, q, head_dim) per call
     keys: dict[int, list[Tensor]] = field(default_factory=dict)  # k (batch, kv_heads, k, head_dim) per call
     options: dict[int, list[dict]] = field(default_factory=dict)  # mask, causal, window, bias, score per call
-    beam_rows: list[Tensor] | None = None  # after a beam search: per call, the rows of the chosen hypotheses
 
-    def weights(self, layer: int) -> Tensor:
+    def weights(self, layer: int, beam_indices: Tensor | None = None) -> Tensor:
         """All rows recorded for ``layer``: ``(batch, heads, total_q, max_k)``.
 
         Successive calls (decoding steps on a KV cache) append their query rows; keys a row could not see yet are 0.
+        After a beam search, pass its ``beam_indices`` (``qkv.generate(..., return_dict=True).beam_indices``,
+        ``(rows, new)``) to follow each returned hypothesis through the beams' reorderings: one row per hypothesis.
         """
-        return self._rows(layer, self.calls.get(layer), fill=0.0)
+        return self._rows(layer, self.calls.get(layer), 0.0, beam_indices)
 
-    def scores(self, layer: int) -> Tensor:
+    def scores(self, layer: int, beam_indices: Tensor | None = None) -> Tensor:
         """What the softmax of ``layer`` received, laid out as :meth:`weights`: ``(batch, heads, total_q, max_k)``
         in fp32, the scaled score plus any bias, ``-inf`` at keys the layer's mask, causal rule or window forbade
         (and at keys a row could not see yet). Recomputed on demand from the recorded Q and K: materialised, so
@@ -49,13 +49,19 @@ class AttentionCapture:
             attention_scores(q, k, heads=self.heads, **options)
             for q, k, options in zip(self.queries.get(layer, []), self.keys.get(layer, []), self.options.get(layer, []))
         ]
-        return self._rows(layer, parts, fill=float("-inf"))
+        return self._rows(layer, parts, float("-inf"), beam_indices)
 
-    def _rows(self, layer: int, parts: list[Tensor] | None, fill: float) -> Tensor:
+    def _rows(self, layer: int, parts: list[Tensor] | None, fill: float, beam_indices: Tensor | None) -> Tensor:
         if not parts:
             raise ConfigError(f"nothing was captured for layer {layer}; captured layers: {sorted(self.calls)}")
-        if self.beam_rows is not None:  # follow the winning beam of each batch item through the reorderings
-            parts = [_pick_rows(p, rows, fill) for p, rows in zip(parts, self.beam_rows)]
+        if beam_indices is not None:  # call c chose step c's token: its rows are the hypotheses' rows at step c
+            if beam_indices.dim() != 2 or beam_indices.shape[1] > len(parts):
+                raise ShapeError(
+                    f"beam_indices must be (rows, steps) with at most {len(parts)} steps (the model calls "
+                    f"recorded), got {describe_shape(beam_indices.shape)}"
+                )
+            steps = beam_indices.to(parts[0].device).unbind(1)
+            parts = [_pick_rows(p, rows, fill) for p, rows in zip(parts, steps)]
         width = max(p.shape[-1] for p in parts)
         padded = [torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=fill) for p in parts]
         return torch.cat(padded, dim=2)
@@ -83,7 +89,7 @@ def capture_attention(
 
     ``with qkv.capture_attention(model, layers=[0, 3]) as cap: model(ids)`` then ``cap.weights(3)`` is
     ``(batch, heads, q, k)``. Works with padding, batches, cross-attention and KV-cache decoding (rows accumulate);
-    after a beam search, ``weights`` follows the chosen beam of each batch item.
+    after a beam search, ``weights(layer, beam_indices)`` follows each returned hypothesis.
     """
     modules = attention_modules(model)
     if not modules:
@@ -106,15 +112,10 @@ def capture_attention(
 
         return record
 
-    def on_beam_search(rows: list[Tensor]) -> None:
-        capture.beam_rows = rows
-
     for i in chosen:
         modules[i].capture = recorder(i)
-    token = BEAM_OBSERVER.set(on_beam_search)
     try:
         yield capture
     finally:
-        BEAM_OBSERVER.reset(token)
         for i in chosen:
             modules[i].capture = previous[i]
