@@ -80,14 +80,15 @@ def page_data(path) -> dict:  # noqa: ANN001
 
 
 def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:  # noqa: ANN001
-    """The causal/window mask from its definition: -left <= j - off - i <= right."""
+    """The causal/window mask from its definition: -left <= j - off - i <= right, where an int window w sees the w
+    keys ending at the query, (left, right) = (w - 1, 0)."""
     off = k_len - q_len
     i = torch.arange(q_len).unsqueeze(1)
     j = torch.arange(k_len).unsqueeze(0)
     rel = j - off - i
     allowed = torch.ones(q_len, k_len, dtype=torch.bool)
     if window is not None:
-        left, right = (window, window) if isinstance(window, int) else window
+        left, right = (window - 1, 0) if isinstance(window, int) else window
         allowed &= (rel >= -left) & (rel <= right)
     if causal:
         allowed &= rel <= 0

@@ -38,7 +38,7 @@ def _mask(kind, b, h, lq, lk):
         return None
     if kind == "padding":
         lengths = torch.tensor([lk, max(1, lk // 2)])[:b]
-        return qkv.attention.padding_mask(lengths, lk)
+        return qkv.attention.padding_mask_tensor(lengths, lk)
     m = torch.rand(b, 1, lq, lk) > 0.3
     m[0, 0, 1] = False  # a fully masked row
     return m

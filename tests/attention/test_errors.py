@@ -35,7 +35,8 @@ CASES = [
     ("5-D mask", dict(mask=torch.ones(1, 1, 1, 5, 6, dtype=torch.bool)), MaskError, "does not broadcast"),
     ("bool bias", dict(bias=torch.ones(5, 6, dtype=torch.bool)), MaskError, "bias must be a float tensor"),
     ("bias shape", dict(bias=torch.zeros(3, 6)), MaskError, "does not broadcast"),
-    ("negative window", dict(window=-1), ConfigError, "window sizes must be >= 0"),
+    ("negative window", dict(window=(-1, 0)), ConfigError, "window sizes must be >= 0"),
+    ("empty window", dict(window=0), ConfigError, "window must be >= 1 (the number of keys a query sees"),
     ("bad window tuple", dict(window=(1, 2, 3)), ConfigError, "(left, right)"),
     ("float window", dict(window=2.5), ConfigError, "window must be"),
     ("unknown score", dict(score="dotty"), UnknownNameError, "known scores"),
@@ -84,7 +85,7 @@ def test_multi_head_attention_config_errors():
         mha(torch.randn(5, 32))
     with pytest.raises(MaskError, match="key_mask must be bool"):
         mha(torch.randn(2, 5, 32), key_mask=torch.ones(2, 4, dtype=torch.bool))
-    with pytest.raises(MaskError, match="PyTorch's argument of that name means the opposite"):  # no silent inversion
+    with pytest.raises(TypeError, match="key_padding_mask"):  # PyTorch's opposite of key_mask: no silent inversion
         mha(torch.randn(2, 5, 32), key_padding_mask=torch.ones(2, 5, dtype=torch.bool))
 
 

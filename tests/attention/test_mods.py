@@ -80,7 +80,7 @@ def _random_mask_mod(kind, b, h, lq, lk, g):  # noqa: ANN001, ANN202
         return mods.prefix_lm(torch.randint(0, lk + 1, (b,), generator=g))
     if kind == "dilated":
         return mods.dilated(int(torch.randint(1, 4, (1,), generator=g)), causal=False)
-    return mods.sliding_window(int(torch.randint(0, 10, (1,), generator=g)), causal=False)
+    return mods.sliding_window((int(torch.randint(0, 10, (1,), generator=g)),) * 2)
 
 
 def _random_score_mod(kind, h, lq, lk, g, dtype):  # noqa: ANN001, ANN202
@@ -113,9 +113,10 @@ def test_mask_and_score_functions_agree_with_the_float64_oracle(case):
     v = torch.randn(b, kvh, lk, 8, generator=g, dtype=dtype, requires_grad=True)
     mask_mod = _random_mask_mod(mask_kind, b, h, lq, lk, g)
     score_mod, tensors = _random_score_mod(score_kind, h, lq, lk, g, dtype)
-    passed = block_mask(mask_mod, b, h, lq, lk, block) if mask_mod is not None and block != 128 else mask_mod
+    blocks = block_mask(mask_mod, b, h, lq, lk, block) if mask_mod is not None and block != 128 else None
+    functions = {"block_mask": blocks} if blocks is not None else {"mask_mod": mask_mod}
     try:
-        out, _ = qkv.attend(q, k, v, causal=causal, mask_mod=passed, score_mod=score_mod, backend=backend)
+        out, _ = qkv.attend(q, k, v, causal=causal, score_mod=score_mod, backend=backend, **functions)
     except BackendUnsupportedError:
         assert backend == "fused" and score_kind in ("soft_cap", "table")
         return
@@ -212,7 +213,7 @@ def test_the_chunked_backend_visits_only_tiles_the_block_mask_keeps(monkeypatch)
     doc = torch.arange(256) // 64  # 4 documents of 64 tokens
     blocks = block_mask(mods.document(doc), 1, 2, 256, 256, 32)
     q, k, v = (torch.randn(1, 2, 256, 8) for _ in range(3))
-    out, _ = qkv.attend(q, k, v, mask_mod=blocks, backend="chunked")
+    out, _ = qkv.attend(q, k, v, block_mask=blocks, backend="chunked")
     # each document: 2x2 tiles of 32, of which the causal mask function leaves 3
     assert len(visited) == 4 * 3
     ref, _ = plain_attention(q, k, v, blocks.dense()[0, 0])
@@ -222,11 +223,11 @@ def test_the_chunked_backend_visits_only_tiles_the_block_mask_keeps(monkeypatch)
 def test_a_block_mask_is_reused_across_calls_and_refuses_another_shape():
     blocks = block_mask(mods.sliding_window(4), 1, 2, 32, 32, 8)
     q, k, v = (torch.randn(1, 2, 32, 8) for _ in range(3))
-    first, _ = qkv.attend(q, k, v, mask_mod=blocks, backend="chunked")
-    again, _ = qkv.attend(q * 2, k, v, mask_mod=blocks, backend="chunked")
+    first, _ = qkv.attend(q, k, v, block_mask=blocks, backend="chunked")
+    again, _ = qkv.attend(q * 2, k, v, block_mask=blocks, backend="chunked")
     assert not torch.equal(first, again)
     with pytest.raises(MaskError, match=r"made for \(batch, heads, q_len, k_len\) = \(1, 2, 32, 32\)"):
-        qkv.attend(q[:, :, :16], k, v, mask_mod=blocks)
+        qkv.attend(q[:, :, :16], k, v, block_mask=blocks)
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -388,9 +389,9 @@ def test_attention_gym_functions_give_what_dense_sdpa_gives(mask_mod, score_mod,
     blocks = block_mask(mask_mod, 1, h, n, n, 8) if mask_mod is not None else None
     if backend == "fused" and score_mod is not None:  # a user's function: SDPA cannot know it only adds a term
         with pytest.raises(BackendUnsupportedError, match="not additive"):
-            qkv.attend(q, k, v, mask_mod=blocks, score_mod=score_mod, backend=backend)
+            qkv.attend(q, k, v, block_mask=blocks, score_mod=score_mod, backend=backend)
         backend = "auto"
-    got, _ = qkv.attend(q, k, v, mask_mod=blocks, score_mod=score_mod, backend=backend)
+    got, _ = qkv.attend(q, k, v, block_mask=blocks, score_mod=score_mod, backend=backend)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -443,9 +444,80 @@ def test_flex_backend_refuses_gradients_on_a_cpu_by_name():
 
 
 def test_and_or_masks_combine_like_the_definitions():
-    allowed = block_mask(mods.and_masks(mods.causal(), mods.sliding_window(2, causal=False)), 1, 1, 9, 9, 4).dense()
-    assert torch.equal(allowed[0, 0], band(9, 9, True, 2))
+    allowed = block_mask(mods.and_masks(mods.causal(), mods.sliding_window((2, 2))), 1, 1, 9, 9, 4).dense()
+    assert torch.equal(allowed[0, 0], band(9, 9, True, (2, 2)))
     allowed = block_mask(mods.or_masks(mods.causal(), mods.prefix_lm(3)), 1, 1, 9, 9, 4).dense()
     assert torch.equal(allowed[0, 0], band(9, 9, True, None) | (torch.arange(9) < 3)[None, :])
     with pytest.raises(ConfigError, match="and_masks needs at least one"):
         mods.and_masks()
+
+
+# ------------------------------------------------------------------------------------- one mask route, one window
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "flex"])
+@pytest.mark.parametrize(
+    ("causal", "window"), [(True, None), (False, 1), (False, 5), (True, 5), (False, (3, 2)), (True, (4, 3))]
+)
+def test_causal_and_window_are_exactly_the_mask_functions(backend, causal, window):
+    """``causal=True`` is ``mods.causal()`` and ``window=w`` is ``mods.sliding_window(w)``, forward and backward, on
+    every backend; an int window is the number of keys a query sees (itself included), as Mistral counts."""
+    if backend == "flex" and "flex" not in qkv.attention.available_backends():
+        pytest.skip("flex attention is not available here")
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, n, 8, generator=g) for n in (12, 16, 16))
+    functions = [mods.causal()] if causal else []
+    functions += [mods.sliding_window(window)] if window is not None else []
+    by_function = mods.and_masks(*functions)
+    grads = []
+    for options in ({"causal": causal, "window": window}, {"mask_mod": by_function}):
+        leaves = [t.clone().requires_grad_(backend != "flex") for t in (q, k, v)]
+        out, weights = qkv.attend(*leaves, backend=backend, return_weights=backend != "flex", **options)
+        if backend != "flex":
+            out.pow(2).sum().backward()
+            grads.append([out, weights, *(t.grad for t in leaves)])
+        else:
+            grads.append([out])
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, **FP32)
+    if isinstance(window, int):  # the count: every query with enough history sees exactly `window` keys
+        seen = qkv.attention.attention_weights(q, k, causal=causal, window=window).gt(0).sum(-1)
+        assert (seen[..., window:] == window).all() and seen.max() == window
+
+
+def test_window_mask_tensor_and_sliding_window_agree_with_the_definition():
+    """Keys t - w + 1 .. t for an int w; t - left .. t + right for a tuple (queries are the last q_len keys)."""
+    for window in (1, 3, (2, 0), (1, 4)):
+        dense = qkv.attention.window_mask_tensor(5, window, 9)
+        left, right = (window - 1, 0) if isinstance(window, int) else window
+        t, j = torch.arange(4, 9)[:, None], torch.arange(9)[None, :]
+        assert torch.equal(dense, (j >= t - left) & (j <= t + right))
+        grid = mods.index_grid(1, 1, 5, 9)
+        assert torch.equal(mods.sliding_window(window)(grid.b, grid.h, grid.q, grid.kv)[0, 0], dense)
+
+
+def test_block_mask_is_its_own_argument():
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    blocks = block_mask(mods.causal(), 1, 2, 16, 16, 8)
+    by_blocks, _ = qkv.attend(q, k, v, block_mask=blocks)
+    torch.testing.assert_close(by_blocks, qkv.attend(q, k, v, causal=True)[0], **FP32)
+    with pytest.raises(ConfigError, match="a BlockMask goes in block_mask="):
+        qkv.attend(q, k, v, mask_mod=blocks)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="pass block_mask= or mask_mod=, not both"):
+        qkv.attend(q, k, v, mask_mod=mods.causal(), block_mask=blocks)
+    with pytest.raises(ConfigError, match="block_mask must be a BlockMask"):
+        qkv.attend(q, k, v, block_mask=mods.causal())  # type: ignore[arg-type]
+
+
+def test_attention_weights_and_scores_share_one_signature():
+    import inspect
+
+    weights = inspect.signature(qkv.attention.attention_weights).parameters
+    scores = inspect.signature(qkv.attention.attention_scores).parameters
+    assert [(p.name, p.kind, p.default) for p in weights.values()] == [
+        (p.name, p.kind, p.default) for p in scores.values()
+    ]
+    q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    options = {"causal": True, "window": 3, "heads": [1]}
+    w = qkv.attention.attention_weights(q, k, **options)
+    torch.testing.assert_close(w, torch.softmax(qkv.attention.attention_scores(q, k, **options), -1), **FP32)

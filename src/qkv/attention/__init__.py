@@ -9,7 +9,13 @@ from qkv.attention.backends import available_backends, choose_backend
 from qkv.attention.block_masks import BlockMask, block_mask
 from qkv.attention.frozen import frozen_weights
 from qkv.attention.kv_cache import KVCache
-from qkv.attention.masks import causal_mask, combine, local_mask, padding_mask
+from qkv.attention.masks import (
+    Window,
+    causal_mask_tensor,
+    combine_mask_tensors,
+    padding_mask_tensor,
+    window_mask_tensor,
+)
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import (
     LearnedPositions,
@@ -21,7 +27,7 @@ from qkv.attention.positional import (
 )
 from qkv.attention.scores import ScoreFunction, available_scores, make_score, register_score
 from qkv.attention.softmax import safe_softmax
-from qkv.attention.weights import attention_weights
+from qkv.attention.weights import attention_scores, attention_weights
 
 __all__ = [
     "BlockMask",
@@ -31,22 +37,24 @@ __all__ = [
     "RotaryEmbedding",
     "ScoreFunction",
     "SinusoidalPositions",
+    "Window",
     "alibi_bias",
     "alibi_slopes",
     "sinusoidal_table",
     "attend",
+    "attention_scores",
     "attention_weights",
     "available_backends",
     "available_scores",
     "block_mask",
-    "causal_mask",
+    "causal_mask_tensor",
     "choose_backend",
-    "combine",
+    "combine_mask_tensors",
     "frozen_weights",
-    "local_mask",
     "make_score",
     "mods",
-    "padding_mask",
+    "padding_mask_tensor",
     "register_score",
     "safe_softmax",
+    "window_mask_tensor",
 ]

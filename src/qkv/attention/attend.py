@@ -8,6 +8,7 @@ from torch import Tensor
 from qkv.attention.backends import run_backend
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import AttentionCall, build_call
+from qkv.attention.masks import Window
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.scores import ScoreFunction
 
@@ -21,15 +22,16 @@ def attend(
     mask: Tensor | None = None,
     *,
     causal: bool = False,
-    window: int | tuple[int, int] | None = None,
+    window: Window | None = None,
     bias: Tensor | None = None,
     score: str | ScoreFunction = "scaled_dot",
     scale: float | None = None,
     dropout: float = 0.0,
     backend: str = "auto",
     return_weights: bool = False,
-    mask_mod: MaskMod | BlockMask | None = None,
+    mask_mod: MaskMod | None = None,
     score_mod: ScoreMod | None = None,
+    block_mask: BlockMask | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention: ``softmax(score_mod(score(q, k) · scale + bias), masked) · v``.
 
@@ -40,9 +42,10 @@ def attend(
         v: values ``(batch, kv_heads, k_len, v_dim)``.
         mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``; **True = may attend**.
         causal: query ``i`` sees keys up to its own position, aligned to the *end* of the keys (``q_len < k_len``
-            is a query block appended after cached keys).
-        window: local attention; query ``i`` sees key ``j`` iff ``-left <= j - off - i <= right`` with
-            ``off = k_len - q_len``. An int ``w`` means ``(w, w)``; with ``causal=True`` the right side is 0.
+            is a query block appended after cached keys). Exactly ``mask_mod=mods.causal()``, on a fast path.
+        window: local attention, exactly ``mask_mod=mods.sliding_window(window)`` on a fast path: an int ``w`` is
+            the number of keys a query sees, itself included and counting back (Mistral's ``sliding_window``);
+            ``(left, right)`` the keys seen on each side besides itself (:mod:`qkv.attention.masks` says it once).
         bias: float, broadcastable like ``mask``, added to the scaled scores (ALiBi, relative positions, ...).
         score: a registered score name (``dot``, ``scaled_dot``, ``cosine``, or your own parameter-free one) or a
             :class:`~qkv.attention.scores.ScoreFunction` module (needed for ``general``, ``additive``, ``location``).
@@ -51,12 +54,14 @@ def attend(
         backend: ``"reference"``, ``"chunked"``, ``"fused"``, ``"flex"`` or ``"auto"`` (see :func:`choose_backend`).
         return_weights: also return the weights ``(batch, heads, q_len, k_len)`` (before dropout). Only the
             reference backend lets gradients flow through them; the others recompute them for inspection.
-        mask_mod: ``(b, h, q_idx, kv_idx) -> bool`` (True = may attend), ANDed with the other masks, or a
-            :class:`~qkv.attention.block_mask.BlockMask` made once by :func:`qkv.attention.block_mask` (reused
-            across layers and steps). The chunked backend skips tiles the function leaves empty.
+        mask_mod: ``(b, h, q_idx, kv_idx) -> bool`` (True = may attend), ANDed with the other masks. The chunked
+            backend skips tiles the function leaves empty.
         score_mod: ``(score, b, h, q_idx, kv_idx) -> score``, applied to the scaled (and biased) scores before
             masking; ALiBi, soft-capping, T5's bias (:mod:`qkv.attention.mods`). Parameters of a module, and
             tensors a function closes over, get gradients.
+        block_mask: a :class:`~qkv.attention.block_masks.BlockMask` made once by :func:`qkv.attention.block_mask`
+            from a mask function, reused across layers and steps (FlexAttention's argument); instead of
+            ``mask_mod``.
 
     Returns:
         ``(out, weights)``: ``out`` is ``(batch, heads, q_len, v_dim)`` in the dtype of ``q``; ``weights`` is None
@@ -79,6 +84,7 @@ def attend(
         return_weights=return_weights,
         mask_mod=mask_mod,
         score_mod=score_mod,
+        block_mask=block_mask,
     )
     if 0 in (call.batch, call.heads, call.q_len, call.k_len):
         return _empty_result(call)

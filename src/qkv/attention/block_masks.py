@@ -27,7 +27,7 @@ DEFAULT_BLOCK = 128
 class BlockMask:
     """A mask function and its tile classes ``(batch | 1, heads | 1, q_blocks, k_blocks)`` (EMPTY/PARTIAL/FULL).
 
-    Pass it to :func:`qkv.attend` as ``mask_mod=``. Size-1 batch or head dims mean the function ignores that index.
+    Pass it to :func:`qkv.attend` as ``block_mask=``. Size-1 batch or head dims mean the function ignores that index.
     It is a snapshot: tensors the function reads (document ids, say) must not change while it is in use.
     """
 

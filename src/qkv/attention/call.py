@@ -13,13 +13,13 @@ import torch
 from torch import Tensor
 
 from qkv.attention.block_masks import BlockMask
-from qkv.attention.masks import Span, check_broadcastable, make_span
+from qkv.attention.masks import Span, Window, check_broadcastable, make_span
 from qkv.attention.mods import IndexGrid, MaskMod, ScoreMod, additive_bias, evaluate_mask, index_grid, is_additive
 from qkv.attention.scores import ScoreFunction, resolve_score
 from qkv.attention.softmax import compute_dtype
 from qkv.errors import ConfigError, DTypeError, MaskError, ShapeError, describe_shape
 
-__all__ = ["AttentionCall", "build_call", "repeat_kv", "as_4d"]
+__all__ = ["AttentionCall", "as_4d", "build_call", "mask_function", "repeat_kv"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,24 @@ def _check_bias(bias: Tensor | None, target: tuple[int, int, int, int], device: 
     return as_4d(bias)
 
 
+def mask_function(mask_mod: MaskMod | None, block_mask: BlockMask | None) -> MaskMod | None:
+    """The one mask function of a call: ``mask_mod``, or the one ``block_mask`` was made from (never both)."""
+    if isinstance(mask_mod, BlockMask):
+        raise ConfigError("a BlockMask goes in block_mask= (FlexAttention's argument); mask_mod= takes a function")
+    if block_mask is None:
+        return mask_mod
+    if not isinstance(block_mask, BlockMask):
+        raise ConfigError(
+            f"block_mask must be a BlockMask from qkv.attention.block_mask(...), got {type(block_mask).__name__}"
+        )
+    if mask_mod is not None:
+        raise ConfigError(
+            "block_mask carries its own mask function: pass block_mask= or mask_mod=, not both (to combine them, "
+            "make the block mask from mods.and_masks(...))"
+        )
+    return block_mask.mask_mod
+
+
 def build_call(
     q: Tensor,
     k: Tensor,
@@ -190,22 +208,22 @@ def build_call(
     mask: Tensor | None,
     *,
     causal: bool,
-    window: int | tuple[int, int] | None,
+    window: Window | None,
     bias: Tensor | None,
     score: str | ScoreFunction,
     scale: float | None,
     dropout: float,
     return_weights: bool,
-    mask_mod: MaskMod | BlockMask | None = None,
+    mask_mod: MaskMod | None = None,
     score_mod: ScoreMod | None = None,
+    block_mask: BlockMask | None = None,
 ) -> AttentionCall:
     """Validate the arguments of :func:`qkv.attend` (see there) and bundle them."""
     _check_qkv(q, k, v)
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    blocks = None
-    if isinstance(mask_mod, BlockMask):
-        mask_mod.check(*target)
-        blocks, mask_mod = mask_mod, mask_mod.mask_mod
+    mask_mod = mask_function(mask_mod, block_mask)
+    if block_mask is not None:
+        block_mask.check(*target)
     for name, fn in (("mask_mod", mask_mod), ("score_mod", score_mod)):
         if fn is not None and not callable(fn):
             raise ConfigError(f"{name} must be a function of indices (see qkv.attention.mods), got {type(fn).__name__}")
@@ -230,6 +248,6 @@ def build_call(
         dropout=float(dropout),
         return_weights=bool(return_weights),
         mask_mod=mask_mod,
-        blocks=blocks,
+        blocks=block_mask,
         score_mod=score_mod,
     )

@@ -3,10 +3,18 @@
 One convention everywhere in qkv: a boolean mask, **True = may attend**, broadcastable to
 ``(batch, heads, q_len, k_len)``. Structural masks (causal, local window) are described by a :class:`Span` so the
 chunked backend can skip whole blocks without materialising anything; :meth:`Span.dense` builds the bool matrix
-when a backend needs one.
+when a backend needs one. The ``*_tensor`` functions build mask tensors; mask *functions* (of indices, for
+``mask_mod=``) live in :mod:`qkv.attention.mods`.
 
 Alignment: query ``i`` sits at absolute position ``i + off`` with ``off = k_len - q_len``, i.e. queries are the
 *last* ``q_len`` positions of the keys. That is what a KV cache needs (one new query against all cached keys).
+
+**Windows** (the one convention, everywhere in qkv: ``qkv.attend(window=)``, :func:`qkv.attention.mods.sliding_window`,
+``GPTConfig.sliding_window``, :func:`window_mask_tensor`): an int ``w`` is *the number of keys a query sees*, itself
+included and counting back: keys ``t - w + 1 .. t`` for the query at position ``t`` (Mistral's ``sliding_window``;
+it implies looking back only, with or without ``causal``). A tuple ``(left, right)`` counts the keys a query sees
+on each side besides itself: keys ``t - left .. t + right`` (``(w, w)`` is a symmetric window of ``2w + 1`` keys);
+``causal=True`` then drops the right side.
 """
 
 from __future__ import annotations
@@ -18,7 +26,19 @@ from torch import Tensor
 
 from qkv.errors import ConfigError, DTypeError, ShapeError, describe_shape
 
-__all__ = ["Span", "causal_mask", "combine", "local_mask", "padding_mask", "make_span"]
+__all__ = [
+    "Span",
+    "Window",
+    "causal_mask_tensor",
+    "combine_mask_tensors",
+    "make_span",
+    "padding_mask_tensor",
+    "window_mask_tensor",
+    "window_bounds",
+]
+
+#: a window: an int (keys a query sees, counting back from itself) or ``(left, right)`` keys on each side
+Window = int | tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -71,29 +91,36 @@ class Span:
         return allowed
 
 
-def make_span(causal: bool, window: int | tuple[int, int] | None) -> Span:
-    """Validate ``causal``/``window`` as :func:`qkv.attend` takes them and turn them into a :class:`Span`.
+def window_bounds(window: Window) -> tuple[int, int]:
+    """A window (see the module's docstring) as ``(left, right)``: keys ``t - left .. t + right`` are seen."""
+    if isinstance(window, bool) or not isinstance(window, (int, tuple, list)):
+        raise ConfigError(
+            f"window must be an int >= 1 (keys a query sees, itself included) or a (left, right) tuple of ints >= 0, "
+            f"got {window!r}"
+        )
+    if isinstance(window, int):
+        if window < 1:
+            raise ConfigError(f"window must be >= 1 (the number of keys a query sees, itself included), got {window}")
+        return window - 1, 0
+    if len(window) != 2 or not all(isinstance(w, int) and not isinstance(w, bool) for w in window):
+        raise ConfigError(f"window as a tuple must be (left, right) with two ints, got {window!r}")
+    left, right = window
+    if left < 0 or right < 0:
+        raise ConfigError(f"window sizes must be >= 0 (how many keys to each side a query sees), got {window!r}")
+    return left, right
 
-    ``window=w`` means ``(w, w)``; a tuple is ``(left, right)``; with ``causal=True`` the right side is 0.
-    """
+
+def make_span(causal: bool, window: Window | None) -> Span:
+    """Validate ``causal``/``window`` as :func:`qkv.attend` takes them and turn them into a :class:`Span`."""
     if not isinstance(causal, bool):
         raise ConfigError(f"causal must be True or False, got {causal!r}")
     if window is None:
         return Span(None, 0 if causal else None)
-    if isinstance(window, bool) or not isinstance(window, (int, tuple, list)):
-        raise ConfigError(f"window must be an int >= 0 or a (left, right) tuple of ints >= 0, got {window!r}")
-    if isinstance(window, int):
-        left, right = window, window
-    else:
-        if len(window) != 2 or not all(isinstance(w, int) and not isinstance(w, bool) for w in window):
-            raise ConfigError(f"window as a tuple must be (left, right) with two ints, got {window!r}")
-        left, right = window
-    if left < 0 or right < 0:
-        raise ConfigError(f"window sizes must be >= 0 (how many keys to each side a query sees), got {window!r}")
+    left, right = window_bounds(window)
     return Span(left, 0 if causal else right)
 
 
-def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | str | None = None) -> Tensor:
+def causal_mask_tensor(q_len: int, k_len: int | None = None, device: torch.device | str | None = None) -> Tensor:
     """Lower-triangular bool mask ``(q_len, k_len)`` aligned to the end of the keys (True = may attend)."""
     k_len = q_len if k_len is None else k_len
     if k_len < q_len:
@@ -103,22 +130,23 @@ def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | str
     return mask
 
 
-def local_mask(
+def window_mask_tensor(
     q_len: int,
+    window: Window,
     k_len: int | None = None,
-    window: int | tuple[int, int] = 0,
     *,
     causal: bool = False,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Sliding-window bool mask ``(q_len, k_len)``: query i sees keys within ``window`` of its position."""
+    """Sliding-window bool mask ``(q_len, k_len)``: what ``qkv.attend(window=window, causal=causal)`` allows (the
+    window convention of the module's docstring)."""
     k_len = q_len if k_len is None else k_len
     mask = make_span(causal, window).dense(q_len, k_len, device)
     assert mask is not None
     return mask
 
 
-def padding_mask(lengths: Tensor | list[int], max_len: int | None = None) -> Tensor:
+def padding_mask_tensor(lengths: Tensor | list[int], max_len: int | None = None) -> Tensor:
     """Key-padding mask ``(batch, 1, 1, max_len)``: True for the first ``lengths[b]`` positions of each sequence."""
     lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
@@ -132,7 +160,7 @@ def padding_mask(lengths: Tensor | list[int], max_len: int | None = None) -> Ten
     return (positions.unsqueeze(0) < lengths.unsqueeze(1))[:, None, None, :]
 
 
-def combine(*masks: Tensor | None) -> Tensor | None:
+def combine_mask_tensors(*masks: Tensor | None) -> Tensor | None:
     """Logical AND of masks (None entries are ignored); None when all are None."""
     out: Tensor | None = None
     for m in masks:

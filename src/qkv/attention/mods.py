@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from qkv.attention.masks import Window, window_bounds
 from qkv.attention.positional import alibi_slopes
 from qkv.errors import ConfigError, ShapeError, describe_shape
 
@@ -169,25 +170,24 @@ def captured_tensors(fn: object) -> list[Tensor]:
 
 
 def causal() -> MaskMod:
-    """Key at or before the query."""
+    """Key at or before the query: exactly what ``qkv.attend(causal=True)`` allows."""
 
-    def causal_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def causal_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return q_idx >= kv_idx
 
-    return causal_mask
+    return causal_mod
 
 
-def sliding_window(window: int, causal: bool = True) -> MaskMod:
-    """Keys at most ``window`` positions away (only earlier ones when ``causal``): the query sees ``window + 1`` keys
-    under ``causal`` (Mistral's ``sliding_window - 1``)."""
-    if window < 0:
-        raise ConfigError(f"sliding_window needs window >= 0, got {window}")
+def sliding_window(window: Window) -> MaskMod:
+    """Exactly what ``qkv.attend(window=window)`` allows, in qkv's one window convention
+    (:mod:`qkv.attention.masks`): an int ``w`` is the number of keys a query sees, itself included and counting back
+    (Mistral's ``sliding_window``); ``(left, right)`` the keys seen on each side besides itself."""
+    left, right = window_bounds(window)
 
-    def sliding_window_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        near = (q_idx - kv_idx).abs() <= window
-        return near & (q_idx >= kv_idx) if causal else near
+    def sliding_window_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
 
-    return sliding_window_mask
+    return sliding_window_mod
 
 
 def document(doc_ids: Tensor, causal: bool = True) -> MaskMod:
@@ -201,12 +201,12 @@ def document(doc_ids: Tensor, causal: bool = True) -> MaskMod:
         )
     ids = doc_ids if doc_ids.dim() == 2 else doc_ids[None]
 
-    def document_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def document_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         row = b if ids.shape[0] > 1 else torch.zeros_like(b)
         same = ids[row, q_idx] == ids[row, kv_idx]
         return same & (q_idx >= kv_idx) if causal else same
 
-    return document_mask
+    return document_mod
 
 
 def prefix_lm(prefix_length: int | Tensor) -> MaskMod:
@@ -216,11 +216,11 @@ def prefix_lm(prefix_length: int | Tensor) -> MaskMod:
     if lengths.dim() > 1 or lengths.dtype.is_floating_point or (lengths < 0).any():
         raise ConfigError(f"prefix_length must be an int >= 0 or (batch,) of them, got {prefix_length!r}")
 
-    def prefix_lm_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def prefix_lm_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         limit = lengths.to(kv_idx.device)[b] if lengths.dim() == 1 else lengths.to(kv_idx.device)
         return (kv_idx < limit) | (q_idx >= kv_idx)
 
-    return prefix_lm_mask
+    return prefix_lm_mod
 
 
 def dilated(dilation: int, causal: bool = True) -> MaskMod:
@@ -228,11 +228,11 @@ def dilated(dilation: int, causal: bool = True) -> MaskMod:
     if dilation < 1:
         raise ConfigError(f"dilated needs dilation >= 1, got {dilation}")
 
-    def dilated_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def dilated_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         on_stride = (q_idx - kv_idx) % dilation == 0
         return on_stride & (q_idx >= kv_idx) if causal else on_stride
 
-    return dilated_mask
+    return dilated_mod
 
 
 def _fold_masks(mods: tuple[MaskMod, ...], combine: Callable[[Tensor, Tensor], Tensor], name: str) -> MaskMod:

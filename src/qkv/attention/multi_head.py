@@ -16,6 +16,7 @@ from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import as_4d
 from qkv.attention.frozen import derived, frozen_linear
 from qkv.attention.kv_cache import KVCache
+from qkv.attention.masks import Window
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.positional import RotaryEmbedding
 from qkv.attention.scores import ScoreFunction, make_score, resolve_score
@@ -150,7 +151,7 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         key_mask: Tensor | None = None,
         causal: bool = False,
-        window: int | tuple[int, int] | None = None,
+        window: Window | None = None,
         bias: Tensor | None = None,
         cache: KVCache | None = None,
         layer_idx: int = 0,
@@ -158,18 +159,18 @@ class MultiHeadAttention(nn.Module):
         rotary_angles: tuple[Tensor, Tensor] | None = None,
         memory_kv: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
-        key_padding_mask: Tensor | None = None,
-        mask_mod: MaskMod | BlockMask | None = None,
+        mask_mod: MaskMod | None = None,
         score_mod: ScoreMod | None = None,
+        block_mask: BlockMask | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query (batch, q_len, embed_dim)`` to ``key``/``value`` (default: the query itself).
 
         Args:
             mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``, True = may attend.
             key_mask: bool ``(batch, k_len)``, True = a real token that may be attended, False = padding (the
-                opposite of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``, which qkv refuses by name).
-            causal, window, bias, mask_mod, score_mod: as in :func:`qkv.attend` (indices count keys from the
-                start of the cache).
+                opposite of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``: pass ``~key_padding_mask``).
+            causal, window, bias, mask_mod, score_mod, block_mask: as in :func:`qkv.attend` (indices count keys
+                from the start of the cache).
             cache: self-attention only: new keys/values are appended to layer ``layer_idx`` of the cache and the
                 queries attend over everything cached (``causal`` stays aligned to the end).
             positions: rotary positions ``(q_len,)`` or ``(batch, q_len)``; default continues after the cache.
@@ -182,11 +183,6 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``(out (batch, q_len, embed_dim), weights or None)``.
         """
-        if key_padding_mask is not None:
-            raise MaskError(
-                "qkv's MultiHeadAttention takes key_mask (True = a real token), not key_padding_mask: PyTorch's "
-                "argument of that name means the opposite (True = padding); pass key_mask=~key_padding_mask"
-            )
         self._check_input("query", query, self.embed_dim)
         is_self = key is None and memory_kv is None
         if cache is not None and not is_self:
@@ -227,11 +223,12 @@ class MultiHeadAttention(nn.Module):
             return_weights=return_weights,
             mask_mod=mask_mod,
             score_mod=score_mod,
+            block_mask=block_mask,
         )
         if self.capture is not None:  # qkv.capture_attention: exact weights recomputed from Q and K
             self.capture(
                 q, k, mask=mask, causal=causal, window=window, bias=bias, score=self.score, mask_mod=mask_mod,
-                score_mod=score_mod,
+                score_mod=score_mod, block_mask=block_mask,
             )  # fmt: skip
         if self.head_hook is not None:
             out = self.head_hook(out)

@@ -102,8 +102,10 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 def _banded_dense_mask(n: int, window: int) -> torch.Tensor:
+    """``qkv.attend(causal=True, window=window)`` as SDPA's bool mask: each query sees the ``window`` keys ending at
+    itself."""
     i = torch.arange(n)
-    return (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - window)
+    return (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
 
 
 ALIBI_HEADS = 4  # the dense ALiBi bias is heads x N² floats: 4 GiB at N=16384 with 4 heads
@@ -117,7 +119,7 @@ def _alibi_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
     """ALiBi as models without score functions apply it: a dense (1, heads, N, N) bias with -inf above the diagonal."""
     n = q.shape[-2]
     bias = qkv.attention.alibi_bias(q.shape[1], n, n, device=q.device)
-    bias = bias.masked_fill(~qkv.attention.causal_mask(n, device=q.device), float("-inf"))
+    bias = bias.masked_fill(~qkv.attention.causal_mask_tensor(n, device=q.device), float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
@@ -236,7 +238,7 @@ def _programmable_rows(report: Report, config: AttentionBenchConfig, target: Cal
     dense = blocks.dense()
     ours, ref = _time_fwd_bwd(
         n,
-        lambda q, k, v: qkv.attend(q, k, v, mask_mod=blocks)[0],
+        lambda q, k, v: qkv.attend(q, k, v, block_mask=blocks)[0],
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
         repeats,
         device,
@@ -283,13 +285,13 @@ def _flex_row(report: Report, config: AttentionBenchConfig, target: Callable[[st
     q, k, v = (t.detach() for t in _inputs(n, device))
     with torch.no_grad():
         ours, ref = time_pair(
-            lambda: qkv.attend(q, k, v, mask_mod=ours_mask, backend="chunked"),
+            lambda: qkv.attend(q, k, v, block_mask=ours_mask, backend="chunked"),
             lambda: flex_attention(q, k, v, block_mask=flex_mask),
             config.repeats,
             _sync(device),
         )
-        same = torch.allclose(qkv.attend(q, k, v, mask_mod=ours_mask)[0], flex_attention(q, k, v, block_mask=flex_mask),
-                              rtol=1e-4, atol=1e-5)  # fmt: skip
+        ours_out, theirs_out = qkv.attend(q, k, v, block_mask=ours_mask)[0], flex_attention(q, k, v, block_mask=flex_mask)
+        same = torch.allclose(ours_out, theirs_out, rtol=1e-4, atol=1e-5)
     setting = f"N={n}, {config.documents} documents, forward only"
     report.rows.append(Row("Document mask vs compiled FlexAttention", setting, "fwd time", ours, ref, "flex_attention",
                            target("<= 1.5")))  # fmt: skip

@@ -93,7 +93,7 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
 class PreNormBlock(nn.Module):
     """``x + attn(norm(x))`` then ``x + ffn(norm(x))``, causal self-attention: GPT-2's block with the defaults;
     Llama's with ``norm="rms"``, ``feed_forward="swiglu"``, ``bias=False`` and a rotary embedding (Qwen2 adds
-    ``qkv_bias``; Mistral a ``window``, the number of earlier keys each query sees)."""
+    ``qkv_bias``; Mistral a ``window``, the number of keys each query sees, itself included)."""
 
     def __init__(
         self,
@@ -145,8 +145,9 @@ class PreNormBlock(nn.Module):
         positions: Tensor | None = None,
         rotary_angles: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
-        mask_mod: MaskMod | BlockMask | None = None,
+        mask_mod: MaskMod | None = None,
         score_mod: ScoreMod | None = None,
+        block_mask: BlockMask | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         attended, weights = self.attn(
             self.norm1(x),
@@ -161,6 +162,7 @@ class PreNormBlock(nn.Module):
             return_weights=return_weights,
             mask_mod=mask_mod,
             score_mod=score_mod,
+            block_mask=block_mask,
         )
         x = x + self.resid_dropout(attended)
         return x + self.ffn(self.norm2(x)), weights

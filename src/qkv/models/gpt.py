@@ -142,7 +142,7 @@ class GPT(nn.Module):
                 norm=c.norm,
                 feed_forward=c.feed_forward,
                 qkv_bias=c.qkv_bias,
-                window=None if c.sliding_window is None else c.sliding_window - 1,
+                window=c.sliding_window,
             )
             for _ in range(c.num_layers)
         )
@@ -260,9 +260,9 @@ class GPT(nn.Module):
         x = self.token_embedding(input_ids)
         positions = torch.arange(start, start + seq, device=input_ids.device)  # (rotary and per-row positions)
         mask = None
-        mask_mod = None
+        documents = None
         if document_ids is not None:
-            positions, mask_mod = self._documents(document_ids, input_ids, cache, left_padding)
+            positions, documents = self._documents(document_ids, input_ids, cache, left_padding)
         if left_padding is not None:  # per row: positions count from the first real token; padded keys are hidden
             positions = (positions - left_padding.to(positions.device)[:, None]).clamp(min=0)  # (batch, seq)
             keys = torch.arange(start + seq, device=input_ids.device)
@@ -280,7 +280,7 @@ class GPT(nn.Module):
             x, weights = block(
                 x,
                 mask=mask,
-                mask_mod=mask_mod,
+                block_mask=documents,
                 score_mod=self.score_mod,  # (relative distances: padding shifts nothing)
                 cache=cache,
                 layer_idx=i,
