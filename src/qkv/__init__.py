@@ -31,6 +31,8 @@ _LAZY = {  # public name -> the module that defines it
     "save_pretrained": "qkv.pretrained",
     "capture_attention": "qkv.visualization",
     "intervene": "qkv.analysis",
+    "record": "qkv.analysis",
+    "hook_points": "qkv.analysis",
 }
 _SUBMODULES = (
     "analysis",
@@ -49,7 +51,7 @@ __all__ = [*_LAZY, "errors", "__version__"]
 
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from qkv import errors  # noqa: F401
-    from qkv.analysis import intervene  # noqa: F401
+    from qkv.analysis import hook_points, intervene, record  # noqa: F401
     from qkv.attention import KVCache, MultiHeadAttention, attend, register_score  # noqa: F401
     from qkv.decoding import (  # noqa: F401
         GenerateOutput,

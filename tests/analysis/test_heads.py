@@ -75,7 +75,7 @@ def test_a_trained_induction_head_stands_out_and_matters(induction_model):
     others = torch.cat([importance.flatten()[: layer * 4 + head], importance.flatten()[layer * 4 + head + 1 :]])
     assert importance[layer, head] > 5 * others.median().clamp(min=1e-3)
     # and the loss it measures is the model's own
-    with torch.no_grad(), qkv.intervene(induction_model, ablate={(layer, head): "zero"}):
+    with torch.no_grad(), qkv.intervene(induction_model, {f"blocks.{layer}.attn.hook_z": {head: "zero"}}):
         ablated = float(causal_lm_loss(induction_model(ids), ids).mean())
     with torch.no_grad():
         clean = float(causal_lm_loss(induction_model(ids), ids).mean())
@@ -97,10 +97,11 @@ def test_logit_lens_ends_in_the_models_logits_and_reads_each_layers_residual():
     assert lens.shape == (3, 2, 8, 16)
     with torch.no_grad():
         torch.testing.assert_close(lens[-1], model(ids).logits, rtol=0, atol=0)
-        with record(model) as cache:
+        with record(model, names=["blocks.0.hook_resid_post"]) as cache:
             model(ids)
         # layer 0's lens by hand: its block's output through the final LayerNorm and the (tied) embedding matrix
-        by_hand = F.layer_norm(cache.resid[0], (16,), model.final_norm.weight, model.final_norm.bias, 1e-5)
+        resid = cache["blocks.0.hook_resid_post"]
+        by_hand = F.layer_norm(resid, (16,), model.final_norm.weight, model.final_norm.bias, 1e-5)
         torch.testing.assert_close(lens[0], by_hand @ model.token_embedding.weight.T, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="needs a causal LM"):
         logit_lens(qkv.load_pretrained("minilm"), ids)
@@ -111,7 +112,10 @@ def _attention_output(model, layer, ablate, ids):  # noqa: ANN001, ANN202
     seen = {}
     handle = model.blocks[layer].attn.register_forward_hook(lambda _m, _a, out: seen.__setitem__("out", out[0]))
     try:
-        with torch.no_grad(), qkv.intervene(model, ablate=ablate):
+        edits = {}
+        for (lay, head), edit in ablate.items():
+            edits.setdefault(f"blocks.{lay}.attn.hook_z", {})[head] = edit
+        with torch.no_grad(), qkv.intervene(model, edits):
             model(ids)
     finally:
         handle.remove()

@@ -1,7 +1,7 @@
-"""Head importance: the exact method (clean run reused below the ablated layer, heads batched) equals one full forward
-per head under qkv.intervene (method="forwards", itself checked against a hand-run ablation below), for GPT, BERT
-(MiniLM) and the encoder-decoder; attribution patching equals the
-directional derivative measured by finite differences; Spearman's rank correlation equals scipy's."""
+"""Head importance: the exact method (a layer's heads batched in one pass at hook_z) equals one full forward per head
+under qkv.intervene (the oracle below, itself checked against a hand-run ablation), for GPT, BERT (MiniLM) and the
+encoder-decoder; attribution patching equals the directional derivative measured by finite differences; Spearman's
+rank correlation equals scipy's."""
 
 from __future__ import annotations
 
@@ -11,8 +11,23 @@ import torch.nn.functional as F
 
 import qkv
 from qkv.analysis import causal_lm_loss, head_importance, rank_correlation
+from qkv.attention.multi_head import attention_modules, named_attention_modules
 from qkv.errors import ConfigError
-from qkv.visualization.capture import attention_modules
+
+
+def one_forward_per_head(model, ids, ablation="zero", metric=causal_lm_loss, **inputs) -> torch.Tensor:  # noqa: ANN001
+    """The plain way the exact method must equal: for each head, one full forward under qkv.intervene, the metric's
+    change averaged over the batch, ``(layers, heads)`` fp64."""
+    named = named_attention_modules(model)
+    out = torch.zeros(len(named), max(m.num_heads for _, m in named), dtype=torch.float64)
+    token_mask = inputs.get("attention_mask")
+    with torch.no_grad():
+        clean = metric(model(ids, **inputs), ids, **inputs).double()
+        for layer, (name, module) in enumerate(named):
+            for head in range(module.num_heads):
+                with qkv.intervene(model, {f"{name}.hook_z": {head: ablation}}, token_mask=token_mask):
+                    out[layer, head] = float((metric(model(ids, **inputs), ids, **inputs).double() - clean).mean())
+    return out
 
 
 def _gpt(positions: str = "learned") -> qkv.models.GPT:
@@ -30,30 +45,43 @@ def test_exact_importance_equals_one_forward_per_head_in_gpt(positions, ablation
     model = _gpt(positions)
     ids = torch.randint(0, 32, (3, 16), generator=torch.Generator().manual_seed(1))
     got = head_importance(model, ids, ablation, heads_per_pass=heads_per_pass)
-    want = head_importance(model, ids, ablation, method="forwards")
+    want = one_forward_per_head(model, ids, ablation)
     assert want.abs().max() > 1e-3  # the heads matter
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
-def test_the_plain_method_is_the_loss_change_of_one_intervened_forward():
+def test_the_oracle_is_the_loss_change_of_a_hand_run_ablation():
+    """Head 2 of layer 1 mean-ablated by hand, without qkv's hooks: its slice of W_O's input set to its mean."""
     model = _gpt()
     ids = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(4))
+    out_proj, head = model.blocks[1].attn.out_proj, slice(16, 24)  # (head_dim 8)
+    seen = {}
     with torch.no_grad():
+        handle = out_proj.register_forward_pre_hook(lambda _m, args: seen.__setitem__("in", args[0].clone()))
         clean = causal_lm_loss(model(ids), ids).mean()
-        with qkv.intervene(model, ablate={(1, 2): "mean"}):
-            ablated = causal_lm_loss(model(ids), ids).mean()
-    got = head_importance(model, ids, "mean", method="forwards")
+        handle.remove()
+        mean = seen["in"][..., head].mean(dim=(0, 1))
+
+        def ablate(_module, args):  # noqa: ANN001, ANN202
+            x = args[0].clone()
+            x[..., head] = mean
+            return (x,)
+
+        handle = out_proj.register_forward_pre_hook(ablate)
+        ablated = causal_lm_loss(model(ids), ids).mean()
+        handle.remove()
+    got = one_forward_per_head(model, ids, "mean")
     assert got[1, 2].item() == pytest.approx(float(ablated - clean), rel=1e-12)
 
 
-def test_exact_importance_reuses_the_clean_run_below_the_ablated_layer():
+def test_exact_importance_batches_a_layers_heads_in_one_pass():
     model = _gpt()
     calls = []
     for index, module in enumerate(attention_modules(model)):
-        module.register_forward_pre_hook(lambda *_args, i=index: calls.append(i))
+        module.register_forward_pre_hook(lambda _m, args, i=index: calls.append((i, args[0].shape[0])))
     head_importance(model, torch.randint(0, 32, (2, 16)))
-    # a clean pass (layers 0, 1, 2), then for layer L one pass over layers L.. only, its 4 heads batched
-    assert calls == [0, 1, 2, 0, 1, 2, 1, 2, 2]
+    # a clean pass over the batch of 2, then per layer one pass over 4 copies of it (one per head)
+    assert calls == [(i, 2) for i in range(3)] + [(i, 8) for _ in range(3) for i in range(3)]
 
 
 def test_exact_importance_in_minilm_with_padding_and_a_sentence_similarity_metric():
@@ -69,7 +97,7 @@ def test_exact_importance_in_minilm_with_padding_and_a_sentence_similarity_metri
         return F.cosine_similarity(pooled, anchor, dim=-1)
 
     got = head_importance(model, ids, "mean", similarity, attention_mask=mask)
-    want = head_importance(model, ids, "mean", similarity, method="forwards", attention_mask=mask)
+    want = one_forward_per_head(model, ids, "mean", similarity, attention_mask=mask)
     assert got.shape == (6, 12) and want.abs().max() > 1e-4
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
@@ -86,7 +114,7 @@ def test_exact_importance_in_the_encoder_decoder_covers_encoder_self_and_cross_a
         return causal_lm_loss(output, tgt_ids)
 
     got = head_importance(model, src, metric=loss, tgt_ids=tgt)
-    want = head_importance(model, src, metric=loss, method="forwards", tgt_ids=tgt)
+    want = one_forward_per_head(model, src, metric=loss, tgt_ids=tgt)
     assert got.shape == (6, 4) and (want.abs() > 1e-4).all()
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
@@ -98,16 +126,17 @@ def test_attribution_is_the_directional_derivative_toward_the_ablation(ablation)
     model = _gpt("rotary")
     ids = torch.randint(0, 32, (3, 16), generator=torch.Generator().manual_seed(2))
     got = head_importance(model, ids, ablation, method="attribution")
-    with torch.no_grad(), qkv.analysis.record(model) as cache:
+    with torch.no_grad(), qkv.record(model, names=lambda n: n.endswith("hook_z")) as cache:
         model(ids)
     eps = 1e-5
     for layer, head in [(0, 0), (1, 3), (2, 1)]:
-        actual = cache.heads[layer][:, head]
+        name = f"blocks.{layer}.attn.hook_z"
+        actual = cache[name][:, head]
         target = torch.zeros_like(actual) if ablation == "zero" else actual.mean(dim=(0, 1)).expand_as(actual)
         values = []
         for sign in (1, -1):
             patched = actual + sign * eps * (target - actual)
-            with torch.no_grad(), qkv.intervene(model, patch={("head", layer, head): patched}):
+            with torch.no_grad(), qkv.intervene(model, {name: {head: patched}}):
                 values.append(causal_lm_loss(model(ids), ids).mean())
         derivative = float(values[0] - values[1]) / (2 * eps)
         assert abs(derivative) > 1e-4
@@ -134,8 +163,8 @@ def test_rank_correlation_equals_scipys_spearman():
 def test_the_models_training_mode_is_restored():
     model = _gpt().train()
     head_importance(model, torch.randint(0, 32, (1, 16)))
-    assert model.training and all(m.head_hook is None for m in attention_modules(model))
-    assert all("forward" not in block.__dict__ for block in model.blocks)
+    assert model.training and not any(point.active for point in qkv.hook_points(model).values())
+    assert all("forward" not in module.__dict__ for module in model.modules())  # no forward was replaced
 
 
 def test_bad_arguments_are_named():
@@ -151,7 +180,7 @@ def test_bad_arguments_are_named():
             head_importance(model, ids, **kwargs)
 
 
-@pytest.mark.parametrize("method", ["exact", "forwards"])
+@pytest.mark.parametrize("method", ["exact", "oracle"])
 def test_mean_ablation_importance_averages_real_tokens_when_the_input_is_padded(method):
     """With an attention_mask among the model's inputs, a head's mean excludes padding: the importance equals the
     metric change of patching that head with its mean over real tokens, taken by hand."""
@@ -161,13 +190,17 @@ def test_mean_ablation_importance_averages_real_tokens_when_the_input_is_padded(
     def norm(output, _ids, attention_mask):  # noqa: ANN001, ANN202
         return (output.last_hidden_state * attention_mask[..., None]).sum(dim=(1, 2))
 
-    got = head_importance(model, ids, "mean", norm, method=method, attention_mask=mask)
+    if method == "exact":
+        got = head_importance(model, ids, "mean", norm, attention_mask=mask)
+    else:
+        got = one_forward_per_head(model, ids, "mean", norm, attention_mask=mask)
     layer, head = 3, 7
+    name = f"layers.{layer}.attn.hook_z"
     with torch.no_grad():
-        with qkv.analysis.record(model) as cache:
+        with qkv.record(model, names=[name]) as cache:
             clean = norm(model(ids, mask), ids, mask)
-        out = cache.heads[layer][:, head]
-        by_hand = out[mask.bool()].mean(dim=0).expand_as(out).clone()
-        with qkv.intervene(model, patch={("head", layer, head): by_hand}):
+        out = cache[name][:, head]
+        by_hand = out[mask.bool()].mean(dim=0)
+        with qkv.intervene(model, {name: {head: by_hand}}):
             ablated = norm(model(ids, mask), ids, mask)
     assert got[layer, head].item() == pytest.approx(float((ablated - clean).mean()), rel=1e-9)

@@ -43,7 +43,7 @@ def test_capturing_a_subset_changes_nothing_the_model_computes():
     assert sorted(cap.calls) == [1] and cap.weights(1).shape == (2, 2, 20, 20)
     full = gpt("reference")(x, return_attention=True).attentions[1]
     torch.testing.assert_close(cap.weights(1), full[:, [0, 2]].float(), **FP32_TIGHT)
-    assert model.blocks[1].attn.capture is None  # the hook is gone afterwards
+    assert not model.blocks[1].attn.hook_pattern.active  # the hook is gone afterwards
 
 
 def test_padding_positions_get_zero_weight():
@@ -78,7 +78,7 @@ def test_cross_attention_is_captured():
         mha(x, memory)
         _, expected = mha(x, memory, return_weights=True)
     torch.testing.assert_close(cap.weights(0)[:, :, :3], expected.float(), **FP32_TIGHT)
-    assert cap.queries[0][0].shape == (1, 2, 3, 8) and cap.keys[0][0].shape == (1, 2, 5, 8)
+    assert cap.calls[0][0].shape == (1, 2, 3, 5) and cap.names == {0: ""}  # (the module itself: its path is "")
 
 
 def test_bad_requests():
@@ -130,7 +130,7 @@ def test_captured_scores_are_the_softmax_input_of_the_weights(positions):
     row could not see yet), and its softmax, computed here by torch, is the captured weights."""
     model = gpt(positions=positions)
     x = torch.randint(0, 40, (2, 12))
-    with torch.no_grad(), qkv.capture_attention(model) as cap:
+    with torch.no_grad(), qkv.capture_attention(model, scores=True) as cap:
         model(x)
     future = torch.ones(12, 12, dtype=torch.bool).triu(1)
     for layer in range(3):
@@ -139,7 +139,7 @@ def test_captured_scores_are_the_softmax_input_of_the_weights(positions):
         assert torch.equal(torch.isneginf(scores), future.expand_as(scores))
         torch.testing.assert_close(torch.softmax(scores, -1), cap.weights(layer), **FP32_TIGHT)
     # after cached decoding steps the rows line up as for the weights, keys not yet seen are -inf
-    with torch.no_grad(), qkv.capture_attention(model, layers=[0]) as cap:
+    with torch.no_grad(), qkv.capture_attention(model, layers=[0], scores=True) as cap:
         qkv.generate(model, x[:1, :5], max_new_tokens=3, strategy="greedy")
     scores = cap.scores(0)
     assert scores.shape == (1, 4, 7, 7)

@@ -192,7 +192,7 @@ def _captured_page(tmp_path, kind: str):
         inputs = (torch.randn(1, n, 16),)
         i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
         forbidden = (j > i) | (j < i - 2) if kind == "window" else (j >= n - 3).expand(n, n)
-    with torch.no_grad(), capture_attention(model) as cap:
+    with torch.no_grad(), capture_attention(model, scores=True) as cap:
         model(*inputs)
     weights = [w[0] for w in cap.all_layers()]
     scores = [cap.scores(layer)[0] for layer in cap.layers]

@@ -9,19 +9,24 @@ from qkv.analysis.heads import (
     repeated_random_tokens,
 )
 from qkv.analysis.importance import causal_lm_loss, head_importance, rank_correlation
-from qkv.analysis.intervene import ActivationCache, intervene, layer_modules, record
+from qkv.analysis.intervene import Edit, apply_edit, head_means, intervene
 from qkv.analysis.pixels import made_connectivity, pixel_attention, pixel_dependence
+from qkv.attention.hooks import ActivationCache, HookPoint, hook_points, record
 
 __all__ = [
     "ActivationCache",
+    "Edit",
+    "HookPoint",
     "attention_flow",
     "attention_rollout",
     "causal_lm_loss",
     "direct_logit_attribution",
     "head_importance",
     "induction_scores",
+    "apply_edit",
+    "head_means",
+    "hook_points",
     "intervene",
-    "layer_modules",
     "layer_transitions",
     "logit_lens",
     "made_connectivity",

@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qkv.analysis.intervene import record
+from qkv.attention.hooks import record
+from qkv.attention.multi_head import named_attention_modules
 from qkv.errors import ConfigError
-from qkv.visualization.capture import attention_modules, capture_attention
+from qkv.visualization.capture import capture_attention
 
 __all__ = [
     "direct_logit_attribution",
@@ -64,9 +65,9 @@ def logit_lens(model: nn.Module, ids: Tensor) -> Tensor:
     ``(layers, batch, seq, vocab)``, every layer's output through the model's final norm and output layer; the last
     row is the model's own logits."""
     _causal_lm(model, "the logit lens")
-    with record(model) as cache:
+    with record(model, names=lambda name: name.endswith("hook_resid_post")) as cache:
         model(ids)
-    return torch.stack([model.lm_head(model.final_norm(cache.resid[i])) for i in sorted(cache.resid)])
+    return torch.stack([model.lm_head(model.final_norm(resid)) for resid in cache.values()])  # (in layer order)
 
 
 @torch.no_grad()
@@ -95,8 +96,9 @@ def direct_logit_attribution(model: nn.Module, ids: Tensor, targets: Tensor | No
                           f"{tuple(targets.shape)}")  # fmt: skip
     final: dict[str, Tensor] = {}
     handle = model.final_norm.register_forward_pre_hook(lambda _m, args: final.__setitem__("resid", args[0]))
+    named = named_attention_modules(model)
     try:
-        with record(model) as cache:
+        with record(model, names=[f"{name}.hook_z" for name, _ in named]) as cache:
             model(ids)
     finally:
         handle.remove()
@@ -110,10 +112,9 @@ def direct_logit_attribution(model: nn.Module, ids: Tensor, targets: Tensor | No
         scale = (resid.pow(2).mean(dim=-1, keepdim=True) + norm.eps).rsqrt()
     # the target's direction in the residual stream, through the norm's gain: (batch, positions, embed_dim)
     direction = model.lm_head.weight[targets].to(dtype) * norm.weight.to(dtype) * scale
-    modules = attention_modules(model)
-    out = torch.zeros(len(modules), max(m.num_heads for m in modules), *targets.shape, dtype=dtype)
-    for layer, module in enumerate(modules):
-        heads = cache.heads[layer][:, :, :positions].to(dtype)  # (batch, heads, positions, head_dim)
+    out = torch.zeros(len(named), max(m.num_heads for _, m in named), *targets.shape, dtype=dtype)
+    for layer, (name, module) in enumerate(named):
+        heads = cache[f"{name}.hook_z"][:, :, :positions].to(dtype)  # (batch, heads, positions, head_dim)
         w_o = module.out_proj.weight.to(dtype).view(module.embed_dim, module.num_heads, -1)  # (embed, heads, head_dim)
         written = torch.einsum("bhpd,ehd->bhpe", heads, w_o)  # each head's write into the residual stream
         if layer_norm:

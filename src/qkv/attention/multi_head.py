@@ -6,23 +6,26 @@ Covers self- and cross-attention, grouped-query / multi-query attention (``num_k
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from qkv.attention.attend import attend
 from qkv.attention.block_masks import BlockMask
-from qkv.attention.call import as_4d
+from qkv.attention.call import as_4d, repeat_kv
 from qkv.attention.frozen import derived, frozen_linear
+from qkv.attention.hooks import HookPoint
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.masks import Window
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.positional import RotaryEmbedding
 from qkv.attention.scores import ScoreFunction, make_score, resolve_score
+from qkv.attention.softmax import safe_softmax
+from qkv.attention.weights import attention_scores, attention_weights
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["MultiHeadAttention", "attention_modules", "named_attention_modules"]
 
 _PARAMETER_FREE_SCORES = {"dot", "scaled_dot", "cosine"}
 
@@ -93,9 +96,13 @@ class MultiHeadAttention(nn.Module):
             self.rotary = rotary
         elif rotary:
             self.rotary = RotaryEmbedding(self.head_dim, base=rotary_base)
-        self.capture: Callable[..., None] | None = None  # set by qkv.capture_attention
-        # set by qkv.intervene: maps the per-head outputs (batch, heads, q_len, head_dim) before W_O
-        self.head_hook: Callable[[Tensor], Tensor] | None = None
+        # hook points (qkv.attention.hooks), TransformerLens's names; values are (batch, heads, seq, ...)
+        self.hook_q, self.hook_k, self.hook_v = (HookPoint(head_axis=1, position_axis=2) for _ in range(3))
+        if self.rotary is not None:  # (TransformerLens has them only where positions rotate Q and K)
+            self.hook_rot_q, self.hook_rot_k = HookPoint(head_axis=1, position_axis=2), HookPoint(1, 2)
+        self.hook_attn_scores = HookPoint(head_axis=1, position_axis=2)  # (batch, heads, q_len, k_len)
+        self.hook_pattern = HookPoint(head_axis=1, position_axis=2)  # (batch, heads, q_len, k_len)
+        self.hook_z = HookPoint(head_axis=1, position_axis=2)  # each head's output before W_O
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         # (batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)
@@ -198,43 +205,62 @@ class MultiHeadAttention(nn.Module):
                 self._check_input("key", key, self.kdim)
                 self._check_input("value", value, self.vdim)
             q, k, v = self._project(query, key, value, is_self)
-        if self.rotary is not None and is_self and rotary_angles is not None:
-            q, k = self.rotary.rotate(q, *rotary_angles), self.rotary.rotate(k, *rotary_angles)
-        elif self.rotary is not None and is_self:
-            trusted = positions is None  # ours, from the cache length: no check (it would read back to the host)
-            if positions is None:
-                start = cache.seq_len(layer_idx) if cache is not None else 0
-                positions = torch.arange(start, start + q.shape[2], device=q.device)
-            q, k = self.rotary.rotate_pair(q, k, positions, trusted=trusted)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        if self.rotary is not None and is_self:
+            if rotary_angles is not None:
+                q, k = self.rotary.rotate(q, *rotary_angles), self.rotary.rotate(k, *rotary_angles)
+            else:
+                trusted = positions is None  # ours, from the cache length: no check (it would read back to the host)
+                if positions is None:
+                    start = cache.seq_len(layer_idx) if cache is not None else 0
+                    positions = torch.arange(start, start + q.shape[2], device=q.device)
+                q, k = self.rotary.rotate_pair(q, k, positions, trusted=trusted)
+            q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
-        mask = self._merge_padding(mask, key_mask, query.shape[0], k.shape[2])
+        masking = {
+            "mask": self._merge_padding(mask, key_mask, query.shape[0], k.shape[2]),
+            "causal": causal,
+            "window": window,
+            "bias": bias,
+            "mask_mod": mask_mod,
+            "score_mod": score_mod,
+            "block_mask": block_mask,
+        }
         out, weights = attend(
             q,
             k,
             v,
-            mask,
-            causal=causal,
-            window=window,
-            bias=bias,
             score=self.score,
             dropout=self.dropout if self.training else 0.0,
             backend=self.backend,
             return_weights=return_weights,
-            mask_mod=mask_mod,
-            score_mod=score_mod,
-            block_mask=block_mask,
+            **masking,
         )
-        if self.capture is not None:  # qkv.capture_attention: exact weights recomputed from Q and K
-            self.capture(
-                q, k, mask=mask, causal=causal, window=window, bias=bias, score=self.score, mask_mod=mask_mod,
-                score_mod=score_mod, block_mask=block_mask,
-            )  # fmt: skip
-        if self.head_hook is not None:
-            out = self.head_hook(out)
+        if self.hook_attn_scores.active or self.hook_pattern.active:
+            out = self._hooked_pattern(q, k, v, out, masking)
+        out = self.hook_z(out)
         # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)
         out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.embed_dim)
         return frozen_linear(out, self.out_proj), weights
+
+    def _hooked_pattern(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor, masking: dict[str, Any]) -> Tensor:
+        """Show the scores and the pattern to their hook points, recomputed exactly from this call's Q and K (the
+        fast backends never materialise them), and when a hook changes either, the heads' outputs
+        ``(batch, heads, q_len, head_dim)`` from the changed pattern (``pattern · V``, no dropout; gradients reach
+        V but not Q and K through a changed pattern). Unchanged, the backend's outputs stand."""
+        changed = False
+        if self.hook_attn_scores.active:
+            scores = attention_scores(q, k, score=self.score, **masking)  # fp32, masked keys -inf
+            hooked = self.hook_attn_scores(scores)
+            changed = hooked is not scores
+            weights = safe_softmax(hooked) if changed else attention_weights(q, k, score=self.score, **masking)
+        else:
+            weights = attention_weights(q, k, score=self.score, **masking)
+        pattern = self.hook_pattern(weights)
+        if not changed and pattern is weights:
+            return out
+        return (pattern.to(v.dtype) @ repeat_kv(v, self.num_heads // self.num_kv_heads)).to(out.dtype)
 
     @staticmethod
     def _merge_padding(mask: Tensor | None, key_mask: Tensor | None, batch: int, k_len: int) -> Tensor | None:
@@ -247,3 +273,14 @@ class MultiHeadAttention(nn.Module):
             )
         padding = key_mask[:, None, None, :]
         return padding if mask is None else as_4d(mask) & padding
+
+
+def named_attention_modules(model: nn.Module) -> list[tuple[str, MultiHeadAttention]]:
+    """The model's attention modules with their paths (``blocks.3.attn``), in definition order: the layer order
+    of qkv's models (an encoder-decoder lists its encoder's, then per decoder layer self- and cross-attention)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+
+
+def attention_modules(model: nn.Module) -> list[MultiHeadAttention]:
+    """The model's attention modules in definition order (see :func:`named_attention_modules`)."""
+    return [m for _, m in named_attention_modules(model)]

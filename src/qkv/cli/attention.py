@@ -77,7 +77,9 @@ def attention_report(
         )
         title = f"{name}: {shown[:40]!r}{'…' if len(shown) > 40 else ''}{cut}"
     device = model_device(model)
-    with torch.no_grad(), capture_attention(model) as cap:
+    # the softmax inputs, for the page's query view: short inputs only (long ones show their largest weights)
+    with_scores = html is not None and len(tokens) <= DENSE_LIMIT
+    with torch.no_grad(), capture_attention(model, scores=with_scores) as cap:
         model(ids.to(device), **{k: v.to(device) for k, v in kwargs.items()})
     attentions = [w[0].cpu() for w in cap.all_layers()]  # drawn on the host
     written = []
@@ -86,7 +88,7 @@ def attention_report(
     if html is not None:
         focus = (layer if layer is not None else len(attentions) - 1, head if head is not None else 0)
         # the softmax inputs for the query view; long inputs show their largest weights only, without scores
-        scores = [cap.scores(i)[0].cpu() for i in cap.layers] if len(tokens) <= DENSE_LIMIT else None
+        scores = [cap.scores(i)[0].cpu() for i in cap.layers] if with_scores else None
         layers = [w[None] for w in attentions]  # (1, heads, n, n) each
         rollout = attention_rollout(layers, every_layer=True)[:, 0]
         flow = attention_flow(layers)[0] if len(tokens) <= FLOW_LIMIT else None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from qkv.attention.hooks import HookPoint, block_hook_points
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
 from qkv.models.blocks import FeedForward, dropout_layer
@@ -62,11 +63,18 @@ class PostNormBlock(nn.Module):
         self.ffn = FeedForward(c.embed_dim, c.ffn_dim, c.activation, c.dropout)
         self.norm2 = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.dropout = dropout_layer(c.dropout)
+        # hook points, as TransformerLens's BERT: resid_mid and resid_post before their norms
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out, self.hook_resid_post = (
+            block_hook_points()
+        )
+        self.hook_normalized_resid_post = HookPoint()  # the layer's output, after the last norm
 
     def forward(self, x: Tensor, keep: Tensor | None, return_weights: bool) -> tuple[Tensor, Tensor | None]:
+        x = self.hook_resid_pre(x)
         attended, weights = self.attn(x, key_mask=keep, return_weights=return_weights)
-        x = self.norm1(x + self.dropout(attended))
-        return self.norm2(x + self.ffn(x)), weights
+        x = self.norm1(self.hook_resid_mid(x + self.dropout(self.hook_attn_out(attended))))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.ffn(x)))
+        return self.hook_normalized_resid_post(self.norm2(x)), weights
 
 
 class BertEncoder(nn.Module):

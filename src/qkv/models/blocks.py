@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.frozen import derived, frozen_linear, reusing
+from qkv.attention.hooks import block_hook_points
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.multi_head import MultiHeadAttention
@@ -133,6 +134,10 @@ class PreNormBlock(nn.Module):
             else SwiGLU(dim, hidden_dim, dropout, bias)
         )
         self.resid_dropout = dropout_layer(dropout)
+        # hook points (qkv.attention.hooks): the residual stream and what each sublayer adds to it
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out, self.hook_resid_post = (
+            block_hook_points()
+        )
 
     def forward(
         self,
@@ -149,6 +154,7 @@ class PreNormBlock(nn.Module):
         score_mod: ScoreMod | None = None,
         block_mask: BlockMask | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        x = self.hook_resid_pre(x)
         attended, weights = self.attn(
             self.norm1(x),
             causal=True,
@@ -164,5 +170,5 @@ class PreNormBlock(nn.Module):
             score_mod=score_mod,
             block_mask=block_mask,
         )
-        x = x + self.resid_dropout(attended)
-        return x + self.ffn(self.norm2(x)), weights
+        x = self.hook_resid_mid(x + self.resid_dropout(self.hook_attn_out(attended)))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.ffn(self.norm2(x)))), weights

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from qkv.attention.hooks import HookPoint, block_hook_points
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import SinusoidalPositions
@@ -84,6 +85,10 @@ class EncoderLayer(nn.Module):
         self.attn = MultiHeadAttention(c.embed_dim, c.num_heads, dropout=c.dropout, backend=c.backend)
         self.ffn = FeedForward(c.embed_dim, c.ffn_dim, c.activation, c.dropout)
         self.attn_residual, self.ffn_residual = Residual(c), Residual(c)
+        # hook points: the residual stream between sublayers (after each Residual: normalised when norm = post)
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out, self.hook_resid_post = (
+            block_hook_points()
+        )
 
     def forward(self, x: Tensor, keep: Tensor, return_weights: bool) -> tuple[Tensor, Tensor | None]:
         weights = []
@@ -91,10 +96,13 @@ class EncoderLayer(nn.Module):
         def attend(h: Tensor) -> Tensor:
             out, w = self.attn(h, key_mask=keep, return_weights=return_weights)
             weights.append(w)
-            return out
+            return self.hook_attn_out(out)
 
-        x = self.attn_residual(x, attend)
-        return self.ffn_residual(x, self.ffn), weights[0]
+        x = self.hook_resid_mid(self.attn_residual(self.hook_resid_pre(x), attend))
+        return self.hook_resid_post(self.ffn_residual(x, self.mlp)), weights[0]
+
+    def mlp(self, h: Tensor) -> Tensor:
+        return self.hook_mlp_out(self.ffn(h))
 
 
 class DecoderLayer(nn.Module):
@@ -104,6 +112,11 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(c.embed_dim, c.num_heads, dropout=c.dropout, backend=c.backend)
         self.ffn = FeedForward(c.embed_dim, c.ffn_dim, c.activation, c.dropout)
         self.self_residual, self.cross_residual, self.ffn_residual = Residual(c), Residual(c), Residual(c)
+        # hook points as the encoder's, and the cross-attention's (TransformerLens's T5 names)
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out, self.hook_resid_post = (
+            block_hook_points()
+        )
+        self.hook_cross_attn_out, self.hook_resid_mid_cross = HookPoint(), HookPoint()
 
     def forward(
         self,
@@ -121,16 +134,20 @@ class DecoderLayer(nn.Module):
             out, weights["self"] = self.self_attn(
                 h, causal=True, cache=cache, layer_idx=layer_idx, return_weights=return_weights
             )
-            return out
+            return self.hook_attn_out(out)
 
         def cross_attend(h: Tensor) -> Tensor:
             sources = {"memory_kv": memory_kv} if memory_kv is not None else {"key": memory, "value": memory}
             out, weights["cross"] = self.cross_attn(h, **sources, key_mask=keep, return_weights=return_weights)
-            return out
+            return self.hook_cross_attn_out(out)
 
-        x = self.self_residual(x, self_attend)
-        x = self.cross_residual(x, cross_attend)
-        return self.ffn_residual(x, self.ffn), weights["self"], weights["cross"]
+        x = self.hook_resid_mid(self.self_residual(self.hook_resid_pre(x), self_attend))
+        x = self.hook_resid_mid_cross(self.cross_residual(x, cross_attend))
+        x = self.hook_resid_post(self.ffn_residual(x, self.mlp))
+        return x, weights["self"], weights["cross"]
+
+    def mlp(self, h: Tensor) -> Tensor:
+        return self.hook_mlp_out(self.ffn(h))
 
 
 @dataclass

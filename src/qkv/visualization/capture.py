@@ -1,35 +1,36 @@
 """``qkv.capture_attention``: the exact attention weights of any qkv model, while it runs on its fast backend.
 
-Only the requested layers recompute their weights, from the very Q and K the layer used (after rotary positions, with
+Built on the attention modules' hook points (``hook_pattern``, and ``hook_attn_scores`` when scores are asked for):
+only the requested layers compute their weights, from the very Q and K the layer used (after rotary positions, with
 the cache's keys); the forward pass itself is untouched, so outputs are identical with or without a capture.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from qkv.attention.multi_head import MultiHeadAttention
-from qkv.attention.weights import attention_scores, attention_weights
+from qkv.attention.multi_head import attention_modules, named_attention_modules
 from qkv.errors import ConfigError, ShapeError, describe_shape
 
-__all__ = ["AttentionCapture", "capture_attention"]
+__all__ = ["AttentionCapture", "attention_modules", "capture_attention"]
 
 
 @dataclass
 class AttentionCapture:
-    """What a capture recorded, per layer index (the order of the model's attention modules)."""
+    """What a capture recorded, per layer index (the order of the model's attention modules; ``names[layer]`` is
+    that module's path, whose hook points are ``names[layer] + ".hook_pattern"`` and so on)."""
 
     layers: list[int]
     heads: list[int] | None
+    names: dict[int, str] = field(default_factory=dict)
     calls: dict[int, list[Tensor]] = field(default_factory=dict)  # weights (batch, heads, q, k) per forward call
-    queries: dict[int, list[Tensor]] = field(default_factory=dict)  # q (batch, heads, q, head_dim) per call
-    keys: dict[int, list[Tensor]] = field(default_factory=dict)  # k (batch, kv_heads, k, head_dim) per call
-    options: dict[int, list[dict]] = field(default_factory=dict)  # mask, causal, window, bias, score per call
+    score_calls: dict[int, list[Tensor]] = field(default_factory=dict)  # the softmax's input, the same layout
 
     def weights(self, layer: int, beam_indices: Tensor | None = None) -> Tensor:
         """All rows recorded for ``layer``: ``(batch, heads, total_q, max_k)``.
@@ -43,13 +44,11 @@ class AttentionCapture:
     def scores(self, layer: int, beam_indices: Tensor | None = None) -> Tensor:
         """What the softmax of ``layer`` received, laid out as :meth:`weights`: ``(batch, heads, total_q, max_k)``
         in fp32, the scaled score plus any bias, ``-inf`` at keys the layer's mask, causal rule or window forbade
-        (and at keys a row could not see yet). Recomputed on demand from the recorded Q and K: materialised, so
-        meant for short inputs."""
-        parts = [
-            attention_scores(q, k, heads=self.heads, **options)
-            for q, k, options in zip(self.queries.get(layer, []), self.keys.get(layer, []), self.options.get(layer, []))
-        ]
-        return self._rows(layer, parts, float("-inf"), beam_indices)
+        (and at keys a row could not see yet). Recorded when the capture was made with ``scores=True``
+        (materialised: meant for short inputs)."""
+        if layer in self.calls and layer not in self.score_calls:
+            raise ConfigError("the scores were not recorded: capture with qkv.capture_attention(..., scores=True)")
+        return self._rows(layer, self.score_calls.get(layer), float("-inf"), beam_indices)
 
     def _rows(self, layer: int, parts: list[Tensor] | None, fill: float, beam_indices: Tensor | None) -> Tensor:
         if not parts:
@@ -76,46 +75,42 @@ def _pick_rows(values: Tensor, rows: Tensor, fill: float) -> Tensor:
     return picked.masked_fill((rows < 0).view(-1, 1, 1, 1), fill)
 
 
-def attention_modules(model: nn.Module) -> list[MultiHeadAttention]:
-    """The model's attention modules in definition order (= layer order for qkv models)."""
-    return [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-
-
 @contextmanager
 def capture_attention(
-    model: nn.Module, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None
+    model: nn.Module, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, *, scores: bool = False
 ) -> Iterator[AttentionCapture]:
     """Record exact attention weights of ``layers`` (default: all) and ``heads`` (default: all) of ``model``.
 
     ``with qkv.capture_attention(model, layers=[0, 3]) as cap: model(ids)`` then ``cap.weights(3)`` is
     ``(batch, heads, q, k)``. Works with padding, batches, cross-attention and KV-cache decoding (rows accumulate);
-    after a beam search, ``weights(layer, beam_indices)`` follows each returned hypothesis.
+    after a beam search, ``weights(layer, beam_indices)`` follows each returned hypothesis. ``scores=True`` also
+    records what each softmax received (:meth:`AttentionCapture.scores`).
     """
-    modules = attention_modules(model)
-    if not modules:
+    named = named_attention_modules(model)
+    if not named:
         raise ConfigError(f"{type(model).__name__} has no qkv MultiHeadAttention modules to capture")
-    chosen = list(range(len(modules))) if layers is None else [int(i) for i in layers]
-    bad = [i for i in chosen if not -len(modules) <= i < len(modules)]
+    chosen = list(range(len(named))) if layers is None else [int(i) for i in layers]
+    bad = [i for i in chosen if not -len(named) <= i < len(named)]
     if bad:
-        raise ConfigError(f"layers {bad} do not exist: the model has {len(modules)} attention layers")
-    chosen = [i % len(modules) for i in chosen]
-    capture = AttentionCapture(chosen, list(heads) if heads is not None else None)
-    previous = {i: modules[i].capture for i in chosen}
+        raise ConfigError(f"layers {bad} do not exist: the model has {len(named)} attention layers")
+    chosen = [i % len(named) for i in chosen]
+    selected = list(heads) if heads is not None else None
+    fewest = min(named[i][1].num_heads for i in chosen)
+    if selected is not None and (not selected or min(selected) < 0 or max(selected) >= fewest):
+        raise ConfigError(f"heads must be indices in [0, {fewest}), got {selected}")
+    capture = AttentionCapture(chosen, selected, {i: named[i][0] for i in chosen})
 
-    def recorder(index: int):  # noqa: ANN202
-        def record(q: Tensor, k: Tensor, **kwargs: object) -> None:
-            w = attention_weights(q.detach(), k.detach(), heads=capture.heads, **kwargs)  # type: ignore[arg-type]
-            capture.calls.setdefault(index, []).append(w)
-            capture.queries.setdefault(index, []).append(q.detach())
-            capture.keys.setdefault(index, []).append(k.detach())
-            capture.options.setdefault(index, []).append(kwargs)
+    def keeper(store: dict[int, list[Tensor]], index: int) -> Callable[[nn.Module, Any, Tensor], None]:
+        def keep(_module: nn.Module, _args: Any, value: Tensor) -> None:  # noqa: ANN401
+            value = value.detach().float()
+            store.setdefault(index, []).append(value if selected is None else value[:, selected])
 
-        return record
+        return keep
 
-    for i in chosen:
-        modules[i].capture = recorder(i)
-    try:
-        yield capture
-    finally:
+    with ExitStack() as stack:
         for i in chosen:
-            modules[i].capture = previous[i]
+            module = named[i][1]
+            stack.callback(module.hook_pattern.register_forward_hook(keeper(capture.calls, i)).remove)
+            if scores:
+                stack.callback(module.hook_attn_scores.register_forward_hook(keeper(capture.score_calls, i)).remove)
+        yield capture

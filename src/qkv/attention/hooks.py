@@ -1,0 +1,167 @@
+"""Named hook points: identity modules at TransformerLens's places, and :func:`record`, which keeps what they see.
+
+Every attention module has ``hook_q``, ``hook_k``, ``hook_v`` (after the projections; ``hook_rot_q``/``hook_rot_k``
+after rotary positions), ``hook_attn_scores`` (what the softmax receives), ``hook_pattern`` (the weights) and
+``hook_z`` (each head's output before W_O); every block ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``,
+``hook_mlp_out`` and ``hook_resid_post``. A hook point's name is its module path, ``blocks.3.attn.hook_pattern`` in a
+GPT: the string TransformerLens uses. Shapes follow qkv's layout, heads before positions: ``(batch, heads, seq,
+head_dim)`` for ``hook_q``/``k``/``v``/``z`` (TransformerLens: ``(batch, seq, heads, head_dim)``), ``(batch, heads,
+q_len, k_len)`` for scores and pattern, ``(batch, seq, embed_dim)`` for the residual stream.
+
+A hook point is PyTorch's own mechanism: attach ``register_forward_hook`` to it (a hook that returns a tensor
+replaces the value), or let :func:`record` and ``qkv.intervene`` do it. A hook point nobody listens to returns its
+input at once, and the scores and pattern, which the fast backends never materialise, are computed only when a hook
+asks for them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
+
+from qkv.errors import ConfigError
+
+__all__ = [
+    "ActivationCache",
+    "HookPoint",
+    "NameFilter",
+    "block_hook_points",
+    "hook_points",
+    "record",
+    "select_hook_points",
+]
+
+
+def _global_hooks() -> bool:
+    """PyTorch's process-wide module hooks (``register_module_forward_hook``) see hook points too."""
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
+
+
+class HookPoint(nn.Module):
+    """The identity, with a name (its module path) where hooks attach.
+
+    Args:
+        head_axis: the dimension of the heads in the value it sees (1 in qkv's layout), or None: lets
+            ``qkv.intervene`` edit single heads.
+        position_axis: the dimension of the query positions (what a ``"mean"`` averages over with the batch).
+    """
+
+    def __init__(self, head_axis: int | None = None, position_axis: int = 1) -> None:
+        super().__init__()
+        self.head_axis, self.position_axis = head_axis, position_axis
+
+    @property
+    def active(self) -> bool:
+        """True when a hook listens (the model then computes values it otherwise skips, e.g. the pattern)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks) or _global_hooks()
+
+    def __call__(self, value: Tensor) -> Tensor:  # type: ignore[override]  # (one tensor in, one out)
+        # the common case, nobody listening, skips nn.Module's call machinery: unused hook points cost nothing
+        if not self.active:
+            return value
+        return super().__call__(value)
+
+    def forward(self, value: Tensor) -> Tensor:
+        return value
+
+
+def block_hook_points() -> tuple[HookPoint, HookPoint, HookPoint, HookPoint, HookPoint]:
+    """A block's five hook points, ``(batch, seq, embed_dim)`` each: ``hook_resid_pre``, ``hook_attn_out``,
+    ``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post``, in that order."""
+    return HookPoint(), HookPoint(), HookPoint(), HookPoint(), HookPoint()
+
+
+def hook_points(model: nn.Module) -> dict[str, HookPoint]:
+    """Every hook point of ``model`` by its full name (module path), in definition order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, HookPoint)}
+
+
+#: which hook points: every one (None), a list of full names, or a test on the name (TransformerLens's names_filter)
+NameFilter = Sequence[str] | Callable[[str], bool] | None
+
+
+def select_hook_points(model: nn.Module, names: NameFilter | Mapping[str, Any]) -> dict[str, HookPoint]:
+    """The hook points ``names`` picks; a listed name that is not one is an error that suggests the closest."""
+    points = hook_points(model)
+    if not points:
+        raise ConfigError(f"{type(model).__name__} has no hook points (qkv's models and MultiHeadAttention have them)")
+    if names is None:
+        return points
+    if callable(names) and not isinstance(names, Mapping):
+        return {name: point for name, point in points.items() if names(name)}
+    if isinstance(names, str):
+        raise ConfigError(f"names must be a list of hook point names or a test on them, got the string {names!r}")
+    chosen = {}
+    for name in names:
+        if name not in points:
+            close = difflib.get_close_matches(name, list(points), n=1, cutoff=0.5)
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f"; {type(model).__name__} has e.g. {next(iter(points))!r}"
+            )
+            raise ConfigError(f"{name!r} is not a hook point of {type(model).__name__}{hint}")
+        chosen[name] = points[name]
+    return chosen
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """What :func:`record` saw, by hook point name: ``cache["blocks.0.attn.hook_z"]`` is the value of the last
+    forward call (TransformerLens's ``run_with_cache`` records one call); :meth:`calls` has every call in order (a
+    decoding run calls the model once per token)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, list[Tensor]] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._calls:
+            close = difflib.get_close_matches(name, list(self._calls), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"{name!r} was not recorded{hint}")
+        return self._calls[name][-1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._calls)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def calls(self, name: str) -> list[Tensor]:
+        """Every value hook point ``name`` saw, one per forward call, in order."""
+        self[name]  # (a missing name: the error that names the closest)
+        return list(self._calls[name])
+
+    def add(self, name: str, value: Tensor) -> None:
+        self._calls.setdefault(name, []).append(value)
+
+
+@contextmanager
+def record(model: nn.Module, names: NameFilter = None, *, detach: bool = True) -> Iterator[ActivationCache]:
+    """Keep the values the chosen hook points see while inside: ``with qkv.record(model, names=[...]) as cache:
+    model(ids)`` then ``cache["blocks.3.hook_resid_post"]``.
+
+    Args:
+        names: every hook point (default), a list of full names, or a test ``name -> bool`` (e.g.
+            ``lambda n: n.endswith("hook_pattern")``).
+        detach: keep values without their autograd graph (default); False keeps it (to differentiate through).
+    """
+    cache = ActivationCache()
+    points = select_hook_points(model, names)
+
+    def keeper(name: str) -> Callable[[nn.Module, Any, Tensor], None]:
+        def keep(_module: nn.Module, _args: Any, value: Tensor) -> None:  # noqa: ANN401
+            cache.add(name, value.detach() if detach else value)
+
+        return keep
+
+    handles = [point.register_forward_hook(keeper(name)) for name, point in points.items()]
+    try:
+        yield cache
+    finally:
+        for handle in handles:
+            handle.remove()
