@@ -15,7 +15,7 @@ from qkv.attention.attend import attend
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import as_4d, repeat_kv
 from qkv.attention.frozen import derived, frozen_linear
-from qkv.attention.hooks import HookPoint
+from qkv.attention.hooks import HookPoint, HookPointOwner
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.masks import Window
 from qkv.attention.mods import MaskMod, ScoreMod
@@ -30,7 +30,7 @@ __all__ = ["MultiHeadAttention", "attention_modules", "named_attention_modules"]
 _PARAMETER_FREE_SCORES = {"dot", "scaled_dot", "cosine"}
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(HookPointOwner):
     """Multi-head attention with W_Q, W_K, W_V, W_O.
 
     Args:
@@ -218,26 +218,26 @@ class MultiHeadAttention(nn.Module):
             q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
-        masking = {
-            "mask": self._merge_padding(mask, key_mask, query.shape[0], k.shape[2]),
-            "causal": causal,
-            "window": window,
-            "bias": bias,
-            "mask_mod": mask_mod,
-            "score_mod": score_mod,
-            "block_mask": block_mask,
-        }
+        mask = self._merge_padding(mask, key_mask, query.shape[0], k.shape[2])
         out, weights = attend(
             q,
             k,
             v,
+            mask,
+            causal=causal,
+            window=window,
+            bias=bias,
             score=self.score,
             dropout=self.dropout if self.training else 0.0,
             backend=self.backend,
             return_weights=return_weights,
-            **masking,
+            mask_mod=mask_mod,
+            score_mod=score_mod,
+            block_mask=block_mask,
         )
         if self.hook_attn_scores.active or self.hook_pattern.active:
+            masking = {"mask": mask, "causal": causal, "window": window, "bias": bias, "mask_mod": mask_mod,
+                       "score_mod": score_mod, "block_mask": block_mask}  # fmt: skip
             out = self._hooked_pattern(q, k, v, out, masking)
         out = self.hook_z(out)
         # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from qkv.attention.hooks import HookPoint, block_hook_points
+from qkv.attention.hooks import HookPoint, HookPointOwner, block_hook_points
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
 from qkv.models.blocks import FeedForward, dropout_layer
@@ -53,7 +53,7 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
-class PostNormBlock(nn.Module):
+class PostNormBlock(HookPointOwner):
     """``x = norm(x + attn(x))`` then ``x = norm(x + ffn(x))`` (BERT, and the original Transformer)."""
 
     def __init__(self, c: BertConfig) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.frozen import derived, frozen_linear, reusing
-from qkv.attention.hooks import block_hook_points
+from qkv.attention.hooks import HookPointOwner, block_hook_points
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.multi_head import MultiHeadAttention
@@ -91,7 +91,7 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
     return nn.LayerNorm(dim, eps=eps, bias=bias) if kind == "layer" else RMSNorm(dim, eps)
 
 
-class PreNormBlock(nn.Module):
+class PreNormBlock(HookPointOwner):
     """``x + attn(norm(x))`` then ``x + ffn(norm(x))``, causal self-attention: GPT-2's block with the defaults;
     Llama's with ``norm="rms"``, ``feed_forward="swiglu"``, ``bias=False`` and a rotary embedding (Qwen2 adds
     ``qkv_bias``; Mistral a ``window``, the number of keys each query sees, itself included)."""

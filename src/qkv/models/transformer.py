@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from qkv.attention.hooks import HookPoint, block_hook_points
+from qkv.attention.hooks import HookPoint, HookPointOwner, block_hook_points
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import SinusoidalPositions
@@ -79,7 +79,7 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
-class EncoderLayer(nn.Module):
+class EncoderLayer(HookPointOwner):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
         self.attn = MultiHeadAttention(c.embed_dim, c.num_heads, dropout=c.dropout, backend=c.backend)
@@ -105,7 +105,7 @@ class EncoderLayer(nn.Module):
         return self.hook_mlp_out(self.ffn(h))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(HookPointOwner):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
         self.self_attn = MultiHeadAttention(c.embed_dim, c.num_heads, dropout=c.dropout, backend=c.backend)
