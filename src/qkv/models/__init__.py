@@ -1,5 +1,5 @@
-"""Models built on the attention core: each has a dataclass config, ``from_config`` and a ``forward`` that can hand
-back per-layer attention weights."""
+"""Models built on the attention core: each is made from its dataclass config (``GPT(GPTConfig(...))``) and has a
+``forward`` that can hand back per-layer attention weights."""
 
 from qkv.models import families
 from qkv.models.bert import BertConfig, BertEncoder

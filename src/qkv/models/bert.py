@@ -88,10 +88,6 @@ class BertEncoder(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(PostNormBlock(config) for _ in range(config.num_layers))
 
-    @classmethod
-    def from_config(cls, config: BertConfig) -> BertEncoder:
-        return cls(config)
-
     def forward(
         self,
         input_ids: Tensor,

@@ -152,10 +152,6 @@ class GPT(nn.Module):
             self.lm_head.weight = self.token_embedding.weight
         self._init_weights()
 
-    @classmethod
-    def from_config(cls, config: GPTConfig) -> GPT:
-        return cls(config)
-
     def _init_weights(self) -> None:
         # GPT-2: N(0, 0.02), and the projections that write into the residual stream scaled by 1/sqrt(2 * layers)
         for module in self.modules():

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qkv.models.gpt import GPT, GPTConfig
+from qkv.models.gpt import GPTConfig
 
-__all__ = ["Llama", "LlamaConfig"]
+__all__ = ["LlamaConfig"]
 
 
 @dataclass
@@ -23,5 +23,3 @@ class LlamaConfig(GPTConfig):
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
 
-
-Llama = GPT  # the same model; the config makes it a Llama

@@ -133,10 +133,6 @@ class RNNSeq2Seq(nn.Module):
             self.combine = nn.Linear(2 * c.hidden_dim + c.embed_dim, c.hidden_dim)  # W_o [h_t; c_t; y_{t-1}]
         self.output = nn.Linear(c.hidden_dim, c.tgt_vocab_size)  # W_s
 
-    @classmethod
-    def from_config(cls, config: RNNSeq2SeqConfig) -> RNNSeq2Seq:
-        return cls(config)
-
     @property
     def source_limit(self) -> int | None:
         """The most source tokens (with ``</s>``) the model can read: only the location score has a limit."""

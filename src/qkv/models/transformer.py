@@ -207,10 +207,6 @@ class Transformer(nn.Module):
         if c.tie_output:
             self.output.weight = self.tgt_embed.weight
 
-    @classmethod
-    def from_config(cls, config: TransformerConfig) -> Transformer:
-        return cls(config)
-
     @property
     def source_limit(self) -> int:
         """The most source tokens (with ``</s>``) the positions cover."""

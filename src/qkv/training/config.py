@@ -92,7 +92,6 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: see qkv.devices
-    bf16: bool = False  # older spelling of precision = "bf16"
     compile: bool | str = "auto"  # torch.compile the training step: auto (on CUDA with Triton) | true | false
     parallel: str = "ddp"  # under torchrun: ddp (a full copy per process) | fsdp (parameters sharded, FSDP2)
     flush_denormal: bool = True  # treat fp32 denormals as 0 while training: CPUs slow down badly on them
@@ -106,12 +105,6 @@ class TrainConfig:
             raise ConfigError(
                 f"train.min_lr ({self.min_lr:g}) must be <= train.lr ({self.lr:g}): it is where lr decays to"
             )
-        if self.bf16 and self.precision not in ("auto", "bf16"):
-            raise ConfigError(
-                f"train.bf16 = true and train.precision = {self.precision!r} disagree; train.precision replaces "
-                "train.bf16: drop train.bf16"
-            )
-
         if self.parallel not in PARALLEL:
             raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
@@ -125,13 +118,8 @@ class TrainConfig:
                 f"train.parallel = 'fsdp' on the CPU needs torch 2.6 or newer (this is {torch.__version__}, whose "
                 "FSDP2 needs CUDA streams); use train.parallel = 'ddp'"
             )
-        precision_candidates(self.precision_spec, device, what="train.precision")
+        precision_candidates(self.precision, device, what="train.precision")
         resolve_compile(self.compile, device, what="train.compile")
-
-    @property
-    def precision_spec(self) -> str:
-        """The precision asked for, with the older ``bf16 = true`` read as ``"bf16"``."""
-        return "bf16" if self.bf16 else self.precision
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ class Trainer:
         self.dist = dist_ctx or DistributedContext()
         self._check_config()
         self.device = resolve_device(config.device, what="train.device")
-        self._precisions = precision_candidates(config.precision_spec, self.device, what="train.precision")
+        self._precisions = precision_candidates(config.precision, self.device, what="train.precision")
         self.precision: str | None = self._precisions[0] if len(self._precisions) == 1 else None  # None: measure
         self._check_memory(model)  # before anything is allocated or written
         self.model = model.to(self.device)
