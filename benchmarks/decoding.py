@@ -29,7 +29,7 @@ from qkv.training import Trainer, load_run_config
 from qkv.training.lm import build_lm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pretrained import generation_row  # noqa: E402 - the generation benchmark P5 uses
+from pretrained import generation_row
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,7 +47,7 @@ def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [w.detach().contiguous() for w in weights]
 
 
-def matmul_floor_row(report: Report, label: str, ours, reference, rows: int, steps: int) -> None:  # noqa: ANN001
+def matmul_floor_row(report: Report, label: str, ours, reference, rows: int, steps: int) -> None:
     """How fast generation could be at best: the decoding steps' matrix products alone (``rows`` x each weight,
     ``steps`` times; no attention, no norms, no Python), timed against HF's whole generation in one run. Its ratio
     is the largest speed-up over HF that any implementation with these fp32 matmuls can reach."""

@@ -37,7 +37,7 @@ def passages() -> tuple[str, str]:
 
 
 @torch.no_grad()
-def one_forward_per_head(model, ids, mask, metric) -> torch.Tensor:  # noqa: ANN001
+def one_forward_per_head(model, ids, mask, metric) -> torch.Tensor:
     """The reference: for each head, one forward with that head zeroed under qkv.intervene, ``(layers, heads)``."""
     named = named_attention_modules(model)
     out = torch.zeros(len(named), max(m.num_heads for _, m in named), dtype=torch.float64)
@@ -61,13 +61,13 @@ def main() -> None:
         hidden = model(other_ids, other_mask).last_hidden_state
     anchor = (hidden * other_mask[..., None]).sum(1) / other_mask.sum(1, keepdim=True)
 
-    def similarity(output, _ids, attention_mask):  # noqa: ANN001, ANN202
+    def similarity(output, _ids, attention_mask):
         hidden = output.last_hidden_state * attention_mask[..., None]
         return F.cosine_similarity(hidden.sum(1) / attention_mask.sum(1, keepdim=True), anchor, dim=-1)
 
     results = {}
 
-    def run(method: str):  # noqa: ANN202
+    def run(method: str):
         if method == "forwards":
             return lambda: results.__setitem__(method, one_forward_per_head(model, ids, mask, similarity))
         return lambda: results.__setitem__(method, head_importance(model, ids, "zero", similarity, method=method,

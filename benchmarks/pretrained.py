@@ -29,7 +29,7 @@ from qkv.devices import inference_dtype
 RESULTS = Path(__file__).parent / "results"
 
 
-def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new_tokens: int = 256):  # noqa: ANN001, ANN201
+def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new_tokens: int = 256):
     """Greedy generation at batch 1 (prompt 32 + ``new_tokens``) of ``hf`` (a random-weight transformers model) and
     of the same weights loaded by qkv through the HF format: time both, check they agree token for token. Returns
     qkv's model and the HF run (for further rows)."""
@@ -96,7 +96,7 @@ def p6(report: Report, n: int = 1000, batch_size: int = 32) -> None:
         _p6_row(report, lines, st, batch_size, "fp32", default=False)
 
 
-def _p6_row(report: Report, lines: list[str], st, batch_size: int, dtype: str, default: bool) -> None:  # noqa: ANN001
+def _p6_row(report: Report, lines: list[str], st, batch_size: int, dtype: str, default: bool) -> None:
     # bf16 rounds the weights: cosine 0.999 to the fp32 reference; fp32 must agree to 0.99999
     min_cosine, goal = (0.999, ">= 1.5") if dtype == "bf16" else (0.99999, ">= 1.1")
     results = {}

@@ -20,9 +20,9 @@ os.environ.setdefault(
     ),
 )
 
-import pytest  # noqa: E402 - after the cache setting, which inductor reads when it is imported
-import torch  # noqa: E402
-from hypothesis import settings  # noqa: E402
+import pytest
+import torch
+from hypothesis import settings
 
 # pytest-xdist runs one worker per core: one torch thread each keeps them from fighting over the cores
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -70,7 +70,7 @@ def plain_attention(
     return weights @ v, weights
 
 
-def page_data(path) -> dict:  # noqa: ANN001
+def page_data(path) -> dict:
     """The data an attention page (``qkv.visualization.html``) embeds, parsed back from the file."""
     import json
     import re
@@ -79,7 +79,7 @@ def page_data(path) -> dict:  # noqa: ANN001
     return json.loads(re.search(r"const D = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))
 
 
-def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:  # noqa: ANN001
+def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:
     """The causal/window mask from its definition: -left <= j - off - i <= right, where an int window w sees the w
     keys ending at the query, (left, right) = (w - 1, 0)."""
     off = k_len - q_len
@@ -100,7 +100,7 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
+def pytest_collection_modifyitems(config, items) -> None:
     """Tests marked ``gpu`` run wherever CUDA is available and are skipped (with the reason) elsewhere."""
     if torch.cuda.is_available():
         return
@@ -110,7 +110,7 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
             item.add_marker(skip)
 
 
-def interruptible(command: list[str], **kwargs) -> subprocess.Popen:  # noqa: ANN003
+def interruptible(command: list[str], **kwargs) -> subprocess.Popen:
     """``subprocess.Popen`` for a process the test will press Ctrl-C in. A process started in the background by a
     non-interactive shell (a CI runner, ``cmd &``) inherits SIGINT *ignored*, and Python then keeps ignoring it; the
     child gets the default handling back, as in a terminal."""

@@ -144,7 +144,7 @@ def test_the_readmes_attention_examples_run_as_written():
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
     namespace: dict = {}
     for block in blocks[:2]:
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(block, "README.md", "exec"), namespace)
     import torch
 
     q, k, v, out = namespace["q"], namespace["k"], namespace["v"], namespace["out"]
@@ -165,6 +165,6 @@ def test_the_readmes_intervention_example_runs_as_written():
     (block,) = [b for b in blocks if b.startswith("with qkv.intervene")]
     model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=16, max_seq_len=8, num_layers=3, num_heads=4, embed_dim=16))
     namespace = {"qkv": qkv, "model": model.eval(), "ids": torch.randint(0, 16, (1, 6))}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["rollout"].shape == namespace["flow"].shape == (1, 6, 6)
     assert not torch.equal(namespace["ablated"].logits, model(namespace["ids"]).logits)

@@ -50,7 +50,7 @@ _SUBMODULES = (
 __all__ = [*_LAZY, "errors", "__version__"]
 
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
-    from qkv import errors  # noqa: F401
+    from qkv import errors
     from qkv.analysis import hook_points, intervene, record  # noqa: F401
     from qkv.attention import KVCache, MultiHeadAttention, attend, register_score  # noqa: F401
     from qkv.decoding import (  # noqa: F401

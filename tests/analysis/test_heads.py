@@ -107,7 +107,7 @@ def test_logit_lens_ends_in_the_models_logits_and_reads_each_layers_residual():
         logit_lens(qkv.load_pretrained("minilm"), ids)
 
 
-def _attention_output(model, layer, ablate, ids):  # noqa: ANN001, ANN202
+def _attention_output(model, layer, ablate, ids):
     """What attention module ``layer`` adds to the residual stream, with ``ablate`` applied, ``(batch, seq, dim)``."""
     seen = {}
     handle = model.blocks[layer].attn.register_forward_hook(lambda _m, _a, out: seen.__setitem__("out", out[0]))

@@ -15,7 +15,7 @@ from qkv.attention.multi_head import attention_modules, named_attention_modules
 from qkv.errors import ConfigError
 
 
-def one_forward_per_head(model, ids, ablation="zero", metric=causal_lm_loss, **inputs) -> torch.Tensor:  # noqa: ANN001
+def one_forward_per_head(model, ids, ablation="zero", metric=causal_lm_loss, **inputs) -> torch.Tensor:
     """The plain way the exact method must equal: for each head, one full forward under qkv.intervene, the metric's
     change averaged over the batch, ``(layers, heads)`` fp64."""
     named = named_attention_modules(model)
@@ -62,7 +62,7 @@ def test_the_oracle_is_the_loss_change_of_a_hand_run_ablation():
         handle.remove()
         mean = seen["in"][..., head].mean(dim=(0, 1))
 
-        def ablate(_module, args):  # noqa: ANN001, ANN202
+        def ablate(_module, args):
             x = args[0].clone()
             x[..., head] = mean
             return (x,)
@@ -91,7 +91,7 @@ def test_exact_importance_in_minilm_with_padding_and_a_sentence_similarity_metri
         reference = model(*qkv.load_tokenizer("minilm").batch(["A cat was sitting on a rug."])).last_hidden_state
     anchor = reference.mean(dim=1)
 
-    def similarity(output, _ids, attention_mask):  # noqa: ANN001, ANN202
+    def similarity(output, _ids, attention_mask):
         hidden = output.last_hidden_state * attention_mask[..., None]
         pooled = hidden.sum(dim=1) / attention_mask.sum(dim=1, keepdim=True)
         return F.cosine_similarity(pooled, anchor, dim=-1)
@@ -110,7 +110,7 @@ def test_exact_importance_in_the_encoder_decoder_covers_encoder_self_and_cross_a
     model = qkv.models.Transformer(config).double().eval()
     src, tgt = torch.randint(0, 20, (2, 9)), torch.randint(0, 20, (2, 7))
 
-    def loss(output, _src, tgt_ids):  # noqa: ANN001, ANN202
+    def loss(output, _src, tgt_ids):
         return causal_lm_loss(output, tgt_ids)
 
     got = head_importance(model, src, metric=loss, tgt_ids=tgt)
@@ -187,7 +187,7 @@ def test_mean_ablation_importance_averages_real_tokens_when_the_input_is_padded(
     model = qkv.load_pretrained("minilm").double().eval()
     ids, mask = qkv.load_tokenizer("minilm").batch(["The cat sat on the mat today.", "Hi", "Attention is all"])
 
-    def norm(output, _ids, attention_mask):  # noqa: ANN001, ANN202
+    def norm(output, _ids, attention_mask):
         return (output.last_hidden_state * attention_mask[..., None]).sum(dim=(1, 2))
 
     if method == "exact":

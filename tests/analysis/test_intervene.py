@@ -28,10 +28,10 @@ def by_name(ablate: dict, path: str) -> dict:
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "나는 오늘 아침에 학교에 갔습니다."]
 
 
-def _zero_heads_before(module: torch.nn.Module, heads: list[int], head_dim: int):  # noqa: ANN202
+def _zero_heads_before(module: torch.nn.Module, heads: list[int], head_dim: int):
     """A forward pre-hook on HF's output projection that zeroes the given heads' slices of its input."""
 
-    def hook(_module, args):  # noqa: ANN001, ANN202
+    def hook(_module, args):
         x = args[0].clone()
         for h in heads:
             x[..., h * head_dim : (h + 1) * head_dim] = 0.0
@@ -40,7 +40,7 @@ def _zero_heads_before(module: torch.nn.Module, heads: list[int], head_dim: int)
     return module.register_forward_pre_hook(hook)
 
 
-def _hooks(projections, ablate, head_dim):  # noqa: ANN001, ANN202
+def _hooks(projections, ablate, head_dim):
     by_layer: dict[int, list[int]] = {}
     for layer, head in ablate:
         by_layer.setdefault(layer, []).append(head)
@@ -148,7 +148,7 @@ def _gpt(positions: str = "learned") -> qkv.models.GPT:
 def test_patching_a_run_with_its_own_cache_reproduces_it_exactly():
     model = _gpt()
     ids = torch.randint(0, 16, (2, 8))
-    names = lambda name: name.endswith(("hook_z", "hook_resid_post", "hook_attn_out"))  # noqa: E731
+    names = lambda name: name.endswith(("hook_z", "hook_resid_post", "hook_attn_out"))
     with torch.no_grad():
         with qkv.record(model, names=names) as cache:
             clean = model(ids).logits

@@ -31,7 +31,7 @@ def _indices(b: int, h: int, lq: int, lk: int) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _oracle(q, k, v, allowed, score_mod, scale, bias=None):  # noqa: ANN001, ANN202
+def _oracle(q, k, v, allowed, score_mod, scale, bias=None):
     """Dense float64 attention: scores, bias, the score function on the whole grid, the dense mask."""
     b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     group = h // k.shape[1]
@@ -62,7 +62,7 @@ def mods_case(draw):
     return b, h, kvh, lq, lk, mask_kind, score_kind, causal, block, backend, dtype, draw(st.integers(0, 2**16))
 
 
-def _random_mask_mod(kind, b, h, lq, lk, g):  # noqa: ANN001, ANN202
+def _random_mask_mod(kind, b, h, lq, lk, g):
     if kind is None:
         return None
     if kind == "table":  # an arbitrary function: a random table read at the indices (per row and head, or shared)
@@ -70,7 +70,7 @@ def _random_mask_mod(kind, b, h, lq, lk, g):  # noqa: ANN001, ANN202
         table[..., 0, :] = False  # a query that sees nothing
         off = lk - lq
 
-        def table_mask(bi, hi, qi, kvi):  # noqa: ANN001, ANN202
+        def table_mask(bi, hi, qi, kvi):
             return table.expand(b, h, lq, lk)[bi, hi, qi - off, kvi]
 
         return table_mask
@@ -83,7 +83,7 @@ def _random_mask_mod(kind, b, h, lq, lk, g):  # noqa: ANN001, ANN202
     return mods.sliding_window((int(torch.randint(0, 10, (1,), generator=g)),) * 2)
 
 
-def _random_score_mod(kind, h, lq, lk, g, dtype):  # noqa: ANN001, ANN202
+def _random_score_mod(kind, h, lq, lk, g, dtype):
     """The function and the tensors that must receive gradients through it."""
     if kind is None:
         return None, []
@@ -91,7 +91,7 @@ def _random_score_mod(kind, h, lq, lk, g, dtype):  # noqa: ANN001, ANN202
         table = torch.randn(h, lq, lk, generator=g, dtype=dtype).requires_grad_()
         off = lk - lq
 
-        def table_score(s, bi, hi, qi, kvi):  # noqa: ANN001, ANN202
+        def table_score(s, bi, hi, qi, kvi):
             return s * 0.5 + table[hi, qi - off, kvi]
 
         return table_score, [table]
@@ -142,7 +142,7 @@ def test_mask_and_score_functions_agree_with_the_float64_oracle(case):
 def test_rows_with_no_allowed_key_give_zeros_and_finite_gradients_on_every_backend():
     q, k, v = (torch.randn(1, 2, 20, 4, requires_grad=True) for _ in range(3))
 
-    def nothing_for_even_queries(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+    def nothing_for_even_queries(b, h, q_idx, kv_idx):
         return (q_idx % 2 == 1) & (kv_idx <= q_idx)
 
     for backend in ("reference", "chunked", "fused"):
@@ -205,7 +205,7 @@ def test_the_chunked_backend_visits_only_tiles_the_block_mask_keeps(monkeypatch)
     visited = []
     real = chunked._score_tile
 
-    def spy(plan, qt, kt, k0):  # noqa: ANN001, ANN202
+    def spy(plan, qt, kt, k0):
         visited.append((qt.shape[-2], k0))
         return real(plan, qt, kt, k0)
 
@@ -289,14 +289,14 @@ def test_t5_table_gets_gradients_through_the_chunked_backward():
 # -------------------------------------------------------------------------- attention-gym's functions, by copy
 
 
-def _gym_document(offsets):  # noqa: ANN001, ANN202 - attention-gym's generate_doc_mask_mod over a causal mask
+def _gym_document(offsets):
     counts = offsets[1:] - offsets[:-1]
     document_id = torch.repeat_interleave(torch.arange(len(counts), dtype=torch.int32), counts)
 
-    def causal_mask(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+    def causal_mask(b, h, q_idx, kv_idx):
         return q_idx >= kv_idx
 
-    def doc_mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+    def doc_mask_mod(b, h, q_idx, kv_idx):
         same_doc = document_id[q_idx] == document_id[kv_idx]
         q_logical = q_idx - offsets[document_id[q_idx]]
         kv_logical = kv_idx - offsets[document_id[kv_idx]]
@@ -306,15 +306,15 @@ def _gym_document(offsets):  # noqa: ANN001, ANN202 - attention-gym's generate_d
     return doc_mask_mod
 
 
-def _gym_prefix_lm(prefix_length):  # noqa: ANN001, ANN202
-    def prefix_lm_causal(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+def _gym_prefix_lm(prefix_length):
+    def prefix_lm_causal(b, h, q_idx, kv_idx):
         return (kv_idx <= prefix_length) | (q_idx >= kv_idx)
 
     return prefix_lm_causal
 
 
-def _gym_sliding_window(window):  # noqa: ANN001, ANN202
-    def sliding_window_causal(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+def _gym_sliding_window(window):
+    def sliding_window_causal(b, h, q_idx, kv_idx):
         causal_mask = q_idx >= kv_idx
         window_mask = q_idx - kv_idx <= window
         return causal_mask & window_mask
@@ -322,8 +322,8 @@ def _gym_sliding_window(window):  # noqa: ANN001, ANN202
     return sliding_window_causal
 
 
-def _gym_alibi(H):  # noqa: ANN001, ANN202, N803
-    def alibi_mod(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+def _gym_alibi(H):
+    def alibi_mod(score, b, h, q_idx, kv_idx):
         scale = torch.exp2(-((h + 1) * 8.0 / H))
         bias = (kv_idx - q_idx) * scale
         return score + bias
@@ -331,8 +331,8 @@ def _gym_alibi(H):  # noqa: ANN001, ANN202, N803
     return alibi_mod
 
 
-def _gym_soft_cap(softcap):  # noqa: ANN001, ANN202
-    def soft_cap(score, b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202
+def _gym_soft_cap(softcap):
+    def soft_cap(score, b, h, q_idx, kv_idx):
         score = score / softcap
         score = torch.tanh(score)
         score = score * softcap
@@ -341,7 +341,7 @@ def _gym_soft_cap(softcap):  # noqa: ANN001, ANN202
     return soft_cap
 
 
-def _scalar_dense_mask(mask_mod, h, n):  # noqa: ANN001, ANN202
+def _scalar_dense_mask(mask_mod, h, n):
     """FlexAttention calls functions on scalar indices: evaluate them that way, one pair at a time."""
     out = torch.zeros(1, h, n, n, dtype=torch.bool)
     for hi in range(h):
@@ -351,7 +351,7 @@ def _scalar_dense_mask(mask_mod, h, n):  # noqa: ANN001, ANN202
     return out
 
 
-def _scalar_dense_bias(score_mod, h, n):  # noqa: ANN001, ANN202
+def _scalar_dense_bias(score_mod, h, n):
     out = torch.zeros(1, h, n, n, dtype=torch.float64)
     zero = torch.tensor(0.0, dtype=torch.float64)
     for hi in range(h):

@@ -20,13 +20,13 @@ class CountHostReads(TorchFunctionMode):
         super().__init__()
         self.count = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in READS:
             self.count += 1
         return func(*args, **(kwargs or {}))
 
 
-def reads(fn) -> int:  # noqa: ANN001
+def reads(fn) -> int:
     with CountHostReads() as counter:
         fn()
     return counter.count

@@ -18,14 +18,14 @@ from qkv.models.pixels.base import GatedPixelCNNConfig, MADEConfig, PixelCNNConf
 AUTOREGRESSIVE = [name for name in PIXEL_FAMILIES if name != "pixel-independent"]
 
 
-def _model(name: str, **overrides):  # noqa: ANN003, ANN202
+def _model(name: str, **overrides):
     torch.manual_seed(0)
     config_class, model_class = PIXEL_FAMILIES[name]
     settings = {"hidden": 32, "layers": 4, "num_heads": 4, "num_classes": 10, **overrides}
     return model_class(config_class(**settings)).double().eval()
 
 
-def dependence(model, images, labels, pixel: int) -> torch.Tensor:  # noqa: ANN001
+def dependence(model, images, labels, pixel: int) -> torch.Tensor:
     """``(H, W)`` gradient-norm map of raster pixel ``pixel``'s logits (qkv.analysis.pixel_dependence)."""
     return pixel_dependence(model, images, labels, divmod(pixel, model.config.width))
 

@@ -165,7 +165,7 @@ def test_the_tour_reuses_the_runs_the_readme_trains_before_its_own(tmp_path):
     assert dates_runs(tmp_path, train=False)["dates-rnn"] == tmp_path / "dates-rnn"
 
 
-def _tiny_run(tmp_path, tiny, sets):  # noqa: ANN001, ANN201 - a tiny trained GPT run, made once per test
+def _tiny_run(tmp_path, tiny, sets):
     out = tmp_path / "tiny"
     config = tmp_path / "c.toml"
     config.write_text("[train]\nseed = 3\n")

@@ -31,7 +31,7 @@ METHODS = ("exact", "attribution")
 Metric = Callable[..., Tensor]  # metric(output, ids, **model_kwargs) -> (batch,)
 
 
-def causal_lm_loss(output: Any, ids: Tensor, **_inputs: Any) -> Tensor:  # noqa: ANN401
+def causal_lm_loss(output: Any, ids: Tensor, **_inputs: Any) -> Tensor:
     """Per-example mean next-token cross-entropy ``(batch,)`` of a causal LM's ``output`` on ``ids (batch, seq)``."""
     logits = output.logits[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (half precision: the loss in fp32)
@@ -47,7 +47,7 @@ def head_importance(
     *,
     method: str = "exact",
     heads_per_pass: int | None = None,
-    **model_kwargs: Any,  # noqa: ANN401
+    **model_kwargs: Any,
 ) -> Tensor:
     """``metric(head ablated) - metric(clean)``, averaged over the batch, for every head: ``(layers, heads)`` fp64.
 
@@ -113,7 +113,7 @@ class _Scoring:
         return torch.zeros(len(self.modules), max(m.num_heads for m in self.modules), dtype=torch.float64)
 
 
-def _tile(value: Any, copies: int) -> Any:  # noqa: ANN401
+def _tile(value: Any, copies: int) -> Any:
     """``value`` with every tensor repeated ``copies`` times along the batch (copy-major)."""
     if isinstance(value, Tensor):
         return value.repeat(copies, *([1] * (value.dim() - 1))) if value.dim() else value
@@ -156,7 +156,7 @@ def _batched_ablation(heads: list[int], batch: int, means: Tensor | None) -> Cal
     copy = torch.arange(len(heads))
     index = torch.tensor(heads)
 
-    def hook(_module: nn.Module, _args: Any, out: Tensor) -> Tensor:  # noqa: ANN401  # (copies · batch, heads, q, d)
+    def hook(_module: nn.Module, _args: Any, out: Tensor) -> Tensor:  # (copies · batch, heads, q, d)
         out = out.clone()
         view = out.view(len(heads), batch, *out.shape[1:])
         at = view[copy.to(out.device), :, index.to(out.device)]  # (copies, batch, q_len, head_dim)
@@ -173,7 +173,7 @@ def _attribution(scoring: _Scoring) -> Tensor:
     probes: dict[int, tuple[Tensor, Tensor]] = {}
 
     def probe(index: int) -> Callable[..., Tensor]:
-        def hook(_module: nn.Module, _args: Any, out: Tensor) -> Tensor:  # noqa: ANN401
+        def hook(_module: nn.Module, _args: Any, out: Tensor) -> Tensor:
             zero = torch.zeros_like(out, requires_grad=True)
             probes[index] = (out.detach(), zero)
             return out + zero

@@ -93,7 +93,7 @@ def _editor(
         axis = point.head_axis
         position_axis = point.position_axis - (point.position_axis > axis)  # (in one head's slice)
 
-        def edit_heads(_module: nn.Module, _args: Any, value: Tensor) -> Tensor:  # noqa: ANN401
+        def edit_heads(_module: nn.Module, _args: Any, value: Tensor) -> Tensor:
             out = value.clone()
             for head, one in edit.items():
                 if not (isinstance(head, int) and 0 <= head < value.shape[axis]):
@@ -104,7 +104,7 @@ def _editor(
 
         return edit_heads
 
-    def edit_all(_module: nn.Module, _args: Any, value: Tensor) -> Tensor:  # noqa: ANN401
+    def edit_all(_module: nn.Module, _args: Any, value: Tensor) -> Tensor:
         return apply_edit(value, edit, point.position_axis, token_mask, name)
 
     return edit_all

@@ -84,7 +84,7 @@ class HookPointOwner(nn.Module):
     kept in the instance ``__dict__``, where attribute lookup finds it first.
     """
 
-    def __setattr__(self, name: str, value: Any) -> None:  # noqa: ANN401
+    def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
         if isinstance(value, HookPoint):
             self.__dict__[name] = value
@@ -179,7 +179,7 @@ def record(model: nn.Module, names: NameFilter = None, *, detach: bool = True) -
     points = select_hook_points(model, names)
 
     def keeper(name: str) -> Callable[[nn.Module, Any, Tensor], None]:
-        def keep(_module: nn.Module, _args: Any, value: Tensor) -> None:  # noqa: ANN401
+        def keep(_module: nn.Module, _args: Any, value: Tensor) -> None:
             cache.add(name, value.detach() if detach else value)
 
         return keep

@@ -297,7 +297,9 @@ class T5RelativeBias(nn.Module):
     qkv_additive = True
     qkv_relative = True
 
-    def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
+    def __init__(
+        self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True
+    ) -> None:
         super().__init__()
         if num_buckets < 2 or max_distance < 1:
             raise ConfigError(

@@ -113,7 +113,7 @@ def _weights_call(
     )  # fmt: skip
 
 
-def _on_heads(fn: Any, index: Tensor, call: Any) -> Any:  # noqa: ANN401
+def _on_heads(fn: Any, index: Tensor, call: Any) -> Any:
     """``fn`` called with head numbers mapped through ``index`` (None stays None)."""
     if fn is None:
         return None

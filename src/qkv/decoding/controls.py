@@ -140,7 +140,7 @@ class Stopping:
 
     def __init__(
         self, criteria: Sequence[Callable[[Tensor, Tensor], bool | Tensor]] = (), max_time: float | None = None
-    ):
+    ) -> None:
         self.criteria = tuple(criteria)
         self.max_time = max_time
         self._deadline = math.inf

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from qkv.attention.frozen import frozen_weights
 from qkv.attention.kv_cache import KVCache
 from qkv.models.modes import eval_mode
+from qkv.models.output import ModelOutput
 
 __all__ = [
     "DecodableModel",
@@ -60,7 +61,7 @@ class DecodableModel(Protocol):
         cache: KVCache | None = None,
         left_padding: Tensor | None = None,
         logits_to_keep: int | None = None,
-    ): ...  # -> ModelOutput
+    ) -> ModelOutput: ...
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache: ...
 

@@ -33,7 +33,9 @@ def dropout_layer(p: float) -> nn.Module:
 class FeedForward(nn.Module):
     """``(batch, seq, dim) -> (batch, seq, dim)``: Linear, activation, Linear, dropout."""
 
-    def __init__(self, dim: int, hidden_dim: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self, dim: int, hidden_dim: int, activation: str = "gelu", dropout: float = 0.0, bias: bool = True
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
@@ -49,7 +51,7 @@ class FeedForward(nn.Module):
 class SwiGLU(nn.Module):
     """``(batch, seq, dim) -> (batch, seq, dim)``: ``down(silu(gate(x)) * up(x))`` (Shazeer 2020; Llama's MLP)."""
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False):
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False) -> None:
         super().__init__()
         self.gate = nn.Linear(dim, hidden_dim, bias=bias)
         self.up = nn.Linear(dim, hidden_dim, bias=bias)

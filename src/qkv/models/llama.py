@@ -22,4 +22,3 @@ class LlamaConfig(GPTConfig):
     feed_forward: str = "swiglu"
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
-

@@ -123,7 +123,7 @@ class PairTokenizer:
     decode = decode_target
 
     def to_dict(self) -> dict[str, Any]:
-        side = lambda v: {"level": v.level, "pieces": v.pieces}  # noqa: E731
+        side = lambda v: {"level": v.level, "pieces": v.pieces}
         return {
             "qkv_tokenizer": "pair",
             "shared": self.shared,

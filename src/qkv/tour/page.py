@@ -15,7 +15,7 @@ from qkv.tour.text import LANGUAGES, PAGE, STEPS
 __all__ = ["fmt", "render"]
 
 
-def fmt(value: Any) -> str:  # noqa: ANN401
+def fmt(value: Any) -> str:
     """A number, tensor, list or mapping as a person reads it: numbers to 3 significant digits, words in quotes,
     a (word, number) pair as ``“e” 0.392``, a shape as ``384×384``, a mapping as ``key: value; ...``."""
     if isinstance(value, torch.Tensor):

@@ -11,7 +11,7 @@ import json
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -173,7 +173,7 @@ class Trainer:
         tmp.replace(self.out_dir / "log.jsonl")
 
     # -- loop ----------------------------------------------------------------------------------------------------
-    def _autocast(self):  # type: ignore[no-untyped-def]
+    def _autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.precision or "fp32")
 
     def _batch(self, split: str, seed: int, index: int, rows: slice | None) -> Any:

@@ -101,7 +101,7 @@ def capture_attention(
     capture = AttentionCapture(chosen, selected, {i: named[i][0] for i in chosen})
 
     def keeper(store: dict[int, list[Tensor]], index: int) -> Callable[[nn.Module, Any, Tensor], None]:
-        def keep(_module: nn.Module, _args: Any, value: Tensor) -> None:  # noqa: ANN401
+        def keep(_module: nn.Module, _args: Any, value: Tensor) -> None:
             value = value.detach().float()
             store.setdefault(index, []).append(value if selected is None else value[:, selected])
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -197,7 +198,16 @@ def _sum_group(t: Tensor) -> Tensor:
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q5, k5, v5, bias5, mask5, plan: _Plan, *params):  # type: ignore[no-untyped-def, override]
+    def forward(  # type: ignore[override]  # (autograd.Function's forward takes its own arguments)
+        ctx: Any,
+        q5: Tensor,
+        k5: Tensor,
+        v5: Tensor,
+        bias5: Tensor | None,
+        mask5: Tensor | None,
+        plan: _Plan,
+        *params: Tensor,
+    ) -> tuple[Tensor, Tensor]:
         b, kvh, g, q_len, _ = q5.shape
         row_max = q5.new_full((b, kvh, g, q_len), _NEG_INF)
         row_sum = q5.new_zeros((b, kvh, g, q_len))
@@ -231,7 +241,9 @@ class _ChunkedAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_lse):  # type: ignore[no-untyped-def, override]
+    def backward(  # type: ignore[override]  # (autograd.Function's backward takes its own arguments)
+        ctx: Any, grad_out: Tensor, _grad_lse: Tensor
+    ) -> tuple[Tensor | None, ...]:
         q5, k5, v5, bias5, mask5, out, lse = ctx.saved_tensors
         plan: _Plan = ctx.plan
         params = plan.params

@@ -98,7 +98,7 @@ def _combined_score_mod(call: AttentionCall, offset: int) -> ScoreMod | None:
     return qkv_score
 
 
-def _block_mask(call: AttentionCall, mask_mod: MaskMod, create_block_mask: Any) -> Any:  # noqa: ANN401
+def _block_mask(call: AttentionCall, mask_mod: MaskMod, create_block_mask: Any) -> Any:
     reusable = call.blocks is not None and call.mask is None and call.span.unbounded
     if reusable and call.blocks in _flex_masks:
         return _flex_masks[call.blocks]
