@@ -68,7 +68,12 @@ def attend(
         unless asked for. A query with no allowed key gets an all-zero output and weight row, never NaN.
 
     Raises:
-        qkv.errors.ShapeError, DTypeError, MaskError, ConfigError, UnknownNameError, BackendUnsupportedError.
+        qkv.errors.ShapeError: q, k, v, mask or bias of shapes that do not fit together.
+        qkv.errors.DTypeError: q, k, v not floating point or not of one dtype.
+        qkv.errors.MaskError: a mask that is not bool, or a bias that is not float.
+        qkv.errors.ConfigError: a bad causal, window, scale, dropout or mask/score function.
+        qkv.errors.UnknownNameError: an unknown score or backend name.
+        qkv.errors.BackendUnsupportedError: a backend that cannot run this call.
     """
     call = build_call(
         q,

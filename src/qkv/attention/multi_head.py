@@ -38,7 +38,8 @@ class MultiHeadAttention(HookPointOwner):
         num_heads: query heads; ``head_dim = embed_dim // num_heads``.
         num_kv_heads: key/value heads (default ``num_heads``); 1 is multi-query attention, anything dividing
             ``num_heads`` is grouped-query attention.
-        kdim, vdim: feature sizes of keys/values for cross-attention (default ``embed_dim``).
+        kdim: feature size of the keys for cross-attention (default ``embed_dim``).
+        vdim: feature size of the values for cross-attention (default ``embed_dim``).
         bias: biases in the four projections.
         dropout: attention-weight dropout while training.
         score: score name or module; parametric scores (``general``, ``additive``) are built per module with
@@ -176,8 +177,8 @@ class MultiHeadAttention(HookPointOwner):
             mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``, True = may attend.
             key_mask: bool ``(batch, k_len)``, True = a real token that may be attended, False = padding (the
                 opposite of ``torch.nn.MultiheadAttention``'s ``key_padding_mask``: pass ``~key_padding_mask``).
-            causal, window, bias, mask_mod, score_mod, block_mask: as in :func:`qkv.attend` (indices count keys
-                from the start of the cache).
+            causal: as in :func:`qkv.attend` (so are ``window``, ``bias``, ``mask_mod``, ``score_mod`` and
+                ``block_mask``; their indices count keys from the start of the cache).
             cache: self-attention only: new keys/values are appended to layer ``layer_idx`` of the cache and the
                 queries attend over everything cached (``causal`` stays aligned to the end).
             positions: rotary positions ``(q_len,)`` or ``(batch, q_len)``; default continues after the cache.

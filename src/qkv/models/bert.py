@@ -20,6 +20,8 @@ __all__ = ["BertConfig", "BertEncoder"]
 
 @dataclass
 class BertConfig(ModelConfig):
+    """A BERT-style encoder (all-MiniLM-L6-v2's shape by default): post-norm blocks, GELU, learned positions."""
+
     vocab_size: int = 30522
     embed_dim: int = 384
     num_layers: int = 6

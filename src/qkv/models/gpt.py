@@ -37,6 +37,10 @@ POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "t5")
 
 @dataclass
 class GPTConfig(ModelConfig):
+    """A decoder-only Transformer: GPT-2 with the defaults, the Llama family (Llama, Mistral, Qwen2) with
+    :class:`~qkv.models.llama.LlamaConfig`'s; positions learned, sinusoidal, rotary, ALiBi or T5's bias.
+    """
+
     vocab_size: int = 256
     max_seq_len: int = 256
     num_layers: int = 4

@@ -16,6 +16,8 @@ __all__ = ["LlamaConfig"]
 
 @dataclass
 class LlamaConfig(GPTConfig):
+    """A :class:`GPTConfig` with Llama's defaults: rotary positions, RMSNorm, SwiGLU, no biases, untied embeddings."""
+
     positions: str = "rotary"
     bias: bool = False
     norm: str = "rms"

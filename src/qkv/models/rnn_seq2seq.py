@@ -41,6 +41,10 @@ CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 
 @dataclass
 class RNNSeq2SeqConfig(ModelConfig):
+    """The RNN encoder-decoder: a bidirectional GRU/LSTM encoder, a decoder with Luong's or Bahdanau's attention
+    (global or local), or none (the fixed-vector baseline).
+    """
+
     src_vocab_size: int = 64
     tgt_vocab_size: int = 64
     embed_dim: int = 64

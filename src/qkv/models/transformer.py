@@ -33,6 +33,10 @@ NORMS = ("post", "pre")
 
 @dataclass
 class TransformerConfig(ModelConfig):
+    """The encoder-decoder Transformer of Vaswani et al. 2017: sinusoidal positions, post-norm (the paper) or
+    pre-norm, optionally shared embeddings.
+    """
+
     src_vocab_size: int = 64
     tgt_vocab_size: int = 64
     embed_dim: int = 128

@@ -33,6 +33,8 @@ __all__ = [
 
 @dataclass
 class DataConfig:
+    """The ``[data]`` table of a run config: which corpus or task, how it is tokenized, split and batched."""
+
     path: str = ""  # a UTF-8 text file; empty = the bundled Shakespeare corpus
     tokenizer: str = "char"  # char | bpe
     bpe_vocab_size: int = 512
@@ -75,6 +77,11 @@ def fsdp_runs_on_cpus() -> bool:
 
 @dataclass
 class TrainConfig:
+    """The ``[train]`` table of a run config: steps, batch, optimiser and schedule, device, precision, checkpoints.
+
+    Every numeric field has a range in :data:`RANGES`, checked by :meth:`validate` before any work.
+    """
+
     steps: int = 2000
     batch_size: int = 12  # sequences per micro-step, summed over all processes
     grad_accum: int = 1  # micro-steps per optimizer step
@@ -206,6 +213,10 @@ def data_config_type(kind: str) -> type:
 
 @dataclass
 class RunConfig:
+    """A whole run config (a TOML file, ``qkv configs show NAME``): ``kind`` (the model family), ``[model]``,
+    ``[data]`` and ``[train]``; :func:`load_run_config` reads it with ``section.key=value`` overrides.
+    """
+
     kind: str = "gpt"  # a model family (gpt | llama | rnn-seq2seq | transformer | registered): model and data types
     model: Any = None
     data: Any = None

@@ -67,6 +67,11 @@ def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 class Trainer:
+    """Trains a model on a task: AdamW with warm-up and cosine decay, gradient accumulation and clipping, autocast
+    precision, periodic evaluation, atomic checkpoints, resume, DDP/FSDP under torchrun; :meth:`fit` runs it and
+    returns the final metrics (also written to ``OUT/metrics.json``).
+    """
+
     def __init__(
         self,
         model: nn.Module,

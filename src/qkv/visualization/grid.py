@@ -99,8 +99,9 @@ def plot_attention(
     Args:
         attentions: per layer, weights ``(heads, q_len, k_len)``.
         tokens: the key tokens (the last ``q_len`` of them label the queries).
-        layer, head: both -> one head; ``layer`` only -> all heads of that layer (``average`` -> their mean);
-            neither -> the layer × head overview (``average`` -> one panel per layer).
+        layer: with ``head``, one head; alone, all heads of that layer (``average`` -> their mean); neither
+            ``layer`` nor ``head``: the layer × head overview (``average`` -> one panel per layer).
+        head: the head drawn, with ``layer``.
         columns: panels per row when one layer's heads are drawn (fewer, larger panels read better on a page).
         words: the words written around the weights (:class:`GridWords`; English by default).
     """

@@ -34,6 +34,7 @@ MATERIALISE_LIMIT = 1 << 22
 
 
 def available_backends() -> list[str]:
+    """The names ``qkv.attend(backend=...)`` accepts: ``auto`` and every backend."""
     return ["auto", *BACKENDS]
 
 

@@ -19,6 +19,10 @@ __all__ = ["PixelTransformer"]
 
 
 class PixelTransformer(SequencePixelModel):
+    """A causal Transformer over the pixels of an image in raster order, with row and column embeddings;
+    ``window = r`` restricts attention to a 2-D neighbourhood (a mask function). Samples on its KV cache.
+    """
+
     def __init__(self, config: PixelConfig) -> None:
         super().__init__(config)
         c = config
