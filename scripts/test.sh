@@ -15,6 +15,7 @@ if [ "${1:-}" = "--slow" ]; then
   exec .venv/bin/python -m pytest -q -n 2 -m slow "$@"
 fi
 .venv/bin/lint-imports --no-cache  # the layers and what the core and the models may import (pyproject.toml)
+.venv/bin/mypy  # src/ type-checks clean ([tool.mypy] in pyproject.toml)
 .venv/bin/python -m pytest -q -n 2 "$@"
 if [ $# -eq 0 ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
   echo "again on AVX2 kernels (ATEN_CPU_CAPABILITY=avx2): the numerical tests"

@@ -15,13 +15,14 @@ import re
 import shutil
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from qkv.errors import ConfigError
 
 __all__ = [
+    "HasParameters",
     "DEVICES",
     "PRECISIONS",
     "autocast",
@@ -213,7 +214,13 @@ def inference_dtype(spec: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and native_cpu_bf16() else "fp32"
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
+class HasParameters(Protocol):
+    """Anything with ``parameters()`` (a module, or a protocol of one): its device is theirs."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+
+def model_device(model: HasParameters) -> torch.device:
     """The device of ``model``'s parameters (the CPU for a model without any)."""
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")

@@ -42,7 +42,7 @@ class CheckpointError(QkvError):
 
 def describe_shape(shape: object) -> str:
     """Render a shape as ``(2, 8, 16, 64)`` for messages."""
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"  # type: ignore[attr-defined]
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"  # type: ignore[attr-defined]  # (any sized iterable: torch.Size, tuple, list)
 
 
 class OutOfMemoryError(QkvError, MemoryError):

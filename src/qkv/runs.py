@@ -5,13 +5,14 @@ The CLI and the tour both load runs through here, so neither imports the other f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from qkv.devices import place
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.families import CAUSAL_LM, IMAGE, SEQ2SEQ, Family, get_family
+from qkv.models.pixels import PixelModel
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
 
@@ -45,7 +46,7 @@ def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module
     return place(model, device).eval(), tokenizer, info
 
 
-def load_image_model(path: str | Path, device: str | None = None) -> tuple[nn.Module, CheckpointInfo]:
+def load_image_model(path: str | Path, device: str | None = None) -> tuple[PixelModel, CheckpointInfo]:
     """A trained image model (PixelCNN, MADE, pixel Transformer, ...) and its checkpoint info, on ``device``."""
     from qkv.training.config import RunConfig
 
@@ -53,7 +54,7 @@ def load_image_model(path: str | Path, device: str | None = None) -> tuple[nn.Mo
     family = _family_of_checkpoint(info, IMAGE)
     model = family.build(RunConfig.from_dict(info.meta["config"]).model)
     info.load_model_weights(model)
-    return place(model, device).eval(), info
+    return cast(PixelModel, place(model, device).eval()), info  # (IMAGE: every image family is a PixelModel)
 
 
 def load_model_and_tokenizer(

@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from qkv.attention.hooks import record
 from qkv.attention.multi_head import named_attention_modules
 from qkv.errors import ConfigError
+from qkv.models.blocks import RMSNorm
+from qkv.models.gpt import GPT
 from qkv.visualization.capture import capture_attention
 
 __all__ = [
@@ -54,9 +58,11 @@ def induction_scores(model: nn.Module, ids: Tensor) -> Tensor:
     return w.diagonal(offset=1 - half, dim1=-2, dim2=-1)[..., 1:].mean(dim=(1, 3)).double()
 
 
-def _causal_lm(model: nn.Module, what: str) -> None:
+def _causal_lm(model: nn.Module, what: str) -> GPT:
+    """``model`` as the GPT-shaped causal LM it must be here (a final norm and an output layer)."""
     if not (hasattr(model, "final_norm") and hasattr(model, "lm_head")):
         raise ConfigError(f"{what} needs a causal LM with final_norm and lm_head; {type(model).__name__} has not")
+    return cast(GPT, model)
 
 
 @torch.no_grad()
@@ -64,10 +70,10 @@ def logit_lens(model: nn.Module, ids: Tensor) -> Tensor:
     """The next-token logits each layer's residual stream would give if it were the last (nostalgebraist 2020):
     ``(layers, batch, seq, vocab)``, every layer's output through the model's final norm and output layer; the last
     row is the model's own logits."""
-    _causal_lm(model, "the logit lens")
+    lm = _causal_lm(model, "the logit lens")
     with record(model, names=lambda name: name.endswith("hook_resid_post")) as cache:
         model(ids)
-    return torch.stack([model.lm_head(model.final_norm(resid)) for resid in cache.values()])  # (in layer order)
+    return torch.stack([lm.lm_head(lm.final_norm(resid)) for resid in cache.values()])  # (in layer order)
 
 
 @torch.no_grad()
@@ -85,7 +91,7 @@ def direct_logit_attribution(model: nn.Module, ids: Tensor, targets: Tensor | No
         targets: ``(batch, seq)`` the token whose logit to explain at each position; default: the next token
             (``ids[:, 1:]``, so the result covers the first ``seq - 1`` positions).
     """
-    _causal_lm(model, "direct logit attribution")
+    lm = _causal_lm(model, "direct logit attribution")
     if targets is None:
         if ids.shape[1] < 2:
             raise ConfigError("direct logit attribution of the next token needs sequences of at least 2 tokens")
@@ -95,14 +101,14 @@ def direct_logit_attribution(model: nn.Module, ids: Tensor, targets: Tensor | No
         raise ConfigError(f"targets must be (batch, at most seq) = ({ids.shape[0]}, <= {ids.shape[1]}), got "
                           f"{tuple(targets.shape)}")  # fmt: skip
     final: dict[str, Tensor] = {}
-    handle = model.final_norm.register_forward_pre_hook(lambda _m, args: final.__setitem__("resid", args[0]))
+    handle = lm.final_norm.register_forward_pre_hook(lambda _m, args: final.__setitem__("resid", args[0]))
     named = named_attention_modules(model)
     try:
         with record(model, names=[f"{name}.hook_z" for name, _ in named]) as cache:
             model(ids)
     finally:
         handle.remove()
-    norm = model.final_norm
+    norm = cast(nn.LayerNorm | RMSNorm, lm.final_norm)
     dtype = torch.promote_types(final["resid"].dtype, torch.float32)  # (half precision: attribute in fp32)
     resid = final["resid"][:, :positions].to(dtype)
     layer_norm = isinstance(norm, nn.LayerNorm)
@@ -111,7 +117,7 @@ def direct_logit_attribution(model: nn.Module, ids: Tensor, targets: Tensor | No
     else:  # RMSNorm
         scale = (resid.pow(2).mean(dim=-1, keepdim=True) + norm.eps).rsqrt()
     # the target's direction in the residual stream, through the norm's gain: (batch, positions, embed_dim)
-    direction = model.lm_head.weight[targets].to(dtype) * norm.weight.to(dtype) * scale
+    direction = lm.lm_head.weight[targets].to(dtype) * norm.weight.to(dtype) * scale
     out = torch.zeros(len(named), max(m.num_heads for _, m in named), *targets.shape, dtype=dtype)
     for layer, (name, module) in enumerate(named):
         heads = cache[f"{name}.hook_z"][:, :, :positions].to(dtype)  # (batch, heads, positions, head_dim)

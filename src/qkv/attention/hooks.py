@@ -64,7 +64,7 @@ class HookPoint(nn.Module):
             self._forward_hooks or self._forward_pre_hooks or _GLOBAL_FORWARD_HOOKS or _GLOBAL_FORWARD_PRE_HOOKS
         )
 
-    def __call__(self, value: Tensor) -> Tensor:  # type: ignore[override]  # (one tensor in, one out)
+    def __call__(self, value: Tensor) -> Tensor:
         # the common case, nobody listening, skips nn.Module's call machinery (and, being written out here rather
         # than calling `active`, a second function call): unused hook points cost next to nothing
         if self._forward_hooks or self._forward_pre_hooks or _GLOBAL_FORWARD_HOOKS or _GLOBAL_FORWARD_PRE_HOOKS:

@@ -63,6 +63,8 @@ class SinusoidalPositions(nn.Module):
     """Fixed sinusoidal encodings of "Attention Is All You Need"; ``forward(positions) -> (..., dim)``. Arguments
     in the order of :class:`LearnedPositions` and ``nn.Embedding``: how many positions, then the width."""
 
+    table: Tensor  # (max_seq_len, dim), a buffer
+
     def __init__(self, max_seq_len: int, dim: int) -> None:
         super().__init__()
         self.max_seq_len = max_seq_len
@@ -159,6 +161,8 @@ class RotaryEmbedding(nn.Module):
     (:class:`RopeScaling`). Angles are computed in fp32 or wider, whatever the model's dtype.
     """
 
+    inv_freq: Tensor  # (head_dim / 2,), a buffer
+
     def __init__(
         self, head_dim: int, base: float = 10000.0, interleaved: bool = False, scaling: RopeScaling | None = None
     ) -> None:
@@ -168,7 +172,7 @@ class RotaryEmbedding(nn.Module):
         self.head_dim, self.base, self.interleaved, self.scaling = head_dim, base, interleaved, scaling
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, base, scaling), persistent=False)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
         # model.to(bf16) would round the frequencies to 3 digits (angles off by up to 0.4%): keep them in fp32
         super()._apply(fn, recurse)
         if self.inv_freq.dtype not in (torch.float32, torch.float64):

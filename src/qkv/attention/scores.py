@@ -217,7 +217,7 @@ F_ = TypeVar("F_", bound=ScoreFactory)
 def register_score(name: str, factory: None = None, *, overwrite: bool = False) -> Callable[[F_], F_]: ...
 @overload
 def register_score(name: str, factory: F_, *, overwrite: bool = False) -> F_: ...
-def register_score(name: str, factory: ScoreFactory | None = None, *, overwrite: bool = False):  # type: ignore[no-untyped-def]
+def register_score(name: str, factory: ScoreFactory | None = None, *, overwrite: bool = False):
     """Register a score function factory under ``name`` (use directly or as a class decorator).
 
     The factory is called with keyword dimensions (``q_dim``, ``k_dim``, ...) by :func:`make_score`; a factory that
@@ -258,7 +258,7 @@ def make_score(name: str, **dims: int) -> ScoreFunction:
     factory = _lookup(name)
     try:
         # a score class without its own __init__ shows nn.Module's (*args, **kwargs), yet takes nothing
-        own_init = not (isinstance(factory, type) and factory.__init__ is nn.Module.__init__)
+        own_init = not (isinstance(factory, type) and inspect.getattr_static(factory, "__init__") is nn.Module.__init__)
         parameters = inspect.signature(factory).parameters.values() if own_init else []
         if not any(p.kind is p.VAR_KEYWORD for p in parameters):
             taken = {p.name for p in parameters}

@@ -273,10 +273,11 @@ def _flex_row(report: Report, config: AttentionBenchConfig, target: Callable[[st
     """Forward only (FlexAttention has no CPU backward): qkv's document mask against compiled FlexAttention."""
     from qkv.attention.backends.flex import _flex
 
-    if _flex() is None:  # pragma: no cover - torch < 2.5
+    flex = _flex()
+    if flex is None:  # pragma: no cover - torch < 2.5
         report.notes.append(f"FlexAttention: not in torch {torch.__version__}; no row.")
         return
-    flex_attention, create_block_mask = _flex()
+    flex_attention, create_block_mask = flex
     n, device = config.flex_size, config.device
     documents = torch.arange(n, device=device) // (n // config.documents)
     mask_mod = qkv.attention.mods.document(documents)

@@ -24,7 +24,8 @@ def time_pair(
     waits for queued device work (``torch.cuda.synchronize`` on a GPU) so each time covers its own work."""
     ours(), reference()  # warm-up: allocator, kernels, lazy init
     sync()
-    ours_times, ref_times = [], []
+    ours_times: list[float] = []
+    ref_times: list[float] = []
     for _ in range(repeats):
         for fn, times in ((ours, ours_times), (reference, ref_times)):
             start = time.perf_counter()

@@ -60,6 +60,7 @@ def attention_report(
     from qkv.visualization import capture_attention, plot_attention
     from qkv.visualization.html import DENSE_LIMIT, write_attention_page
 
+    text = text or ""  # (None with token_ids: nothing to encode)
     if pretrained:
         ids, mask = tokenizer.batch([text])
         tokens = tokenizer.tokenizer.encode(text).tokens[: ids.shape[1]]
@@ -72,7 +73,7 @@ def attention_report(
         shown = "".join(tokens) if not pretrained else text
         cut = (
             ""
-            if pretrained or token_ids is not None or len(shown) == len(text or "")
+            if pretrained or token_ids is not None or len(shown) == len(text)
             else f" (its last {len(tokens)} tokens)"
         )
         title = f"{name}: {shown[:40]!r}{'…' if len(shown) > 40 else ''}{cut}"

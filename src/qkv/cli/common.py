@@ -160,7 +160,7 @@ def encode_prompt(
     instead of nothing, in the words of the calling verb), a long one is cut on the left."""
     if not prompt:
         raise ConfigError(f"the prompt is empty: {hint}")
-    unknown = getattr(tokenizer, "unknown_characters", lambda _t: [])(prompt)
+    unknown = getattr(tokenizer, "unknown_characters", _nothing_unknown)(prompt)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:10])
         raise ConfigError(
@@ -172,3 +172,8 @@ def encode_prompt(
         warn(f"the prompt has {len(ids)} tokens, more than the context of {context}; keeping the last {context}")
         ids = ids[-context:]
     return torch.tensor([ids], dtype=torch.long)
+
+
+def _nothing_unknown(_text: str) -> list[str]:
+    """A tokenizer without ``unknown_characters`` (bytes-level BPE) knows every character."""
+    return []

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from qkv.attention.memory import activation_bytes, check_fits
     from qkv.cli.common import HTML_SUFFIXES, check_output_files
     from qkv.errors import ConfigError
+    from qkv.models.pixels import PixelTransformer
     from qkv.runs import load_image_model
     from qkv.training.images import run_image_data
     from qkv.visualization.grid import IMAGE_SUFFIXES
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         maps = {key: torch.stack([m[key].cpu() for m in per_pixel]) for key in per_pixel[0]}
         fields = PixelFields(maps, every, image[0].cpu(), c.levels, chosen)
         attentions, tokens = [], []
-        if hasattr(model, "attention"):  # the Transformer's own weights over the sequence, for the attention views
+        if isinstance(model, PixelTransformer):  # its own weights over the sequence, for the attention views
             attentions = [w[0].cpu() for w in model.attention(image, label)]
             values = image[0].flatten().tolist()
             tokens = ["start"] + [f"{p // c.width},{p % c.width}={values[p]}" for p in range(c.pixels - 1)]

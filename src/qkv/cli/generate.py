@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 
 from qkv.cli.common import add_device_option
 
@@ -87,11 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from qkv.cli.decoding_flags import decoding_config
     from qkv.decoding import generate, generate_stream, stop_strings
     from qkv.models.families import CAUSAL_LM
+    from qkv.models.protocols import CausalLM
     from qkv.runs import load_model_and_tokenizer
 
     check_generation_args(args)
     config = decoding_config(args, GENERATE_FLAGS)  # every flag checked before the model loads
-    model, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
+    loaded, tokenizer, _ = load_model_and_tokenizer(args.checkpoint, args.device, args.dtype, protocol=CAUSAL_LM)
+    model = cast(CausalLM, loaded)  # (checked: a CAUSAL_LM family)
     config = config.replace(suppress_tokens=non_text_tokens(tokenizer))
     if args.file is not None:
         return _generate_file(args, model, tokenizer, config)

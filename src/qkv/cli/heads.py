@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import cast
 
 from qkv.cli.common import add_device_option
 
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from qkv.cli.common import HTML_SUFFIXES, check_output_files, encode_prompt
     from qkv.devices import model_device
     from qkv.errors import ConfigError
+    from qkv.models.protocols import CausalLM
     from qkv.runs import load_model_and_tokenizer
     from qkv.visualization.grid import IMAGE_SUFFIXES, plot_head_scores
 
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if pretrained:
         ids = tokenizer.batch([args.text])[0]
     else:
-        ids = encode_prompt(tokenizer, args.text, model.config.max_seq_len, HINT)
+        ids = encode_prompt(tokenizer, args.text, cast(CausalLM, model).config.max_seq_len, HINT)
     scores = head_scores(model, ids.to(model_device(model)), args.metric)
     print(f"{args.metric} score per head (rows: layers, columns: heads)")
     print("layer " + " ".join(f"{h:>8}" for h in range(scores.shape[1])))

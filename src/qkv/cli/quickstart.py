@@ -6,6 +6,7 @@ import argparse
 import shlex
 import time
 from pathlib import Path
+from typing import cast
 
 from qkv.cli.common import add_device_option
 
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from qkv.decoding import generate
     from qkv.errors import ConfigError
+    from qkv.models.protocols import CausalLM
     from qkv.runs import load_causal_lm
     from qkv.training import Trainer, load_run_config
     from qkv.training.lm import build_lm
@@ -77,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     trained = not args.fresh and (out / "metrics.json").exists() and (out / "checkpoints" / "latest").exists()
     # every argument is checked before the training, so a bad prompt never costs its minutes
     if trained:
-        model, tokenizer, _ = load_causal_lm(out, args.device)
-        encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
+        loaded, tokenizer, _ = load_causal_lm(out, args.device)
+        encode_prompt(tokenizer, args.prompt, cast(CausalLM, loaded).config.max_seq_len)
         print(f"{out} already holds a trained model (use --fresh to train again)")
     else:
         model, task, tokenizer = build_lm(config)
@@ -99,11 +101,12 @@ def run(args: argparse.Namespace) -> int:
             f"validation loss {metrics['val_loss']:.3f} (perplexity {metrics['val_perplexity']:.2f}), "
             f"{metrics['ms_per_iter']:.1f} ms/step, {time.perf_counter() - started:.0f} s"
         )
-        model, tokenizer, _ = load_causal_lm(out, args.device)
-    prompt = encode_prompt(tokenizer, args.prompt, model.config.max_seq_len)
+        loaded, tokenizer, _ = load_causal_lm(out, args.device)
+    lm = cast(CausalLM, loaded)  # (a CAUSAL_LM family)
+    prompt = encode_prompt(tokenizer, args.prompt, lm.config.max_seq_len)
     with on_interrupt("sampling and drawing", kept=f"the trained model is kept in {out}; {again} samples and draws"):
         ids = generate(
-            model, prompt, max_new_tokens=args.max_new_tokens, strategy="sample", temperature=0.8, seed=0,
+            lm, prompt, max_new_tokens=args.max_new_tokens, strategy="sample", temperature=0.8, seed=0,
             suppress_tokens=non_text_tokens(tokenizer),
         )  # fmt: skip
         sample = tokenizer.decode(ids[0].tolist())

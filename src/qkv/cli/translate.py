@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 
 from qkv.cli.common import add_device_option
 from qkv.cli.generate import SHARED_FLAGS
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from qkv.cli.generate import check_generation_args
     from qkv.data.pairs import pad_rows
     from qkv.decoding.translate import NO_ALIGNMENT, cross_attention, translate
+    from qkv.models.protocols import Seq2SeqLM
     from qkv.runs import load_seq2seq
     from qkv.tokenizers.pair import EOS_ID
     from qkv.visualization.grid import IMAGE_SUFFIXES, plot_alignment
@@ -102,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, _ = load_seq2seq(args.checkpoint, args.device)
     if (args.show_attention or args.html) and getattr(model.config, "attention", None) == "none":
         raise ConfigError(f"{NO_ALIGNMENT}; drop --show-attention/--html")
-    limit = model.source_limit
+    seq2seq = cast(Seq2SeqLM, model)  # (a SEQ2SEQ family)
+    limit = seq2seq.source_limit
     encoded: dict[int, list[int]] = {}  # text index -> source ids, for the texts that can be translated
     problems: dict[int, str] = {}
     for i, text in enumerate(texts):
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             encoded[i] = ids
     if len(problems) == len(texts):  # nothing to translate: one clear error (the first text's)
         raise ConfigError(problems[0] if len(texts) == 1 else f"no text could be translated; the first: {problems[0]}")
-    longest = args.max_new_tokens if args.max_new_tokens is not None else model.config.max_target_len
+    longest = args.max_new_tokens if args.max_new_tokens is not None else seq2seq.config.max_target_len
     if config.min_new_tokens > longest:  # </s> would be barred to the end: every output cut off, and no sign of it
         warn(f"--min-new-tokens {config.min_new_tokens} is more than the {longest} tokens an output may have here; "
              f"using {longest}")  # fmt: skip

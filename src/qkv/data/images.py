@@ -123,7 +123,7 @@ class ImageData:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.set.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.set.images.shape[1:])  # type: ignore[return-value]  # ((height, width) of 3-D images)
 
     def batch(
         self, split: str, batch_size: int, seed: int, step: int, rows: slice | None = None

@@ -92,7 +92,8 @@ def beam_search(
         if stopping is not None and stopping(ids, logp, per_row=False):  # (asked of the live beams)
             break
     new_len = ids.shape[1] - prompt_len
-    results, origins = [], []  # origins: (model call, row) where each returned hypothesis was last extended
+    results: list[Tensor] = []
+    origins: list[tuple[int, int]] = []  # (model call, row) where each returned hypothesis was last extended
     for b in range(batch):
         pool = list(finished[b])
         for beam in range(k):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, Literal, overload
 
 import torch
@@ -14,9 +14,10 @@ from qkv.decoding.config import GenerationConfig, resolve_config
 from qkv.decoding.controls import LogitsControls, Stopping, stopping
 from qkv.decoding.output import GenerateOutput
 from qkv.decoding.speculative import speculative_decode
-from qkv.decoding.stepper import DecodableModel, Stepper, TokenStepper, decoding_mode
+from qkv.decoding.stepper import Stepper, TokenStepper, decoding_mode
 from qkv.devices import model_device, resolve_compile
 from qkv.errors import ConfigError, ShapeError, describe_shape
+from qkv.models.protocols import CausalLM
 
 __all__ = ["generate", "generate_stream"]
 
@@ -57,11 +58,11 @@ def check_ids_fit(input_ids: Tensor, max_new_tokens: int, config: GenerationConf
     )
 
 
-def new_token_budget(model: DecodableModel, config: GenerationConfig, prompt_len: int) -> int:
+def new_token_budget(model: CausalLM, config: GenerationConfig, prompt_len: int) -> int:
     """``config.max_new_tokens``, or (unset) as many as the model's context holds after the prompt."""
     if config.max_new_tokens is not None:
         return config.max_new_tokens
-    context = int(model.config.max_seq_len)  # type: ignore[attr-defined]  # (every CAUSAL_LM config has it)
+    context = int(model.config.max_seq_len)
     if prompt_len >= context:
         raise ConfigError(
             f"the prompt ({prompt_len} tokens) fills the model's context ({context}): say how many tokens to add "
@@ -72,42 +73,42 @@ def new_token_budget(model: DecodableModel, config: GenerationConfig, prompt_len
 
 @overload
 def generate(
-    model: DecodableModel,
+    model: CausalLM,
     input_ids: Tensor,
     config: GenerationConfig | None = None,
     *,
     return_dict: Literal[False] = False,
-    draft_model: DecodableModel | None = None,
+    draft_model: CausalLM | None = None,
     **overrides: Any,
 ) -> Tensor: ...
 @overload
 def generate(
-    model: DecodableModel,
+    model: CausalLM,
     input_ids: list[Tensor] | tuple[Tensor, ...],
     config: GenerationConfig | None = None,
     *,
     return_dict: Literal[False] = False,
-    draft_model: DecodableModel | None = None,
+    draft_model: CausalLM | None = None,
     **overrides: Any,
 ) -> list[Tensor]: ...
 @overload
 def generate(
-    model: DecodableModel,
+    model: CausalLM,
     input_ids: Tensor | list[Tensor] | tuple[Tensor, ...],
     config: GenerationConfig | None = None,
     *,
     return_dict: Literal[True],
-    draft_model: DecodableModel | None = None,
+    draft_model: CausalLM | None = None,
     **overrides: Any,
 ) -> GenerateOutput: ...
 @torch.no_grad()
 def generate(
-    model: DecodableModel,
+    model: CausalLM,
     input_ids: Tensor | list[Tensor] | tuple[Tensor, ...],
     config: GenerationConfig | None = None,
     *,
     return_dict: bool = False,
-    draft_model: DecodableModel | None = None,
+    draft_model: CausalLM | None = None,
     **overrides: Any,
 ) -> Tensor | list[Tensor] | GenerateOutput:
     """Continue ``input_ids (batch, seq)``; returns ``(batch * num_return_sequences, seq + new)``.
@@ -162,16 +163,16 @@ def generate(
     return out if return_dict else out.sequences
 
 
-def model_controls(model: DecodableModel, config: GenerationConfig) -> LogitsControls:
+def model_controls(model: CausalLM, config: GenerationConfig) -> LogitsControls:
     """The config's built-in controls, checked against the model's context."""
     controls = config.logits_controls(config.eos_token_id)
-    controls.check_context(int(model.config.max_seq_len))  # type: ignore[attr-defined]  # (every CAUSAL_LM has it)
+    controls.check_context(int(model.config.max_seq_len))
     return controls
 
 
 def _speculative(
-    model: DecodableModel,
-    draft_model: DecodableModel,
+    model: CausalLM,
+    draft_model: CausalLM,
     ids: Tensor,
     max_new: int,
     cfg: GenerationConfig,
@@ -261,8 +262,8 @@ def decode_steps(
 
 
 def generate_stream(
-    model: DecodableModel, input_ids: Tensor, config: GenerationConfig | None = None, **overrides: Any
-) -> Iterator[Tensor]:
+    model: CausalLM, input_ids: Tensor, config: GenerationConfig | None = None, **overrides: Any
+) -> Generator[Tensor, None, None]:
     """:func:`generate` token by token: yields each new token, ``(batch,)`` ids, as soon as it is chosen.
 
     Takes ``generate``'s ``config`` and ``**overrides``, and the tokens are the ones it returns (greedy or sampling;
@@ -285,13 +286,13 @@ def generate_stream(
 
 
 def _stream(
-    model: DecodableModel,
+    model: CausalLM,
     input_ids: Tensor,
     max_new_tokens: int,
     config: GenerationConfig,
     controls: LogitsControls,
     stops: Stopping | None,
-) -> Iterator[Tensor]:
+) -> Generator[Tensor, None, None]:
     with decoding_mode(model):  # eval mode and frozen weights while the stream is open
         stepper = Stepper(model, input_ids.shape[0], config.use_cache, config.compile)
         steps = decode_steps(stepper, input_ids, max_new_tokens, config, controls)

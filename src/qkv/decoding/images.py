@@ -15,6 +15,7 @@ from qkv.decoding.controls import check_sampling
 from qkv.errors import ConfigError
 from qkv.models.modes import eval_mode
 from qkv.models.pixels.base import PixelModel
+from qkv.models.pixels.transformer import PixelTransformer
 
 __all__ = ["sample_images"]
 
@@ -62,7 +63,7 @@ def sample_images(
     generator = torch.Generator(device=device)
     generator.manual_seed(torch.seed() if seed is None else seed)
     with eval_mode(model):
-        if cached and hasattr(model, "sample_cached"):
+        if cached and isinstance(model, PixelTransformer):  # (the one image model with a KV cache)
             return model.sample_cached(labels, n, generator=generator, temperature=temperature)
         images = torch.zeros(n, c.height, c.width, dtype=torch.long, device=device)
         for index in model.sampling_order():

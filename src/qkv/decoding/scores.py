@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.decoding.stepper import DecodableModel, Stepper, decoding_mode
+from qkv.decoding.stepper import Stepper, decoding_mode
 from qkv.devices import model_device
 from qkv.errors import ShapeError
+from qkv.models.protocols import CausalLM
 from qkv.special_tokens import BOS_ID, EOS_ID
 
 __all__ = ["SequenceScores", "score_continuation", "score_translation"]
@@ -59,7 +60,7 @@ def _until_end(token_logprobs: Tensor, tokens: Tensor, eos_token_id: int | None)
 
 @torch.no_grad()
 def score_continuation(
-    model: DecodableModel, sequences: Tensor, prompt_len: int, eos_token_id: int | None = None
+    model: CausalLM, sequences: Tensor, prompt_len: int, eos_token_id: int | None = None
 ) -> SequenceScores:
     """Scores of ``sequences[:, prompt_len:]`` given what precedes them, for ``sequences (batch, seq)`` from
     :func:`qkv.generate`. Past the model's context each token is scored on the last ``max_seq_len`` tokens, as it
@@ -67,7 +68,7 @@ def score_continuation(
     if not 0 < prompt_len <= sequences.shape[1]:
         raise ShapeError(f"prompt_len must be in [1, {sequences.shape[1]}], got {prompt_len}")
     sequences = sequences.to(model_device(model))
-    context = int(model.config.max_seq_len)  # type: ignore[attr-defined]
+    context = int(model.config.max_seq_len)
     with decoding_mode(model):
         if sequences.shape[1] <= context:  # one teacher-forced pass
             logits = model(sequences[:, :-1]).logits[:, prompt_len - 1 :]

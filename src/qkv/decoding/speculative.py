@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from qkv.decoding.config import GenerationConfig
-from qkv.decoding.stepper import DecodableModel
 from qkv.errors import ConfigError
+from qkv.models.protocols import CausalLM
 
 __all__ = ["speculative_decode"]
 
@@ -22,7 +22,7 @@ __all__ = ["speculative_decode"]
 class _Runner:
     """A model with its KV cache, fed whatever of ``ids`` it has not seen yet."""
 
-    def __init__(self, model: DecodableModel) -> None:
+    def __init__(self, model: CausalLM) -> None:
         self.model, self.cache = model, model.new_cache(1)
 
     def logits(self, ids: Tensor) -> Tensor:
@@ -35,20 +35,20 @@ class _Runner:
 
 
 def speculative_decode(
-    target: DecodableModel, draft: DecodableModel, ids: Tensor, end: int, config: GenerationConfig
+    target: CausalLM, draft: CausalLM, ids: Tensor, end: int, config: GenerationConfig
 ) -> tuple[Tensor, int, int]:
     """Continue ``ids (1, seq)`` towards ``end`` tokens with ``target``, ``config.num_draft_tokens`` drafted by
     ``draft`` per round (the two share a vocabulary); ``config.strategy`` is greedy or sample. Returns the ids, the
     tokens drafted and those accepted. Stops short of ``end`` for the last token and at the models' shared context
     (a window that slides cannot check drafts in one pass): ``qkv.generate(..., draft_model=)`` decodes the rest
     plainly. Run under ``decoding_mode`` of both models, without gradients."""
-    vocab = (target.config.vocab_size, draft.config.vocab_size)  # type: ignore[attr-defined]  # (every CAUSAL_LM)
+    vocab = (target.config.vocab_size, draft.config.vocab_size)
     if vocab[0] != vocab[1]:
         raise ConfigError(f"the draft's vocabulary ({vocab[1]}) is not the target's ({vocab[0]}): they must share one")
     strategy, temperature = config.strategy, config.temperature
     generator = torch.Generator(device=ids.device)
     generator.manual_seed(config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-    context = min(target.config.max_seq_len, draft.config.max_seq_len)  # type: ignore[attr-defined]
+    context = min(target.config.max_seq_len, draft.config.max_seq_len)
     drafted = accepted = 0
     big, small = _Runner(target), _Runner(draft)
     while ids.shape[1] < end:

@@ -18,14 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from qkv.attention.frozen import frozen_weights
-from qkv.attention.kv_cache import KVCache
 from qkv.models.modes import eval_mode
-from qkv.models.output import ModelOutput
+from qkv.models.protocols import CausalLM, Seq2SeqLM
 
 __all__ = [
-    "DecodableModel",
-    "DecoderState",
-    "Seq2SeqDecodable",
     "Seq2SeqStepper",
     "Stepper",
     "TokenStepper",
@@ -49,40 +45,10 @@ class TokenStepper(Protocol):
     def reorder(self, rows: Tensor) -> None: ...
 
 
-class DecodableModel(Protocol):
-    """The causal-LM decoding protocol (``qkv.models.families.CAUSAL_LM``): GPT, the Llama family, ..."""
-
-    config: object
-
-    def __call__(
-        self,
-        input_ids: Tensor,
-        *,
-        cache: KVCache | None = None,
-        left_padding: Tensor | None = None,
-        logits_to_keep: int | None = None,
-    ) -> ModelOutput: ...
-
-    def new_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache: ...
-
-
-class DecoderState(Protocol):
-    def select(self, rows: Tensor) -> DecoderState: ...
-
-
-class Seq2SeqDecodable(Protocol):
-    """The encoder-decoder decoding protocol (``qkv.models.families.SEQ2SEQ``): the source is encoded once by
-    ``begin_decoding``; ``decode_next`` gives the next token's logits ``(batch, vocab)`` and the new state."""
-
-    def begin_decoding(self, src_ids: Tensor) -> DecoderState: ...
-
-    def decode_next(self, ids: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]: ...
-
-
 _compiled: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 
-def compiled_for_decoding(model: DecodableModel) -> DecodableModel:
+def compiled_for_decoding(model: CausalLM) -> CausalLM:
     """``torch.compile(model, dynamic=True)``, made once per model and kept while the model lives.
 
     Dynamic shapes: the cached length grows by one every step, and one graph serves every length (a static graph
@@ -97,7 +63,7 @@ def compiled_for_decoding(model: DecodableModel) -> DecodableModel:
                 stacklevel=4,
             )
         _compiled[module] = typing.cast(nn.Module, torch.compile(module, dynamic=True))
-    return typing.cast(DecodableModel, _compiled[module])
+    return typing.cast(CausalLM, _compiled[module])
 
 
 class Stepper:
@@ -106,7 +72,7 @@ class Stepper:
 
     def __init__(
         self,
-        model: DecodableModel,
+        model: CausalLM,
         batch_size: int,
         use_cache: bool,
         compile: bool = False,
@@ -114,7 +80,7 @@ class Stepper:
     ) -> None:
         self.model = model
         self.step_model = compiled_for_decoding(model) if compile else model
-        self.context = int(model.config.max_seq_len)  # type: ignore[attr-defined]
+        self.context = int(model.config.max_seq_len)
         self.cache = model.new_cache(batch_size) if use_cache else None
         self.left_padding = left_padding  # (batch,) padding before each row's prompt (prompts of several lengths)
         self.cut = 0  # tokens before the cache's first position (the window slid past them)
@@ -148,10 +114,10 @@ class Stepper:
 class Seq2SeqStepper:
     """Steps the decoder of a sequence-to-sequence model over an encoded source.
 
-    The model speaks :class:`Seq2SeqDecodable`; its state has ``select(rows)``.
+    The model speaks :class:`Seq2SeqLM`; its state has ``select(rows)``.
     """
 
-    def __init__(self, model: Seq2SeqDecodable, src_ids: Tensor) -> None:
+    def __init__(self, model: Seq2SeqLM, src_ids: Tensor) -> None:
         self.model = model
         self.state = model.begin_decoding(src_ids)
 

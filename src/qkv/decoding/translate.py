@@ -12,9 +12,10 @@ from qkv.decoding.config import GenerationConfig, resolve_config
 from qkv.decoding.controls import stopping
 from qkv.decoding.generate import check_ids_fit, decode_loop
 from qkv.decoding.output import GenerateOutput
-from qkv.decoding.stepper import Seq2SeqDecodable, Seq2SeqStepper, decoding_mode
+from qkv.decoding.stepper import Seq2SeqStepper, decoding_mode
 from qkv.devices import model_device
 from qkv.errors import ConfigError
+from qkv.models.protocols import Seq2SeqLM
 from qkv.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 __all__ = ["alignment", "cross_attention", "translate"]
@@ -65,7 +66,8 @@ def translate(
         )
     eos = EOS_ID if cfg.eos_token_id is None else cfg.eos_token_id
     bos = BOS_ID if cfg.bos_token_id is None else cfg.bos_token_id
-    limit = int(model.config.max_target_len) if cfg.max_new_tokens is None else cfg.max_new_tokens  # type: ignore[union-attr]
+    decodable = cast(Seq2SeqLM, model)  # (a SEQ2SEQ family)
+    limit = decodable.config.max_target_len if cfg.max_new_tokens is None else cfg.max_new_tokens
     cfg = cfg.replace(eos_token_id=eos)  # (beam search and the decoding loop read the end token from the config)
     src_ids = src_ids.to(model_device(model))  # sources, states and sampling follow the model's device
     start = torch.full((src_ids.shape[0], 1), bos, dtype=torch.long, device=src_ids.device)
@@ -73,7 +75,6 @@ def translate(
     controls = cfg.logits_controls(eos, extra_suppressed=(PAD_ID, bos, UNK_ID))  # never text: never written
     controls.check_context(limit + 1)
     stops = stopping(cfg.stopping_criteria, cfg.max_time)
-    decodable = cast(Seq2SeqDecodable, model)
     if limit == 0:  # nothing to add: as many empty rows as the strategy would return
         empty = start.new_zeros((start.shape[0] * cfg.num_return_sequences, 0))
         return GenerateOutput(empty, ()) if return_dict else empty

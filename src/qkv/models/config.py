@@ -20,14 +20,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # (cls is a dataclass: every config is)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        return asdict(self)  # type: ignore[call-overload]  # (self is a dataclass)
 
     def check_positive(self, *names: str) -> None:
         """ConfigError naming the first of ``names`` that is below 1."""

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from qkv.errors import ConfigError
+from qkv.models.config import ModelConfig
 
 __all__ = [
     "CAUSAL_LM",
@@ -50,7 +51,7 @@ PROTOCOLS = (CAUSAL_LM, SEQ2SEQ, ENCODER, IMAGE)
 @dataclass(frozen=True)
 class Family:
     name: str
-    config: type  # a ModelConfig dataclass
+    config: type[ModelConfig]  # the family's config dataclass
     model: Callable[[Any], nn.Module]  # config -> a fresh model
     protocol: str
     hf_model_types: tuple[str, ...] = ()
@@ -80,7 +81,7 @@ def _resolve(reference: str | None, missing: str) -> Callable[..., Any]:
     if reference is None:
         raise ConfigError(missing)
     module, name = reference.split(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), name)
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -116,7 +117,7 @@ class GPT(nn.Module):
         self.config = config
         c = config
         self.token_embedding = nn.Embedding(c.vocab_size, c.embed_dim)
-        self.position_embedding: nn.Module | None = None
+        self.position_embedding: LearnedPositions | SinusoidalPositions | None = None
         if c.positions == "learned":
             self.position_embedding = LearnedPositions(c.max_seq_len, c.embed_dim)
         elif c.positions == "sinusoidal":
@@ -165,8 +166,11 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
-        for block in self.blocks:
-            for proj in (block.attn.out_proj, block.ffn.down):  # (both feed-forward kinds name it down)
+        for block in cast(list[PreNormBlock], self.blocks):
+            for proj in (
+                block.attn.out_proj,
+                cast(nn.Linear, block.ffn.down),
+            ):  # (both feed-forward kinds name it down)
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.num_layers))
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:

@@ -95,7 +95,7 @@ class RNNDecoderState:
             self,
             memory=self.memory.index_select(0, rows),
             keep=self.keep.index_select(0, rows),
-            hidden=hidden,  # type: ignore[arg-type]
+            hidden=hidden,  # type: ignore[arg-type]  # (GRU: a tensor; LSTM: (h, c))
             feed=self.feed.index_select(0, rows),
         )
 
@@ -158,7 +158,7 @@ class RNNSeq2Seq(nn.Module):
             tuple(self._join_directions(f) for f in final) if isinstance(final, tuple) else self._join_directions(final)
         )
         feed = memory.new_zeros(src_ids.shape[0], self.config.hidden_dim)
-        return RNNDecoderState(memory, keep, hidden, feed)  # type: ignore[arg-type]
+        return RNNDecoderState(memory, keep, hidden, feed)  # type: ignore[arg-type]  # (GRU: a tensor; LSTM: (h, c))
 
     def _join_directions(self, final: Tensor) -> Tensor:
         """``(layers * 2, batch, hidden / 2)`` -> ``(layers, batch, hidden)``: forward and backward side by side."""
@@ -182,15 +182,18 @@ class RNNSeq2Seq(nn.Module):
         keys = state.memory[:, None]  # (batch, 1 head, src_len, hidden)
         # the reference backend: one query per step is tiny, and local-p needs gradients through the weights
         mask = allowed[:, None, None]  # (batch, 1, 1, src_len)
-        out, weights = attend(
+        assert self.score is not None  # (only a model with attention attends)
+        out, all_weights = attend(
             query[:, None, None], keys, keys, mask, score=self.score, backend="reference", return_weights=True
         )
-        weights = weights[:, 0, 0]  # type: ignore[index]
+        assert all_weights is not None  # (asked for)
+        weights = all_weights[:, 0, 0]
         if c.attention == "luong" and c.alignment == "local-p":
             # Luong's Gaussian multiplies the softmax weights *after* normalisation, which attend's output (a
             # normalised weighting) cannot express, so the context is summed here from the reweighted weights.
             sigma = c.window / 2
-            weights = weights * torch.exp(-((positions - centre[:, None]) ** 2) / (2 * sigma**2))  # type: ignore[index]
+            assert centre is not None  # (a local alignment has one)
+            weights = weights * torch.exp(-((positions - centre[:, None]) ** 2) / (2 * sigma**2))
             return torch.bmm(weights[:, None], state.memory)[:, 0], weights
         return out[:, 0, 0], weights
 
@@ -204,14 +207,14 @@ class RNNSeq2Seq(nn.Module):
             top = (state.hidden[0] if isinstance(state.hidden, tuple) else state.hidden)[-1]  # h_{t-1} (batch, hidden)
             context, weights = self._attend(top, state)
             out, hidden = self.decoder(torch.cat([x, context], dim=-1)[:, None], state.hidden)
-            attentional = torch.tanh(self.combine(torch.cat([out[:, 0], context, x], dim=-1)))  # type: ignore[misc]
+            attentional = torch.tanh(self.combine(torch.cat([out[:, 0], context, x], dim=-1)))  # type: ignore[misc]  # (set when input feeding is on)
         else:
             step_in = torch.cat([x, state.feed], dim=-1) if self.feeds_back else x
             out, hidden = self.decoder(step_in[:, None], state.hidden)
             attentional = out[:, 0]  # the baseline predicts from h_t alone
             if c.attention == "luong":
                 context, weights = self._attend(attentional, state)
-                attentional = torch.tanh(self.combine(torch.cat([context, attentional], dim=-1)))  # type: ignore[misc]
+                attentional = torch.tanh(self.combine(torch.cat([context, attentional], dim=-1)))  # type: ignore[misc]  # (set when input feeding is on)
         logits = self.output(self.dropout(attentional))
         return logits, replace(state, hidden=hidden, feed=attentional, step=state.step + 1), weights
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -266,9 +267,9 @@ class Transformer(nn.Module):
             return ModelOutput(logits=logits)
         return ModelOutput(
             logits=logits,
-            attentions=tuple(self_weights),  # type: ignore[arg-type]
-            cross_attentions=tuple(cross_weights),  # type: ignore[arg-type]
-            encoder_attentions=tuple(enc_weights),  # type: ignore[arg-type]
+            attentions=tuple(self_weights),  # type: ignore[arg-type]  # (return_attention=True: no None)
+            cross_attentions=tuple(cross_weights),  # type: ignore[arg-type]  # (return_attention=True: no None)
+            encoder_attentions=tuple(enc_weights),  # type: ignore[arg-type]  # (return_attention=True: no None)
         )
 
     # -- step-by-step decoding (qkv.translate) -------------------------------------------------------------------
@@ -285,7 +286,7 @@ class Transformer(nn.Module):
             device=memory.device,
         )
         # the source's keys and values in every layer's cross-attention: projected here, once per source
-        cross_kv = [layer.cross_attn.project_memory(memory) for layer in self.decoder]
+        cross_kv = [layer.cross_attn.project_memory(memory) for layer in cast(list[DecoderLayer], self.decoder)]
         return TransformerDecoderState(memory, keep, cache, cross_kv)
 
     def decode_next(self, ids: Tensor, state: TransformerDecoderState) -> tuple[Tensor, TransformerDecoderState]:

@@ -106,7 +106,7 @@ def gpt2_from_hf(hf_config: dict[str, Any], state: dict[str, Tensor], source: Pa
         if "lm_head.weight" in state:
             mapped["lm_head.weight"] = state["lm_head.weight"]
     else:
-        mapped["lm_head.weight"] = mapped.get("token_embedding.weight")  # type: ignore[assignment]
+        mapped["lm_head.weight"] = mapped.get("token_embedding.weight")  # type: ignore[assignment]  # (tied: present)
         if mapped["lm_head.weight"] is None:
             del mapped["lm_head.weight"]
     load_into(model, mapped, source, names)

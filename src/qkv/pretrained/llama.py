@@ -87,7 +87,7 @@ def config_from_hf(hf: dict[str, Any]) -> LlamaConfig:
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else None,
             rope_theta=float(rope["rope_theta"]),
-            rope_scaling=kind,  # type: ignore[arg-type]
+            rope_scaling=kind,  # type: ignore[arg-type]  # (checked against ROPE_SCALINGS above)
             rope_factor=factor,
             rope_original_max_seq_len=int(
                 rope.get("original_max_position_embeddings") or (max_seq_len if kind == "dynamic" else 0)
@@ -139,11 +139,11 @@ def save_llama(model: GPT, directory: str | Path) -> Path:
         problems.append("inconsistent biases")
     if problems:
         raise ConfigError("this GPT cannot be written as a Llama-family checkpoint: " + "; ".join(problems))
-    model_type = model_type_of(c)  # type: ignore[arg-type]
+    model_type = model_type_of(c)  # type: ignore[arg-type]  # (a GPTConfig with Llama's settings)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
-    names = _names(c)  # type: ignore[arg-type]
+    names = _names(c)  # type: ignore[arg-type]  # (a GPTConfig with Llama's settings)
     tensors = {theirs: state[ours].detach().contiguous() for ours, theirs in names.items() if ours in state}
     if c.tie_embeddings:
         del tensors["lm_head.weight"]

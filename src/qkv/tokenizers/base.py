@@ -38,9 +38,9 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
     if isinstance(data, dict) and data.get("qkv_tokenizer") == "image":  # an image run's format
         from qkv.tokenizers.image import ImageFormat
 
-        return ImageFormat.from_dict(data, source=path)  # type: ignore[return-value]
+        return ImageFormat.from_dict(data, source=path)  # type: ignore[return-value]  # (an image run's vocabulary)
     if isinstance(data, dict) and data.get("qkv_tokenizer") == "pair":
-        return PairTokenizer.from_dict(data, source=path)  # type: ignore[return-value]
+        return PairTokenizer.from_dict(data, source=path)
     if isinstance(data, dict) and "model" in data:
         return BPETokenizer.load(path)
     raise CheckpointError(f"{path} is neither a qkv character tokenizer nor a HuggingFace tokenizer.json")

@@ -139,7 +139,7 @@ class PairTokenizer:
             raise CheckpointError(f"pair tokenizer {source or ''} is malformed: {exc}") from None
         if data.get("shared"):
             return cls(sides[0], sides[0], shared=True)
-        return cls(*sides)
+        return cls(sides[0], sides[1])
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")

@@ -4,12 +4,15 @@ else the tour's own small one: :mod:`qkv.tour.runs`)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 
 import qkv
+from qkv.models.protocols import CausalLM
 from qkv.tour.base import Step
 from qkv.tour.figures import bars, each_language, from_file, grid_words, heatmap
 from qkv.tour.runs import GPT_COMMANDS
@@ -105,7 +108,7 @@ def masking(run: Path | None) -> Step:
         return Step("masking", numbers={"commands": GPT_COMMANDS}, unavailable="runs")
     model, tokenizer, _ = load_causal_lm(run)
     source = str(run)
-    ids = torch.tensor([tokenizer.encode(PROMPT)[-model.config.max_seq_len :]])
+    ids = torch.tensor([tokenizer.encode(PROMPT)[-cast(CausalLM, model).config.max_seq_len :]])
     with torch.no_grad(), qkv.capture_attention(model) as cap:
         logits = model(ids).logits[0, -1].float()
     weights = cap.weights(0)[0, 0]  # layer 0, head 0: (seq, seq)
@@ -115,7 +118,8 @@ def masking(run: Path | None) -> Step:
     temperatures = [0.5, 1.0, 2.0]
     top = torch.softmax(logits, -1).topk(5)
     chars = [tokenizer.decode([i]) for i in top.indices.tolist()]
-    by_temperature, entropy = {}, []
+    by_temperature: dict[float, list[float]] = {}
+    entropy: list[float] = []
     for t in temperatures:
         p = torch.softmax(logits / t, -1)
         by_temperature[t] = p[top.indices].tolist()
@@ -129,7 +133,7 @@ def masking(run: Path | None) -> Step:
             ylabel=figure_words(lang, "query"),
         )
     )
-    series = {f"T = {t}": v for t, v in by_temperature.items()}
+    series: dict[str, Sequence[float]] = {f"T = {t}": v for t, v in by_temperature.items()}
     figure_t = each_language(
         lambda lang: bars(
             [repr(c) for c in chars], series, figure_words(lang, "next_char"), figure_words(lang, "probability")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -54,7 +54,7 @@ def _quoted(numbers: dict[str, Any]) -> dict[str, str]:
 
 
 def _paragraphs(step: Step, lang: str) -> list[str]:
-    text = STEPS[step.key][lang]
+    text = cast(dict[str, list[str]], STEPS[step.key][lang])  # (a step's text: title, body paragraphs, ...)
     return [paragraph.format_map(_Strict(_quoted(step.numbers), step.key)) for paragraph in text["body"]]
 
 
@@ -87,7 +87,7 @@ def render(steps: list[Step], lang: str) -> str:
     words = PAGE[lang]
     sections = []
     for step in steps:
-        spec = STEPS[step.key]
+        spec = cast(dict[str, Any], STEPS[step.key])  # (title, body, captions, unavailable by language)
         parts = [f'<section id="{step.key}"><h2>{html.escape(spec[lang]["title"])}</h2>']
         if step.unavailable != "runs":  # (a step without its runs has no numbers to quote)
             parts += [f"<p>{p}</p>" for p in _paragraphs(step, lang)]

@@ -21,6 +21,7 @@ WORDS_HOME = ["I", "go", "home"]
 def _weights(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """qkv's attention weights of one head: ``q (n, d)``, ``k (m, d)`` -> ``(n, m)``."""
     _, w = attend(q[None, None], k[None, None], k[None, None], scale=scale, backend="reference", return_weights=True)
+    assert w is not None  # (asked for)
     return w[0, 0]
 
 
@@ -189,6 +190,7 @@ def score_functions() -> Step:
         with torch.no_grad():
             _, w = attend(h_t[None, None], h_s[None, None], h_s[None, None], score=score, backend="reference",
                           return_weights=True)  # fmt: skip
+        assert w is not None  # (asked for)
         rows[name] = w[0, 0, 0]
     table = torch.stack(list(rows.values()))
     return Step(

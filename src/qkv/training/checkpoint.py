@@ -200,7 +200,7 @@ class CheckpointInfo:
             raise CheckpointError(f"{file} is corrupt or not a safetensors file: {exc}") from None
         for name, original in _tied_names(model).items():
             if original in state or name in state:  # (older files may hold a tie under either name)
-                state[name] = state.setdefault(original, state.get(name))  # type: ignore[arg-type]
+                state[name] = state.setdefault(original, state.get(name))  # type: ignore[arg-type]  # (one of the two is present)
         expected = set(model.state_dict())
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:

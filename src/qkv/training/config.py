@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.torch_version import TorchVersion
 
 from qkv.devices import precision_candidates, resolve_compile, resolve_device
 from qkv.errors import ConfigError
@@ -72,7 +73,7 @@ PARALLEL = ("ddp", "fsdp")
 
 def fsdp_runs_on_cpus() -> bool:
     """FSDP2 shards on CPU processes (gloo) from torch 2.6; before, it needs CUDA streams."""
-    return torch.__version__ >= (2, 6)  # (a TorchVersion: compares with tuples, local tags such as +cpu ignored)
+    return TorchVersion(torch.__version__) >= "2.6"  # (a version comparison; local tags such as +cpu ignored)
 
 
 @dataclass
@@ -340,9 +341,9 @@ def load_run_config(path: str | Path | None, overrides: typing.Sequence[str] = (
     if path is not None:
         from qkv.training.bundled import resolve_config_path
 
-        path = resolve_config_path(path)  # a file, or a config qkv ships, by name
+        source = resolve_config_path(path)  # a file, or a config qkv ships, by name
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         unknown = set(data) - SECTIONS - {"kind"}

@@ -4,7 +4,7 @@ the end, the exact test negative log-likelihood in bits per dimension (from the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from qkv.data.images import ImageData, load_image_set
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.families import IMAGE, get_family
 from qkv.models.modes import eval_mode
-from qkv.models.pixels.base import bits_per_dim
+from qkv.models.pixels.base import PixelModel, bits_per_dim
 from qkv.tokenizers.image import ImageFormat
 from qkv.training.config import RunConfig
 
@@ -51,7 +51,7 @@ class ImageTask:
             for start in range(0, len(images), self.eval_batch):
                 chunk = images[start : start + self.eval_batch].to(device)
                 chunk_labels = labels[start : start + self.eval_batch].to(device) if self.conditional else None
-                pieces.append(model.log_prob(chunk, chunk_labels).cpu())
+                pieces.append(cast(PixelModel, model).log_prob(chunk, chunk_labels).cpu())
         log_p = torch.cat(pieces)
         return {
             "test": {
@@ -71,7 +71,8 @@ def build_images(
     images = load_image_set(d.path, d.binarise, d.size, d.levels)
     if d.conditional and not images.num_classes:
         raise ConfigError(f"data.conditional = true needs labelled images; {d.path} has no classes")
-    fmt = ImageFormat(*images.images.shape[1:], images.levels, images.num_classes if d.conditional else 0)
+    height, width = images.images.shape[1:]
+    fmt = ImageFormat(height, width, images.levels, images.num_classes if d.conditional else 0)
     if image_format is not None and image_format != fmt:
         raise CheckpointError(f"the run was trained on images {image_format}, but the data now gives {fmt}")
     m.height, m.width, m.levels, m.num_classes = fmt.height, fmt.width, fmt.levels, fmt.num_classes

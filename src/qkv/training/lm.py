@@ -29,7 +29,9 @@ class LMTask:
     def tokens_per_row(self) -> int:
         return self.data.context
 
-    def batch(self, split: str, batch_size: int, seed: int, step: int, rows: slice | None) -> tuple[Tensor, Tensor]:
+    def batch(
+        self, split: str, batch_size: int, seed: int, step: int, rows: slice | None
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         return self.data.batch(split, batch_size, seed, step, rows)
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
@@ -44,7 +46,7 @@ def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[nn.
     if tokenizer is None:
         tokenizer = train_tokenizer(config.data.tokenizer, text, config.data.bpe_vocab_size)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    unknown = getattr(tokenizer, "unknown_characters", lambda _t: [])(text)
+    unknown = getattr(tokenizer, "unknown_characters", _nothing_unknown)(text)
     if unknown:
         warnings.warn(
             f"{len(unknown)} characters of the data are unknown to the tokenizer: {''.join(unknown[:20])!r}",
@@ -62,3 +64,8 @@ def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[nn.
         data = LMData(ids, config.model.max_seq_len, config.data.val_fraction)
     task = LMTask(data, kind=config.kind)
     return model, task, tokenizer
+
+
+def _nothing_unknown(_text: str) -> list[str]:
+    """A tokenizer without ``unknown_characters`` (bytes-level BPE) knows every character."""
+    return []

@@ -10,7 +10,7 @@ an FSDP run resumes bit-exactly, with FSDP, DDP or one process, and its checkpoi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ def shard(model: nn.Module) -> nn.Module:
     try:
         from torch.distributed.fsdp import fully_shard
     except ImportError:  # torch 2.5 keeps FSDP2 under its first name
-        from torch.distributed._composable.fsdp import fully_shard  # type: ignore[no-redef]
+        from torch.distributed._composable.fsdp import fully_shard
 
     for module in list(model.modules()):
         if isinstance(module, nn.ModuleList):
@@ -51,8 +51,9 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
     gathers), and the others get empty dicts. The optimizer state is numbered like ``optimizer.state_dict()``'s."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    model_state = get_model_state_dict(model, options=_options())
-    by_name = get_optimizer_state_dict(model, optimizer, options=_options())
+    # (DCP types its values as a recursive union; these are a model's tensors and an optimizer's state)
+    model_state = cast(dict[str, Tensor], get_model_state_dict(model, options=_options()))
+    by_name = cast(dict[str, Any], get_optimizer_state_dict(model, optimizer, options=_options()))
     if not by_name:  # not rank 0
         return model_state, {}
     index = {name: i for i, name in enumerate(_parameter_names(optimizer, model))}
@@ -68,10 +69,10 @@ def load_full_state(
     optimizer: each process keeps its own shard."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    set_model_state_dict(model, model_state, options=_options())
+    set_model_state_dict(model, cast(dict[str, Any], model_state), options=_options())
     names = _parameter_names(optimizer, model)
     by_name = {
         "state": {names[i]: values for i, values in optimizer_state["state"].items()},
         "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optimizer_state["param_groups"]],
     }
-    set_optimizer_state_dict(model, optimizer, by_name, options=_options())
+    set_optimizer_state_dict(model, optimizer, cast(Any, by_name), options=_options())

@@ -13,7 +13,7 @@ import shutil
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,10 @@ __all__ = ["Task", "Trainer", "lr_at"]
 
 class Task(Protocol):
     kind: str
-    tokens_per_row: int  # tokens one row of a batch trains on (for tokens/s)
+
+    @property
+    def tokens_per_row(self) -> int:
+        """Tokens one row of a batch trains on (for tokens/s)."""
 
     def batch(self, split: str, batch_size: int, seed: int, step: int, rows: slice | None) -> Any: ...
 
@@ -112,7 +115,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.compiled = resolve_compile(config.compile, self.device, what="train.compile")
         # the training forward is compiled; evaluation, checkpoints and decoding use the plain module (same weights)
-        self.train_model: nn.Module = torch.compile(model) if self.compiled else model
+        self.train_model = cast(nn.Module, torch.compile(model)) if self.compiled else model
         if self.dist.enabled and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids)
@@ -239,7 +242,7 @@ class Trainer:
             # DDP all-reduces gradients on the last micro-step only; FSDP reduce-scatters every micro-step, which
             # keeps gradients sharded (skipping it would hold full unsharded gradients: what FSDP is there to avoid)
             ddp = self.dist.enabled and not self.sharded
-            sync = self.train_model.no_sync() if ddp and not last else nullcontext()  # type: ignore[operator]
+            sync = self.train_model.no_sync() if ddp and not last else nullcontext()  # type: ignore[operator]  # (DDP's no_sync; the module type hides it)
             with sync:
                 with self._autocast():
                     loss = self.task.loss(self.train_model, batch) / c.grad_accum
@@ -331,7 +334,7 @@ class Trainer:
                     self.dist.barrier()
                 if self.step % c.log_interval == 0 or self.step == c.steps:  # after evaluating: val is never stale
                     bar.set_postfix(
-                        loss=f"{loss:.4f}", **({"val": f"{last_eval['val_loss']:.4f}"} if last_eval else {})
+                        {"loss": f"{loss:.4f}", **({"val": f"{last_eval['val_loss']:.4f}"} if last_eval else {})}
                     )
                 if self.step % c.checkpoint_interval == 0 or self.step == c.steps:
                     self.save()

@@ -166,7 +166,7 @@ def _figure(**kwargs: object) -> Figure:
     inline backend and MPLBACKEND stay as they are) and no figure is left open in pyplot's registry."""
     from matplotlib.figure import Figure
 
-    return Figure(**kwargs)  # type: ignore[arg-type]
+    return Figure(**kwargs)  # type: ignore[arg-type]  # (figsize and dpi, as matplotlib takes them)
 
 
 def _finish(fig: Figure, axes, image, path: Path, label: str = "attention weight") -> Path:  # noqa: ANN001

@@ -204,7 +204,7 @@ def write_attention_page(path: str | Path, *args: object, **kwargs: object) -> P
     """Write :func:`attention_page` to ``path`` (UTF-8)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(attention_page(*args, **kwargs), encoding="utf-8")  # type: ignore[arg-type]
+    path.write_text(attention_page(*args, **kwargs), encoding="utf-8")  # type: ignore[arg-type]  # (attention_page's own arguments)
     return path
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor
@@ -53,6 +53,10 @@ _NEG_INF = float("-inf")
 _LOG2E = math.log2(math.e)
 
 
+@overload
+def _split_heads(t: Tensor, kv_heads: int, group: int) -> Tensor: ...
+@overload
+def _split_heads(t: None, kv_heads: int, group: int) -> None: ...
 def _split_heads(t: Tensor | None, kv_heads: int, group: int) -> Tensor | None:
     """A 4-D mask/bias ``(b, h, q, k)`` with h in {1, heads} -> 5-D ``(b, kv_heads | 1, group | 1, q, k)``."""
     if t is None:
@@ -141,13 +145,13 @@ def _relative_term(plan: _Plan, tile: Tile, dtype: torch.dtype) -> Tensor:
     """The term a relative additive score function (ALiBi, T5) adds to a tile, 5-D. It depends only on the tile's
     distance from the diagonal and its size, so it is made once per distance and shared by forward and backward."""
     key = (tile.k0 - tile.q0, tile.q1 - tile.q0, tile.k1 - tile.k0, dtype)
-    term = plan.relative_terms.get(key)
-    if term is None:
-        assert plan.score_mod is not None
-        with torch.no_grad():
-            term = additive_bias(plan.score_mod, plan.tile_grid(tile), dtype)
-        term = _split_heads(term, plan.kv_heads, plan.group)
-        plan.relative_terms[key] = term
+    cached: Tensor | None = plan.relative_terms.get(key)
+    if cached is not None:
+        return cached
+    assert plan.score_mod is not None
+    with torch.no_grad():
+        term = _split_heads(additive_bias(plan.score_mod, plan.tile_grid(tile), dtype), plan.kv_heads, plan.group)
+    plan.relative_terms[key] = term
     return term
 
 
@@ -198,7 +202,7 @@ def _sum_group(t: Tensor) -> Tensor:
 
 class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]  # (autograd.Function's forward takes its own arguments)
+    def forward(
         ctx: Any,
         q5: Tensor,
         k5: Tensor,
@@ -241,9 +245,7 @@ class _ChunkedAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    def backward(  # type: ignore[override]  # (autograd.Function's backward takes its own arguments)
-        ctx: Any, grad_out: Tensor, _grad_lse: Tensor
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor, _grad_lse: Tensor) -> tuple[Tensor | None, ...]:
         q5, k5, v5, bias5, mask5, out, lse = ctx.saved_tensors
         plan: _Plan = ctx.plan
         params = plan.params
@@ -346,9 +348,9 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
     if pair is not None:
         q, k = pair
         q = q * call.scale  # folded into q: the tiles become plain matmuls
-        score, params = None, ()
+        score, params = None, cast(tuple[Tensor, ...], ())
     else:
-        score, params = call.score, tuple(call.score.parameters())
+        score, params = call.score, tuple[Tensor, ...](call.score.parameters())
     # fp32 throughout: the online softmax rescales repeatedly and bf16 sums would drift
     compute = compute_dtype(q.dtype)
     q, k, v = q.to(compute), k.to(compute), v.to(compute)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.torch_version import TorchVersion
 
 from qkv.attention.backends.reference import reference_weights
 from qkv.attention.block_masks import BlockMask
@@ -49,7 +50,7 @@ def flex_unsupported_reason(call: AttentionCall) -> str | None:
     wants_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (call.q, call.k, call.v, call.bias)
     )
-    if call.q.device.type == "cpu" and torch.__version__ < (2, 6):
+    if call.q.device.type == "cpu" and TorchVersion(torch.__version__) < "2.6":
         return f"torch {torch.__version__} compiles FlexAttention for GPUs only (CPUs from torch 2.6); use 'chunked'"
     if call.q.device.type == "cpu" and wants_grad:
         return "FlexAttention has no backward pass on a CPU (pytorch#148752); 'chunked' has one"
@@ -65,10 +66,11 @@ def _combined_mask_mod(call: AttentionCall, offset: int) -> MaskMod | None:
         dense = call.mask.expand(call.target_shape)
         parts.append(lambda b, h, q, kv: dense[b, h, q - offset, kv])
     span = call.span
-    if span.left is not None:
-        parts.append(lambda b, h, q, kv: kv >= q - span.left)
-    if span.right is not None:
-        parts.append(lambda b, h, q, kv: kv <= q + span.right)
+    left, right = span.left, span.right  # (bound once: the functions run later)
+    if left is not None:
+        parts.append(lambda b, h, q, kv: kv >= q - left)
+    if right is not None:
+        parts.append(lambda b, h, q, kv: kv <= q + right)
     if not parts:
         return None
 
@@ -99,16 +101,17 @@ def _combined_score_mod(call: AttentionCall, offset: int) -> ScoreMod | None:
 
 
 def _block_mask(call: AttentionCall, mask_mod: MaskMod, create_block_mask: Any) -> Any:
-    reusable = call.blocks is not None and call.mask is None and call.span.unbounded
-    if reusable and call.blocks in _flex_masks:
-        return _flex_masks[call.blocks]
-    b = call.blocks.classes.shape[0] if call.blocks is not None else call.batch
-    h = call.blocks.classes.shape[1] if call.blocks is not None else call.heads
+    blocks = call.blocks
+    reusable = blocks if blocks is not None and call.mask is None and call.span.unbounded else None
+    if reusable is not None and reusable in _flex_masks:
+        return _flex_masks[reusable]
+    b = blocks.classes.shape[0] if blocks is not None else call.batch
+    h = blocks.classes.shape[1] if blocks is not None else call.heads
     flex_mask = create_block_mask(
         mask_mod, b if b > 1 else None, h if h > 1 else None, call.q_len, call.k_len, device=call.q.device
     )
-    if reusable:
-        _flex_masks[call.blocks] = flex_mask
+    if reusable is not None:
+        _flex_masks[reusable] = flex_mask
     return flex_mask
 
 

@@ -23,6 +23,8 @@ class MaskedConv2d(nn.Conv2d):
     """A same-size convolution whose kernel is zero below the centre row and right of the centre in it; the centre
     itself too for type ``"A"``."""
 
+    mask: Tensor  # the kernel's causal mask, a buffer
+
     def __init__(self, in_channels: int, out_channels: int, kernel: int, mask_type: str) -> None:
         super().__init__(in_channels, out_channels, kernel, padding=kernel // 2)
         mask = torch.ones(kernel, kernel)
@@ -101,7 +103,7 @@ class GatedLayer(nn.Module):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         half = kernel // 2
-        self.half, self.first = half, first
+        self.half_kernel, self.first = half, first  # (not `half`: that is nn.Module.half())
         self.vertical = nn.Conv2d(in_channels, 2 * channels, (half + 1, kernel))
         self.horizontal = nn.Conv2d(in_channels, 2 * channels, (1, half + 1))
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
@@ -114,7 +116,7 @@ class GatedLayer(nn.Module):
         return torch.tanh(a) * torch.sigmoid(b)
 
     def forward(self, v: Tensor, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
-        half = self.half
+        half = self.half_kernel
         v_pre = self.vertical(F.pad(v, (half, half, half, 0)))  # rows i - half .. i, columns j - half .. j + half
         h_in = _right(h) if self.first else h
         h_pre = self.horizontal(F.pad(h_in, (half, 0, 0, 0)))  # columns j - half .. j of the same row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,8 @@ class MADE(PixelModel):
     cycles through them, and :meth:`log_prob` averages their probabilities (the ensemble the paper uses at test).
     """
 
+    orders: Tensor  # (orders, pixels), a buffer
+
     def __init__(self, config: PixelConfig, seed: int = 0) -> None:
         super().__init__()
         config.validate()
@@ -127,7 +130,7 @@ class MADE(PixelModel):
         x = features.reshape(features.shape[0], c.pixels)
         h = F.linear(x, self.input.weight * self.mask(m, 0), self.input.bias)
         h = self.dropout(F.relu(h + condition(self.label, labels, x.shape[0], c.hidden, h)))  # (label: before all)
-        for k, layer in enumerate(self.hidden_layers, start=1):
+        for k, layer in enumerate(cast(list[nn.Linear], self.hidden_layers), start=1):
             h = self.dropout(F.relu(F.linear(h, layer.weight * self.mask(m, k), layer.bias)))
         out = F.linear(h, self.output.weight * self.mask(m, c.layers), self.output.bias)
         out = out + F.linear(x, self.direct.weight * self.mask(m, c.layers + 1))
