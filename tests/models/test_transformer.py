@@ -53,7 +53,7 @@ def torch_reference(model: Transformer) -> nn.Transformer:
     c = model.config
     ref = nn.Transformer(
         c.embed_dim, c.num_heads, c.encoder_layers, c.decoder_layers, c.ffn_dim, dropout=0.0,
-        batch_first=True, norm_first=c.norm == "pre", layer_norm_eps=c.norm_eps,
+        batch_first=True, norm_first=c.norm_placement == "pre", layer_norm_eps=c.norm_eps,
     )  # fmt: skip
     with torch.no_grad():
         for ours, theirs in zip(model.encoder, ref.encoder.layers):
@@ -68,7 +68,7 @@ def torch_reference(model: Transformer) -> nn.Transformer:
             _copy_norm(ours.self_residual.norm, theirs.norm1)
             _copy_norm(ours.cross_residual.norm, theirs.norm2)
             _copy_norm(ours.ffn_residual.norm, theirs.norm3)
-        if c.norm == "pre":
+        if c.norm_placement == "pre":
             _copy_norm(model.encoder_norm, ref.encoder.norm)
             _copy_norm(model.decoder_norm, ref.decoder.norm)
         else:  # nn.Transformer always adds final norms; the paper's post-norm stack has none
@@ -81,7 +81,7 @@ def torch_reference(model: Transformer) -> nn.Transformer:
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_equals_pytorch_nn_transformer_forward_and_backward(norm):
     tok = tiny_tokenizer()
-    model = make(tok, norm=norm, encoder_layers=2, decoder_layers=2).double()
+    model = make(tok, norm_placement=norm, encoder_layers=2, decoder_layers=2).double()
     ref = torch_reference(model).double()
     src, tgt_in, _ = tiny_batch(tok)
 
@@ -113,7 +113,7 @@ def test_equals_pytorch_nn_transformer_forward_and_backward(norm):
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_cached_step_by_step_decoding_equals_the_full_pass(norm):
     tok = tiny_tokenizer()
-    model = make(tok, norm=norm).eval()
+    model = make(tok, norm_placement=norm).eval()
     src, tgt_in, _ = tiny_batch(tok)
     full = model(src, tgt_in).logits
     projections = []  # the source is projected into cross-attention keys and values once, not at every step
@@ -139,7 +139,7 @@ def test_padding_never_changes_results():
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_overfits_a_tiny_set(norm):
     tok = tiny_tokenizer()
-    model = make(tok, norm=norm, share_embeddings=True)
+    model = make(tok, norm_placement=norm, share_embeddings=True)
     batch = tiny_batch(tok)
     assert overfit(model, batch, steps=150, lr=3e-3) < 0.05
     out = translate(model, batch[0])

@@ -70,3 +70,19 @@ def test_ranges_read_as_people_write_them():
     ]  # fmt: skip
     assert 0.5 in Range(0, 1, low_open=True, high_open=True) and 1 not in Range(0, 1, high_open=True)
     assert math.inf not in Range(0, 1)
+
+
+def test_string_choices_come_from_the_configs_literal_types():
+    """A choice field is typed ``Literal[...]``: the loader refuses anything else with the choices and the closest
+    one, and the config itself refuses it when built directly; the choices are the annotation's, written once."""
+
+    from qkv.models import GPTConfig, TransformerConfig
+    from qkv.training.config import load_run_config
+
+    with pytest.raises(ConfigError, match="model.norm must be one of 'layer', 'rms', got 'rsm'.*'rms'"):
+        load_run_config(None, ["model.norm='rsm'"])
+    assert typing.get_args(typing.get_type_hints(TransformerConfig)["norm_placement"]) == ("post", "pre")
+    with pytest.raises(ConfigError, match="model.norm_placement must be one of post, pre, got 'middle'"):
+        TransformerConfig(norm_placement="middle").validate()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="model.positions must be one of learned, sinusoidal, rotary, alibi, t5"):
+        GPTConfig(positions="relative").validate()  # type: ignore[arg-type]

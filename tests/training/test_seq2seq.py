@@ -41,7 +41,7 @@ def make_trainer(out: Path, config_name: str, overrides=()) -> Trainer:
 def test_configs_pick_the_model_and_data_types_by_kind():
     config = load_run_config(ROOT / "configs" / "dates-rnn.toml")
     assert config.kind == "rnn-seq2seq" and config.model.attention == "luong" and config.data.task == "dates"
-    assert load_run_config(ROOT / "configs" / "numbers-ko-transformer.toml").model.norm == "post"
+    assert load_run_config(ROOT / "configs" / "numbers-ko-transformer.toml").model.norm_placement == "post"
     with pytest.raises(ConfigError, match="unknown config key 'model.num_heads'"):
         load_run_config(ROOT / "configs" / "dates-rnn.toml", ["model.num_heads=2"])
 

@@ -15,11 +15,12 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 T = TypeVar("T")
 
-__all__ = ["derived", "frozen_linear", "frozen_weights", "reusing"]
+__all__ = ["FrozenLinear", "derived", "frozen_linear", "frozen_weights", "linear_pair", "reusing"]
 
 _generation: ContextVar[int | None] = ContextVar("qkv_frozen_generation", default=None)
 _counter = itertools.count(1)
@@ -71,7 +72,28 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """
     rows = x.numel() // max(x.shape[-1], 1)
     if not reusing() or rows > 16:  # many rows: a GEMM, either layout is fine
-        return layer(x)
+        return F.linear(x, layer.weight, layer.bias)
     weight_t = derived(layer, "weight_t", lambda: layer.weight.detach().t().contiguous())
     out = x @ weight_t
     return out if layer.bias is None else out + layer.bias
+
+
+class FrozenLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoints) whose forward is :func:`frozen_linear`: inside
+    :func:`frozen_weights`, a few rows at a time (decoding) multiply a cached ``(in, out)`` copy of the weight. Model
+    code calls it as any layer, ``self.lm_head(x)``, and never sees the cache."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return frozen_linear(x, self)
+
+
+def linear_pair(x: Tensor, first: nn.Linear, second: nn.Linear) -> tuple[Tensor, Tensor]:
+    """``(first(x), second(x))``; inside :func:`frozen_weights`, one vector-matrix product with both weights stacked
+    ``(in, out1 + out2)`` and cached on ``first`` (Llama's gate and up projections while decoding)."""
+    if not reusing():
+        return first(x), second(x)
+    stacked = derived(first, "paired_t", lambda: torch.cat([first.weight, second.weight]).t().contiguous())
+    a, b = (x @ stacked).split([first.out_features, second.out_features], dim=-1)
+    if first.bias is not None and second.bias is not None:
+        a, b = a + first.bias, b + second.bias
+    return a, b

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from qkv.attention.attend import attend
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import as_4d, repeat_kv
-from qkv.attention.frozen import derived, frozen_linear
+from qkv.attention.frozen import FrozenLinear, derived
 from qkv.attention.hooks import HookPoint, HookPointOwner
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.masks import Window
@@ -80,10 +80,11 @@ class MultiHeadAttention(HookPointOwner):
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout, self.backend = dropout, backend
         kv_width = num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(self.kdim, kv_width, bias=bias)
-        self.v_proj = nn.Linear(self.vdim, kv_width, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
+        # FrozenLinear: nn.Linear, with a decoding-friendly weight layout inside frozen_weights()
+        self.q_proj = FrozenLinear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = FrozenLinear(self.kdim, kv_width, bias=bias)
+        self.v_proj = FrozenLinear(self.vdim, kv_width, bias=bias)
+        self.out_proj = FrozenLinear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
         if isinstance(score, str) and score not in _PARAMETER_FREE_SCORES:
             kwargs = {"q_dim": self.head_dim, **(score_kwargs or {})}
             score = make_score(score, **kwargs)
@@ -131,7 +132,7 @@ class MultiHeadAttention(HookPointOwner):
         self._check_input("key", key, self.kdim)
         value = key if value is None else value
         self._check_input("value", value, self.vdim)
-        k, v = frozen_linear(key, self.k_proj), frozen_linear(value, self.v_proj)
+        k, v = self.k_proj(key), self.v_proj(value)
         return self._split(k, self.num_kv_heads), self._split(v, self.num_kv_heads)
 
     def _stacked_qkv_t(self) -> tuple[Tensor, Tensor | None]:
@@ -198,7 +199,7 @@ class MultiHeadAttention(HookPointOwner):
         if memory_kv is not None:
             if key is not None or value is not None:
                 raise ConfigError("memory_kv replaces key and value: pass one or the other")
-            q, (k, v) = self._split(frozen_linear(query, self.q_proj), self.num_heads), memory_kv
+            q, (k, v) = self._split(self.q_proj(query), self.num_heads), memory_kv
         else:
             key = query if key is None else key
             value = key if value is None else value
@@ -243,7 +244,7 @@ class MultiHeadAttention(HookPointOwner):
         out = self.hook_z(out)
         # (batch, heads, q_len, head_dim) -> (batch, q_len, embed_dim)
         out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.embed_dim)
-        return frozen_linear(out, self.out_proj), weights
+        return self.out_proj(out), weights
 
     def _hooked_pattern(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor, masking: dict[str, Any]) -> Tensor:
         """Show the scores and the pattern to their hook points, recomputed exactly from this call's Q and K (the

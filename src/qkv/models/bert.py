@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from qkv.attention.hooks import HookPoint, HookPointOwner, block_hook_points
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
-from qkv.models.blocks import FeedForward, dropout_layer
+from qkv.models.blocks import Activation, FeedForward, dropout_layer
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 
@@ -30,7 +30,7 @@ class BertConfig(ModelConfig):
     max_seq_len: int = 512
     type_vocab_size: int = 2
     norm_eps: float = 1e-12
-    activation: str = "gelu"
+    activation: Activation = "gelu"
     dropout: float = 0.0
     pad_token_id: int = 0
     backend: str = "auto"

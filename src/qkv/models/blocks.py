@@ -3,12 +3,15 @@ and the pre-norm residual block that GPT-2- and Llama-style decoders are made of
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention.block_masks import BlockMask
-from qkv.attention.frozen import derived, frozen_linear, reusing
+from qkv.attention.frozen import FrozenLinear, linear_pair
 from qkv.attention.hooks import HookPointOwner, block_hook_points
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import MaskMod, ScoreMod
@@ -18,6 +21,7 @@ from qkv.errors import ConfigError
 
 __all__ = ["ACTIVATIONS", "FEED_FORWARDS", "NORMS", "FeedForward", "PreNormBlock", "RMSNorm", "SwiGLU", "dropout_layer"]
 
+Activation = Literal["gelu", "gelu_tanh", "relu"]
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
@@ -39,13 +43,13 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        self.up = nn.Linear(dim, hidden_dim, bias=bias)
-        self.down = nn.Linear(hidden_dim, dim, bias=bias)
+        self.up = FrozenLinear(dim, hidden_dim, bias=bias)
+        self.down = FrozenLinear(hidden_dim, dim, bias=bias)
         self.activation = ACTIVATIONS[activation]
         self.dropout = dropout_layer(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(frozen_linear(self.activation(frozen_linear(x, self.up)), self.down))
+        return self.dropout(self.down(self.activation(self.up(x))))
 
 
 class SwiGLU(nn.Module):
@@ -55,19 +59,12 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate = nn.Linear(dim, hidden_dim, bias=bias)
         self.up = nn.Linear(dim, hidden_dim, bias=bias)
-        self.down = nn.Linear(hidden_dim, dim, bias=bias)
+        self.down = FrozenLinear(hidden_dim, dim, bias=bias)
         self.dropout = dropout_layer(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        if reusing():
-            # decoding: one vector-matrix product with gate and up stacked (in, 2 hidden) instead of two
-            stacked = derived(self, "gate_up_t", lambda: torch.cat([self.gate.weight, self.up.weight]).t().contiguous())
-            gate, up = (x @ stacked).chunk(2, dim=-1)
-            if self.gate.bias is not None:
-                gate, up = gate + self.gate.bias, up + self.up.bias
-        else:
-            gate, up = self.gate(x), self.up(x)
-        return self.dropout(frozen_linear(F.silu(gate) * up, self.down))
+        gate, up = linear_pair(x, self.gate, self.up)  # (one product while decoding)
+        return self.dropout(self.down(F.silu(gate) * up))
 
 
 class RMSNorm(nn.Module):
@@ -84,8 +81,10 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-NORMS = ("layer", "rms")
-FEED_FORWARDS = ("mlp", "swiglu")
+Norm = Literal["layer", "rms"]
+FeedForwardKind = Literal["mlp", "swiglu"]
+NORMS: tuple[str, ...] = typing.get_args(Norm)
+FEED_FORWARDS: tuple[str, ...] = typing.get_args(FeedForwardKind)
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
@@ -35,7 +36,13 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
 
-    def check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+    def check_choice(self, name: str, choices: tuple[str, ...] | None = None) -> None:
+        """ConfigError unless the field is one of ``choices`` (default: its ``Literal[...]`` annotation's)."""
+        if choices is None:  # the nearest class that declares the field as a Literal (a subclass may widen it)
+            declared = (_hint(klass, name) for klass in type(self).__mro__ if klass is not object)
+            choices = next((typing.get_args(t) for t in declared if typing.get_origin(t) is typing.Literal), ())
+            if not choices:
+                return
         if getattr(self, name) not in choices:
             raise ConfigError(f"model.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
 
@@ -43,3 +50,12 @@ class ModelConfig:
         value = getattr(self, name)
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"model.{name} must be in [0, 1), got {value}")
+
+
+def _hint(klass: type, name: str) -> object:
+    """``klass``'s type hint for ``name`` (None when it has none, or when a class defined in a function cannot
+    resolve its own annotations)."""
+    try:
+        return typing.get_type_hints(klass).get(name)
+    except NameError:
+        return None

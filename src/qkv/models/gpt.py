@@ -9,14 +9,15 @@ q/k/v biases (Qwen2) and a sliding window (Mistral) are settings of :class:`GPTC
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from qkv.attention.block_masks import BlockMask, block_mask
-from qkv.attention.frozen import frozen_linear
+from qkv.attention.frozen import FrozenLinear
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import ScoreMod, T5RelativeBias, alibi, document
 from qkv.attention.positional import (
@@ -27,13 +28,21 @@ from qkv.attention.positional import (
     SinusoidalPositions,
 )
 from qkv.errors import ConfigError, ShapeError, describe_shape
-from qkv.models.blocks import FEED_FORWARDS, NORMS, PreNormBlock, dropout_layer, make_norm
+from qkv.models.blocks import (
+    Activation,
+    FeedForwardKind,
+    Norm,
+    PreNormBlock,
+    dropout_layer,
+    make_norm,
+)
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 
 __all__ = ["GPT", "GPTConfig"]
 
-POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "t5")
+Positions = Literal["learned", "sinusoidal", "rotary", "alibi", "t5"]
+POSITIONS: tuple[str, ...] = typing.get_args(Positions)
 
 
 @dataclass
@@ -50,16 +59,16 @@ class GPTConfig(ModelConfig):
     embed_dim: int = 128
     ffn_dim: int | None = None  # None = 4 * embed_dim
     dropout: float = 0.0
-    positions: str = "learned"  # learned | sinusoidal | rotary | alibi | t5 (a learned relative bias, shared)
+    positions: Positions = "learned"  # learned | sinusoidal | rotary | alibi | t5 (a learned relative bias, shared)
     t5_num_buckets: int = 32  # positions = "t5": distance buckets of the relative bias
     t5_max_distance: int = 128  # positions = "t5": distances beyond this share the last bucket
     bias: bool = True
-    activation: str = "gelu"  # gelu | gelu_tanh | relu
+    activation: Activation = "gelu"
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     backend: str = "auto"
-    norm: str = "layer"  # layer (LayerNorm) | rms (RMSNorm)
-    feed_forward: str = "mlp"  # mlp (up, activation, down) | swiglu (down(silu(gate) * up))
+    norm: Norm = "layer"  # layer (LayerNorm) | rms (RMSNorm)
+    feed_forward: FeedForwardKind = "mlp"  # mlp (up, activation, down) | swiglu (down(silu(gate) * up))
     qkv_bias: bool | None = None  # biases in the q/k/v projections; None = as bias (Qwen2: true with bias false)
     rope_theta: float = 10000.0  # rotary base
     rope_scaling: str = "none"  # none | linear | dynamic | llama3 (see qkv.attention.positional.RopeScaling)
@@ -70,9 +79,8 @@ class GPTConfig(ModelConfig):
     sliding_window: int | None = None  # each token sees itself and the sliding_window - 1 tokens before it
 
     def validate(self) -> None:
-        self.check_choice("positions", POSITIONS)
-        self.check_choice("norm", NORMS)
-        self.check_choice("feed_forward", FEED_FORWARDS)
+        for name in ("positions", "activation", "norm", "feed_forward"):
+            self.check_choice(name)
         self.check_choice("rope_scaling", ("none", *ROPE_SCALINGS))
         self.check_positive("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim")
         if self.embed_dim % self.num_heads:
@@ -152,7 +160,7 @@ class GPT(nn.Module):
             for _ in range(c.num_layers)
         )
         self.final_norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
-        self.lm_head = nn.Linear(c.embed_dim, c.vocab_size, bias=False)
+        self.lm_head = FrozenLinear(c.embed_dim, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
         self._init_weights()
@@ -295,5 +303,5 @@ class GPT(nn.Module):
                 attentions.append(weights)
         if logits_to_keep is not None:
             x = x[:, -logits_to_keep:]
-        logits = frozen_linear(self.final_norm(x), self.lm_head)
+        logits = self.lm_head(self.final_norm(x))
         return ModelOutput(logits=logits, attentions=tuple(attentions) if return_attention else None, cache=cache)

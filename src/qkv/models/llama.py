@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qkv.models.gpt import GPTConfig
+from qkv.models.blocks import FeedForwardKind, Norm
+from qkv.models.gpt import GPTConfig, Positions
 
 __all__ = ["LlamaConfig"]
 
@@ -18,9 +19,9 @@ __all__ = ["LlamaConfig"]
 class LlamaConfig(GPTConfig):
     """A :class:`GPTConfig` with Llama's defaults: rotary positions, RMSNorm, SwiGLU, no biases, untied embeddings."""
 
-    positions: str = "rotary"
+    positions: Positions = "rotary"
     bias: bool = False
-    norm: str = "rms"
-    feed_forward: str = "swiglu"
+    norm: Norm = "rms"
+    feed_forward: FeedForwardKind = "swiglu"
     norm_eps: float = 1e-6
     tie_embeddings: bool = False

@@ -18,6 +18,7 @@ Every score is a module of the core's score registry and every weighting goes th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -50,10 +51,10 @@ class RNNSeq2SeqConfig(ModelConfig):
     embed_dim: int = 64
     hidden_dim: int = 128  # decoder units; each encoder direction has half
     num_layers: int = 1
-    cell: str = "gru"  # gru | lstm
-    attention: str = "luong"  # none | luong | bahdanau
-    score: str = "general"  # Luong's dot | general | concat | location (Bahdanau is always additive)
-    alignment: str = "global"  # global | local-m | local-p (Luong only)
+    cell: Literal["gru", "lstm"] = "gru"
+    attention: Literal["none", "luong", "bahdanau"] = "luong"
+    score: Literal["dot", "general", "concat", "location"] = "general"  # Luong's (Bahdanau is always additive)
+    alignment: Literal["global", "local-m", "local-p"] = "global"  # Luong only
     window: int = 10  # D: a local window covers [p_t - D, p_t + D]
     input_feeding: bool = True  # Luong only
     dropout: float = 0.1
@@ -61,10 +62,8 @@ class RNNSeq2SeqConfig(ModelConfig):
     max_target_len: int = 64  # default decoding limit, in target tokens
 
     def validate(self) -> None:
-        self.check_choice("cell", tuple(CELLS))
-        self.check_choice("attention", ATTENTIONS)
-        self.check_choice("score", tuple(LUONG_SCORES))
-        self.check_choice("alignment", ALIGNMENTS)
+        for name in ("cell", "attention", "score", "alignment"):
+            self.check_choice(name)
         self.check_positive(
             "src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden_dim", "num_layers", "window", "max_source_len"
         )

@@ -3,16 +3,17 @@
 Encoder: embeddings · √d + sinusoidal positions, then blocks of self-attention (padding masked) and a feed-forward
 network. Decoder: blocks of causal self-attention (on a :class:`KVCache` while decoding), cross-attention to the
 encoder's states (the decoder's states are the queries, the source's the keys and values), and a feed-forward
-network. Each sublayer has a residual connection, normalised after it as in the paper (``norm="post"``) or before
-it (``norm="pre"``, which trains more easily when deep). Source, target and output embeddings may be shared.
+network. Each sublayer has a residual connection, normalised after it as in the paper (``norm_placement="post"``) or
+before it (``"pre"``, which trains more easily when deep). Source, target and output embeddings may be shared.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,14 +23,15 @@ from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import SinusoidalPositions
 from qkv.errors import ConfigError, ShapeError
-from qkv.models.blocks import FeedForward, dropout_layer
+from qkv.models.blocks import Activation, FeedForward, dropout_layer
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 from qkv.models.seq2seq_io import check_ids, source_keep
 
 __all__ = ["Transformer", "TransformerConfig", "TransformerDecoderState"]
 
-NORMS = ("post", "pre")
+NormPlacement = Literal["post", "pre"]
+NORM_PLACEMENTS: tuple[str, ...] = typing.get_args(NormPlacement)
 
 
 @dataclass
@@ -46,8 +48,8 @@ class TransformerConfig(ModelConfig):
     decoder_layers: int = 2
     ffn_dim: int = 512
     dropout: float = 0.1
-    activation: str = "relu"  # relu (the paper) | gelu | gelu_tanh
-    norm: str = "post"  # post (the paper) | pre
+    activation: Activation = "relu"  # relu (the paper) | gelu | gelu_tanh
+    norm_placement: NormPlacement = "post"  # post (the paper): norm(x + f(x)) | pre: x + f(norm(x))
     share_embeddings: bool = False  # one table for source and target tokens (needs one shared vocabulary)
     tie_output: bool = True  # the output layer reuses the target embedding
     max_seq_len: int = 256  # longest source or target the positions cover
@@ -56,7 +58,8 @@ class TransformerConfig(ModelConfig):
     backend: str = "auto"
 
     def validate(self) -> None:
-        self.check_choice("norm", NORMS)
+        self.check_choice("norm_placement")
+        self.check_choice("activation")
         self.check_positive("src_vocab_size", "tgt_vocab_size", "embed_dim", "num_heads", "encoder_layers")
         self.check_positive("decoder_layers", "ffn_dim", "max_seq_len", "max_target_len")
         if self.embed_dim % self.num_heads:
@@ -74,7 +77,7 @@ class Residual(nn.Module):
 
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
-        self.pre = c.norm == "pre"
+        self.pre = c.norm_placement == "pre"
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.dropout = dropout_layer(c.dropout)
 
@@ -197,8 +200,8 @@ class Transformer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         # pre-norm leaves the last residual stream unnormalised: the paper's post-norm ends in a norm already
-        self.encoder_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm == "pre" else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm == "pre" else nn.Identity()
+        self.encoder_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm_placement == "pre" else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm_placement == "pre" else nn.Identity()
         self.output = nn.Linear(c.embed_dim, c.tgt_vocab_size, bias=False)
         for p in self.parameters():
             if p.dim() > 1:

@@ -9,11 +9,17 @@ from torch import Tensor
 
 from qkv.errors import CheckpointError
 from qkv.models.bert import BertConfig, BertEncoder
+from qkv.models.blocks import Activation
 from qkv.pretrained.weights import load_into
 
 __all__ = ["bert_from_hf"]
 
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS: dict[str, Activation] = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
 
 # qkv name -> HF name (per layer: {i})
 EMBEDDINGS = {

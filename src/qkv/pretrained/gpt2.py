@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from qkv.errors import CheckpointError, ConfigError
+from qkv.models.blocks import Activation
 from qkv.models.gpt import GPT, GPTConfig
 from qkv.pretrained.weights import load_into
 
@@ -29,7 +30,12 @@ CONV1D = {
     "ffn.up": "mlp.c_fc",
     "ffn.down": "mlp.c_proj",
 }
-ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+ACTIVATIONS: dict[str, Activation] = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+}
 
 
 def config_from_hf(hf: dict[str, Any]) -> GPTConfig:

@@ -271,6 +271,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key} must be {annotation}, got {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value in choices:
+            return value
+        raise ConfigError(
+            f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}{_suggest(str(value), choices)}"
+        )
     if annotation is bool:
         if isinstance(value, bool):
             return value

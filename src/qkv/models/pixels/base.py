@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +51,10 @@ class PixelConfig(ModelConfig):
     layers: int = 4
     kernel: int = 3  # PixelCNN / Gated PixelCNN layers after the first
     first_kernel: int = 7  # PixelCNN's type-A layer
-    cell: str = "gru"  # pixel RNN: gru | lstm
+    cell: Literal["gru", "lstm"] = "gru"  # pixel RNN
     positions: bool = True  # pixel RNN: add a position embedding of the predicted pixel
     num_masks: int = 4  # MADE: connectivity masks (cycled in training, ensembled for the likelihood)
-    ordering: str = "raster"  # MADE: raster | random (each mask its own input ordering)
+    ordering: Literal["raster", "random"] = "raster"  # MADE: random = each mask its own input ordering
     num_heads: int = 4  # Transformer
     window: int = 0  # Transformer: > 0 restricts attention to pixels at most this many rows up and columns aside
     dropout: float = 0.0
@@ -67,8 +68,8 @@ class PixelConfig(ModelConfig):
             raise ConfigError("model.num_classes and model.window must be >= 0")
         if self.kernel % 2 == 0 or self.first_kernel % 2 == 0:
             raise ConfigError(f"model.kernel and first_kernel must be odd, got {self.kernel}, {self.first_kernel}")
-        self.check_choice("cell", CELLS)
-        self.check_choice("ordering", ORDERINGS)
+        self.check_choice("cell")
+        self.check_choice("ordering")
         self.check_dropout()
 
     @property
