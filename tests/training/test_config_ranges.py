@@ -86,3 +86,26 @@ def test_string_choices_come_from_the_configs_literal_types():
         TransformerConfig(norm_placement="middle").validate()  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="model.positions must be one of learned, sinusoidal, rotary, alibi, t5"):
         GPTConfig(positions="relative").validate()  # type: ignore[arg-type]
+
+
+def test_rope_scaling_is_one_nested_table(tmp_path):
+    """``[model.rope]`` in TOML is a RopeScaling (checked when made); a saved config's dict loads back as one."""
+    from qkv.attention.positional import RopeScaling
+    from qkv.models import LlamaConfig
+    from qkv.training.config import load_run_config
+
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'kind = "llama"\n[model]\nmax_seq_len = 64\n[model.rope]\nkind = "llama3"\nfactor = 8.0\n'
+        "original_max_seq_len = 32\n",
+        encoding="utf-8",
+    )
+    rope = load_run_config(path).model.rope
+    assert rope == RopeScaling("llama3", 8.0, 32)
+    assert LlamaConfig.from_dict(LlamaConfig(rope=rope).to_dict()).rope == rope
+    path.write_text('kind = "llama"\n[model.rope]\nkind = "dynamic"\nfactor = 2.0\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="dynamic rope scaling needs the original context length"):
+        load_run_config(path)
+    path.write_text('kind = "llama"\n[model.rope]\nkind = "linear"\nfactr = 2.0\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown config key model.rope.factr"):
+        load_run_config(path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import types
 import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any, TypeVar
 
 from qkv.errors import ConfigError
@@ -25,7 +26,8 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _nested(value, hints[name], name) for name, value in data.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]  # (self is a dataclass)
@@ -59,3 +61,22 @@ def _hint(klass: type, name: str) -> object:
         return typing.get_type_hints(klass).get(name)
     except NameError:
         return None
+
+
+def _nested(value: object, annotation: object, name: str) -> object:
+    """A dict for a field typed with a dataclass (or ``dataclass | None``, e.g. ``rope``) as that dataclass; any
+    other value as it is."""
+    if not isinstance(value, dict):
+        return value
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    for option in (annotation, *options):
+        if isinstance(option, type) and is_dataclass(option):
+            known = {f.name for f in fields(option)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ConfigError(f"unknown model.{name} keys {unknown}; known: {sorted(known)}")
+            try:
+                return option(**value)
+            except TypeError as exc:  # a required key missing
+                raise ConfigError(f"model.{name}: {exc}") from None
+    return value

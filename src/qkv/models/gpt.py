@@ -21,7 +21,6 @@ from qkv.attention.frozen import FrozenLinear
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import ScoreMod, T5RelativeBias, alibi, document
 from qkv.attention.positional import (
-    ROPE_SCALINGS,
     LearnedPositions,
     RopeScaling,
     RotaryEmbedding,
@@ -71,25 +70,19 @@ class GPTConfig(ModelConfig):
     feed_forward: FeedForwardKind = "mlp"  # mlp (up, activation, down) | swiglu (down(silu(gate) * up))
     qkv_bias: bool | None = None  # biases in the q/k/v projections; None = as bias (Qwen2: true with bias false)
     rope_theta: float = 10000.0  # rotary base
-    rope_scaling: str = "none"  # none | linear | dynamic | llama3 (see qkv.attention.positional.RopeScaling)
-    rope_factor: float = 1.0
-    rope_original_max_seq_len: int = 0  # dynamic, llama3: the context the model was trained on
-    rope_low_freq_factor: float = 1.0  # llama3
-    rope_high_freq_factor: float = 4.0  # llama3
+    rope: RopeScaling | None = None  # rotary scaling past the trained context (TOML: a [model.rope] table)
     sliding_window: int | None = None  # each token sees itself and the sliding_window - 1 tokens before it
 
     def validate(self) -> None:
         for name in ("positions", "activation", "norm", "feed_forward"):
             self.check_choice(name)
-        self.check_choice("rope_scaling", ("none", *ROPE_SCALINGS))
         self.check_positive("vocab_size", "max_seq_len", "num_layers", "num_heads", "embed_dim")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"model.embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ConfigError(f"model.sliding_window must be >= 1 (or unset), got {self.sliding_window}")
-        if self.rope_scaling != "none" and self.positions != "rotary":
-            raise ConfigError(f"model.rope_scaling = {self.rope_scaling!r} needs positions = 'rotary'")
-        self.rope()  # checks the scaling's own values
+        if self.rope is not None and self.positions != "rotary":
+            raise ConfigError(f"model.rope (scaling {self.rope.kind!r}) needs positions = 'rotary'")
         self.check_dropout()
 
     @property
@@ -103,17 +96,6 @@ class GPTConfig(ModelConfig):
         if self.ffn_dim:
             return self.ffn_dim
         return 4 * self.embed_dim if self.feed_forward == "mlp" else -(-8 * self.embed_dim // 3 // 32) * 32
-
-    def rope(self) -> RopeScaling | None:
-        if self.rope_scaling == "none":
-            return None
-        return RopeScaling(
-            self.rope_scaling,
-            self.rope_factor,
-            self.rope_original_max_seq_len,
-            self.rope_low_freq_factor,
-            self.rope_high_freq_factor,
-        )
 
 
 class GPT(nn.Module):
@@ -132,7 +114,7 @@ class GPT(nn.Module):
             self.position_embedding = SinusoidalPositions(c.max_seq_len, c.embed_dim)
         self.dropout = dropout_layer(c.dropout)
         # one rotary embedding, shared by every layer (it holds no weights, only the frequencies)
-        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, scaling=c.rope()) if c.positions == "rotary" else None
+        self.rotary = RotaryEmbedding(c.head_dim, c.rope_theta, scaling=c.rope) if c.positions == "rotary" else None
         # ALiBi and T5's relative bias are score functions: no (heads, N, N) tensor, O(N) memory in the chunked backend
         self.relative_bias = (
             T5RelativeBias(c.num_heads, c.t5_num_buckets, c.t5_max_distance, bidirectional=False)

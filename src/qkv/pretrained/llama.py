@@ -11,6 +11,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
+from qkv.attention.positional import RopeScaling
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.gpt import GPT
 from qkv.models.llama import LlamaConfig
@@ -87,13 +88,15 @@ def config_from_hf(hf: dict[str, Any]) -> LlamaConfig:
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else None,
             rope_theta=float(rope["rope_theta"]),
-            rope_scaling=kind,  # type: ignore[arg-type]  # (checked against ROPE_SCALINGS above)
-            rope_factor=factor,
-            rope_original_max_seq_len=int(
-                rope.get("original_max_position_embeddings") or (max_seq_len if kind == "dynamic" else 0)
+            rope=None
+            if kind in (None, "none")  # (None: refused above)
+            else RopeScaling(
+                kind,
+                factor,
+                int(rope.get("original_max_position_embeddings") or (max_seq_len if kind == "dynamic" else 0)),
+                float(rope.get("low_freq_factor", 1.0)),
+                float(rope.get("high_freq_factor", 4.0)),
             ),
-            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             sliding_window=hf.get("sliding_window") if model_type == "mistral" else None,
         )
     except KeyError as exc:
@@ -148,21 +151,19 @@ def save_llama(model: GPT, directory: str | Path) -> Path:
     if c.tie_embeddings:
         del tensors["lm_head.weight"]
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    rope: dict[str, Any] = {
-        "rope_theta": c.rope_theta,
-        "rope_type": "default" if c.rope_scaling == "none" else c.rope_scaling,
-    }
-    if c.rope_scaling != "none":
-        rope["factor"] = c.rope_factor
-    if c.rope_scaling == "llama3":
+    scaling = c.rope
+    rope: dict[str, Any] = {"rope_theta": c.rope_theta, "rope_type": "default" if scaling is None else scaling.kind}
+    if scaling is not None:
+        rope["factor"] = scaling.factor
+    if scaling is not None and scaling.kind == "llama3":
         rope.update(
-            low_freq_factor=c.rope_low_freq_factor,
-            high_freq_factor=c.rope_high_freq_factor,
-            original_max_position_embeddings=c.rope_original_max_seq_len,
+            low_freq_factor=scaling.low_freq_factor,
+            high_freq_factor=scaling.high_freq_factor,
+            original_max_position_embeddings=scaling.original_max_seq_len,
         )
     max_positions = c.max_seq_len
-    if c.rope_scaling == "dynamic":
-        max_positions = c.rope_original_max_seq_len
+    if scaling is not None and scaling.kind == "dynamic":
+        max_positions = scaling.original_max_seq_len
     hf = {
         "architectures": [ARCHITECTURE[model_type]],
         "model_type": model_type,

@@ -263,6 +263,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
+        given = [option for option in options if option is not type(None)]
+        if len(given) == 1:  # X | None: X's own error says what is wrong
+            return _coerce(value, given[0], key)
         for option in options:
             if option is type(None):
                 continue
@@ -271,6 +274,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key} must be {annotation}, got {value!r}")
+    if isinstance(annotation, type) and is_dataclass(annotation) and isinstance(value, dict):
+        hints = typing.get_type_hints(annotation)
+        names = {f.name for f in fields(annotation)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key {key}.{unknown[0]}; known: {', '.join(sorted(names))}")
+        try:
+            return annotation(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
+        except TypeError as exc:  # a required key missing
+            raise ConfigError(f"{key}: {exc}") from None
     if origin is typing.Literal:
         choices = typing.get_args(annotation)
         if value in choices:
