@@ -521,3 +521,24 @@ def test_attention_weights_and_scores_share_one_signature():
     options = {"causal": True, "window": 3, "heads": [1]}
     w = qkv.attention.attention_weights(q, k, **options)
     torch.testing.assert_close(w, torch.softmax(qkv.attention.attention_scores(q, k, **options), -1), **FP32)
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_an_additive_score_mod_of_your_own_runs_on_every_backend(relative):
+    """Wrapped in mods.AdditiveScoreMod, a user's term is known to only add: the fused backend turns it into a
+    dense bias, the chunked one shares relative terms; all equal the float64 oracle with the term as a bias."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 12, 8, generator=g) for _ in range(3))
+
+    def decay(b, h, q_idx, kv_idx):
+        return -0.3 * (h + 1) * (q_idx - kv_idx).abs().float()
+
+    score_mod = mods.AdditiveScoreMod(decay, relative=relative)
+    assert mods.is_additive(score_mod) and mods.is_relative(score_mod) == relative
+    grid = mods.index_grid(1, 2, 12, 12)
+    bias = decay(grid.b, grid.h, grid.q, grid.kv).double()
+    allowed = band(12, 12, True, None)
+    ref, _ = plain_attention(q.double(), k.double(), v.double(), allowed, bias=bias)
+    for backend in ("reference", "chunked", "fused"):
+        out, _ = qkv.attend(q, k, v, causal=True, score_mod=score_mod, backend=backend)
+        torch.testing.assert_close(out.double(), ref, **FP32)

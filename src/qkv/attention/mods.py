@@ -29,6 +29,7 @@ from qkv.attention.positional import alibi_slopes
 from qkv.errors import ConfigError, ShapeError, describe_shape
 
 __all__ = [
+    "AdditiveScoreMod",
     "MaskMod",
     "ScoreMod",
     "IndexGrid",
@@ -127,17 +128,36 @@ def evaluate_score(score_mod: ScoreMod, scores: Tensor, grid: IndexGrid) -> Tens
     return out
 
 
+class AdditiveScoreMod:
+    """A score function that only adds a term of the indices: ``score + term(b, h, q_idx, kv_idx)``.
+
+    Saying so lets qkv turn it into a dense bias where that is small (the fused backend) and, with
+    ``relative=True`` (the term depends on ``q_idx`` and ``kv_idx`` only through ``kv_idx - q_idx``, as ALiBi's and
+    T5's do), share one tile's term with every tile at the same distance from the diagonal. Wrap your own term::
+
+        mods.AdditiveScoreMod(lambda b, h, q_idx, kv_idx: -0.1 * (q_idx - kv_idx).abs(), relative=True)
+    """
+
+    def __init__(self, term: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], *, relative: bool = False) -> None:
+        if not callable(term):
+            raise ConfigError(f"an additive score term must be a function of indices, got {type(term).__name__}")
+        self.term, self.relative = term, relative
+        self.__name__ = getattr(term, "__name__", "additive_score")  # (error messages name the term)
+
+    def __call__(self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return score + self.term(b, h, q_idx, kv_idx).to(score.dtype)
+
+
 def is_additive(score_mod: object) -> bool:
-    """True for score functions that only add a term of the indices (``score + f(b, h, q, kv)``): those declare
-    ``qkv_additive = True`` and may be turned into a dense bias where that is small (the fused backend)."""
-    return bool(getattr(score_mod, "qkv_additive", False))
+    """True for score functions that only add a term of the indices: an :class:`AdditiveScoreMod`, or a module
+    that says so (:class:`T5RelativeBias`)."""
+    return isinstance(score_mod, (AdditiveScoreMod, T5RelativeBias))
 
 
 def is_relative(score_mod: object) -> bool:
     """True for additive score functions whose term depends on ``q_idx`` and ``kv_idx`` only through
-    ``kv_idx - q_idx`` (ALiBi, T5; they declare ``qkv_relative = True``): a tile's term is then shared by every tile
-    at the same distance from the diagonal."""
-    return is_additive(score_mod) and bool(getattr(score_mod, "qkv_relative", False))
+    ``kv_idx - q_idx`` (ALiBi, T5)."""
+    return isinstance(score_mod, T5RelativeBias) or (isinstance(score_mod, AdditiveScoreMod) and score_mod.relative)
 
 
 def additive_bias(score_mod: ScoreMod, grid: IndexGrid, dtype: torch.dtype) -> Tensor:
@@ -151,6 +171,8 @@ def captured_tensors(fn: object) -> list[Tensor]:
     and modules). The chunked backend routes their gradients through its own backward pass."""
     if isinstance(fn, nn.Module):
         return [p for p in fn.parameters() if p.requires_grad]
+    if isinstance(fn, AdditiveScoreMod):
+        return captured_tensors(fn.term)
     found: list[Tensor] = []
     for cell in getattr(fn, "__closure__", None) or ():
         try:
@@ -267,13 +289,10 @@ def alibi(num_heads: int) -> ScoreMod:
     :func:`qkv.attention.positional.alibi_bias` without its ``(heads, N, N)`` tensor."""
     slopes = alibi_slopes(num_heads)
 
-    def alibi_score(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        slope = slopes.to(score.device, score.dtype)[h]
-        return score - slope * (q_idx - kv_idx).abs().to(score.dtype)
+    def alibi_term(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return -slopes.to(q_idx.device)[h] * (q_idx - kv_idx).abs()
 
-    alibi_score.qkv_additive = True  # type: ignore[attr-defined]  # score + f(indices): may become a dense bias
-    alibi_score.qkv_relative = True  # type: ignore[attr-defined]  # f depends on kv_idx - q_idx only
-    return alibi_score
+    return AdditiveScoreMod(alibi_term, relative=True)
 
 
 def soft_cap(cap: float) -> ScoreMod:
@@ -293,9 +312,6 @@ class T5RelativeBias(nn.Module):
     Distances are put in ``num_buckets`` buckets, exact for small ones and logarithmic up to ``max_distance``
     (half the buckets per direction when ``bidirectional``); the table ``(num_buckets, heads)`` is learned.
     """
-
-    qkv_additive = True
-    qkv_relative = True
 
     def __init__(
         self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True
