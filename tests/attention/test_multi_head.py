@@ -57,7 +57,7 @@ def test_cross_attention_with_other_dims_matches_torch():
 
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
 def test_grouped_query_attention_by_hand(num_kv_heads):
-    mha = qkv.MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, bias=False)
+    mha = qkv.MultiHeadAttention(32, 4, num_kv_heads=num_kv_heads, proj_bias=False)
     x = torch.randn(2, 6, 32)
     out, _ = mha(x, causal=True)
     q = (x @ mha.q_proj.weight.t()).view(2, 6, 4, 8).transpose(1, 2)

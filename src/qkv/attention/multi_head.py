@@ -40,13 +40,14 @@ class MultiHeadAttention(HookPointOwner):
             ``num_heads`` is grouped-query attention.
         kdim: feature size of the keys for cross-attention (default ``embed_dim``).
         vdim: feature size of the values for cross-attention (default ``embed_dim``).
-        bias: biases in the four projections.
+        proj_bias: biases in the four projections (``bias`` in ``forward`` is the attention bias, a tensor).
         dropout: attention-weight dropout while training.
         score: score name or module; parametric scores (``general``, ``additive``) are built per module with
             ``head_dim`` and shared by the heads. ``location`` needs ``score_kwargs={"max_len": ...}``.
         rotary: apply RoPE to queries and keys of self-attention (positions continue after a cache's contents);
             a :class:`RotaryEmbedding` to use that one (e.g. with scaling), ``True`` for one with ``rotary_base``.
-        out_bias: a bias in the output projection (default: as ``bias``; Qwen2 has q/k/v biases but none here).
+        out_proj_bias: a bias in the output projection (default: as ``proj_bias``; Qwen2 has q/k/v biases but none
+            here).
         backend: passed to :func:`qkv.attend`.
     """
 
@@ -58,13 +59,13 @@ class MultiHeadAttention(HookPointOwner):
         *,
         kdim: int | None = None,
         vdim: int | None = None,
-        bias: bool = True,
+        proj_bias: bool = True,
         dropout: float = 0.0,
         score: str | ScoreFunction = "scaled_dot",
         score_kwargs: dict[str, int] | None = None,
         rotary: bool | RotaryEmbedding = False,
         rotary_base: float = 10000.0,
-        out_bias: bool | None = None,
+        out_proj_bias: bool | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -81,10 +82,11 @@ class MultiHeadAttention(HookPointOwner):
         self.dropout, self.backend = dropout, backend
         kv_width = num_kv_heads * self.head_dim
         # FrozenLinear: nn.Linear, with a decoding-friendly weight layout inside frozen_weights()
-        self.q_proj = FrozenLinear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = FrozenLinear(self.kdim, kv_width, bias=bias)
-        self.v_proj = FrozenLinear(self.vdim, kv_width, bias=bias)
-        self.out_proj = FrozenLinear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
+        self.q_proj = FrozenLinear(embed_dim, embed_dim, bias=proj_bias)
+        self.k_proj = FrozenLinear(self.kdim, kv_width, bias=proj_bias)
+        self.v_proj = FrozenLinear(self.vdim, kv_width, bias=proj_bias)
+        out_bias = proj_bias if out_proj_bias is None else out_proj_bias
+        self.out_proj = FrozenLinear(embed_dim, embed_dim, bias=out_bias)
         if isinstance(score, str) and score not in _PARAMETER_FREE_SCORES:
             kwargs = {"q_dim": self.head_dim, **(score_kwargs or {})}
             score = make_score(score, **kwargs)

@@ -94,7 +94,7 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
 
 class PreNormBlock(HookPointOwner):
     """``x + attn(norm(x))`` then ``x + ffn(norm(x))``, causal self-attention: GPT-2's block with the defaults;
-    Llama's with ``norm="rms"``, ``feed_forward="swiglu"``, ``bias=False`` and a rotary embedding (Qwen2 adds
+    Llama's with ``norm="rms"``, ``feed_forward="swiglu"``, ``linear_bias=False`` and a rotary embedding (Qwen2 adds
     ``qkv_bias``; Mistral a ``window``, the number of keys each query sees, itself included)."""
 
     def __init__(
@@ -106,7 +106,7 @@ class PreNormBlock(HookPointOwner):
         *,
         activation: str = "gelu",
         dropout: float = 0.0,
-        bias: bool = True,
+        linear_bias: bool = True,
         norm_eps: float = 1e-5,
         rotary: bool | RotaryEmbedding = False,
         backend: str = "auto",
@@ -117,22 +117,22 @@ class PreNormBlock(HookPointOwner):
     ) -> None:
         super().__init__()
         self.window = window
-        self.norm1 = make_norm(norm, dim, norm_eps, bias)
+        self.norm1 = make_norm(norm, dim, norm_eps, linear_bias)
         self.attn = MultiHeadAttention(
             dim,
             num_heads,
             num_kv_heads,
-            bias=bias if qkv_bias is None else qkv_bias,
-            out_bias=bias,
+            proj_bias=linear_bias if qkv_bias is None else qkv_bias,
+            out_proj_bias=linear_bias,
             dropout=dropout,
             rotary=rotary,
             backend=backend,
         )
-        self.norm2 = make_norm(norm, dim, norm_eps, bias)
+        self.norm2 = make_norm(norm, dim, norm_eps, linear_bias)
         self.ffn: nn.Module = (
-            FeedForward(dim, hidden_dim, activation, dropout, bias)
+            FeedForward(dim, hidden_dim, activation, dropout, linear_bias)
             if feed_forward == "mlp"
-            else SwiGLU(dim, hidden_dim, dropout, bias)
+            else SwiGLU(dim, hidden_dim, dropout, linear_bias)
         )
         self.resid_dropout = dropout_layer(dropout)
         # hook points (qkv.attention.hooks): the residual stream and what each sublayer adds to it

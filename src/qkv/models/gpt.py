@@ -61,7 +61,7 @@ class GPTConfig(ModelConfig):
     positions: Positions = "learned"  # learned | sinusoidal | rotary | alibi | t5 (a learned relative bias, shared)
     t5_num_buckets: int = 32  # positions = "t5": distance buckets of the relative bias
     t5_max_distance: int = 128  # positions = "t5": distances beyond this share the last bucket
-    bias: bool = True
+    linear_bias: bool = True  # biases in the linear layers and norms (nanoGPT's bias)
     activation: Activation = "gelu"
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -130,7 +130,7 @@ class GPT(nn.Module):
                 c.hidden_dim,
                 activation=c.activation,
                 dropout=c.dropout,
-                bias=c.bias,
+                linear_bias=c.linear_bias,
                 norm_eps=c.norm_eps,
                 rotary=self.rotary or False,
                 backend=c.backend,
@@ -141,7 +141,7 @@ class GPT(nn.Module):
             )
             for _ in range(c.num_layers)
         )
-        self.final_norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.bias)
+        self.final_norm = make_norm(c.norm, c.embed_dim, c.norm_eps, c.linear_bias)
         self.lm_head = FrozenLinear(c.embed_dim, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight

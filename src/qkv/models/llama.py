@@ -20,7 +20,7 @@ class LlamaConfig(GPTConfig):
     """A :class:`GPTConfig` with Llama's defaults: rotary positions, RMSNorm, SwiGLU, no biases, untied embeddings."""
 
     positions: Positions = "rotary"
-    bias: bool = False
+    linear_bias: bool = False
     norm: Norm = "rms"
     feed_forward: FeedForwardKind = "swiglu"
     norm_eps: float = 1e-6

@@ -55,7 +55,7 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
             embed_dim=hf["n_embd"],
             ffn_dim=hf.get("n_inner") or 4 * hf["n_embd"],
             positions="learned",
-            bias=True,
+            linear_bias=True,
             activation=ACTIVATIONS[act],
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             tie_embeddings=hf.get("tie_word_embeddings", True),
@@ -126,8 +126,8 @@ def save_gpt2(model: GPT, directory: str | Path) -> Path:
     problems = []
     if c.positions != "learned":
         problems.append(f"positions={c.positions!r} (GPT-2 has learned positions)")
-    if not c.bias:
-        problems.append("bias=False (GPT-2 has biases)")
+    if not c.linear_bias:
+        problems.append("linear_bias=False (GPT-2 has biases)")
     if c.num_kv_heads not in (None, c.num_heads):
         problems.append("grouped-query attention")
     if not c.tie_embeddings:

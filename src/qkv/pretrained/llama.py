@@ -136,9 +136,9 @@ def save_llama(model: GPT, directory: str | Path) -> Path:
     loads (Llama, Mistral or Qwen2, by :func:`model_type_of`)."""
     c = model.config
     problems = []
-    if c.positions != "rotary" or c.norm != "rms" or c.feed_forward != "swiglu" or c.bias:
+    if c.positions != "rotary" or c.norm != "rms" or c.feed_forward != "swiglu" or c.linear_bias:
         problems.append("the Llama family has rotary positions, RMSNorm, SwiGLU and no biases outside q/k/v")
-    if c.qkv_bias is False or (c.qkv_bias is None and c.bias):
+    if c.qkv_bias is False or (c.qkv_bias is None and c.linear_bias):
         problems.append("inconsistent biases")
     if problems:
         raise ConfigError("this GPT cannot be written as a Llama-family checkpoint: " + "; ".join(problems))
