@@ -74,14 +74,40 @@ def test_the_oracle_is_the_loss_change_of_a_hand_run_ablation():
     assert got[1, 2].item() == pytest.approx(float(ablated - clean), rel=1e-12)
 
 
-def test_exact_importance_batches_a_layers_heads_in_one_pass():
+def test_exact_importance_batches_a_layers_heads_and_starts_at_that_layer():
     model = _gpt()
     calls = []
     for index, module in enumerate(attention_modules(model)):
         module.register_forward_pre_hook(lambda _m, args, i=index: calls.append((i, args[0].shape[0])))
     head_importance(model, torch.randint(0, 32, (2, 16)))
-    # a clean pass over the batch of 2, then per layer one pass over 4 copies of it (one per head)
-    assert calls == [(i, 2) for i in range(3)] + [(i, 8) for _ in range(3) for i in range(3)]
+    # a clean pass over the batch of 2, then for layer L one pass over 4 copies (one per head) from layer L on:
+    # the layers before it cannot see the ablation, their output comes from the clean run (start_at_layer)
+    assert calls == [(0, 2), (1, 2), (2, 2), (0, 8), (1, 8), (2, 8), (1, 8), (2, 8), (2, 8)]
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_starting_at_a_layer_from_its_recorded_input_gives_the_full_forward(family):
+    """start_at_layer (TransformerLens's argument) with the stream recorded at hook_resid_pre: the same output as
+    the whole forward pass, bit for bit; a wrong residual is refused by name."""
+    torch.manual_seed(0)
+    if family == "gpt":
+        model, prefix = _gpt("rotary"), "blocks"
+        ids, inputs = torch.randint(0, 32, (2, 16)), {}
+    else:
+        config = qkv.models.BertConfig(vocab_size=32, embed_dim=16, num_layers=3, num_heads=2, ffn_dim=32)
+        model, prefix = qkv.models.BertEncoder(config).double().eval(), "layers"
+        ids, inputs = torch.randint(0, 32, (2, 9)), {"attention_mask": torch.tensor([[1] * 9, [1] * 5 + [0] * 4])}
+    name = f"{prefix}.2.hook_resid_pre"
+    with torch.no_grad():
+        with qkv.record(model, names=[name]) as cache:
+            full = model(ids, **inputs)
+        started = model(ids, **inputs, start_at_layer=2, residual=cache[name])
+        key = "logits" if family == "gpt" else "last_hidden_state"
+        assert torch.equal(getattr(started, key), getattr(full, key))
+        with pytest.raises(qkv.errors.ShapeError, match="needs residual, the stream entering that layer"):
+            model(ids, **inputs, start_at_layer=2)
+        with pytest.raises(ConfigError, match=r"start_at_layer must be in \[0, 3\)"):
+            model(ids, **inputs, start_at_layer=3, residual=cache[name])
 
 
 def test_exact_importance_in_minilm_with_padding_and_a_sentence_similarity_metric():

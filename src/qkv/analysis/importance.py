@@ -3,13 +3,16 @@
 Two ways, both ``(layers, heads)``, layers counted as :func:`qkv.visualization.attention_modules` counts them:
 
 * ``method="exact"`` runs the ablations, at each attention module's ``hook_z``: the heads of one layer are ablated
-  together, one head per copy of the batch, in one forward pass.
+  together, one head per copy of the batch, in one forward pass, which starts at that layer
+  (``start_at_layer``, from the clean run's ``hook_resid_pre``) where the model can: the layers before it cannot
+  see the ablation.
 * ``method="attribution"``, attribution patching (Nanda 2023; Syed et al. 2023): the first-order Taylor estimate
   ``(ablated - actual) · d metric / d head output`` for every head from one forward and one backward pass.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.analysis.intervene import ABLATIONS, head_means
-from qkv.attention.hooks import record
+from qkv.attention.hooks import hook_points, record
 from qkv.attention.multi_head import MultiHeadAttention, named_attention_modules
 from qkv.errors import ConfigError
 from qkv.models.modes import eval_mode
@@ -92,10 +95,11 @@ class _Scoring:
     metric: Metric
     inputs: Mapping[str, Any]  # the model's keyword arguments
 
-    def run(self, copies: int = 1) -> Tensor:
-        """The metric per example ``(copies · batch,)`` of one forward pass on ``copies`` copies of the input."""
+    def run(self, copies: int = 1, **start: Any) -> Tensor:
+        """The metric per example ``(copies · batch,)`` of one forward pass on ``copies`` copies of the input
+        (``start``: ``start_at_layer`` and ``residual``, given to the model only)."""
         ids, inputs = _tile(self.ids, copies), _tile(self.inputs, copies)
-        values = self.metric(self.model(ids, **inputs), ids, **inputs)
+        values = self.metric(self.model(ids, **inputs, **start), ids, **inputs)
         if values.shape != ids.shape[:1]:
             raise ConfigError(
                 f"metric must return one value per example, shape ({ids.shape[0]},), got {tuple(values.shape)}"
@@ -127,7 +131,9 @@ def _tile(value: Any, copies: int) -> Any:
 @torch.no_grad()
 def _exact(scoring: _Scoring, heads_per_pass: int | None) -> Tensor:
     hook_z = [f"{name}.hook_z" if name else "hook_z" for name in scoring.names]
-    with record(scoring.model, names=hook_z) as cache:  # one clean run: the metric, and each head's output
+    starts = _layer_starts(scoring)
+    names = hook_z + [resid for _, resid in starts.values()]
+    with record(scoring.model, names=names) as cache:  # one clean run: the metric, each head's output, each input
         clean = scoring.run()
     out = scoring.table()
     for layer, module in enumerate(scoring.modules):
@@ -142,12 +148,33 @@ def _exact(scoring: _Scoring, heads_per_pass: int | None) -> Tensor:
                 head_means(cache[hook_z[layer]][:, heads], scoring.token_mask) if scoring.ablation == "mean" else None
             )
             hook = module.hook_z.register_forward_hook(_batched_ablation(heads, scoring.ids.shape[0], mean))
+            start = {}
+            if layer in starts:  # the layers before this one cannot see the ablation: start from their output
+                index, resid = starts[layer]
+                start = {"start_at_layer": index, "residual": _tile(cache[resid], len(heads))}
             try:
-                ablated = scoring.run(copies=len(heads)).view(len(heads), -1)
+                ablated = scoring.run(len(heads), **start).view(len(heads), -1)
             finally:
                 hook.remove()
             out[layer, heads] = (ablated - clean).mean(dim=1).cpu()
     return out
+
+
+def _layer_starts(scoring: _Scoring) -> dict[int, tuple[int, str]]:
+    """For each attention module a forward pass can start at: its layer's index and the hook point of the stream
+    entering that layer (``blocks.3.attn`` -> ``(3, "blocks.3.hook_resid_pre")``). Only for models whose forward
+    takes ``start_at_layer`` (GPT, BERT), for modules directly inside a numbered layer."""
+    if "start_at_layer" not in inspect.signature(scoring.model.forward).parameters:
+        return {}
+    points = hook_points(scoring.model)
+    starts = {}
+    for layer, name in enumerate(scoring.names):
+        parent, _, _ = name.rpartition(".")
+        index = parent.rpartition(".")[2]
+        resid = f"{parent}.hook_resid_pre"
+        if index.isdigit() and int(index) > 0 and resid in points:
+            starts[layer] = (int(index), resid)
+    return starts
 
 
 def _batched_ablation(heads: list[int], batch: int, means: Tensor | None) -> Callable[..., Tensor]:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from qkv.attention.hooks import HookPoint, HookPointOwner, block_hook_points
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
-from qkv.models.blocks import Activation, FeedForward, dropout_layer
+from qkv.models.blocks import Activation, FeedForward, dropout_layer, start_residual
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 
@@ -98,8 +98,12 @@ class BertEncoder(nn.Module):
         *,
         return_attention: bool = False,
         output_hidden_states: bool = False,
+        start_at_layer: int = 0,
+        residual: Tensor | None = None,
     ) -> ModelOutput:
-        """``attention_mask``: ``(batch, seq)``, 1/True for real tokens and 0/False for padding (HF convention)."""
+        """``attention_mask``: ``(batch, seq)``, 1/True for real tokens and 0/False for padding (HF convention).
+        ``start_at_layer``: skip the layers before it and start from ``residual``, the stream entering it
+        ``(batch, seq, embed_dim)`` (``layers.L.hook_resid_pre``; TransformerLens's argument)."""
         if input_ids.dim() != 2:
             raise ShapeError(f"input_ids must be (batch, seq), got {describe_shape(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_seq_len:
@@ -116,9 +120,9 @@ class BertEncoder(nn.Module):
             keep = attention_mask.bool()
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)
+        x = start_residual(self.embeddings(input_ids, token_type_ids), start_at_layer, residual, len(self.layers))
         hidden, attentions = [x], []
-        for layer in self.layers:
+        for layer in self.layers[start_at_layer:]:
             x, weights = layer(x, keep, return_attention)
             hidden.append(x)
             attentions.append(weights)

@@ -17,7 +17,7 @@ from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import RotaryEmbedding
-from qkv.errors import ConfigError
+from qkv.errors import ConfigError, ShapeError
 
 __all__ = ["ACTIVATIONS", "FEED_FORWARDS", "NORMS", "FeedForward", "PreNormBlock", "RMSNorm", "SwiGLU", "dropout_layer"]
 
@@ -173,3 +173,20 @@ class PreNormBlock(HookPointOwner):
         )
         x = self.hook_resid_mid(x + self.resid_dropout(self.hook_attn_out(attended)))
         return self.hook_resid_post(x + self.hook_mlp_out(self.ffn(self.norm2(x)))), weights
+
+
+def start_residual(embedded: Tensor, start_at_layer: int, residual: Tensor | None, layers: int) -> Tensor:
+    """The residual stream a forward pass starts from: ``embedded``, or with ``start_at_layer = L > 0``
+    (TransformerLens's argument) ``residual``, the stream entering layer L, ``(batch, seq, dim)`` like ``embedded``:
+    layers before L are skipped (what analyses that change only layer L and later need)."""
+    if start_at_layer == 0:
+        return embedded
+    if not 0 < start_at_layer < layers:
+        raise ConfigError(f"start_at_layer must be in [0, {layers}), got {start_at_layer}")
+    if residual is None or residual.shape != embedded.shape:
+        got = "none" if residual is None else str(tuple(residual.shape))
+        raise ShapeError(
+            f"start_at_layer={start_at_layer} needs residual, the stream entering that layer, of shape "
+            f"{tuple(embedded.shape)}; got {got}"
+        )
+    return residual

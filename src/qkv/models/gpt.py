@@ -34,6 +34,7 @@ from qkv.models.blocks import (
     PreNormBlock,
     dropout_layer,
     make_norm,
+    start_residual,
 )
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
@@ -220,6 +221,8 @@ class GPT(nn.Module):
         left_padding: Tensor | None = None,
         logits_to_keep: int | None = None,
         document_ids: Tensor | None = None,
+        start_at_layer: int = 0,
+        residual: Tensor | None = None,
     ) -> ModelOutput:
         """Next-token logits for every position.
 
@@ -235,6 +238,9 @@ class GPT(nn.Module):
             document_ids: ``(batch, seq)`` packed sequences (training with ``data.pack``): the document of each
                 token, non-decreasing along a row. A token attends only to earlier tokens of its own document and
                 its position counts from the document's first token, so each document is computed as if alone.
+            start_at_layer: skip the blocks before this one and start from ``residual``, the stream entering it
+                ``(batch, seq, embed_dim)`` (e.g. recorded at ``blocks.L.hook_resid_pre``); TransformerLens's
+                argument. Attentions are then those of the blocks run.
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ShapeError(
@@ -269,8 +275,13 @@ class GPT(nn.Module):
         angles = None
         if self.rotary is not None:  # once for every layer (the layers share one rotary embedding)
             angles = self.rotary.angles(positions, trusted=True)
+        if start_at_layer and cache is not None:
+            raise ConfigError("start_at_layer skips blocks, whose cache would stay empty: not with a cache")
+        x = start_residual(x, start_at_layer, residual, len(self.blocks))
         attentions = []
         for i, block in enumerate(self.blocks):
+            if i < start_at_layer:
+                continue
             x, weights = block(
                 x,
                 mask=mask,
