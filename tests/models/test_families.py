@@ -76,8 +76,15 @@ def test_a_family_added_by_registration_alone_trains_saves_loads_generates_and_s
 
 
 def test_the_registry_answers(toy_family):
+    import qkv.pretrained  # noqa: F401  # (registers the HF converters with the registry)
+    from qkv.models.families import hf_format
+    from qkv.pretrained.llama import llama_from_hf
+
     assert get_family("llama").config is LlamaConfig
     assert family_for_hf("mistral") is get_family("llama") and family_for_hf("t5") is None
+    assert hf_format(get_family("llama")).reader is llama_from_hf and hf_format(get_family("bert")).writer is None
+    with pytest.raises(ConfigError, match="family 'transformer' reads and writes no HuggingFace checkpoints"):
+        hf_format(get_family("transformer"))
     assert family_of(GPT(LlamaConfig(embed_dim=16, num_heads=2))) is get_family("llama")
     assert family_of(GPT(GPTConfig(embed_dim=16, num_heads=2))) is get_family("gpt")
     with pytest.raises(ConfigError, match="did you mean 'toy-lm'"):

@@ -10,7 +10,7 @@ from torch import nn
 
 from qkv.devices import place
 from qkv.errors import CheckpointError, ConfigError
-from qkv.models.families import family_for_hf, family_of, hf_model_types
+from qkv.models.families import family_for_hf, family_of, hf_format, hf_model_types
 from qkv.pretrained.tokenizer import PretrainedTokenizer
 from qkv.pretrained.weights import read_config, read_state_dict, resolve_pretrained
 
@@ -36,7 +36,7 @@ def load_pretrained(
         raise CheckpointError(
             f"{directory / 'config.json'} describes model_type {model_type!r}; qkv loads {', '.join(hf_model_types())}"
         )
-    return place(family.reader()(config, read_state_dict(directory), directory), device, dtype)
+    return place(hf_format(family).reader(config, read_state_dict(directory), directory), device, dtype)
 
 
 def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:
@@ -55,8 +55,9 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     """Write a qkv model as a HuggingFace-format directory that ``transformers`` loads, in its family's format:
     GPT-2 for a GPT; Llama, Mistral or Qwen2 for a Llama-family model (:class:`~qkv.models.llama.LlamaConfig`)."""
     try:
-        family = family_of(model)
-        writer = family.writer()
+        writer = hf_format(family_of(model)).writer
+        if writer is None:
+            raise ConfigError(f"family {family_of(model).name!r} reads HuggingFace checkpoints but writes none")
     except ConfigError as exc:
         raise CheckpointError(f"save_pretrained cannot write this {type(model).__name__}: {exc}") from None
     return Path(writer(model, directory))
