@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.attention.hooks import unhooked
+
 T = TypeVar("T")
 
 __all__ = ["FrozenLinear", "derived", "frozen_linear", "frozen_weights", "linear_pair", "reusing"]
@@ -82,6 +84,11 @@ class FrozenLinear(nn.Linear):
     """``nn.Linear`` (same parameters, same checkpoints) whose forward is :func:`frozen_linear`: inside
     :func:`frozen_weights`, a few rows at a time (decoding) multiply a cached ``(in, out)`` copy of the weight. Model
     code calls it as any layer, ``self.lm_head(x)``, and never sees the cache."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        # nobody hooked in (the rule): straight to the product, as the decoding step's layers are called a few
+        # hundred times a token
+        return frozen_linear(x, self) if unhooked(self) else super().__call__(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return frozen_linear(x, self)

@@ -42,6 +42,23 @@ __all__ = [
 # in place, never rebound, so these names always see the current ones
 _GLOBAL_FORWARD_HOOKS = torch_module._global_forward_hooks
 _GLOBAL_FORWARD_PRE_HOOKS = torch_module._global_forward_pre_hooks
+_GLOBAL_BACKWARD_HOOKS = torch_module._global_backward_hooks
+_GLOBAL_BACKWARD_PRE_HOOKS = torch_module._global_backward_pre_hooks
+
+
+def unhooked(module: nn.Module) -> bool:
+    """True when no hook of any kind would run around ``module``'s forward: it may then be called directly,
+    without ``nn.Module.__call__``'s machinery (a microsecond a call, a measurable share of a decoding step)."""
+    return not (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or _GLOBAL_FORWARD_HOOKS
+        or _GLOBAL_FORWARD_PRE_HOOKS
+        or _GLOBAL_BACKWARD_HOOKS
+        or _GLOBAL_BACKWARD_PRE_HOOKS
+    )
 
 
 class HookPoint(nn.Module):
