@@ -50,14 +50,21 @@ def median_time(fn):
 big = GPT(GPTConfig(vocab_size=8192, max_seq_len=256, num_layers=6, num_heads=6, embed_dim=384)).eval()
 ids = torch.randint(0, 8192, (4, 256))
 small = GPT(GPTConfig(vocab_size=80, max_seq_len=256, num_layers=4, num_heads=4, embed_dim=128)).eval()
-prompt = torch.randint(0, 80, (1, 16))
 new_api = "config" in inspect.signature(qkv.generate).parameters
+
+
+def decode(model, vocab):
+    prompt = torch.randint(0, vocab, (1, 16))
+    if new_api:
+        return lambda: qkv.generate(model, prompt, max_new_tokens=128)
+    return lambda: qkv.generate(model, prompt, 128)
+
+
 with torch.no_grad():
     forward = median_time(lambda: big(ids))
-    decode = median_time(
-        lambda: qkv.generate(small, prompt, max_new_tokens=128) if new_api else qkv.generate(small, prompt, 128)
-    )
-print(json.dumps({"forward": forward, "decode": decode}))
+    decode_small = median_time(decode(small, 80))
+    decode_big = median_time(decode(big, 8192))
+print(json.dumps({"forward": forward, "decode": decode_small, "decode_big": decode_big}))
 """
 
 
@@ -81,8 +88,8 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline], check=True,
                        capture_output=True)  # fmt: skip
         try:
-            ours: dict[str, list[float]] = {"forward": [], "decode": []}
-            theirs: dict[str, list[float]] = {"forward": [], "decode": []}
+            ours: dict[str, list[float]] = {"forward": [], "decode": [], "decode_big": []}
+            theirs: dict[str, list[float]] = {"forward": [], "decode": [], "decode_big": []}
             for _ in range(args.rounds):
                 for src, store in ((ROOT / "src", ours), (tree / "src", theirs)):
                     for key, value in measure(src, args.threads, args.repeats).items():
@@ -95,6 +102,7 @@ def main() -> None:
     settings = {
         "forward": ("Plain forward", "GPT 6 layers, 384 dim, batch 4 x 256 tokens, fp32, no_grad"),
         "decode": ("Greedy decoding", "GPT 4 layers, 128 dim, batch 1, 16 + 128 tokens on the KV cache"),
+        "decode_big": ("Greedy decoding", "GPT 6 layers, 384 dim, 8k vocab, batch 1, 16 + 128 tokens on the KV cache"),
     }
     for key, (experiment, setting) in settings.items():
         report.rows.append(
@@ -112,8 +120,10 @@ def main() -> None:
         f"Medians of {args.rounds} alternating process pairs, each the median of {args.repeats} timed runs after a "
         f"warm-up, {args.threads} threads. Per-round ratios, forward: "
         + ", ".join(f"{a / b:.3f}" for a, b in zip(ours["forward"], theirs["forward"]))
-        + "; decoding: "
+        + "; decoding (4 layers, 128 dim): "
         + ", ".join(f"{a / b:.3f}" for a, b in zip(ours["decode"], theirs["decode"]))
+        + "; decoding (6 layers, 384 dim): "
+        + ", ".join(f"{a / b:.3f}" for a, b in zip(ours["decode_big"], theirs["decode_big"]))
         + "."
     )
     print(report.markdown())
