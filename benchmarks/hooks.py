@@ -1,5 +1,7 @@
 """What unused hook points cost: a plain forward pass and a decoding run, with hook points (this tree) against the
-commit before they were added, measured in the same run.
+commit before they were added, measured in the same run; and, in one process, the hook points as they are against
+the same model with every hook point's call replaced by a bare identity function (their own cost, isolated from the
+other changes between the two commits).
 
     python benchmarks/hooks.py                  # writes benchmarks/results/hooks.md (about 3 minutes on 2 cores)
     python benchmarks/hooks.py --baseline REV   # another baseline commit
@@ -68,6 +70,53 @@ print(json.dumps({"forward": forward, "decode": decode_small, "decode_big": deco
 """
 
 
+def isolated(report: Report, repeats: int) -> None:
+    """This tree's hook points as they are vs a bare ``lambda self, x: x`` in their place, alternating in one
+    process: what the hook points themselves cost, nothing else."""
+    import torch
+
+    import qkv
+    from qkv.attention.hooks import HookPoint
+    from qkv.benchmarking.measure import time_pair
+    from qkv.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    cases = {
+        "4 layers, 128 dim": GPT(GPTConfig(vocab_size=80, max_seq_len=256, num_layers=4, num_heads=4, embed_dim=128)),
+        "6 layers, 384 dim, 8k vocab": GPT(GPTConfig(vocab_size=8192, max_seq_len=256, num_layers=6, num_heads=6,
+                                                     embed_dim=384)),
+    }  # fmt: skip
+    real_call = HookPoint.__call__
+
+    def with_identity(fn):
+        def run():
+            HookPoint.__call__ = lambda self, x: x  # type: ignore[method-assign]
+            try:
+                fn()
+            finally:
+                HookPoint.__call__ = real_call  # type: ignore[method-assign]
+
+        return run
+
+    for name, model in cases.items():
+        model.eval()
+        prompt = torch.randint(0, model.config.vocab_size, (1, 16))
+        with torch.no_grad():
+            decode = lambda m=model, p=prompt: qkv.generate(m, p, max_new_tokens=128)
+            ours, bare = time_pair(decode, with_identity(decode), repeats)
+        report.rows.append(
+            Row(
+                "Hook points alone (one process)",
+                f"greedy decoding, {name}, 16 + 128 tokens",
+                "time",
+                ours,
+                bare,
+                "hook points as bare identities",
+                "<= 1.02",
+            )  # fmt: skip
+        )
+
+
 def measure(src: Path, threads: int, repeats: int) -> dict[str, float]:
     env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
@@ -116,6 +165,7 @@ def main() -> None:
                 "<= 1.02",
             )  # fmt: skip
         )
+    isolated(report, 3 * args.repeats)
     report.notes.append(
         f"Medians of {args.rounds} alternating process pairs, each the median of {args.repeats} timed runs after a "
         f"warm-up, {args.threads} threads. Per-round ratios, forward: "
