@@ -166,7 +166,6 @@ class MultiHeadAttention(HookPointOwner):
         bias: Tensor | None = None,
         cache: KVCache | None = None,
         layer_idx: int = 0,
-        positions: Tensor | None = None,
         rotary_angles: tuple[Tensor, Tensor] | None = None,
         memory_kv: tuple[Tensor, Tensor] | None = None,
         return_weights: bool = False,
@@ -184,9 +183,9 @@ class MultiHeadAttention(HookPointOwner):
                 ``block_mask``; their indices count keys from the start of the cache).
             cache: self-attention only: new keys/values are appended to layer ``layer_idx`` of the cache and the
                 queries attend over everything cached (``causal`` stays aligned to the end).
-            positions: rotary positions ``(q_len,)`` or ``(batch, q_len)``; default continues after the cache.
-            rotary_angles: ``(cos, sin)`` from :meth:`RotaryEmbedding.angles` for these queries, instead of
-                ``positions`` (a model computes them once for all its layers).
+            rotary_angles: ``(cos, sin)`` from :meth:`RotaryEmbedding.angles` of these queries' positions
+                (``mha.rotary.angles(positions)``; a model computes them once for all its layers). Default: the
+                positions continue after the cache.
             memory_kv: cross-attention to keys and values already projected by :meth:`project_memory` (instead
                 of ``key``/``value``).
             return_weights: also return per-head weights ``(batch, heads, q_len, k_len)``.
@@ -213,12 +212,10 @@ class MultiHeadAttention(HookPointOwner):
         if self.rotary is not None and is_self:
             if rotary_angles is not None:
                 q, k = self.rotary.rotate(q, *rotary_angles), self.rotary.rotate(k, *rotary_angles)
-            else:
-                trusted = positions is None  # ours, from the cache length: no check (it would read back to the host)
-                if positions is None:
-                    start = cache.seq_len(layer_idx) if cache is not None else 0
-                    positions = torch.arange(start, start + q.shape[2], device=q.device)
-                q, k = self.rotary.rotate_pair(q, k, positions, trusted=trusted)
+            else:  # positions continue after the cache (ours: no check, which would read back to the host)
+                start = cache.seq_len(layer_idx) if cache is not None else 0
+                positions = torch.arange(start, start + q.shape[2], device=q.device)
+                q, k = self.rotary.rotate_pair(q, k, positions, trusted=True)
             q, k = self.hook_rot_q(q), self.hook_rot_k(k)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
