@@ -144,3 +144,22 @@ def test_weights_derived_inside_frozen_weights_are_never_stale():
     assert not torch.allclose(before, expected)
     torch.testing.assert_close(plain, expected, **FP32_TIGHT)
     torch.testing.assert_close(frozen, expected, **FP32_TIGHT)
+
+
+def test_frozen_linear_is_a_linear_that_honours_hooks_on_its_fast_path():
+    """FrozenLinear: nn.Linear's numbers in and out of frozen_weights() (where a cached (in, out) weight serves a few
+    rows), and a hook on it runs even there (its call skips nn.Module's machinery only when nothing is hooked)."""
+    from qkv.attention.frozen import FrozenLinear, frozen_weights
+
+    torch.manual_seed(0)
+    layer = FrozenLinear(8, 5)
+    plain = torch.nn.Linear(8, 5)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 1, 8)
+    seen = []
+    with torch.no_grad(), frozen_weights():
+        torch.testing.assert_close(layer(x), plain(x), rtol=1e-6, atol=1e-6)
+        handle = layer.register_forward_hook(lambda _m, _a, out: seen.append(out.shape) or out * 0)
+        assert torch.equal(layer(x), torch.zeros(1, 1, 5)) and seen == [(1, 1, 5)]
+        handle.remove()
+        torch.testing.assert_close(layer(x), plain(x), rtol=1e-6, atol=1e-6)
