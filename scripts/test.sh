@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite. Default: everything but the `slow` marker (measured: 3 min 46 s on 2 cores, then about a minute
+# Run the test suite. Default: everything but the `slow` marker (measured: 3 min 52 s on 2 cores, then about a minute
 # for the AVX2 pass; CI must stay under 10 minutes).
 #   scripts/test.sh           the default suite (what CI runs)
 #   scripts/test.sh --slow    only the slow job: long fuzzing (1,000 hypothesis examples), every README command
