@@ -77,9 +77,7 @@ class HookPoint(nn.Module):
     @property
     def active(self) -> bool:
         """True when a hook listens (the model then computes values it otherwise skips, e.g. the pattern)."""
-        return bool(
-            self._forward_hooks or self._forward_pre_hooks or _GLOBAL_FORWARD_HOOKS or _GLOBAL_FORWARD_PRE_HOOKS
-        )
+        return not unhooked(self)
 
     def __call__(self, value: Tensor) -> Tensor:
         # the common case, nobody listening, skips nn.Module's call machinery (and, being written out here rather

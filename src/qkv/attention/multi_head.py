@@ -15,7 +15,7 @@ from qkv.attention.attend import attend
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import as_4d, repeat_kv
 from qkv.attention.frozen import FrozenLinear, derived
-from qkv.attention.hooks import HookPoint, HookPointOwner, unhooked
+from qkv.attention.hooks import HookPoint, HookPointOwner
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.masks import Window
 from qkv.attention.mods import MaskMod, ScoreMod
@@ -236,7 +236,7 @@ class MultiHeadAttention(HookPointOwner):
             score_mod=score_mod,
             block_mask=block_mask,
         )
-        if not (unhooked(self.hook_attn_scores) and unhooked(self.hook_pattern)):
+        if self.hook_attn_scores.active or self.hook_pattern.active:
             masking = {"mask": mask, "causal": causal, "window": window, "bias": bias, "mask_mod": mask_mod,
                        "score_mod": score_mod, "block_mask": block_mask}  # fmt: skip
             out = self._hooked_pattern(q, k, v, out, masking)

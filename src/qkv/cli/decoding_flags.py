@@ -79,4 +79,5 @@ def decoding_config(args: argparse.Namespace, names: Sequence[str], **extra: Any
         message = str(error)
         for name in names:
             message = re.sub(rf"(?<![\w-]){name}(?![\w])", flag_name(name), message)
+            message = re.sub(rf"{flag_name(name)}='([\w-]+)'", rf"{flag_name(name)} \1", message)  # as typed
         raise ConfigError(message) from None

@@ -143,7 +143,9 @@ class GenerationConfig:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0)
         if self.num_return_sequences > 1 and self.strategy == "greedy":
-            raise ConfigError("greedy decoding has one answer per prompt; for several use strategy='beam' or 'sample'")
+            raise ConfigError(
+                "greedy decoding has one answer per prompt; for several use strategy='beam' or strategy='sample'"
+            )
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
             raise ConfigError(
                 f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams}): "
