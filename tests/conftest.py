@@ -76,7 +76,8 @@ def page_data(path) -> dict:
     import re
 
     text = path.read_text(encoding="utf-8")
-    return json.loads(re.search(r"const D = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))
+    found = re.search(r'^mount\(document\.getElementById\("qkv-\w+"\), (\{.*\})\);$', text, re.M)
+    return json.loads(found.group(1).replace("<\\/", "</"))
 
 
 def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:

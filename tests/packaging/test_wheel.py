@@ -41,7 +41,7 @@ def test_wheel_carries_the_mit_licence(wheel):
 def test_wheel_carries_the_page_and_the_corpus(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-    assert {"qkv/visualization/page.html", "qkv/data/shakespeare/plays.txt"} <= names
+    assert {"qkv/visualization/explorer.js", "qkv/data/shakespeare/plays.txt"} <= names
 
 
 def test_wheel_carries_every_bundled_config(wheel):

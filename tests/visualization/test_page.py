@@ -3,10 +3,12 @@ offline with no console errors and no network requests, the controls change what
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,16 +59,23 @@ def _open(browser, path: Path):
     page.on("request", lambda r: requests.append(r.url))
     page.goto(path.as_uri())
     page.wait_for_function("window.qkvDraws >= 1")
+    page.evaluate("window.R = document.querySelector('.qkv-explorer').shadowRoot")  # the explorer's own DOM
     return page, errors, requests
 
 
-def _rows_of(path: Path) -> list:
-    """The per-layer, per-head, per-query ``[[key, weight], ...]`` rows the page embeds."""
-    return page_data(path)["rows"]
+def _top_row(path: Path, layer: int, head: int, query: int) -> list:
+    """The ``[[key, weight], ...]`` a long input's page stores for one query row (its top-k, largest first)."""
+    kind = page_data(path)["kinds"][0]
+    stored, heads, queries = kind["weights"], kind["heads"], len(kind["queryTokens"])
+    assert stored["encoding"] == "top-k"
+    keys, values = (np.frombuffer(base64.b64decode(stored[name]), dtype) for name, dtype in (("keys", "<i4"), ("data", "<f4")))
+    row = (layer * heads + head) * queries + query
+    chosen = slice(row * stored["topK"], (row + 1) * stored["topK"])
+    return [[int(j), float(w)] for j, w in zip(keys[chosen], values[chosen]) if w > 0]
 
 
 def _canvas_hash(page, canvas_id: str) -> str:
-    return hashlib.sha256(page.evaluate(f"document.getElementById('{canvas_id}').toDataURL()").encode()).hexdigest()
+    return hashlib.sha256(page.evaluate(f"R.getElementById('{canvas_id}').toDataURL()").encode()).hexdigest()
 
 
 def test_page_loads_offline_and_controls_redraw(browser, tmp_path):
@@ -112,13 +121,13 @@ def test_long_input_stays_responsive_and_says_so(browser, tmp_path):
     assert path.stat().st_size < 15_000_000
     page, errors, _ = _open(browser, path)
     assert "8 largest weights" in page.inner_text("#note")
-    took = page.evaluate("""() => { const t = performance.now(); document.getElementById('tab-model').click();
+    took = page.evaluate("""() => { const t = performance.now(); R.getElementById('tab-model').click();
                                    return performance.now() - t; }""")
     assert took < 5000, f"drawing 144 thumbnails took {took:.0f} ms"
     page.select_option("#layer", "5")
     page.click("#tab-qk")  # the query view of a long input: the kept (largest) weights, labelled, no scores
     drawn = page.evaluate("window.qkvDrawn")
-    row = dict(_rows_of(path)[5][0][n - 1])  # layer 5, head 0 (the page opens on head 0), last query
+    row = dict(_top_row(path, 5, 0, n - 1))  # layer 5, head 0 (the page opens on head 0), last query
     assert drawn["keys"] == sorted(row) and drawn["labels"] == [tokens[j] for j in sorted(row)]
     assert drawn["heads"][0]["weights"] == [row[j] for j in sorted(row)] and drawn["heads"][0]["scores"] is None
     assert "8 largest weights per head" in page.inner_text("#qkInfo")
@@ -141,7 +150,7 @@ def test_cross_attention_page_draws_target_rows_against_source_rows(browser, tmp
     )
     page, errors, requests = _open(browser, path)
     assert f"{targets} target tokens (left) looking at {len(source)} source tokens" in page.inner_text("#note")
-    height = page.evaluate("document.getElementById('headCanvas').height")
+    height = page.evaluate("R.getElementById('headCanvas').height")
     assert height >= 20 + max(targets, len(source)) * 18  # every target and source row has room
     before = _canvas_hash(page, "headCanvas")
     page.hover("#headCanvas", position={"x": 100, "y": 10 + 18 * (targets - 1) + 9})  # the last target token
@@ -310,17 +319,17 @@ def test_head_score_grid_zooms_into_the_clicked_head_and_filters_narrow_the_mode
     page.click("#scoreCanvas", position=at)
     assert page.evaluate("[window.qkvState.view, window.qkvState.zoom, window.qkvState.layer]") == ["model", [1, 3], 1]
     assert page.is_checked("#head-3") and not page.is_checked("#head-0")
-    assert page.evaluate("document.querySelectorAll('#thumbs canvas').length") == 12
+    assert page.evaluate("R.querySelectorAll('#thumbs canvas').length") == 12
     page.fill("#layerFilter", "1-2")
     page.fill("#headFilter", "0,3")
-    assert page.evaluate("document.querySelectorAll('#thumbs canvas').length") == 4
-    assert page.evaluate("[...document.querySelectorAll('#thumbs canvas')].map(c => c.id)") == [
+    assert page.evaluate("R.querySelectorAll('#thumbs canvas').length") == 4
+    assert page.evaluate("[...R.querySelectorAll('#thumbs canvas')].map(c => c.id)") == [
         "thumb-1-0", "thumb-1-3", "thumb-2-0", "thumb-2-3",
     ]  # fmt: skip
     assert "2 layers × 2 heads shown" in page.inner_text("#filterInfo")
     page.fill("#layerFilter", "5")  # no layer 5: refused, marked, nothing changes
     assert "bad" in page.get_attribute("#layerFilter", "class")
-    assert page.evaluate("document.querySelectorAll('#thumbs canvas').length") == 4
+    assert page.evaluate("R.querySelectorAll('#thumbs canvas').length") == 4
     assert errors == []
 
 
@@ -331,13 +340,13 @@ def test_a_2000_token_input_keeps_every_row(browser, tmp_path):
     page, errors, _ = _open(browser, path)
     view = page.evaluate("window.qkvHeadView")
     assert view["rowsDrawn"] == n and view["height"] <= 32767 and view["rowHeight"] >= 1
-    assert page.evaluate("document.getElementById('qtok').options.length") == n
+    assert page.evaluate("R.getElementById('qtok').options.length") == n
     # the list opens scrolled to its selected query (the last token), not to token 0
     top, height, option_top, option_height = page.evaluate(
-        "(() => { const l = document.getElementById('qtok'), o = l.options[l.options.length - 1];"
+        "(() => { const l = R.getElementById('qtok'), o = l.options[l.options.length - 1];"
         " return [l.scrollTop, l.clientHeight, o.offsetTop, o.offsetHeight]; })()"
     )
-    assert page.evaluate(f"document.getElementById('qtok').options[{n - 1}].selected")
+    assert page.evaluate(f"R.getElementById('qtok').options[{n - 1}].selected")
     assert top <= option_top and option_top + option_height <= top + height + 1, (top, height, option_top)
     page.click("#tab-qk")
     page.select_option("#qtok", str(n - 1))
@@ -365,7 +374,7 @@ def test_pixel_field_page_without_attention_draws_the_maps_and_switches_pixel_on
     path = write_attention_page(tmp_path / "pixels.html", [], [], title="pixels", pixel_fields=fields)
     page, errors, requests = _open(browser, path)
     assert page.evaluate("window.qkvState.view") == "pixels"
-    assert page.evaluate("[...document.querySelectorAll('#tabs button')].map(b => b.id)") == ["tab-pixels"]
+    assert page.evaluate("[...R.querySelectorAll('#tabs button')].map(b => b.id)") == ["tab-pixels"]
     drawn = page.evaluate("window.qkvDrawn")
     assert drawn["pixel"] == 7
     torch.testing.assert_close(
