@@ -80,6 +80,19 @@ def page_data(path) -> dict:
     return json.loads(found.group(1).replace("<\\/", "</"))
 
 
+def stored_weights(kind: dict) -> torch.Tensor:
+    """A kind of attention's weights as an explorer page stores them (float32 or float16, base64): ``(layers,
+    heads, q, k)``."""
+    import base64
+
+    import numpy as np
+
+    stored = kind["weights"]
+    dtype = {"float32": "<f4", "float16": "<f2"}[stored["encoding"]]
+    values = np.frombuffer(base64.b64decode(stored["data"]), dtype).astype(np.float32)
+    return torch.from_numpy(values.copy()).reshape(kind["layers"], kind["heads"], len(kind["queryTokens"]), -1)
+
+
 def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:
     """The causal/window mask from its definition: -left <= j - off - i <= right, where an int window w sees the w
     keys ending at the query, (left, right) = (w - 1, 0)."""

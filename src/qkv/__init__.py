@@ -33,6 +33,7 @@ _LAZY = {  # public name -> the module that defines it
     "intervene": "qkv.analysis",
     "record": "qkv.analysis",
     "hook_points": "qkv.analysis",
+    "show": "qkv.analysis",
 }
 _SUBMODULES = (
     "analysis",
@@ -51,7 +52,7 @@ __all__ = [*_LAZY, "errors", "__version__"]
 
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from qkv import errors
-    from qkv.analysis import hook_points, intervene, record  # noqa: F401
+    from qkv.analysis import hook_points, intervene, record, show  # noqa: F401
     from qkv.attention import KVCache, MultiHeadAttention, attend, register_score  # noqa: F401
     from qkv.decoding import (  # noqa: F401
         GenerateOutput,

@@ -288,14 +288,15 @@ def test_heads_html_writes_the_explorer_with_the_printed_scores_rollout_and_flow
     assert main(["heads", str(run_dir), "To be, or not", "--metric", "previous-token", "--html", str(page)]) == 0
     out = capsys.readouterr().out
     rows = [[float(v) for v in line.split()[1:]] for line in out.splitlines()[2:] if line.split()[0].isdigit()]
-    data = page_data(page)
+    data = page_data(page)["kinds"][0]
     assert data["headScores"]["name"] == "previous-token"
     assert sum(data["headScores"]["values"], []) == pytest.approx(sum(rows, []), abs=1e-4)
     assert data["tokens"] == list("To be, or not")
     assert len(data["rollout"]) == data["layers"] and data["flow"] is not None  # 13 tokens: flow too
     assert f"written: {page}" in out
     assert main(["heads", "minilm", "I go to school", "--metric", "previous-token", "--html", str(page)]) == 0
-    assert page_data(page)["headScores"]["values"] and page_data(page)["rollout"] is not None
+    data = page_data(page)["kinds"][0]
+    assert data["headScores"]["values"] and data["rollout"] is not None
 
 
 def test_heads_refuses_ablation_without_a_language_model_and_empty_text(run_dir, capsys):

@@ -124,7 +124,7 @@ def test_field_draws_the_gradient_mask_and_attention_maps_the_analysis_computes(
             for layer in range(len(attention)):
                 got = maps[f"attention, layer {layer}"][34]
                 torch.testing.assert_close(got, attention[layer].flatten().double(), rtol=1e-4, atol=1e-5)
-            assert page_data(page)["layers"] == model.config.layers  # and the attention views of the page
+            assert page_data(page)["kinds"][0]["layers"] == model.config.layers  # and the attention views of the page
 
 
 def test_field_refuses_a_bad_pixel_and_a_language_model(runs, capsys, tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from PIL import Image
 
 from qkv.cli import main
+from tests.conftest import page_data, stored_weights
 
 ROOT = Path(__file__).parent.parent.parent
 TINY = [
@@ -112,12 +111,6 @@ def transformer_dir(tmp_path_factory) -> Path:
     return train(tmp_path_factory.mktemp("transformer"), family="transformer")
 
 
-def _page_data(path: Path) -> dict:
-    """The JSON the explorer page embeds (``const D = {...};``)."""
-    text = path.read_text(encoding="utf-8")
-    return json.loads(re.search(r"const D = (\{.*?\});\n", text, re.S).group(1).replace("<\\/", "</"))
-
-
 @pytest.mark.parametrize("model", ["rnn", "transformer"])
 def test_translate_writes_the_explorer_page(model, seq2seq_dir, transformer_dir, tmp_path, capsys):
     run = {"rnn": seq2seq_dir, "transformer": transformer_dir}[model]
@@ -125,25 +118,33 @@ def test_translate_writes_the_explorer_page(model, seq2seq_dir, transformer_dir,
     assert main(["translate", str(run), "5 Mar 21", "--html", str(tmp_path / "page.html")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1] == f"explorer:  {tmp_path / 'page.html'} (open it in a browser; it works offline)"
-    data = _page_data(tmp_path / "page.html")
+    page = page_data(tmp_path / "page.html")
+    kinds = [k["name"] for k in page["kinds"]]
+    assert kinds == (["cross-attention"] if model == "rnn" else ["encoder self-attention", "decoder self-attention",
+                                                                 "cross-attention"])  # fmt: skip
+    data = page["kinds"][-1]
     layers, heads = (1, 1) if model == "rnn" else (2, 2)
     assert (data["layers"], data["heads"], data["cross"], data["queryOffset"]) == (layers, heads, True, 0)
+    assert page["focus"] == [len(kinds) - 1, layers - 1, 0]
     assert data["tokens"] == [*"5 Mar 21", "</s>"]
     # the query tokens are the printed output, up to and with </s> (which decoding shows <unk> as \ufffd)
     shown = {"<pad>": "", "<s>": "", "</s>": "", "<unk>": "\ufffd"}
     assert "".join(shown.get(t, t) for t in data["queryTokens"]) == out[0]
-    assert data["queryTokens"] == data["alignment"]["target"]
+    assert data["queryTokens"] == page["alignment"]["target"]
     # the alignment view is the mean over heads of the last layer drawn in the head and model views
-    dense = [[dict(row) for row in head] for head in data["rows"][-1]]  # key index -> weight, every key kept
-    for t, aligned in enumerate(data["alignment"]["weights"]):
-        mean = [sum(head[t].get(s, 0.0) for head in dense) / heads for s in range(len(data["tokens"]))]
-        assert mean == pytest.approx(aligned, abs=2e-4)  # both rounded to 4 decimals
-        assert sum(aligned) == pytest.approx(1.0, abs=1e-3)
+    weights = stored_weights(data)  # (layers, heads, target, source), float32 as stored
+    aligned = torch.tensor(page["alignment"]["weights"], dtype=torch.float32)
+    torch.testing.assert_close(weights[-1].mean(0), aligned, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(aligned.sum(-1), torch.ones(len(aligned)), rtol=1e-5, atol=1e-6)
+    if model == "transformer":  # the decoder's self-attention is causal over the target, the encoder's is not
+        decoder = stored_weights(page["kinds"][1])
+        assert bool((decoder.triu(1) == 0).all()) and page["kinds"][1]["tokens"] == data["queryTokens"]
+        assert page["kinds"][0]["tokens"] == data["tokens"] and bool((stored_weights(page["kinds"][0]) > 0).all())
 
 
 def test_translate_numbers_one_page_per_text(seq2seq_dir, tmp_path, capsys):
     assert main(["translate", str(seq2seq_dir), "5 Mar 21", "March 5, 2021", "--html", str(tmp_path / "p.html")]) == 0
-    assert [_page_data(tmp_path / f"p-{i}.html")["tokens"][0] for i in (1, 2)] == ["5", "M"]
+    assert [page_data(tmp_path / f"p-{i}.html")["kinds"][0]["tokens"][0] for i in (1, 2)] == ["5", "M"]
 
 
 def test_one_bad_text_is_reported_and_the_others_translated(seq2seq_dir, capsys):

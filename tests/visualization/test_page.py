@@ -68,7 +68,9 @@ def _top_row(path: Path, layer: int, head: int, query: int) -> list:
     kind = page_data(path)["kinds"][0]
     stored, heads, queries = kind["weights"], kind["heads"], len(kind["queryTokens"])
     assert stored["encoding"] == "top-k"
-    keys, values = (np.frombuffer(base64.b64decode(stored[name]), dtype) for name, dtype in (("keys", "<i4"), ("data", "<f4")))
+    keys, values = (
+        np.frombuffer(base64.b64decode(stored[name]), dtype) for name, dtype in (("keys", "<i4"), ("data", "<f4"))
+    )
     row = (layer * heads + head) * queries + query
     chosen = slice(row * stored["topK"], (row + 1) * stored["topK"])
     return [[int(j), float(w)] for j, w in zip(keys[chosen], values[chosen]) if w > 0]

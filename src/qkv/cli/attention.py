@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qkv.analysis.show import FLOW_LIMIT
 from qkv.cli.common import add_device_option
 
 __all__ = ["add_parser", "attention_report"]
 
-FLOW_LIMIT = 16  # attention flow runs one max-flow per pair of tokens: 2 s for 16 tokens x 6 layers, 15 s for 24
 HINT = "give some text to look at, e.g. qkv attention runs/quickstart 'To be, or not to be' --png grid.png"
 
 
@@ -50,25 +50,18 @@ def attention_report(
     head_scores=None,  # noqa: ANN001 - (name, (layers, heads)) for the page's head-score grid
 ) -> list[Path]:
     """Capture ``model``'s attention over ``text`` (or ready ``token_ids (1, n)``) and write the PNG and/or the page
-    (with attention rollout through every layer, and attention flow for inputs of up to ``FLOW_LIMIT`` tokens);
-    returns the paths written. ``title`` defaults to ``name`` and the start of the tokens drawn."""
-    import torch
-
-    from qkv.analysis import attention_flow, attention_rollout
+    (:func:`qkv.show`'s explorer: rollout through every layer, flow for up to ``FLOW_LIMIT`` tokens, the neuron
+    view); returns the paths written. ``title`` defaults to ``name`` and the start of the tokens drawn."""
+    from qkv.analysis import show
     from qkv.cli.common import encode_prompt
-    from qkv.devices import model_device
-    from qkv.visualization import capture_attention, plot_attention
-    from qkv.visualization.html import DENSE_LIMIT, write_attention_page
+    from qkv.visualization import Explorer, plot_attention
 
     text = text or ""  # (None with token_ids: nothing to encode)
     if pretrained:
-        ids, mask = tokenizer.batch([text])
-        tokens = tokenizer.tokenizer.encode(text).tokens[: ids.shape[1]]
-        kwargs = {"attention_mask": mask} if mask is not None and hasattr(model, "embeddings") else {}
+        tokens = tokenizer.tokenizer.encode(text).tokens[: tokenizer.max_length]
     else:
         ids = token_ids if token_ids is not None else encode_prompt(tokenizer, text, model.config.max_seq_len, HINT)
         tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
-        kwargs = {}
     if title is None:  # name what is drawn: the tokens kept, not the start of a text that was cut
         shown = "".join(tokens) if not pretrained else text
         cut = (
@@ -77,28 +70,16 @@ def attention_report(
             else f" (its last {len(tokens)} tokens)"
         )
         title = f"{name}: {shown[:40]!r}{'…' if len(shown) > 40 else ''}{cut}"
-    device = model_device(model)
-    # the softmax inputs, for the page's query view: short inputs only (long ones show their largest weights)
-    with_scores = html is not None and len(tokens) <= DENSE_LIMIT
-    with torch.no_grad(), capture_attention(model, scores=with_scores) as cap:
-        model(ids.to(device), **{k: v.to(device) for k, v in kwargs.items()})
-    attentions = [w[0].cpu() for w in cap.all_layers()]  # drawn on the host
+    explorer = show(model, text if pretrained else ids, tokenizer, head_scores=head_scores, title=title)
+    attentions = list(explorer.kinds[0].weights)  # (heads, n, n) per layer, on the host
     written = []
     if png is not None:
         written.append(plot_attention(attentions, tokens, png, layer=layer, head=head, average=average, title=title))
-    if html is not None:
-        focus = (layer if layer is not None else len(attentions) - 1, head if head is not None else 0)
-        # the softmax inputs for the query view; long inputs show their largest weights only, without scores
-        scores = [cap.scores(i)[0].cpu() for i in cap.layers] if with_scores else None
-        layers = [w[None] for w in attentions]  # (1, heads, n, n) each
-        rollout = attention_rollout(layers, every_layer=True)[:, 0]
-        flow = attention_flow(layers)[0] if len(tokens) <= FLOW_LIMIT else None
-        written.append(
-            write_attention_page(
-                html, attentions, tokens, title=title, scores=scores, focus=focus, rollout=rollout, flow=flow,
-                head_scores=head_scores,
-            )
-        )  # fmt: skip
+    if html is not None:  # the page opens on --layer/--head (default: the last layer, head 0)
+        if layer is not None or head is not None:
+            focus = (layer if layer is not None else -1, head or 0)  # (-1: the last layer)
+            explorer = Explorer.of(explorer.kinds, title=title, focus=focus)
+        written.append(explorer.save(html))
     return written
 
 

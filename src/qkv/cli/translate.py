@@ -74,6 +74,31 @@ def _texts(args: argparse.Namespace) -> list[str]:
 CHUNK = 64  # texts decoded together: one batch each, printed before the next is decoded
 
 
+def _attention_kinds(model, src_ids, out_ids, source: list[str], target: list[str]) -> list:  # noqa: ANN001
+    """Every kind of attention a seq2seq model used to produce ``out_ids`` (1, m) from ``src_ids`` (1, n): an
+    encoder-decoder Transformer's encoder self-, decoder self- and cross-attention, with scores and the neuron view's
+    vectors from its hook points (the decoder re-run on its own outputs, as :func:`cross_attention` does); an RNN's
+    attention over the source."""
+    import torch
+
+    from qkv.decoding.stepper import decoding_mode
+    from qkv.decoding.translate import cross_attention
+    from qkv.devices import model_device
+    from qkv.tokenizers.pair import BOS_ID
+    from qkv.visualization.capture import attention_modules, capture_attention
+    from qkv.visualization.html import AttentionKind
+    from qkv.visualization.kinds import attention_kinds
+
+    if not attention_modules(model):  # an RNN: one layer, one head of attention over the source
+        layers = [w[0] for w in cross_attention(model, src_ids, out_ids)]
+        return [AttentionKind("cross-attention", layers, source, target)]
+    inputs = torch.cat([torch.full((1, 1), BOS_ID), out_ids[:, :-1]], dim=1)
+    device = model_device(model)
+    with decoding_mode(model), capture_attention(model, scores=True, vectors=True) as capture:
+        model(src_ids.to(device), inputs.to(device))
+    return attention_kinds(capture, source, target)
+
+
 def _numbered(path: Path, index: int, count: int, suffix: str) -> Path:
     """``path`` itself for one text; ``NAME-1.png``, ``NAME-2.png``, ... for several."""
     if count == 1:
@@ -88,12 +113,12 @@ def run(args: argparse.Namespace) -> int:
     from qkv.cli.decoding_flags import decoding_config
     from qkv.cli.generate import check_generation_args
     from qkv.data.pairs import pad_rows
-    from qkv.decoding.translate import NO_ALIGNMENT, cross_attention, translate
+    from qkv.decoding.translate import NO_ALIGNMENT, translate
     from qkv.models.protocols import Seq2SeqLM
     from qkv.runs import load_seq2seq
     from qkv.tokenizers.pair import EOS_ID
+    from qkv.visualization import Explorer
     from qkv.visualization.grid import IMAGE_SUFFIXES, plot_alignment
-    from qkv.visualization.html import write_attention_page
 
     check_generation_args(args)
     config = decoding_config(args, TRANSLATE_FLAGS)  # every flag checked before the model loads
@@ -153,10 +178,11 @@ def run(args: argparse.Namespace) -> int:
         for i, ids in encoded.items():
             row = results[i]
             kept = row[: row.index(EOS_ID) + 1] if EOS_ID in row else row  # up to and with </s>
-            layers = [w[0] for w in cross_attention(model, torch.tensor([ids]), torch.tensor([kept]))]
-            weights = layers[-1].mean(dim=0)  # the alignment: last layer, mean of heads
             source = [tokenizer.source.piece(t) for t in ids]
             target = [tokenizer.target.piece(t) for t in kept]
+            kinds = _attention_kinds(model, torch.tensor([ids]), torch.tensor([kept]), source, target)
+            layers = next(k for k in kinds if k.name == "cross-attention").weights
+            weights = layers[-1].mean(dim=0)  # the alignment: last layer, mean of heads
             title = f"{texts[i]!r} -> {tokenizer.decode_target(kept)!r}"
             if args.show_attention is not None:
                 path = _numbered(args.show_attention, i, len(texts), ".png")
@@ -164,8 +190,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"alignment: {path}")
             if args.html is not None:
                 path = _numbered(args.html, i, len(texts), ".html")
-                write_attention_page(
-                    path, layers, source, query_tokens=target, title=title, alignment=(source, target, weights)
-                )
+                focus = (len(kinds) - 1, len(layers) - 1, 0)  # the cross-attention's last layer
+                Explorer.of(kinds, title=title, focus=focus, alignment=(source, target, weights)).save(path)
                 print(f"explorer:  {path} (open it in a browser; it works offline)")
     return 2 if problems else 0

@@ -1,6 +1,7 @@
 """``qkv.capture_attention``: the exact attention weights of any qkv model, while it runs on its fast backend.
 
-Built on the attention modules' hook points (``hook_pattern``, and ``hook_attn_scores`` when scores are asked for):
+Built on the attention modules' hook points (``hook_pattern``, ``hook_attn_scores`` when scores are asked for, and
+``hook_q``/``hook_rot_q``, ``hook_k``/``hook_rot_k``, ``hook_v`` and ``hook_z`` when vectors are):
 only the requested layers compute their weights, from the very Q and K the layer used (after rotary positions, with
 the cache's keys); the forward pass itself is untouched, so outputs are identical with or without a capture.
 """
@@ -15,8 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qkv.attention.multi_head import attention_modules, named_attention_modules
+from qkv.attention.multi_head import MultiHeadAttention, attention_modules, named_attention_modules
+from qkv.attention.scores import DotScore
 from qkv.errors import ConfigError, ShapeError, describe_shape
+from qkv.visualization.html import NeuronVectors
 
 __all__ = ["AttentionCapture", "attention_modules", "capture_attention"]
 
@@ -31,6 +34,10 @@ class AttentionCapture:
     names: dict[int, str] = field(default_factory=dict)
     calls: dict[int, list[Tensor]] = field(default_factory=dict)  # weights (batch, heads, q, k) per forward call
     score_calls: dict[int, list[Tensor]] = field(default_factory=dict)  # the softmax's input, the same layout
+    # per layer, hook name ("q", "k", "v", "z") -> (batch, heads, n, head_dim) per call, k and v one per query head
+    vector_calls: dict[int, dict[str, list[Tensor]]] = field(default_factory=dict)
+    vector_hooks: dict[int, dict[str, str]] = field(default_factory=dict)  # which hook point gave q and k
+    scales: dict[int, float | None] = field(default_factory=dict)  # the dot-product score's multiplier per layer
 
     def weights(self, layer: int, beam_indices: Tensor | None = None) -> Tensor:
         """All rows recorded for ``layer``: ``(batch, heads, total_q, max_k)``.
@@ -66,7 +73,32 @@ class AttentionCapture:
         return torch.cat(padded, dim=2)
 
     def all_layers(self) -> list[Tensor]:
+        """:meth:`weights` of every captured layer that ran, in layer order."""
         return [self.weights(layer) for layer in self.layers if self.calls.get(layer)]
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook, the explorer of batch row 0, keys labelled by position; ``qkv.show(capture, tokens)`` puts
+        the tokens on them."""
+        from qkv.visualization.kinds import attention_kinds
+        from qkv.visualization.widget import Explorer
+
+        return Explorer.of(attention_kinds(self, None), title="captured attention")._repr_mimebundle_()
+
+    def vectors(self, layers: Sequence[int] | None = None, row: int = 0) -> NeuronVectors | None:
+        """The neuron view's numbers for batch row ``row`` of ``layers`` (default: every captured layer that ran):
+        q and k as they entered the dot product, v and z, per layer ``(heads, n, head_dim)`` (successive calls,
+        decoding steps on a KV cache, appended). Recorded when the capture was made with ``vectors=True``; ``None``
+        when a layer's score is not a dot product (cosine, general, additive: q·k is not what the softmax saw)."""
+        chosen = [i for i in self.layers if self.calls.get(i)] if layers is None else list(layers)
+        missing = [i for i in chosen if i not in self.vector_calls]
+        if missing:
+            raise ConfigError(f"no vectors were recorded for layers {missing}: capture with "
+                              "qkv.capture_attention(..., vectors=True)")  # fmt: skip
+        scales = {self.scales[i] for i in chosen}
+        if None in scales or len(scales) != 1:
+            return None
+        parts = {name: [torch.cat(self.vector_calls[i][name], dim=2)[row] for i in chosen] for name in "qkvz"}
+        return NeuronVectors(**parts, scale=scales.pop(), hooks=self.vector_hooks[chosen[0]])  # type: ignore[arg-type]
 
 
 def _pick_rows(values: Tensor, rows: Tensor, fill: float) -> Tensor:
@@ -77,14 +109,20 @@ def _pick_rows(values: Tensor, rows: Tensor, fill: float) -> Tensor:
 
 @contextmanager
 def capture_attention(
-    model: nn.Module, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None, *, scores: bool = False
+    model: nn.Module,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    *,
+    scores: bool = False,
+    vectors: bool = False,
 ) -> Iterator[AttentionCapture]:
     """Record exact attention weights of ``layers`` (default: all) and ``heads`` (default: all) of ``model``.
 
     ``with qkv.capture_attention(model, layers=[0, 3]) as cap: model(ids)`` then ``cap.weights(3)`` is
     ``(batch, heads, q, k)``. Works with padding, batches, cross-attention and KV-cache decoding (rows accumulate);
     after a beam search, ``weights(layer, beam_indices)`` follows each returned hypothesis. ``scores=True`` also
-    records what each softmax received (:meth:`AttentionCapture.scores`).
+    records what each softmax received (:meth:`AttentionCapture.scores`), ``vectors=True`` the hook points' q, k, v
+    and z for the neuron view (:meth:`AttentionCapture.vectors`).
     """
     named = named_attention_modules(model)
     if not named:
@@ -100,9 +138,10 @@ def capture_attention(
         raise ConfigError(f"heads must be indices in [0, {fewest}), got {selected}")
     capture = AttentionCapture(chosen, selected, {i: named[i][0] for i in chosen})
 
-    def keeper(store: dict[int, list[Tensor]], index: int) -> Callable[[nn.Module, Any, Tensor], None]:
+    def keeper(store: dict[Any, list[Tensor]], index: Any, group: int = 1) -> Callable[[nn.Module, Any, Tensor], None]:
         def keep(_module: nn.Module, _args: Any, value: Tensor) -> None:
-            value = value.detach().float()
+            # grouped-query attention: one k and v per group of query heads, repeated so that head h finds its own
+            value = value.detach().float().repeat_interleave(group, dim=1)
             store.setdefault(index, []).append(value if selected is None else value[:, selected])
 
         return keep
@@ -113,4 +152,20 @@ def capture_attention(
             stack.callback(module.hook_pattern.register_forward_hook(keeper(capture.calls, i)).remove)
             if scores:
                 stack.callback(module.hook_attn_scores.register_forward_hook(keeper(capture.score_calls, i)).remove)
+            if vectors:
+                for point in _vector_hooks(capture, i, module):
+                    stack.callback(point[0].register_forward_hook(keeper(*point[1:])).remove)
         yield capture
+
+
+def _vector_hooks(capture: AttentionCapture, index: int, module: MultiHeadAttention) -> list[tuple[Any, ...]]:
+    """(hook point, store, key, group) for the q, k, v and z of ``module``; q and k after rotary positions."""
+    rotated = module.rotary is not None
+    names = {"q": "hook_rot_q" if rotated else "hook_q", "k": "hook_rot_k" if rotated else "hook_k",
+             "v": "hook_v", "z": "hook_z"}  # fmt: skip
+    store = capture.vector_calls.setdefault(index, {})
+    capture.vector_hooks[index] = names
+    # the neuron view's steps are q·k times a scale: true of the dot and scaled-dot scores only
+    capture.scales[index] = module.score.default_scale(module.head_dim) if isinstance(module.score, DotScore) else None
+    group = module.num_heads // module.num_kv_heads
+    return [(getattr(module, hook), store, name, group if name in "kv" else 1) for name, hook in names.items()]

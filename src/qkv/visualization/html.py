@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from qkv.errors import ShapeError, describe_shape
@@ -81,9 +82,9 @@ class NeuronVectors:
             values = getattr(self, name)
             shapes = [tuple(t.shape[:2]) for t in values]
             if len(values) != layers or shapes != [(heads, rows)] * layers:
+                got = [describe_shape(t.shape) for t in values]
                 raise ShapeError(f"neuron vectors {name} must be per layer (heads, {rows}, head_dim) with {heads} "
-                                 f"heads for {layers} layers, got {[describe_shape(t.shape) for t in values]}")  # fmt: skip
-        import torch  # (the stack: one array per vector kind)
+                                 f"heads for {layers} layers, got {got}")  # fmt: skip
 
         return {
             "dim": int(self.q[0].shape[-1]),
@@ -188,8 +189,6 @@ class AttentionKind:
 
 
 def _stack(values: Sequence[Tensor]) -> Tensor:
-    import torch
-
     return torch.stack([v.detach().float().cpu() for v in values])
 
 
@@ -260,9 +259,13 @@ def explorer_payload(
         if not 0 <= kind < len(parts):
             raise ShapeError(f"focus kind {kind} is not one of the {len(parts)} kinds of attention given")
         layers, heads = parts[kind]["layers"], parts[kind]["heads"]
-        layer = layers - 1 if focus is None else layer
-        if not (0 <= layer < layers and 0 <= head < heads):
-            raise ShapeError(f"focus {focus} is not a (layer, head) of {layers} layers × {heads}")
+        layer = layers - 1 if focus is None else layer + layers if layer < 0 else layer
+        if not 0 <= layer < layers:
+            raise ShapeError(
+                f"layer {layer} does not exist: {parts[kind]['name']} has {layers} layers (0..{layers - 1})"
+            )
+        if not 0 <= head < heads:
+            raise ShapeError(f"head {head} does not exist: {parts[kind]['name']} has {heads} heads (0..{heads - 1})")
     payload: dict[str, Any] = {
         "title": title,
         "kinds": parts,
@@ -344,11 +347,13 @@ def inline_html(payload: dict[str, Any], static: str = "") -> str:
     )
 
 
-PAGE = """<!doctype html>
+# nothing may load from anywhere: scripts, styles and images are all inline
+POLICY = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+PAGE = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy" content="{POLICY}">
 <title>qkv · __TITLE__</title>
-<style>body{margin:0;background:#fafafa}</style>
+<style>body{{margin:0;background:#fafafa}}</style>
 </head><body>
 __BODY__
 </body></html>
