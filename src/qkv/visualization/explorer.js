@@ -493,6 +493,8 @@ export function mount(host, D){
     const list = $("qtok"), option = list.options[Math.max(...state.queries)];
     if (option) list.scrollTop = Math.max(0, option.offsetTop - list.clientHeight + option.offsetHeight);
   }
+  // for tests and the console: redraw after changing api.state, rebuild a kind's controls, the kind shown
+  Object.assign(api, {draw, setupKind, kind: () => K});
   setupControls(); draw(); showSelectedQuery();
   return api;
 }
