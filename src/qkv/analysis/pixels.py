@@ -10,8 +10,19 @@ from torch import Tensor
 from qkv.errors import ConfigError
 from qkv.models.pixels import MADE, PixelTransformer
 from qkv.models.pixels.base import PixelModel
+from qkv.visualization.html import AttentionKind, PixelFields
+from qkv.visualization.widget import Explorer
 
-__all__ = ["made_connectivity", "pixel_attention", "pixel_dependence"]
+__all__ = [
+    "FIELD_PAGE_LIMIT",
+    "made_connectivity",
+    "pixel_attention",
+    "pixel_dependence",
+    "pixel_explorer",
+    "pixel_maps",
+]
+
+FIELD_PAGE_LIMIT = 256  # pixels: up to this many, the explorer holds every pixel's maps (click to switch)
 
 
 def _check_pixel(model: PixelModel, pixel: tuple[int, int]) -> int:
@@ -69,3 +80,38 @@ def pixel_attention(
     on_pixels = torch.zeros(len(rows), c.pixels, dtype=rows.dtype, device=rows.device)
     on_pixels[:, : c.pixels - 1] = rows[:, 1:]  # key s -> pixel s - 1
     return on_pixels.view(-1, c.height, c.width), rows[:, 0]
+
+
+def pixel_maps(model: PixelModel, image: Tensor, label: Tensor | None, pixel: tuple[int, int]) -> dict[str, Tensor]:
+    """``{name: (H, W)}`` maps of what ``pixel`` depends on for this model: gradients always; MADE's mask; the
+    Transformer's attention per layer (heads averaged)."""
+    c = model.config
+    maps = {"gradient": pixel_dependence(model, image, label, pixel)}
+    if isinstance(model, MADE):
+        maps["MADE mask"] = made_connectivity(model)[pixel[0] * c.width + pixel[1]].view(c.height, c.width).double()
+    if isinstance(model, PixelTransformer):
+        attention, _ = pixel_attention(model, image, label, pixel)
+        maps.update({f"attention, layer {i}": a for i, a in enumerate(attention)})
+    return maps
+
+
+def pixel_explorer(
+    model: PixelModel, image: Tensor, label: Tensor | None, pixel: tuple[int, int], *, title: str = "pixel fields"
+) -> Explorer:
+    """The explorer of an image model's pixel fields on ``image (1, H, W)``: every pixel's maps (:func:`pixel_maps`)
+    up to ``FIELD_PAGE_LIMIT`` pixels (else ``pixel``'s alone), opened on ``pixel``; a pixel Transformer's own
+    attention over the sequence in the attention views too. Shows inline in a notebook; ``.save(path)`` writes a
+    page."""
+    c = model.config
+    chosen = _check_pixel(model, pixel)
+    every = list(range(c.pixels)) if c.pixels <= FIELD_PAGE_LIMIT else [chosen]
+    per_pixel = [pixel_maps(model, image, label, divmod(p, c.width)) for p in every]
+    maps = {key: torch.stack([m[key].cpu() for m in per_pixel]) for key in per_pixel[0]}
+    fields = PixelFields(maps, every, image[0].cpu(), c.levels, chosen)
+    kinds = []
+    if isinstance(model, PixelTransformer):  # its own weights over the sequence, for the attention views
+        attentions = [w[0].cpu() for w in model.attention(image, label)]
+        values = image[0].flatten().tolist()
+        tokens = ["start"] + [f"{p // c.width},{p % c.width}={values[p]}" for p in range(c.pixels - 1)]
+        kinds.append(AttentionKind("self-attention", attentions, tokens))
+    return Explorer.of(kinds, title=title, pixel_fields=fields)

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from qkv.cli.common import add_device_option
 
-__all__ = ["add_parser", "pixel_fields"]
-
-FIELD_PAGE_LIMIT = 256  # pixels: up to this many, the page holds every pixel's maps (click to switch)
+__all__ = ["add_parser"]
 
 
 def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
@@ -39,33 +37,15 @@ def _parse_pixel(text: str) -> tuple[int, int]:
     return row, column
 
 
-def pixel_fields(model, image, label, pixel: tuple[int, int]) -> dict:  # noqa: ANN001
-    """``{name: (H, W)}`` maps of what ``pixel`` depends on for this model: gradients always; MADE's mask; the
-    Transformer's attention per layer (heads averaged)."""
-    from qkv.analysis import made_connectivity, pixel_attention, pixel_dependence
-    from qkv.models.pixels import MADE, PixelTransformer
-
-    c = model.config
-    maps = {"gradient": pixel_dependence(model, image, label, pixel)}
-    if isinstance(model, MADE):
-        maps["MADE mask"] = made_connectivity(model)[pixel[0] * c.width + pixel[1]].view(c.height, c.width).double()
-    if isinstance(model, PixelTransformer):
-        attention, _ = pixel_attention(model, image, label, pixel)
-        maps.update({f"attention, layer {i}": a for i, a in enumerate(attention)})
-    return maps
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
 
+    from qkv.analysis.pixels import FIELD_PAGE_LIMIT, pixel_explorer, pixel_maps
     from qkv.attention.memory import activation_bytes, check_fits
     from qkv.cli.common import HTML_SUFFIXES, check_output_files
     from qkv.errors import ConfigError
-    from qkv.models.pixels import PixelTransformer
     from qkv.runs import load_image_model
     from qkv.training.images import run_image_data
     from qkv.visualization.grid import IMAGE_SUFFIXES
-    from qkv.visualization.html import PixelFields, write_attention_page
     from qkv.visualization.images import plot_pixel_fields
 
     if args.png is None and args.html is None:
@@ -91,19 +71,9 @@ def run(args: argparse.Namespace) -> int:
     label = labels[args.image : args.image + 1].to(device) if c.num_classes else None
     name = Path(args.run_dir).name
     if args.png is not None:
-        maps = pixel_fields(model, image, label, pixel)
+        maps = pixel_maps(model, image, label, pixel)
         print(f"written: {plot_pixel_fields(maps, pixel, args.png, image=image[0], levels=c.levels, title=name)}")
     if args.html is not None:
-        chosen = pixel[0] * c.width + pixel[1]
-        every = list(range(c.pixels)) if c.pixels <= FIELD_PAGE_LIMIT else [chosen]
-        per_pixel = [pixel_fields(model, image, label, divmod(p, c.width)) for p in every]
-        maps = {key: torch.stack([m[key].cpu() for m in per_pixel]) for key in per_pixel[0]}
-        fields = PixelFields(maps, every, image[0].cpu(), c.levels, chosen)
-        attentions, tokens = [], []
-        if isinstance(model, PixelTransformer):  # its own weights over the sequence, for the attention views
-            attentions = [w[0].cpu() for w in model.attention(image, label)]
-            values = image[0].flatten().tolist()
-            tokens = ["start"] + [f"{p // c.width},{p % c.width}={values[p]}" for p in range(c.pixels - 1)]
-        path = write_attention_page(args.html, attentions, tokens, title=f"{name}: pixel fields", pixel_fields=fields)
-        print(f"written: {path}")
+        explorer = pixel_explorer(model, image, label, pixel, title=f"{name}: pixel fields")
+        print(f"written: {explorer.save(args.html)}")
     return 0
