@@ -34,6 +34,12 @@ def test_step1_each_word_weighs_itself_most_then_learned_projections_reach_the_t
     assert all(int(row.argmax()) == i for i, row in enumerate(plain))  # diagonal dominance
     torch.testing.assert_close(n["learned_row"], n["target"], rtol=0, atol=0.02)
     torch.testing.assert_close(n["new_i"], n["weighted_sum"], rtol=1e-5, atol=1e-6)
+    # the neuron view runs the same head as an attention module: its hook points hold the tour's numbers
+    neuron = n["neuron"]
+    torch.testing.assert_close(neuron.weights[0][0, 0], n["learned_row"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(neuron.vectors.z[0][0, 0], n["new_i"], rtol=1e-5, atol=1e-6)
+    q, k = neuron.vectors.q[0][0, 0], neuron.vectors.k[0][0, 2]  # "I" asks, "home" answers
+    torch.testing.assert_close((q * k).sum() * neuron.vectors.scale, neuron.scores[0][0, 0, 2], rtol=1e-5, atol=1e-6)
 
 
 def test_step2_nouns_put_their_weight_on_their_adjectives(steps):
@@ -193,11 +199,20 @@ def test_the_page_in_chromium_draws_every_figure_offline(steps, tmp_path, lang):
         page.on("request", lambda r: requests.append(r.url))
         page.goto(path.as_uri())
         widths = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+        # the explorer of step 1 drew itself, opened on the neuron view of "I" and "home"
+        neuron = page.evaluate("document.querySelector('.qkv-explorer').qkv.drawn")
+        tabs = page.evaluate("[...document.querySelector('.qkv-explorer').shadowRoot.querySelectorAll('#tabs button')]"
+                             ".map(b => b.textContent)")  # fmt: skip
         sections = page.evaluate("document.querySelectorAll('section').length")
         text = page.inner_text("body")
         browser.close()
     assert errors == [] and requests == [path.as_uri()]
     assert sections == 10 and len(widths) >= 10 and all(w > 0 for w in widths)
+    i_go_home = steps["i_go_home"].numbers
+    assert (neuron["query"], neuron["key"]) == (0, 2)
+    assert neuron["z"] == pytest.approx(i_go_home["new_i"].tolist(), rel=1e-5, abs=1e-6)
+    assert neuron["weight"] == pytest.approx(float(i_go_home["learned_row"][2]), rel=1e-5)
+    assert tabs[3] == {"en": "Neuron view", "ko": "뉴런 보기"}[lang]  # the explorer speaks the page's language
     if lang == "ko":
         assert KOREAN[0] in text and "자모 조각" in text
     else:
@@ -244,7 +259,8 @@ def test_the_korean_page_is_korean_and_its_figures_speak_korean(steps, tmp_path)
     import re
 
     page = write_tour(tmp_path / "ko.html", "ko", list(steps.values())).read_text(encoding="utf-8")
-    text = re.sub(r"<style>.*?</style>|src=\"data:[^\"]*\"|<td>.*?</td>|<code>.*?</code>", " ", page, flags=re.S)
+    code = r"<style>.*?</style>|<script.*?</script>|src=\"data:[^\"]*\"|<td>.*?</td>|<code>.*?</code>"
+    text = re.sub(code, " ", page, flags=re.S)
     text = html_module.unescape(re.sub(r"<[^>]+>", " ", text))
     text = re.sub(r"“[^”]*”|\S*/tour/\S*|\d[\d.]*e[-+]\d+", " ", text)  # quoted examples, the run's path, 2.4e-07
     assert set(re.findall(r"[A-Za-z][A-Za-z_\-]*", text)) <= LATIN_IN_KOREAN

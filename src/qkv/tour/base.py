@@ -17,4 +17,6 @@ class Step:
     figures: list[tuple[str, bytes | dict[str, bytes]]] = field(default_factory=list)
     # (header, rows); a header cell is one string for every language or an (English, Korean) pair
     tables: list[tuple[list[str | tuple[str, str]], list[list[str]]]] = field(default_factory=list)
+    # (caption key, explorer): interactive views (qkv.show's) drawn in the page and in notebooks
+    explorers: list[tuple[str, Any]] = field(default_factory=list)
     unavailable: str | None = None  # a text key saying why a part cannot be shown (instead of a meaningless picture)

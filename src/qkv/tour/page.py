@@ -11,6 +11,7 @@ import torch
 
 from qkv.tour.base import Step
 from qkv.tour.text import LANGUAGES, PAGE, STEPS
+from qkv.visualization.html import POLICY
 
 __all__ = ["fmt", "render"]
 
@@ -100,9 +101,15 @@ def render(steps: list[Step], lang: str) -> str:
             _figure(png if isinstance(png, bytes) else png[lang], spec["captions"][name][caption], words["figure"])
             for name, png in step.figures
         ]
+        parts += [  # the interactive views: qkv's explorer, drawn from the numbers the step computed
+            f'<figure class="explorer">{explorer.html(lang)}<figcaption>{words["figure"]}: '
+            f"{html.escape(spec['captions'][name][caption])}</figcaption></figure>"
+            for name, explorer in step.explorers
+        ]
         sections.append("\n".join(parts) + "</section>")
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return TEMPLATE.format(
+        policy=POLICY,
         lang=lang,
         title=html.escape(words["title"]),
         intro=html.escape(words["intro"].format(made=made)),
@@ -112,7 +119,7 @@ def render(steps: list[Step], lang: str) -> str:
 
 TEMPLATE = """<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
 <title>{title}</title>
 <style>
 body{{font:15px/1.55 system-ui,'Noto Sans CJK KR',sans-serif;margin:24px auto;max-width:980px;color:#222;

@@ -50,7 +50,17 @@ STEPS = {
                 "새 벡터는 값 벡터들의 가중 평균 {new_i}입니다.",
             ],
         },
-        "captions": {"plain": ("Q = K = V = X", "Q = K = V = X"), "learned": ("learned W_Q, W_K", "학습된 W_Q, W_K")},
+        "captions": {
+            "plain": ("Q = K = V = X", "Q = K = V = X"),
+            "learned": ("learned W_Q, W_K", "학습된 W_Q, W_K"),
+            "neuron": (
+                "the learned head, step by step, from its hook points: the query of “I”, the key of “home”, their "
+                "element-wise product, its sum, ÷ √d, the softmax over the keys and the weighted sum of the values "
+                "(click a word on either side to pick another query or key)",
+                "학습된 헤드를 훅 포인트에서 읽은 값으로 한 단계씩: “I”의 쿼리, “home”의 키, 둘의 원소별 곱, 그 합, "
+                "÷ √d, 키 전체에 대한 소프트맥스, 값들의 가중합 (양쪽의 단어를 누르면 다른 쿼리나 키를 고릅니다)",
+            ),
+        },
     },
     "single_head": {
         "en": {

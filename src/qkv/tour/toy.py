@@ -7,11 +7,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qkv.attention import attend
+from qkv.attention import MultiHeadAttention, attend
 from qkv.attention.scores import make_score
 from qkv.tour.base import Step
 from qkv.tour.figures import each_language, heatmap, lines
 from qkv.tour.text import figure_words
+from qkv.visualization import Explorer, capture_attention
+from qkv.visualization.kinds import attention_kinds
 
 __all__ = ["i_go_home", "local_alignment", "made_and_pixelcnn_masks", "scaling", "score_functions", "single_head"]
 
@@ -47,6 +49,7 @@ def i_go_home(steps: int = 300) -> Step:
         learned = _weights(q, k)
         out, _ = attend(q[None, None], k[None, None], v[None, None], backend="reference")
         new_i = out[0, 0, 0]
+        explorer = _neuron_explorer(x, w_q, w_k, w_v)
     return Step(
         "i_go_home",
         numbers={
@@ -56,7 +59,9 @@ def i_go_home(steps: int = 300) -> Step:
             "new_i": new_i,
             "weighted_sum": (learned[0][:, None] * v).sum(dim=0),
             "plain_diag": plain.diagonal().tolist(),
+            "neuron": explorer.kinds[0],
         },
+        explorers=[("neuron", explorer)],
         figures=[
             (
                 "plain",
@@ -80,6 +85,21 @@ def i_go_home(steps: int = 300) -> Step:
             ),
         ],
     )
+
+
+def _neuron_explorer(x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> Explorer:
+    """The learned head as a one-head attention module (X @ W is nn.Linear with weight W^T; the output projection
+    is the identity), run under a capture so that the neuron view shows its own hook points: q, k, q⊙k, q·k/√d,
+    the softmax and the weighted sum of the values, for the query "I" and the key "home"."""
+    module = MultiHeadAttention(4, 1, proj_bias=False)
+    with torch.no_grad():
+        for linear, weight in ((module.q_proj, w_q), (module.k_proj, w_k), (module.v_proj, w_v)):
+            linear.weight.copy_(weight.T)
+        module.out_proj.weight.copy_(torch.eye(4))
+    with torch.no_grad(), capture_attention(module, scores=True, vectors=True) as capture:
+        module(x[None])
+    kinds = attention_kinds(capture, WORDS_HOME)
+    return Explorer.of(kinds, title="“I go home”", opening={"view": "neuron", "query": 0, "key": 2})
 
 
 FLUFFY = ["a", "fluffy", "blue", "creature", "roamed", "the", "verdant", "forest"]

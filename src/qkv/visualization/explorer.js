@@ -40,17 +40,17 @@ const SKELETON = `
 <div class="qkv">
 <h1 id="title"></h1>
 <div class="note" id="note"></div>
-<div class="bar"><span id="kindBox"><label>attention <select id="kind"></select></label></span>
-  <span id="pairBox"><label>sentences <select id="pair"><option value="all">all</option><option value="AA">A → A</option><option value="BB">B → B</option><option value="AB">A → B</option><option value="BA">B → A</option></select></label></span>
+<div class="bar"><span id="kindBox"><label><span data-t="attention">attention</span> <select id="kind"></select></label></span>
+  <span id="pairBox"><label><span data-t="sentences">sentences</span> <select id="pair"><option value="all" data-t="all">all</option><option value="AA">A → A</option><option value="BB">B → B</option><option value="AB">A → B</option><option value="BA">B → A</option></select></label></span>
   <button id="theme" title="dark or light display">dark</button></div>
 <div class="bar tabs" id="tabs"></div>
-<div class="bar" id="layerBar"><label>layer <select id="layer"></select></label><span class="heads" id="heads" title="click: show or hide a head; double-click: this head alone (again: all heads)"></span></div>
+<div class="bar" id="layerBar"><label><span data-t="layer">layer</span> <select id="layer"></select></label><span class="heads" id="heads" title="click: show or hide a head; double-click: this head alone (again: all heads)"></span></div>
 <div class="readout" id="readout"></div>
 <div class="view" id="view-head"><canvas id="headCanvas"></canvas></div>
-<div class="view" id="view-model"><div class="bar filter"><label>show layers <input id="layerFilter" placeholder="all, e.g. 0-3,5"></label><label>heads <input id="headFilter" placeholder="all, e.g. 0,2,7-11"></label><span id="filterInfo" class="cap"></span></div><div id="thumbs"></div><p class="cap" id="zoomCap"></p><canvas id="zoom" width="520" height="520"></canvas></div>
-<div class="view" id="view-qk"><div class="bar"><label>query tokens <select id="qtok" multiple></select></label><span id="qkInfo" class="cap"></span></div><canvas id="qkCanvas" width="900" height="360"></canvas></div>
-<div class="view" id="view-neuron"><p class="cap" id="neuronCap" style="text-align:left"></p><div class="neuron"><div><div class="cap">query</div><div class="toks" id="nQueries"></div></div><div class="steps" id="steps"></div><div><div class="cap">key</div><div class="toks" id="nKeys"></div></div></div></div>
-<div class="view" id="view-flow"><div class="bar"><label>measure <select id="flowKind"></select></label><label>through layer <select id="flowLayer"></select></label><span id="flowInfo" class="cap"></span></div><canvas id="flowHeat" width="360" height="360"></canvas><br><canvas id="flowBars" width="900" height="200"></canvas></div>
+<div class="view" id="view-model"><div class="bar filter"><label><span data-t="showLayers">show layers</span> <input id="layerFilter" placeholder="all, e.g. 0-3,5"></label><label><span data-t="heads">heads</span> <input id="headFilter" placeholder="all, e.g. 0,2,7-11"></label><span id="filterInfo" class="cap"></span></div><div id="thumbs"></div><p class="cap" id="zoomCap"></p><canvas id="zoom" width="520" height="520"></canvas></div>
+<div class="view" id="view-qk"><div class="bar"><label><span data-t="queryTokens">query tokens</span> <select id="qtok" multiple></select></label><span id="qkInfo" class="cap"></span></div><canvas id="qkCanvas" width="900" height="360"></canvas></div>
+<div class="view" id="view-neuron"><p class="cap" id="neuronCap" style="text-align:left"></p><div class="neuron"><div><div class="cap" data-t="query">query</div><div class="toks" id="nQueries"></div></div><div class="steps" id="steps"></div><div><div class="cap" data-t="key">key</div><div class="toks" id="nKeys"></div></div></div></div>
+<div class="view" id="view-flow"><div class="bar"><label><span data-t="measure">measure</span> <select id="flowKind"></select></label><label><span data-t="throughLayer">through layer</span> <select id="flowLayer"></select></label><span id="flowInfo" class="cap"></span></div><canvas id="flowHeat" width="360" height="360"></canvas><br><canvas id="flowBars" width="900" height="200"></canvas></div>
 <div class="view" id="view-scores"><p class="cap" id="scoresCap" style="text-align:left"></p><canvas id="scoreCanvas"></canvas></div>
 <div class="view" id="view-pixels"><p class="cap" id="pixelsCap" style="text-align:left"></p><div id="pixelPanels" class="bar"></div></div>
 <div class="view" id="view-align"><canvas id="alignCanvas"></canvas></div>
@@ -61,6 +61,56 @@ const VIEWS = ["head", "model", "qk", "neuron", "flow", "scores", "pixels", "ali
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const label = t => t === "\n" ? "⏎" : t === " " ? "␣" : t;
 const exact = w => w === undefined ? "not stored" : String(w);  // the float32 as JavaScript prints it: every digit
+
+// the words of the explorer, in English and Korean (the payload's "lang"; numbers and tokens are the same in both)
+const WORDS = {
+  en: {
+    views: {head: "Head view", model: "Model view", qk: "Query view", neuron: "Neuron view", flow: "Rollout / flow", scores: "Head scores", pixels: "Pixel field", align: "Alignment"},
+    attention: "attention", sentences: "sentences", all: "all", layer: "layer", showLayers: "show layers", heads: "heads",
+    queryTokens: "query tokens", measure: "measure", throughLayer: "through layer", query: "query", key: "key", dark: "dark", light: "light",
+    kinds: {},
+    size: (l, h) => `${plural(l, "layer")} × ${plural(h, "head")}`,
+    selfNote: (size, name, n) => `${size} of ${name}, ${n} tokens`,
+    crossNote: (size, name, nq, nk) => `${size} of ${name}, ${nq} target tokens (left) looking at ${nk} source tokens (right)`,
+    exactNote: "every weight is stored exactly (float32)",
+    halfNote: e => `weights stored as float16 (largest rounding error ${e})`,
+    topNote: (k, n) => `each query row keeps its ${k} largest weights (${n} keys), float32`,
+    hoverHint: "hover a query (left) or a key (right) to see its lines and exact weights",
+    intoKey: (j, t) => `into key ${j} ${t}: `, fromQuery: (i, t) => `from query ${i} ${t}: `, head: h => `head ${h}`, more: n => `… ${n} more`,
+    shown: size => `${size} shown`,
+    zoomCap: (l, h) => `layer ${l} · head ${h} (rows: queries, columns: keys) — click a thumbnail to zoom, hover for the exact weight`,
+    cell: (l, h, i, qt, j, kt, w) => `layer ${l} head ${h}: query ${i} ${qt} → key ${j} ${kt}: ${w}`,
+    steps: (dot, scale, score, weight, keys) => `1. q · k = Σ q⊙k = ${dot} (the coloured column, summed)<br>2. ${scale}` + score +
+      `<br>4. softmax over the ${keys} keys (hook_pattern): weight ${weight}<br>5. the head's output (hook_z) = Σ over keys of weight × v; this key adds weight × v (column p·v)`,
+    masked: "<br>3. the model's score for this key: −∞ (masked: weight 0)",
+    recorded: (score, note) => `<br>3. the score the softmax received (hook_attn_scores): ${score} ${note}`,
+    same: "(= step 2)", bias: b => `(= step 2 + ${b}: a bias such as ALiBi)`,
+    neuronCap: (l, h, i, qt, j, kt, d) => `layer ${l} · head ${h} · query ${i} ${qt} · key ${j} ${kt} (d = ${d}) — click a token on either side to pick the query or the key`,
+  },
+  ko: {
+    views: {head: "헤드 보기", model: "모델 보기", qk: "쿼리 보기", neuron: "뉴런 보기", flow: "롤아웃 / 흐름", scores: "헤드 점수", pixels: "픽셀 영역", align: "정렬"},
+    attention: "어텐션", sentences: "문장", all: "전체", layer: "층", showLayers: "보일 층", heads: "헤드",
+    queryTokens: "쿼리 토큰", measure: "척도", throughLayer: "거친 층", query: "쿼리", key: "키", dark: "어둡게", light: "밝게",
+    kinds: {"self-attention": "셀프 어텐션", "encoder self-attention": "인코더 셀프 어텐션", "decoder self-attention": "디코더 셀프 어텐션", "cross-attention": "크로스 어텐션"},
+    size: (l, h) => `${l}개 층 × ${h}개 헤드`,
+    selfNote: (size, name, n) => `${name} ${size}, 토큰 ${n}개`,
+    crossNote: (size, name, nq, nk) => `${name} ${size}: 목표 토큰 ${nq}개(왼쪽)가 원문 토큰 ${nk}개(오른쪽)를 봅니다`,
+    exactNote: "모든 가중치를 정확히(float32) 저장했습니다",
+    halfNote: e => `가중치를 float16으로 저장했습니다(가장 큰 반올림 오차 ${e})`,
+    topNote: (k, n) => `쿼리 행마다 가장 큰 가중치 ${k}개만 저장했습니다(키 ${n}개, float32)`,
+    hoverHint: "왼쪽의 쿼리나 오른쪽의 키에 마우스를 올리면 그 선과 정확한 가중치가 보입니다",
+    intoKey: (j, t) => `키 ${j} ${t}로: `, fromQuery: (i, t) => `쿼리 ${i} ${t}에서: `, head: h => `헤드 ${h}`, more: n => `… ${n}개 더`,
+    shown: size => `${size} 표시`,
+    zoomCap: (l, h) => `층 ${l} · 헤드 ${h} (행: 쿼리, 열: 키) — 작은 그림을 누르면 확대, 마우스를 올리면 정확한 가중치`,
+    cell: (l, h, i, qt, j, kt, w) => `층 ${l} 헤드 ${h}: 쿼리 ${i} ${qt} → 키 ${j} ${kt}: ${w}`,
+    steps: (dot, scale, score, weight, keys) => `1. q · k = Σ q⊙k = ${dot} (색칠한 열의 합)<br>2. ${scale}` + score +
+      `<br>4. 키 ${keys}개에 대한 소프트맥스 (hook_pattern): 가중치 ${weight}<br>5. 헤드의 출력 (hook_z) = 모든 키에 대해 가중치 × v의 합; 이 키의 몫은 가중치 × v (p·v 열)`,
+    masked: "<br>3. 이 키에 대한 모델의 점수: −∞ (마스크: 가중치 0)",
+    recorded: (score, note) => `<br>3. 소프트맥스가 받은 점수 (hook_attn_scores): ${score} ${note}`,
+    same: "(= 2단계)", bias: b => `(= 2단계 + ${b}: ALiBi 같은 편향)`,
+    neuronCap: (l, h, i, qt, j, kt, d) => `층 ${l} · 헤드 ${h} · 쿼리 ${i} ${qt} · 키 ${j} ${kt} (d = ${d}) — 양쪽의 토큰을 누르면 쿼리나 키를 고릅니다`,
+  },
+};
 
 function decode(base64, type){
   // base64 of little-endian float32 (or "float16", "int32") -> Float32Array (Int32Array), exactly
@@ -98,9 +148,6 @@ function prepare(K){
     K.vector = (name, l, h, i) => { const base = ((l * H + h) * rows[name] + i) * d; return Array.from(arrays[name].subarray(base, base + d)); };
   }
   K.topK = enc === "top-k" ? K.weights.topK : null;
-  K.note = enc === "float32" ? "every weight is stored exactly (float32)"
-    : enc === "float16" ? `weights stored as float16 (largest rounding error ${K.weights.maxError.toExponential(2)})`
-    : `each query row keeps its ${K.topK} largest weights (${nk} keys), float32`;
   return K;
 }
 
@@ -122,6 +169,8 @@ export function mount(host, D){
     : {fg: "#222", muted: "#666", grid: "#ccc", bar: "#38a169", pos: [43, 108, 176], neg: [197, 48, 48], heat: v => [255 - 220 * v, 255 - 150 * v, 255 - 40 * v]};
   const rgba = (c, a) => `rgba(${c[0]},${c[1]},${c[2]},${a})`;
   $("title").textContent = "qkv · " + D.title;
+  const W = WORDS[D.lang] || WORDS.en, kindName = k => W.kinds[k.name] || k.name;
+  for (const el of shadow.querySelectorAll("[data-t]")) el.textContent = W[el.dataset.t];
 
   function inPair(i, j){
     // the sentence-pair filter: query position i + offset in segment A or B, key j likewise
@@ -134,9 +183,10 @@ export function mount(host, D){
   function describe(){
     if (!K){ const P = D.pixelFields;
       return P ? `${P.height}×${P.width} image, ${P.levels} levels: what each pixel's prediction depends on.` : "a seq2seq model's alignment."; }
-    const size = `${plural(K.layers, "layer")} × ${plural(K.heads, "head")}`;
-    return (K.cross ? `${size} of ${K.name}, ${K.queryTokens.length} target tokens (left) looking at ${K.tokens.length} source tokens (right)`
-      : `${size} of ${K.name}, ${K.tokens.length} tokens`) + `; ${K.note}. ${K.vectorNote || ""}`.trimEnd();
+    const size = W.size(K.layers, K.heads), enc = K.weights.encoding;
+    const note = enc === "float32" ? W.exactNote : enc === "float16" ? W.halfNote(K.weights.maxError.toExponential(2)) : W.topNote(K.topK, K.tokens.length);
+    return (K.cross ? W.crossNote(size, kindName(K), K.queryTokens.length, K.tokens.length)
+      : W.selfNote(size, kindName(K), K.tokens.length)) + `; ${note}. ${K.vectorNote || ""}`.trimEnd();
   }
   function setupKind(){
     // (re)build the controls that depend on the kind of attention shown
@@ -146,14 +196,14 @@ export function mount(host, D){
     $("pairBox").style.display = K && K.segments !== null ? "" : "none";
     $("layerBar").style.display = K ? "" : "none";
     $("tabs").innerHTML = "";
-    const views = K ? [["head","Head view"],["model","Model view"],["qk","Query view"]] : [];
-    if (K && K.vectors) views.push(["neuron","Neuron view"]);
-    if (K && (K.rollout || K.flow)) views.push(["flow","Rollout / flow"]);
-    if (K && K.headScores) views.push(["scores","Head scores"]);
-    if (D.pixelFields) views.push(["pixels","Pixel field"]);
-    if (D.alignment) views.push(["align","Alignment"]);
-    for (const [id, name] of views){
-      const b = document.createElement("button"); b.textContent = name; b.id = "tab-" + id;
+    const views = K ? [["head"], ["model"], ["qk"]] : [];
+    if (K && K.vectors) views.push(["neuron"]);
+    if (K && (K.rollout || K.flow)) views.push(["flow"]);
+    if (K && K.headScores) views.push(["scores"]);
+    if (D.pixelFields) views.push(["pixels"]);
+    if (D.alignment) views.push(["align"]);
+    for (const [id] of views){
+      const b = document.createElement("button"); b.textContent = W.views[id]; b.id = "tab-" + id;
       b.onclick = () => { state.view = id; draw(); }; $("tabs").appendChild(b);
     }
     if (!views.some(([id]) => id === state.view)) state.view = K && K.headScores ? "scores" : views.length ? views[0][0] : "head";
@@ -175,7 +225,7 @@ export function mount(host, D){
       l.ondblclick = e => { e.preventDefault();
         state.heads = state.heads.size === 1 && state.heads.has(h) ? new Set([...Array(K.heads).keys()]) : new Set([h]);
         syncHeads(); draw(); };
-      l.style.color = COLORS[h % COLORS.length]; l.appendChild(c); l.append(" head " + h); $("heads").appendChild(l);
+      l.style.color = COLORS[h % COLORS.length]; l.appendChild(c); l.append(" " + W.head(h)); $("heads").appendChild(l);
     }
     $("qtok").innerHTML = "";
     K.queryTokens.forEach((t, i) => { const o = new Option(i + ": " + label(t), i); o.selected = state.queries.has(i); $("qtok").add(o); });
@@ -189,7 +239,7 @@ export function mount(host, D){
   }
   const syncHeads = () => { for (let k = 0; k < K.heads; k++) $("head-" + k).checked = state.heads.has(k); };
   function setupControls(){
-    kinds.forEach((k, i) => $("kind").add(new Option(k.name, i)));
+    kinds.forEach((k, i) => $("kind").add(new Option(kindName(k), i)));
     $("kind").value = state.kind;
     $("kind").onchange = e => { state.kind = +e.target.value; setupKind(); draw(); };
     $("pair").onchange = e => { state.pair = e.target.value; draw(); };
@@ -253,9 +303,9 @@ export function mount(host, D){
     api.headView = {rowHeight: rowH, height: c.height, rowsDrawn: drawnRows, labelEvery: every, lines, top, xl, xr,
       hover: state.hover, hoverKey: state.hoverKey, lit};
     lit.sort((a, b) => b[3] - a[3]);
-    readout(lit.length ? (state.hoverKey >= 0 ? `into key ${state.hoverKey} ${JSON.stringify(label(K.tokens[state.hoverKey]))}: ` : `from query ${state.hover} ${JSON.stringify(label(K.queryTokens[state.hover]))}: `)
-      + lit.slice(0, 8).map(([h, i, j, w]) => `head ${h} ${JSON.stringify(label(state.hoverKey >= 0 ? K.queryTokens[i] : K.tokens[j]))} ${exact(w)}`).join(" · ") + (lit.length > 8 ? ` · … ${lit.length - 8} more` : "")
-      : "hover a query (left) or a key (right) to see its lines and exact weights");
+    readout(lit.length ? (state.hoverKey >= 0 ? W.intoKey(state.hoverKey, JSON.stringify(label(K.tokens[state.hoverKey]))) : W.fromQuery(state.hover, JSON.stringify(label(K.queryTokens[state.hover]))))
+      + lit.slice(0, 8).map(([h, i, j, w]) => `${W.head(h)} ${JSON.stringify(label(state.hoverKey >= 0 ? K.queryTokens[i] : K.tokens[j]))} ${exact(w)}`).join(" · ") + (lit.length > 8 ? " · " + W.more(lit.length - 8) : "")
+      : W.hoverHint);
     c.onmousemove = e => {
       const left = e.offsetX < (xl + xr) / 2, r = Math.floor((e.offsetY - top) / rowH);
       const i = left && r - off >= 0 && r - off < nq ? r - off : -1, j = !left && r >= 0 && r < n ? r : -1;
@@ -282,7 +332,7 @@ export function mount(host, D){
     const layers = [...Array(K.layers).keys()].filter(l => !state.shownLayers || state.shownLayers.has(l));
     const heads = [...Array(K.heads).keys()].filter(h => !state.shownHeads || state.shownHeads.has(h));
     const box = $("thumbs"); box.innerHTML = ""; box.style.gridTemplateColumns = `repeat(${heads.length}, 74px)`;
-    $("filterInfo").textContent = `${plural(layers.length, "layer")} × ${plural(heads.length, "head")} shown`;
+    $("filterInfo").textContent = W.shown(W.size(layers.length, heads.length));
     for (const l of layers) for (const h of heads){
       const c = document.createElement("canvas"); c.title = `layer ${l} · head ${h}`; c.id = `thumb-${l}-${h}`;
       heatRows(c, headRows(l, h), 72, K.tokens.length); if (state.zoom[0] === l && state.zoom[1] === h) c.className = "sel";
@@ -290,11 +340,11 @@ export function mount(host, D){
     }
     const z = $("zoom"), size = 520, nq = K.queryTokens.length, nk = K.tokens.length;
     heatRows(z, headRows(...state.zoom), size, nk);
-    $("zoomCap").textContent = `layer ${state.zoom[0]} · head ${state.zoom[1]} (rows: queries, columns: keys) — click a thumbnail to zoom, hover for the exact weight`;
+    $("zoomCap").textContent = W.zoomCap(...state.zoom);
     z.onmousemove = e => { const i = Math.floor(e.offsetY * nq / size), j = Math.floor(e.offsetX * nk / size);
       if (i < 0 || j < 0 || i >= nq || j >= nk) return;
       api.zoomHover = {query: i, key: j, weight: K.weight(state.zoom[0], state.zoom[1], i, j)};
-      readout(`layer ${state.zoom[0]} head ${state.zoom[1]}: query ${i} ${JSON.stringify(label(K.queryTokens[i]))} → key ${j} ${JSON.stringify(label(K.tokens[j]))}: ${exact(api.zoomHover.weight)}`); };
+      readout(W.cell(...state.zoom, i, JSON.stringify(label(K.queryTokens[i])), j, JSON.stringify(label(K.tokens[j])), exact(api.zoomHover.weight))); };
     readout("");
   }
   function weightRow(layer, head, queries){
@@ -372,17 +422,14 @@ export function mount(host, D){
     const bias = score !== null && score !== -Infinity ? score - scaled : null;
     const scaleText = Math.abs(V.scale * Math.sqrt(V.dim) - 1) < 1e-6 ? `÷ √${V.dim}` : `× ${V.scale}`;
     const softmax = weights.map((w, m) => `<td title="${exact(w)}" style="background:${rgba(col.pos, Math.min(1, w || 0))};color:${(w || 0) > 0.55 ? "#fff" : "inherit"};${m === j ? "outline:2px solid " + col.fg : ""}">${label(K.tokens[m])}<br>${w === undefined ? "–" : w.toFixed(3)}</td>`).join("");
+    const bold = (x, text) => `<b title="${exact(x)}">${text}</b>`;
+    const scoreText = score === null ? "" : score === -Infinity ? W.masked
+      : W.recorded(bold(score, score.toPrecision(6)), Math.abs(bias) > 1e-5 * Math.max(1, Math.abs(score)) ? W.bias(bias.toPrecision(4)) : W.same);
     $("steps").innerHTML =
-      `<div class="eq">1. q · k = Σ q⊙k = <b title="${exact(dot)}">${dot.toPrecision(6)}</b> (the coloured column, summed)<br>` +
-      `2. ${scaleText}: <b title="${exact(scaled)}">${scaled.toPrecision(6)}</b>` +
-      (score === null ? "" : score === -Infinity ? `<br>3. the model's score for this key: −∞ (masked: weight 0)` :
-        `<br>3. the score the softmax received (hook_attn_scores): <b title="${exact(score)}">${score.toPrecision(6)}</b>` +
-        (Math.abs(bias) > 1e-5 * Math.max(1, Math.abs(score)) ? ` (= step 2 + ${bias.toPrecision(4)}: a bias such as ALiBi)` : " (= step 2)")) +
-      `<br>4. softmax over the ${K.tokens.length} keys (hook_pattern): weight <b title="${exact(weight)}">${exact(weight)}</b>` +
-      `<br>5. the head's output (hook_z) = Σ over keys of weight × v; this key adds weight × v (column p·v)</div>` +
+      `<div class="eq">${W.steps(bold(dot, dot.toPrecision(6)), `${scaleText}: ${bold(scaled, scaled.toPrecision(6))}`, scoreText, bold(weight, exact(weight)), K.tokens.length)}</div>` +
       `<table><tr>${softmax}</tr></table>` +
       `<div class="vec"><table><tr><th>d</th><th>q (${V.hooks.q || "hook_q"})</th><th>k (${V.hooks.k || "hook_k"})</th><th>q⊙k</th><th>v</th><th>p·v</th><th>z</th></tr>${rows}</table></div>`;
-    $("neuronCap").textContent = `layer ${l} · head ${h} · query ${i} ${qt} · key ${j} ${kt} (d = ${V.dim}) — click a token on either side to pick the query or the key`;
+    $("neuronCap").textContent = W.neuronCap(l, h, i, qt, j, kt, V.dim);
     for (const [box, tokens, key, offset] of [["nQueries", K.queryTokens, "nQuery", 0], ["nKeys", K.tokens, "nKey", 0]]){
       $(box).innerHTML = "";
       tokens.forEach((t, m) => { const b = document.createElement("button"); b.textContent = `${m + offset}: ${label(t)}`;
@@ -480,7 +527,7 @@ export function mount(host, D){
   }
   function draw(){
     shadow.querySelector(".qkv").classList.toggle("dark", state.theme === "dark");
-    $("theme").textContent = state.theme === "dark" ? "light" : "dark";
+    $("theme").textContent = state.theme === "dark" ? W.light : W.dark;
     for (const v of VIEWS){ $("view-" + v).classList.toggle("on", v === state.view); const b = $("tab-" + v); if (b) b.classList.toggle("on", v === state.view); }
     ({head: drawHead, model: drawModel, qk: drawQK, neuron: drawNeuron, flow: drawFlow, scores: drawScores, pixels: drawPixels, align: drawAlign})[state.view]();
     api.draws++;
@@ -495,7 +542,13 @@ export function mount(host, D){
   }
   // for tests and the console: redraw after changing api.state, rebuild a kind's controls, the kind shown
   Object.assign(api, {draw, setupKind, kind: () => K});
-  setupControls(); draw(); showSelectedQuery();
+  setupControls();
+  if (D.opening && K){  // the view (and the neuron view's query and key) the explorer opens on
+    if ($("tab-" + D.opening.view)) state.view = D.opening.view;
+    if (D.opening.query !== undefined) state.nQuery = D.opening.query;
+    if (D.opening.key !== undefined) state.nKey = D.opening.key;
+  }
+  draw(); showSelectedQuery();
   return api;
 }
 

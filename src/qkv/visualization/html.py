@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 MODULE = (Path(__file__).parent / "explorer.js").read_text(encoding="utf-8")  # the explorer: CSS, HTML and JS
+LANGUAGES = ("en", "ko")  # the explorer's words (explorer.js's WORDS)
 DENSE_LIMIT = 64  # up to this many tokens the CLI records the softmax inputs for the query view
 
 
@@ -247,10 +248,15 @@ def explorer_payload(
     alignment: tuple[Sequence[str], Sequence[str], Tensor] | None = None,
     pixel_fields: PixelFields | None = None,
     top_k: int = TOP_K,
+    opening: dict[str, Any] | None = None,
+    lang: str = "en",
 ) -> dict[str, Any]:
     """The JSON the explorer draws: ``kinds`` of attention (the first is shown first), the ``(layer, head)`` or
     ``(kind, layer, head)`` it opens on (default: the first kind's last layer, head 0), a seq2seq ``alignment``
-    ``(source_tokens, target_tokens, weights (target, source))`` and an image model's ``pixel_fields``."""
+    ``(source_tokens, target_tokens, weights (target, source))`` and an image model's ``pixel_fields``;
+    ``opening`` the view it opens on and, for the neuron view, its query and key: ``{"view": "neuron", "query": 0,
+    "key": 2}`` (default: the head view, or the head scores when there are some); ``lang`` the explorer's words,
+    ``"en"`` or ``"ko"``."""
     if not kinds and pixel_fields is None and alignment is None:
         raise ShapeError("no attention layers given (and no pixel fields or alignment to show instead)")
     parts = [kind.payload(top_k) for kind in kinds]
@@ -266,8 +272,15 @@ def explorer_payload(
             )
         if not 0 <= head < heads:
             raise ShapeError(f"head {head} does not exist: {parts[kind]['name']} has {heads} heads (0..{heads - 1})")
+    if lang not in LANGUAGES:
+        raise ShapeError(f"lang must be one of {', '.join(LANGUAGES)}, got {lang!r}")
+    views = ("head", "model", "qk", "neuron", "flow", "scores", "pixels", "align")
+    if opening is not None and opening.get("view") not in views:
+        raise ShapeError(f"opening view must be one of {', '.join(views)}, got {opening.get('view')!r}")
     payload: dict[str, Any] = {
         "title": title,
+        "opening": opening,
+        "lang": lang,
         "kinds": parts,
         "focus": [kind, layer, head],
         "alignment": None,
