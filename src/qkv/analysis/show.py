@@ -11,6 +11,7 @@ view as an offline page.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -213,3 +214,24 @@ def _cache_kinds(
             capture.vector_hooks[index] = names
             capture.scales[index] = scale if scale is not None else cache[f"{module}.hook_q"].shape[-1] ** -0.5
     return attention_kinds(capture, tokens, target_tokens, row=row)
+
+
+def _show_cache(cache: ActivationCache) -> dict[str, Any] | None:
+    """A recorded cache as a notebook shows it: the explorer when it holds attention patterns (keys labelled by
+    position; ``qkv.show(cache, tokens)`` labels them), else IPython's own display."""
+    if not any(name.endswith(".hook_pattern") for name in cache):
+        return None
+    return show(cache)._repr_mimebundle_()
+
+
+def _register_notebook_display() -> None:
+    """In a notebook, a :func:`qkv.record` cache of attention hook points shows the explorer as a cell's value.
+    (ActivationCache lives in the attention core, which knows nothing of the explorer: IPython's formatter registry
+    joins them, only where IPython runs.)"""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        shell.display_formatter.mimebundle_formatter.for_type(ActivationCache, _show_cache)
+
+
+_register_notebook_display()

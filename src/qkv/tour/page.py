@@ -83,37 +83,42 @@ def _table(header: list[str | tuple[str, str]], rows: list[list[str]], lang: str
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render(steps: list[Step], lang: str) -> str:
-    """The page in ``lang`` (``en`` or ``ko``)."""
+def section(step: Step, lang: str, *, explorers: bool = True) -> str:
+    """One step as an HTML ``<section>`` in ``lang``: its title, paragraphs, tables and figures, and its interactive
+    explorers (``explorers=False`` leaves them out, for a notebook that shows them as widgets)."""
     words = PAGE[lang]
-    sections = []
-    for step in steps:
-        spec = cast(dict[str, Any], STEPS[step.key])  # (title, body, captions, unavailable by language)
-        parts = [f'<section id="{step.key}"><h2>{html.escape(spec[lang]["title"])}</h2>']
-        if step.unavailable != "runs":  # (a step without its runs has no numbers to quote)
-            parts += [f"<p>{p}</p>" for p in _paragraphs(step, lang)]
-        if step.unavailable is not None:
-            message = spec["unavailable"][lang].format_map(_Strict(_quoted(step.numbers), step.key))
-            parts.append(f'<p class="unavailable"><b>{words["unavailable"]}:</b> {message}</p>')
-        parts += [_table(header, rows, lang) for header, rows in step.tables]
-        caption = LANGUAGES.index(lang)
+    spec = cast(dict[str, Any], STEPS[step.key])  # (title, body, captions, unavailable by language)
+    parts = [f'<section id="{step.key}"><h2>{html.escape(spec[lang]["title"])}</h2>']
+    if step.unavailable != "runs":  # (a step without its runs has no numbers to quote)
+        parts += [f"<p>{p}</p>" for p in _paragraphs(step, lang)]
+    if step.unavailable is not None:
+        message = spec["unavailable"][lang].format_map(_Strict(_quoted(step.numbers), step.key))
+        parts.append(f'<p class="unavailable"><b>{words["unavailable"]}:</b> {message}</p>')
+    parts += [_table(header, rows, lang) for header, rows in step.tables]
+    caption = LANGUAGES.index(lang)
+    parts += [
+        _figure(png if isinstance(png, bytes) else png[lang], spec["captions"][name][caption], words["figure"])
+        for name, png in step.figures
+    ]
+    if explorers:  # the interactive views: qkv's explorer, drawn from the numbers the step computed
         parts += [
-            _figure(png if isinstance(png, bytes) else png[lang], spec["captions"][name][caption], words["figure"])
-            for name, png in step.figures
-        ]
-        parts += [  # the interactive views: qkv's explorer, drawn from the numbers the step computed
             f'<figure class="explorer">{explorer.html(lang)}<figcaption>{words["figure"]}: '
             f"{html.escape(spec['captions'][name][caption])}</figcaption></figure>"
             for name, explorer in step.explorers
         ]
-        sections.append("\n".join(parts) + "</section>")
+    return "\n".join(parts) + "</section>"
+
+
+def render(steps: list[Step], lang: str) -> str:
+    """The page in ``lang`` (``en`` or ``ko``)."""
+    words = PAGE[lang]
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return TEMPLATE.format(
         policy=POLICY,
         lang=lang,
         title=html.escape(words["title"]),
         intro=html.escape(words["intro"].format(made=made)),
-        sections="\n".join(sections),
+        sections="\n".join(section(step, lang) for step in steps),
     )
 
 

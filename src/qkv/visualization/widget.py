@@ -53,11 +53,15 @@ class Explorer:
         kinds = ", ".join(f"{k['name']} ({k['layers']} layers × {k['heads']} heads)" for k in self.payload["kinds"])
         return f"<qkv explorer {self.payload['title']!r}: {kinds or 'pixel fields'}>"
 
+    def localized(self, lang: str) -> Explorer:
+        """This explorer with ``lang``'s words (``"en"`` or ``"ko"``); the numbers are the same."""
+        return Explorer({**self.payload, "lang": lang}, self.kinds)
+
     def html(self, lang: str | None = None) -> str:
         """The explorer as an HTML fragment that draws itself where scripts run (the static picture elsewhere), in
         ``lang``'s words (``"en"``, ``"ko"``; default: the payload's)."""
-        payload = self.payload if lang is None else {**self.payload, "lang": lang}
-        return inline_html(payload, self._static_picture())
+        explorer = self if lang is None else self.localized(lang)
+        return inline_html(explorer.payload, self._static_picture())
 
     def save(self, path: str | Path) -> Path:
         """Write the explorer as a self-contained offline HTML page (UTF-8); returns the path."""
