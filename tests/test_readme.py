@@ -65,6 +65,8 @@ def sandbox(tmp_path_factory) -> Path:
     for name in ("configs", "scripts", "docs", "README.md", ".venv", "src", "pyproject.toml", "LICENSE"):
         (work / name).symlink_to(ROOT / name)
     shutil.copytree(ROOT / "benchmarks", work / "benchmarks", ignore=shutil.ignore_patterns("results"))
+    # a copy: a notebook's kernel runs in its directory, and ../runs must be the sandbox's, not the checkout's
+    shutil.copytree(ROOT / "examples", work / "examples")
     return work
 
 
@@ -122,6 +124,8 @@ def test_every_readme_command_and_cli_hint_works_as_written(sandbox):
         "digits.png",
         "field.html",
         "tour.html",
+        "runs/notebooks/01-first-look.ipynb",
+        "runs/notebooks/01-first-look.html",
     ):
         assert (sandbox / path).exists(), path
 
@@ -168,3 +172,33 @@ def test_the_readmes_intervention_example_runs_as_written():
     exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["rollout"].shape == namespace["flow"].shape == (1, 6, 6)
     assert not torch.equal(namespace["ablated"].logits, model(namespace["ids"]).logits)
+
+
+def test_the_readmes_notebook_example_runs_as_written(tmp_path, monkeypatch):
+    """The ```python block that opens the notebook section, with the names it uses made small and real."""
+    import torch
+
+    import qkv
+    from qkv.models import GPT, GPTConfig, Transformer, TransformerConfig
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    (block,) = [b for b in blocks if "qkv.show(" in b]
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=16, max_seq_len=8, num_layers=2, num_heads=2, embed_dim=16)).eval()
+    ids = torch.randint(0, 16, (1, 6))
+    with torch.no_grad(), qkv.capture_attention(gpt) as cap, qkv.record(gpt) as cache:
+        gpt(ids)
+    translator = Transformer(TransformerConfig(src_vocab_size=12, tgt_vocab_size=12, embed_dim=16, num_heads=2,
+                                               ffn_dim=32)).eval()  # fmt: skip
+
+    class Chars:  # a tokenizer: decode([id]) labels a token
+        def decode(self, ids: list[int]) -> str:
+            return "abcdefghijklmnop"[ids[0]]
+
+    namespace = {"cap": cap, "cache": cache, "tokens": list("abcdef"), "translator": translator, "gpt": gpt, "ids": ids,
+                 "src_ids": torch.randint(3, 12, (1, 5)), "tgt_ids": torch.randint(3, 12, (1, 4)), "chars": Chars(),
+                 "scores": qkv.analysis.head_importance(gpt, ids)}  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), namespace)
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    assert '"headScores": {"name": "head score"' in page and '"tokens": ["' in page

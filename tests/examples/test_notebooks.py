@@ -6,10 +6,11 @@ export (nbconvert) of an executed notebook opens offline in Chromium with every 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.browser import chromium, open_page
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -94,41 +95,25 @@ def test_notebook_runs_and_shows_its_explorers_inline(name, explorers, tmp_path,
         assert (tmp_path / "first-look.html").stat().st_size > 10_000
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
 def test_the_html_export_draws_every_explorer_offline(tmp_path, quickstart_run):
     """nbconvert's HTML (no widget state is saved, so it falls back to each output's text/html): opened offline in
     Chromium, every explorer and picture draws, nothing is requested from the network and nothing errs."""
-    playwright = pytest.importorskip("playwright.sync_api")
     nbconvert = pytest.importorskip("nbconvert")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    from tests.visualization.test_page import FLAGS
-
     book = execute("01-first-look", tmp_path, quickstart_run)
     body, _ = nbconvert.HTMLExporter(**OFFLINE_EXPORT).from_notebook_node(book)
     path = tmp_path / "first-look-export.html"
     path.write_text(body, encoding="utf-8")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors, requests = [], []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(path.as_uri())
+    with chromium() as browser:
+        watched = open_page(browser, path)
+        page = watched.page
         page.wait_for_load_state("load")
         drawn = page.evaluate("[...document.querySelectorAll('.qkv-explorer')].map(e => e.qkv ? e.qkv.draws : 0)")
         titles = page.evaluate("[...document.querySelectorAll('.qkv-explorer')].map(e => "
                                "e.shadowRoot.getElementById('title').textContent)")  # fmt: skip
         images = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
-        browser.close()
     assert len(drawn) == 4 and all(d >= 1 for d in drawn), drawn
     assert titles[1] == "qkv · The cat sat on the mat." and all(w > 0 for w in images)
-    assert errors == [], errors
-    leaving = [u for u in requests if not u.startswith(("file:", "data:", "blob:"))]
-    assert leaving == [], leaving
+    assert watched.errors == [] and watched.leaving() == [], (watched.errors, watched.leaving())
 
 
 # nbconvert's own page loads require.js and MathJax from a CDN by default; with these settings it loads nothing

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -179,25 +178,14 @@ def _tiny_run(tmp_path, tiny, sets):
     return out
 
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
 @pytest.mark.parametrize("lang", ["en", "ko"])
 def test_the_page_in_chromium_draws_every_figure_offline(steps, tmp_path, lang):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed")
-    from tests.visualization.test_page import FLAGS
+    from tests.browser import chromium, open_page
 
     path = write_tour(tmp_path / f"tour-{lang}.html", lang, list(steps.values()))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page()
-        errors, requests = [], []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(path.as_uri())
+    with chromium() as browser:
+        watched = open_page(browser, path)
+        page, errors, requests = watched.page, watched.errors, watched.requests
         widths = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
         # the explorer of step 1 drew itself, opened on the neuron view of "I" and "home"
         neuron = page.evaluate("document.querySelector('.qkv-explorer').qkv.drawn")
@@ -205,7 +193,6 @@ def test_the_page_in_chromium_draws_every_figure_offline(steps, tmp_path, lang):
                              ".map(b => b.textContent)")  # fmt: skip
         sections = page.evaluate("document.querySelectorAll('section').length")
         text = page.inner_text("body")
-        browser.close()
     assert errors == [] and requests == [path.as_uri()]
     assert sections == 10 and len(widths) >= 10 and all(w > 0 for w in widths)
     i_go_home = steps["i_go_home"].numbers

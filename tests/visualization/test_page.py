@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +16,8 @@ from qkv.decoding.translate import cross_attention
 from qkv.models import GPT, GPTConfig, Transformer, TransformerConfig
 from qkv.visualization import capture_attention
 from qkv.visualization.html import write_attention_page
+from tests.browser import chromium, open_page
 from tests.conftest import page_data
-
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def _attention(layers: int, heads: int, n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -45,19 +31,13 @@ def _attention(layers: int, heads: int, n: int, seed: int = 0) -> list[torch.Ten
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _open(browser, path: Path):
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors, requests = [], []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: requests.append(r.url))
-    page.goto(path.as_uri())
+    watched = open_page(browser, path)
+    page, errors, requests = watched.page, watched.errors, watched.requests
     page.wait_for_function("window.qkvDraws >= 1")
     page.evaluate("window.R = document.querySelector('.qkv-explorer').shadowRoot")  # the explorer's own DOM
     return page, errors, requests

@@ -5,7 +5,6 @@ widget's own. What it draws is compared with what the model computed: the captur
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,9 @@ import torch
 import qkv
 from qkv.models import GPT, GPTConfig, LlamaConfig, Transformer, TransformerConfig
 from qkv.visualization import capture_attention
+from tests.browser import chromium, open_page
 
-playwright = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("anywidget")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 # anywidget's front-end: import the _esm source from a Blob URL, then render({model, el}) with the synced traits
 HARNESS = """<!doctype html><html><body><div id="el"></div><script type="module">
@@ -36,24 +31,17 @@ API = "document.getElementById('el').qkv"  # the explorer's state and what it dr
 
 @pytest.fixture(scope="module")
 def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _open_widget(browser, explorer: qkv.visualization.Explorer, tmp_path: Path):
     widget = explorer.widget()
     path = tmp_path / "harness.html"
     path.write_text(HARNESS.replace("__ESM__", json.dumps(widget._esm)).replace("__DATA__", json.dumps(widget.data)))
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    errors, requests = [], []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: requests.append(r.url))
-    page.goto(path.as_uri())
-    page.wait_for_function("window.harnessReady === true && window.qkvDraws >= 1")
-    return page, errors, requests
+    watched = open_page(browser, path)
+    watched.page.wait_for_function("window.harnessReady === true && window.qkvDraws >= 1")
+    return watched.page, watched.errors, watched.requests
 
 
 def _drawn_rows(page, kind: int) -> list:
