@@ -6,6 +6,7 @@ export (nbconvert) of an executed notebook opens offline in Chromium with every 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,9 @@ def execute(name: str, tmp_path: Path, quickstart_run: Path):
     # output's text/html (with state saved, it draws widgets with a widget manager fetched from a CDN)
     client = nbclient.NotebookClient(book, timeout=600, kernel_name="python3", store_widget_state=False,
                                      resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip
-    client.execute()
+    # one thread per kernel, as every test process has (tests/conftest.py): two xdist workers and their kernels
+    # would otherwise fight over 2 cores, each torch spinning up threads for the other's
+    client.execute(env={**os.environ, "OMP_NUM_THREADS": "1"})
     return book
 
 

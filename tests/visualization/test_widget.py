@@ -192,3 +192,27 @@ def test_llama_with_grouped_query_attention(browser, tmp_path):
     assert drawn["score"] == recorded and drawn["dot"] * drawn["scale"] == pytest.approx(recorded, rel=1e-5, abs=1e-6)
     assert drawn["v"] == cache["blocks.1.attn.hook_v"][0, 1, 4].tolist()
     assert errors == []
+
+
+def test_float16_storage_is_decoded_exactly_and_says_its_error(browser, tmp_path, monkeypatch):
+    """Past the float32 size the weights travel as float16: the page decodes each to the float16 value numpy rounds
+    to, and the view states the largest rounding error, measured in Python."""
+    import numpy as np
+
+    import qkv.visualization.numbers as numbers
+
+    monkeypatch.setattr(numbers, "FLOAT32_LIMIT", 100)  # 2 layers × 2 heads × 7 × 7 = 196 weights: float16
+    g = torch.Generator().manual_seed(4)
+    weights = [torch.softmax(torch.randn(2, 7, 7, generator=g), -1) for _ in range(2)]
+    explorer = qkv.show(weights, list("abcdefg"))
+    stored = explorer.payload["kinds"][0]["weights"]
+    as_half = torch.stack(weights).numpy().astype(np.float16).astype(np.float32)
+    assert stored["encoding"] == "float16" and stored["maxError"] == float(
+        np.abs(as_half - torch.stack(weights).numpy()).max()
+    )
+    page, errors, _ = _open_widget(browser, explorer, tmp_path)
+    drawn = torch.tensor(_drawn_rows(page, 0), dtype=torch.float64)
+    assert torch.equal(drawn, torch.from_numpy(as_half).double())
+    error = f"{stored['maxError']:.2e}".replace("e-0", "e-")  # as JavaScript's toExponential(2) writes it
+    assert f"float16 (largest rounding error {error})" in page.inner_text("#note")
+    assert errors == []

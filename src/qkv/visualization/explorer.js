@@ -114,7 +114,8 @@ const WORDS = {
 
 function decode(base64, type){
   // base64 of little-endian float32 (or "float16", "int32") -> Float32Array (Int32Array), exactly
-  const bytes = Uint8Array.from(atob(base64), c => c.charCodeAt(0));
+  const text = atob(base64), bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
   if (type === "int32") return new Int32Array(bytes.buffer);
   if (type !== "float16") return new Float32Array(bytes.buffer);
   const h = new Uint16Array(bytes.buffer), out = new Float32Array(h.length);

@@ -38,7 +38,6 @@ from torch import Tensor
 
 from qkv.errors import ShapeError, describe_shape
 from qkv.visualization.numbers import (
-    FLOAT32_LIMIT,
     TOP_K,
     VECTOR_LIMIT,
     encode_array,
@@ -162,8 +161,7 @@ class AttentionKind:
                              f"got {self.segments}")  # fmt: skip
         encoded = encode_weights(weights, top_k)
         dense = encoded["encoding"] == "float32"
-        total = layers * heads * q_len * k_len
-        keep = None if total <= FLOAT32_LIMIT else top_k
+        keep = None if dense else top_k  # rollout and flow are thinned like the weights
         with_vectors = self.vectors is not None and max(q_len, k_len) <= VECTOR_LIMIT
         return {
             "name": self.name,

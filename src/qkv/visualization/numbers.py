@@ -6,7 +6,8 @@ bit. The size rule, per kind of attention (self, cross, ...):
 
 * up to ``FLOAT32_LIMIT`` weights (4 Mi: all 12 layers × 12 heads of a 170-token input, or 6 × 12 at 240 tokens):
   float32, exact;
-* up to ``FLOAT16_LIMIT`` (16 Mi): float16, the largest rounding error measured here and stated on the view;
+* up to ``FLOAT16_LIMIT`` (8 Mi, the same 16 MiB): float16, the largest rounding error measured here and stated on
+  the view;
 * beyond: each query row keeps its ``top_k`` largest weights, in float32; the view says so.
 
 Scores (the softmax's input) are kept only while the weights are float32, and the neuron view's vectors only up to
@@ -26,7 +27,7 @@ from torch import Tensor
 __all__ = ["FLOAT16_LIMIT", "FLOAT32_LIMIT", "TOP_K", "VECTOR_LIMIT", "encode_array", "encode_weights"]
 
 FLOAT32_LIMIT = 1 << 22
-FLOAT16_LIMIT = 1 << 24
+FLOAT16_LIMIT = 1 << 23
 TOP_K = 8
 VECTOR_LIMIT = 128  # tokens: q, k, v and z of every head for the neuron view
 
