@@ -60,7 +60,13 @@ const COLORS = ["#e6194b","#3cb44b","#4363d8","#f58231","#911eb4","#42d4f4","#f0
 const VIEWS = ["head", "model", "qk", "neuron", "flow", "scores", "pixels", "align"];
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const label = t => t === "\n" ? "⏎" : t === " " ? "␣" : t;
-const exact = w => w === undefined ? "not stored" : String(w);  // the float32 as JavaScript prints it: every digit
+function exact(w){
+  // a stored float32 in the fewest digits that read back as exactly it (0.9, not 0.8999999761581421); a number
+  // computed here in float64 (q·k) in all of its digits
+  if (w === undefined) return "not stored";
+  for (let digits = 1; digits <= 9; digits++){ const text = w.toPrecision(digits); if (Math.fround(+text) === w) return String(+text); }
+  return String(w);
+}
 
 // the words of the explorer, in English and Korean (the payload's "lang"; numbers and tokens are the same in both)
 const WORDS = {
