@@ -12,7 +12,7 @@ from qkv.analysis.heads import (
 from qkv.analysis.importance import causal_lm_loss, head_importance, rank_correlation
 from qkv.analysis.intervene import Edit, apply_edit, head_means, intervene
 from qkv.analysis.pixels import made_connectivity, pixel_attention, pixel_dependence, pixel_explorer, pixel_maps
-from qkv.analysis.show import show
+from qkv.analysis.display import show
 from qkv.attention.hooks import ActivationCache, HookPoint, hook_points, record
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qkv.analysis.show import FLOW_LIMIT
+from qkv.analysis.display import FLOW_LIMIT
 from qkv.cli.common import add_device_option
 
 __all__ = ["add_parser", "attention_report"]

@@ -60,6 +60,9 @@ def attention_kinds(
     groups = _group({i: capture.names[i] for i in capture.layers if capture.calls.get(i)})
     if not groups:
         raise ConfigError("nothing was captured: run the model inside `with qkv.capture_attention(model) as cap:`")
+    batch = capture.calls[next(iter(groups.values()))[0]][0].shape[0]
+    if not -batch <= row < batch:
+        raise ConfigError(f"row {row} is not a row of the batch of {batch} that was captured")
     kinds = []
     for pattern, layers in groups.items():
         name = _kind_name(pattern, len(groups))

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qkv.visualization.html import MODULE, AttentionKind, explorer_payload, inline_html, page_html
+from qkv.errors import ShapeError
+from qkv.visualization.html import LANGUAGES, MODULE, AttentionKind, explorer_payload, inline_html, page_html
 
 __all__ = ["Explorer", "in_notebook_kernel"]
 
@@ -55,6 +56,8 @@ class Explorer:
 
     def localized(self, lang: str) -> Explorer:
         """This explorer with ``lang``'s words (``"en"`` or ``"ko"``); the numbers are the same."""
+        if lang not in LANGUAGES:
+            raise ShapeError(f"lang must be one of {', '.join(LANGUAGES)}, got {lang!r}")
         return Explorer({**self.payload, "lang": lang}, self.kinds)
 
     def html(self, lang: str | None = None) -> str:

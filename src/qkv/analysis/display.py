@@ -81,6 +81,13 @@ def show(
     if isinstance(head_scores, Tensor):
         head_scores = ("head score", head_scores)
     labels = tokens if isinstance(tokens, Sequence) and not isinstance(tokens, str) else None
+    if not isinstance(what, nn.Module) and tokens is not None and labels is None:
+        raise ConfigError(f"tokens label the keys: give a list of strings, one per key (got a {type(tokens).__name__}; "
+                          "a text is for a model: qkv.show(model, text, tokenizer))")  # fmt: skip
+    if labels is not None and not all(isinstance(t, str) for t in labels):
+        raise ConfigError(
+            "tokens must be strings, one per key (decode ids first: [tokenizer.decode([i]) for i in ids])"
+        )
     if isinstance(what, nn.Module):
         capture, labels, target_tokens, segments = _run(what, tokens, tokenizer, pair, target, segments)
         kinds = attention_kinds(capture, labels, target_tokens)
