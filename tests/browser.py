@@ -39,17 +39,19 @@ class Watched:
     errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
 
-    def leaving(self) -> list[str]:
-        """The requests that would leave the machine (anything but files, data: and blob: URLs)."""
-        return [url for url in self.requests if not url.startswith(("file:", "data:", "blob:"))]
+    def leaving(self, local: str = "file:") -> list[str]:
+        """The requests that would leave the machine: anything but ``local`` (files, or a server on this
+        machine), data: and blob: URLs."""
+        return [url for url in self.requests if not url.startswith((local, "data:", "blob:"))]
 
 
-def open_page(browser: Any, path: Path, width: int = 1200, height: int = 900) -> Watched:
-    """Open ``path`` (a local file) in a new page, watching its errors and requests from the first byte."""
+def open_page(browser: Any, target: Path | str, width: int = 1200, height: int = 900) -> Watched:
+    """Open ``target`` (a local file, or a URL) in a new page, watching its errors and requests from the first
+    byte."""
     page = browser.new_page(viewport={"width": width, "height": height})
     watched = Watched(page)
     page.on("console", lambda m: watched.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: watched.errors.append(str(e)))
     page.on("request", lambda r: watched.requests.append(r.url))
-    page.goto(path.as_uri())
+    page.goto(target.as_uri() if isinstance(target, Path) else target)
     return watched
