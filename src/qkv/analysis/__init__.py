@@ -1,6 +1,7 @@
 """Where information flows through a model's attention (rollout, flow), what its heads do (ablation), and
 ``show``: the explorer of all of it, inline in a notebook."""
 
+from qkv.analysis.display import show
 from qkv.analysis.flow import attention_flow, attention_rollout, layer_transitions, max_flow
 from qkv.analysis.heads import (
     direct_logit_attribution,
@@ -12,7 +13,6 @@ from qkv.analysis.heads import (
 from qkv.analysis.importance import causal_lm_loss, head_importance, rank_correlation
 from qkv.analysis.intervene import Edit, apply_edit, head_means, intervene
 from qkv.analysis.pixels import made_connectivity, pixel_attention, pixel_dependence, pixel_explorer, pixel_maps
-from qkv.analysis.display import show
 from qkv.attention.hooks import ActivationCache, HookPoint, hook_points, record
 
 __all__ = [

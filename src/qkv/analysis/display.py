@@ -22,9 +22,10 @@ from qkv.analysis.flow import attention_flow, attention_rollout
 from qkv.attention.hooks import ActivationCache
 from qkv.devices import model_device
 from qkv.errors import ConfigError, ShapeError, describe_shape
-from qkv.visualization.capture import AttentionCapture, capture_attention
+from qkv.visualization.capture import AttentionCapture, attention_modules, capture_attention
 from qkv.visualization.html import AttentionKind, PixelFields
 from qkv.visualization.kinds import attention_kinds, labels_for
+from qkv.visualization.numbers import FLOAT32_LIMIT, VECTOR_LIMIT
 from qkv.visualization.widget import Explorer
 
 __all__ = ["FLOW_LIMIT", "show"]
@@ -166,10 +167,15 @@ def _run(
         target_labels = target_labels or labels_for(None, target.shape[1])
     elif "tgt_ids" in parameters:
         raise ConfigError("an encoder-decoder needs the decoder's input too: qkv.show(model, src_ids, target=tgt_ids)")
+    # the softmax's inputs and the neuron view's vectors are recorded only where the explorer keeps them (its float32
+    # size, VECTOR_LIMIT tokens): a long input's scores would cost as much memory as its weights again, for nothing
+    longest = max(ids.shape[1], target.shape[1] if target is not None else 0)
+    weights = sum(m.num_heads for m in attention_modules(model)) * longest**2
+    scores, vectors = weights <= FLOAT32_LIMIT, longest <= VECTOR_LIMIT
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), capture_attention(model, scores=True, vectors=True) as capture:
+        with torch.no_grad(), capture_attention(model, scores=scores, vectors=vectors) as capture:
             args = (ids.to(device),) if target is None else (ids.to(device), target.to(device))
             model(*args, **kwargs)
     finally:

@@ -18,8 +18,8 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         name,
         help="draw a model's attention over a text (PNG grid, interactive HTML page)",
         description="Run MODEL on TEXT, capture the exact attention weights of every layer, and write them as a PNG "
-        "grid and/or a self-contained interactive HTML page (works offline; with attention rollout, and flow for up to "
-        f"{FLOW_LIMIT} tokens). MODEL is a qkv run/checkpoint directory, "
+        "grid and/or a self-contained interactive HTML page (works offline; the head, model, query and neuron views, "
+        f"attention rollout, and flow for up to {FLOW_LIMIT} tokens). MODEL is a qkv run/checkpoint directory, "
         "a HuggingFace-format directory (BERT, GPT-2, Llama, Mistral or Qwen2), or 'minilm'.",
     )
     p.add_argument("model", help="qkv checkpoint, HF-format directory, or 'minilm'")
