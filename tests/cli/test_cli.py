@@ -216,6 +216,10 @@ def test_attention_verb_writes_png_and_page(run_dir, tmp_path, capsys):
     assert "--png FILE and/or --html FILE" in capsys.readouterr().err
     assert main(["attention", str(run_dir), "Ham.", "--png", str(png), "--layer", "7"]) == 2
     assert "layer 7 does not exist" in capsys.readouterr().err
+    assert main(["attention", str(run_dir), "Ham.", "--html", str(page), "--layer", "7"]) == 2
+    assert "layer 7 does not exist: self-attention has" in capsys.readouterr().err
+    assert main(["attention", str(run_dir), "Ham.", "--html", str(page), "--layer", "-1"]) == 2
+    assert "--layer counts from 0 (the first), got -1" in capsys.readouterr().err
 
 
 def test_ctrl_c_keeps_what_was_generated_and_exits_130(run_dir):

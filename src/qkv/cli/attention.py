@@ -54,7 +54,12 @@ def attention_report(
     view); returns the paths written. ``title`` defaults to ``name`` and the start of the tokens drawn."""
     from qkv.analysis import show
     from qkv.cli.common import encode_prompt
+    from qkv.errors import ConfigError
     from qkv.visualization import Explorer, plot_attention
+
+    for flag, value in (("--layer", layer), ("--head", head)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag} counts from 0 (the first), got {value}")
 
     text = text or ""  # (None with token_ids: nothing to encode)
     if pretrained:
