@@ -216,3 +216,14 @@ def test_float16_storage_is_decoded_exactly_and_says_its_error(browser, tmp_path
     error = f"{stored['maxError']:.2e}".replace("e-0", "e-")  # as JavaScript's toExponential(2) writes it
     assert f"float16 (largest rounding error {error})" in page.inner_text("#note")
     assert errors == []
+
+
+def test_a_long_input_says_why_it_has_no_neuron_view(browser, tmp_path):
+    n = 130  # past the neuron view's 128 tokens
+    weights = [torch.softmax(torch.randn(1, n, n, generator=torch.Generator().manual_seed(5)), -1)]
+    page, errors, _ = _open_widget(browser, qkv.show(weights, [f"t{i}" for i in range(n)]), tmp_path)
+    assert "(the neuron view: up to 128 tokens)" in page.inner_text("#note")
+    assert page.evaluate(
+        "[...document.getElementById('el').shadowRoot.querySelectorAll('#tabs button')].map(b => b.id)"
+    ) == ["tab-head", "tab-model", "tab-qk", "tab-flow"]
+    assert errors == []

@@ -92,6 +92,7 @@ const WORDS = {
     recorded: (score, note) => `<br>3. the score the softmax received (hook_attn_scores): ${score} ${note}`,
     same: "(= step 2)", bias: b => `(= step 2 + ${b}: a bias such as ALiBi)`,
     neuronCap: (l, h, i, qt, j, kt, d) => `layer ${l} · head ${h} · query ${i} ${qt} · key ${j} ${kt} (d = ${d}) — click a token on either side to pick the query or the key`,
+    neuronLimit: n => `(the neuron view: up to ${n} tokens)`,
   },
   ko: {
     views: {head: "헤드 보기", model: "모델 보기", qk: "쿼리 보기", neuron: "뉴런 보기", flow: "롤아웃 / 흐름", scores: "헤드 점수", pixels: "픽셀 영역", align: "정렬"},
@@ -115,6 +116,7 @@ const WORDS = {
     recorded: (score, note) => `<br>3. 소프트맥스가 받은 점수 (hook_attn_scores): ${score} ${note}`,
     same: "(= 2단계)", bias: b => `(= 2단계 + ${b}: ALiBi 같은 편향)`,
     neuronCap: (l, h, i, qt, j, kt, d) => `층 ${l} · 헤드 ${h} · 쿼리 ${i} ${qt} · 키 ${j} ${kt} (d = ${d}) — 양쪽의 토큰을 누르면 쿼리나 키를 고릅니다`,
+    neuronLimit: n => `(뉴런 보기: 토큰 ${n}개까지)`,
   },
 };
 
@@ -193,7 +195,7 @@ export function mount(host, D){
     const size = W.size(K.layers, K.heads), enc = K.weights.encoding;
     const note = enc === "float32" ? W.exactNote : enc === "float16" ? W.halfNote(K.weights.maxError.toExponential(2)) : W.topNote(K.topK, K.tokens.length);
     return (K.cross ? W.crossNote(size, kindName(K), K.queryTokens.length, K.tokens.length)
-      : W.selfNote(size, kindName(K), K.tokens.length)) + `; ${note}. ${K.vectorNote || ""}`.trimEnd();
+      : W.selfNote(size, kindName(K), K.tokens.length)) + `; ${note}.` + (K.vectorLimit ? " " + W.neuronLimit(K.vectorLimit) : "");
   }
   function setupKind(){
     // (re)build the controls that depend on the kind of attention shown

@@ -176,7 +176,7 @@ class AttentionKind:
             # the softmax's input for every key (-inf = forbidden), float32 like the weights; dense inputs only
             "scores": None if self.scores is None or not dense else encode_array(_stack(self.scores)),
             "vectors": self.vectors.payload(layers, heads, q_len, k_len) if with_vectors and self.vectors else None,
-            "vectorNote": f"(neuron view: up to {VECTOR_LIMIT} tokens)" if max(q_len, k_len) > VECTOR_LIMIT else "",
+            "vectorLimit": VECTOR_LIMIT if max(q_len, k_len) > VECTOR_LIMIT else None,  # the view says why no neurons
             "segments": self.segments,
             # per layer l, per position: [[token, share], ...] of the inputs that reach it through layers 0..l
             "rollout": None if self.rollout is None else [_rows(r, keep) for r in self.rollout],
