@@ -1,8 +1,10 @@
-"""Small grey-level images for autoregressive image models: the 8×8 handwritten digits shipped inside scikit-learn
-(1,797 images, levels 0-16, ten classes; no download), or the user's own images (a folder of PNGs or an ``.npy``
-array ``(N, H, W)`` of integer levels).
+"""Grey-level images for autoregressive image models: the 8×8 handwritten digits shipped inside scikit-learn
+(1,797 images, levels 0-16, ten classes; no download), MNIST from a directory of its four IDX files
+(:mod:`qkv.data.mnist`: 28 × 28, 256 levels or stochastically binarized, the literature's split), or the user's own
+images (a folder of PNGs or an ``.npy`` array ``(N, H, W)`` of integer levels).
 
-Images are integer tensors ``(N, H, W)`` with values in ``[0, levels)``; a fixed train/valid/test split by seed.
+Images are integer tensors ``(N, H, W)`` with values in ``[0, levels)``; MNIST keeps its fixed split, the others are
+split train/valid/test by a seeded permutation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.data.mnist import is_mnist_directory, load_mnist
 from qkv.errors import ConfigError
 
 __all__ = ["ImageData", "ImageSet", "load_digits", "load_image_set", "read_images"]
@@ -30,6 +33,8 @@ class ImageSet:
     labels: Tensor
     levels: int
     num_classes: int  # 0: unlabelled
+    # a fixed split of its own (MNIST's): split name -> (images, labels); None: ImageData splits by seed
+    splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
 
 def load_digits(binarise: bool = False, size: int = 8) -> ImageSet:
@@ -93,10 +98,15 @@ def read_images(path: str | Path, levels: int = 256) -> ImageSet:
     return ImageSet(images, torch.full((len(images),), -1, dtype=torch.long), levels, 0)
 
 
-def load_image_set(path: str = "", binarise: bool = False, size: int = 8, levels: int = 256) -> ImageSet:
-    """The digits (``path`` empty) or the user's images at ``path``."""
+def load_image_set(path: str = "", binarise: bool = False, size: int = 8, levels: int = 256, seed: int = 0) -> ImageSet:
+    """The digits (``path`` empty), MNIST (``path`` a directory of its IDX files; ``binarise``: stochastic, by
+    ``seed``) or the user's images at ``path``."""
     if not path:
         return load_digits(binarise, size)
+    if is_mnist_directory(path):
+        splits, mnist_levels = load_mnist(path, binarise, seed)
+        train_images, train_labels = splits["train"]
+        return ImageSet(train_images, train_labels, mnist_levels, 10, splits)
     images = read_images(path, levels)
     if binarise:
         images = ImageSet((images.images >= levels // 2).long(), images.labels, 2, 0)
@@ -108,6 +118,10 @@ class ImageData:
     batches."""
 
     def __init__(self, images: ImageSet, seed: int = 0) -> None:
+        self.set = images
+        if images.splits is not None:  # a split of its own (MNIST's)
+            self.splits = dict(images.splits)
+            return
         n = len(images.images)
         if n < 10:
             raise ConfigError(f"{n} images are too few to split into train, valid and test (at least 10)")
@@ -118,7 +132,6 @@ class ImageData:
             "valid": order[n_train : n_train + n_valid],
             "test": order[n_train + n_valid :],
         }
-        self.set = images
         self.splits = {name: (images.images[index], images.labels[index]) for name, index in parts.items()}
 
     @property

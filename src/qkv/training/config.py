@@ -60,12 +60,14 @@ class Seq2SeqDataConfig:
 
 @dataclass
 class ImageDataConfig:
-    path: str = ""  # a folder of .png files or an .npy array (N, H, W) of levels; empty = scikit-learn's 8x8 digits
-    binarise: bool = False  # 2 levels (on from half the range)
+    # a folder of .png files, an .npy array (N, H, W) of levels, or a directory with MNIST's four IDX files;
+    # empty = scikit-learn's 8x8 digits
+    path: str = ""
+    binarise: bool = False  # 2 levels: on from half the range; MNIST: on with probability level / 255, by data.seed
     size: int = 8  # the digits: 8, or 16 / 28 upsampled
     levels: int = 256  # user images: how many levels their values can take
     conditional: bool = False  # condition on the class label (the digits' 0-9)
-    seed: int = 0  # the train / valid / test split
+    seed: int = 0  # the train / valid / test split (MNIST's is fixed: the seed of its binarization)
 
 
 PARALLEL = ("ddp", "fsdp")

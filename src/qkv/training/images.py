@@ -68,7 +68,7 @@ def build_images(
     """The model, task and image format of an image run (a format from a checkpoint is checked against the data)."""
     family = get_family(config.kind, protocol=IMAGE)
     d, m = config.data, config.model
-    images = load_image_set(d.path, d.binarise, d.size, d.levels)
+    images = load_image_set(d.path, d.binarise, d.size, d.levels, d.seed)
     if d.conditional and not images.num_classes:
         raise ConfigError(f"data.conditional = true needs labelled images; {d.path} has no classes")
     height, width = images.images.shape[1:]
@@ -85,4 +85,4 @@ def build_images(
 def run_image_data(run_config: dict[str, Any]) -> ImageData:
     """The images (and their split) a run trained on, from its saved config (``CheckpointInfo.meta["config"]``)."""
     d = run_config["data"]
-    return ImageData(load_image_set(d["path"], d["binarise"], d["size"], d["levels"]), d["seed"])
+    return ImageData(load_image_set(d["path"], d["binarise"], d["size"], d["levels"], d["seed"]), d["seed"])
