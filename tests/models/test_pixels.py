@@ -174,3 +174,35 @@ def test_bad_input_is_named():
         with pytest.raises(ConfigError):
             config.validate()
     assert isinstance(PixelCNN(PixelCNNConfig()), PixelCNN) and GatedPixelCNN and PixelTransformer
+
+
+def test_pixelsnail_at_28x28_sees_every_earlier_pixel_and_nothing_after():
+    """The text's point: a convolution is local attention, self-attention global. With two gated layers (kernels
+    of 3: a few pixels of reach) and one attention block, every pixel before (14, 3) of a 28 × 28 image moves its
+    logits and none from it on; Gated PixelCNN, the same layers without attention, reaches only its neighbourhood."""
+    settings = {"height": 28, "width": 28, "levels": 2, "layers": 2, "first_kernel": 3, "attention_every": 2}
+    g = torch.Generator().manual_seed(2)
+    images, labels = torch.randint(0, 2, (2, 28, 28), generator=g), torch.tensor([3, 8])
+    pixel = 14 * 28 + 3
+    before = torch.arange(28 * 28) < pixel
+    snail = dependence(_model("pixelsnail", **settings), images, labels, pixel).flatten()
+    assert torch.all(snail[~before] == 0) and torch.all(snail[before] > 0), int((snail[before] == 0).sum())
+    gated = dependence(_model("gated-pixelcnn", **settings), images, labels, pixel).flatten()
+    assert torch.all(gated[~before] == 0) and (gated[before] > 0).sum() < before.sum() // 4
+
+
+def test_pixelsnails_attention_weights_every_earlier_pixel_and_not_itself_or_after():
+    from qkv.visualization import capture_attention
+
+    model = _model("pixelsnail", height=28, width=28, levels=2, layers=2, attention_every=1)
+    images = torch.randint(0, 2, (1, 28, 28), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), capture_attention(model) as cap:
+        model(images, torch.tensor([5]))
+    assert len(cap.layers) == 2  # an attention block after each gated layer
+    for layer in cap.layers:
+        weights = cap.weights(layer)[0]  # (heads, 784, 784) over the pixels in raster order
+        not_before = torch.ones(784, 784, dtype=torch.bool).triu()  # the pixel itself and every one after it
+        assert torch.all(weights[:, not_before] == 0) and torch.all(weights[:, ~not_before] > 0)
+        rows = torch.ones(4, 784)
+        rows[:, 0] = 0  # the first pixel has nothing before it: no weights (not NaN)
+        torch.testing.assert_close(weights.sum(-1), rows, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """Autoregressive image models over pixels in raster order (the seq2seq texts' image part): a no-context baseline,
-a pixel RNN, MADE, PixelCNN, Gated PixelCNN and a pixel Transformer. See :mod:`qkv.models.pixels.base`."""
+a pixel RNN, MADE, PixelCNN, Gated PixelCNN, PixelSNAIL and a pixel Transformer. See
+:mod:`qkv.models.pixels.base`."""
 
 from qkv.models.pixels.base import (
     GatedPixelCNNConfig,
@@ -9,11 +10,13 @@ from qkv.models.pixels.base import (
     PixelConfig,
     PixelModel,
     PixelRNNConfig,
+    PixelSNAILConfig,
     PixelTransformerConfig,
     bits_per_dim,
 )
 from qkv.models.pixels.convolutional import GatedPixelCNN, MaskedConv2d, PixelCNN
 from qkv.models.pixels.simple import MADE, IndependentPixels, PixelRNN
+from qkv.models.pixels.snail import PixelSNAIL
 from qkv.models.pixels.transformer import PixelTransformer
 
 #: family name -> (config class, model class), registered in qkv.models.families
@@ -23,6 +26,7 @@ PIXEL_FAMILIES = {
     "made": (MADEConfig, MADE),
     "pixelcnn": (PixelCNNConfig, PixelCNN),
     "gated-pixelcnn": (GatedPixelCNNConfig, GatedPixelCNN),
+    "pixelsnail": (PixelSNAILConfig, PixelSNAIL),
     "pixel-transformer": (PixelTransformerConfig, PixelTransformer),
 }
 
@@ -36,6 +40,7 @@ __all__ = [
     "PixelConfig",
     "PixelModel",
     "PixelRNN",
+    "PixelSNAIL",
     "PixelTransformer",
     "bits_per_dim",
 ]

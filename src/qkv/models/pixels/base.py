@@ -28,6 +28,7 @@ from qkv.models.output import ModelOutput
 __all__ = [
     "PixelConfig",
     "PixelModel",
+    "PixelSNAILConfig",
     "SequencePixelModel",
     "bits_per_dim",
     "condition",
@@ -57,11 +58,14 @@ class PixelConfig(ModelConfig):
     ordering: Literal["raster", "random"] = "raster"  # MADE: random = each mask its own input ordering
     num_heads: int = 4  # Transformer
     window: int = 0  # Transformer: > 0 restricts attention to pixels at most this many rows up and columns aside
+    attention_every: int = 2  # PixelSNAIL: an attention block after every this many gated layers (and the last)
     dropout: float = 0.0
     backend: str = "auto"
 
     def validate(self) -> None:
-        self.check_positive("height", "width", "hidden", "layers", "kernel", "first_kernel", "num_masks", "num_heads")
+        self.check_positive(
+            "height", "width", "hidden", "layers", "kernel", "first_kernel", "num_masks", "num_heads", "attention_every"
+        )
         if self.levels < 2:
             raise ConfigError(f"model.levels must be >= 2, got {self.levels}")
         if self.num_classes < 0 or self.window < 0:
@@ -201,6 +205,13 @@ class GatedPixelCNNConfig(PixelConfig):
 
 
 class PixelTransformerConfig(PixelConfig):
+    def validate(self) -> None:
+        super().validate()
+        if self.hidden % self.num_heads:
+            raise ConfigError(f"model.hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")
+
+
+class PixelSNAILConfig(PixelConfig):
     def validate(self) -> None:
         super().validate()
         if self.hidden % self.num_heads:

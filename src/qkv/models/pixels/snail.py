@@ -1,0 +1,93 @@
+"""PixelSNAIL (Chen et al. 2018): causal convolutions interleaved with causal self-attention over every previous
+pixel.
+
+The text's point, made runnable: a convolution is *local* attention (each pixel reads a fixed neighbourhood above
+and to its left), self-attention is *global* (each pixel reads every pixel before it, with weights it computes).
+Here the convolutions are Gated PixelCNN's vertical and horizontal stacks (no blind spot); after every
+``attention_every`` gated layers, the horizontal stream gets a residual attention block: ``qkv.attend`` through
+:class:`~qkv.attention.MultiHeadAttention` over the pixels in raster order, with learned row and column embeddings
+(PixelSNAIL's "background"). As in PixelSNAIL, the keys and values also read each pixel's own value, and the mask
+function lets pixel ``i`` attend to keys ``j < i`` only (strictly earlier in raster order): so every earlier pixel,
+the one just before the end of the row above included, reaches pixel ``i`` in one step, and pixel ``i`` itself never
+does (the first pixel attends to nothing; qkv's softmax gives it zero weights, not NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qkv.attention import MultiHeadAttention
+from qkv.models.pixels.base import PixelConfig, PixelModel
+from qkv.models.pixels.convolutional import GatedLayer, _head, _levels_input
+
+__all__ = ["PixelSNAIL"]
+
+
+def strictly_before(_batch: Tensor, _head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    """The mask function of raster order, strict: query pixel ``q_idx`` sees key pixels ``kv_idx < q_idx``."""
+    return kv_idx < q_idx
+
+
+class AttentionBlock(nn.Module):
+    """``h + attention(query = norm(h) + positions; keys, values = norm(h) + positions + the pixel's value)`` over
+    the ``H·W`` pixels in raster order, each query reading the pixels strictly before it."""
+
+    def __init__(self, c: PixelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(c.hidden)
+        self.row, self.column = nn.Embedding(c.height, c.hidden), nn.Embedding(c.width, c.hidden)
+        self.pixel = nn.Linear(1, c.hidden)  # the key's own pixel value (scaled levels), which its stream lacks
+        self.attn = MultiHeadAttention(c.hidden, c.num_heads, dropout=c.dropout, backend=c.backend)
+        for table in (self.row, self.column):
+            nn.init.normal_(table.weight, std=0.02)
+
+    def forward(self, h: Tensor, pixels: Tensor) -> Tensor:
+        """``h (batch, C, H, W)`` and the scaled input ``pixels (batch, H, W, 1)`` -> ``h`` with what every earlier
+        pixel sent added."""
+        batch, channels, height, width = h.shape
+        x = self.norm(h.flatten(2).transpose(1, 2))  # (batch, H·W, C), raster order
+        rows = torch.arange(height, device=h.device)
+        columns = torch.arange(width, device=h.device)
+        background = (self.row(rows)[:, None] + self.column(columns)[None]).reshape(height * width, channels)
+        query = x + background
+        keys = query + self.pixel(pixels.reshape(batch, height * width, 1).to(x.dtype))
+        attended, _ = self.attn(query, keys, mask_mod=strictly_before)
+        return h + attended.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class PixelSNAIL(PixelModel):
+    """``layers`` gated layers (Gated PixelCNN's, so no blind spot), an attention block over every previous pixel
+    after each ``attention_every`` of them (and after the last), then two 1×1 convolutions to the logits."""
+
+    def __init__(self, config: PixelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = c = config
+        self.layers = nn.ModuleList(
+            GatedLayer(
+                c.hidden,
+                1 if i == 0 else c.hidden,
+                c.first_kernel if i == 0 else c.kernel,
+                i == 0,
+                c.num_classes,
+                c.dropout,
+            )
+            for i in range(c.layers)
+        )
+        self.attention_after = [i for i in range(c.layers) if (i + 1) % c.attention_every == 0 or i == c.layers - 1]
+        self.attention = nn.ModuleList(AttentionBlock(c) for _ in self.attention_after)
+        self.head = _head(c)
+
+    def embed(self, images: Tensor) -> Tensor:
+        return _levels_input(self.as_float(images), self.config.levels)
+
+    def predict(self, features: Tensor, labels: Tensor | None) -> Tensor:
+        x = features.permute(0, 3, 1, 2)  # (batch, 1, H, W)
+        v, h = x, x
+        blocks = iter(self.attention)
+        for index, layer in enumerate(self.layers):
+            v, h = layer(v, h, labels)
+            if index in self.attention_after:  # global: every earlier pixel, after the local convolutions
+                h = next(blocks)(h, features)
+        return self.head(h).permute(0, 2, 3, 1)
