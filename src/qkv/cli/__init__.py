@@ -14,7 +14,9 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
+from typing import Any
 
 from qkv.errors import QkvError
 
@@ -39,8 +41,28 @@ VERBS = (  # name -> module qkv.cli.<name>, in the order --help lists them
 NOTHING_KEPT = "nothing was written"
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, wrapped without breaking a hyphenated name (``pixel-transformer``, ``--max-new-tokens``)
+    across two lines."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser with :class:`_Formatter` (its subparsers, the verbs, are of this class too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qkv",
         description="qkv: the attention mechanism, complete, exact and fast, on PyTorch.",
     )

@@ -63,7 +63,8 @@ def read_images(path: str | Path, levels: int = 256) -> ImageSet:
     Unlabelled."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"data.path {path} does not exist")
+        raise ConfigError(f"data.path {path} does not exist: give a folder of .png files, an .npy array (N, H, W), or "
+                          "a directory with MNIST's four IDX files")  # fmt: skip
     if path.is_dir():
         files = sorted(path.glob("*.png"))
         if not files:

@@ -68,6 +68,7 @@ class ImageDataConfig:
     levels: int = 256  # user images: how many levels their values can take
     conditional: bool = False  # condition on the class label (the digits' 0-9)
     seed: int = 0  # the train / valid / test split (MNIST's is fixed: the seed of its binarization)
+    test_images: int = 0  # the final report's test images: 0 = all of them (the papers' figure); > 0 a quick look
 
 
 PARALLEL = ("ddp", "fsdp")
@@ -190,6 +191,7 @@ RANGES: dict[str, Range] = {
     "data.eval_num_beams": AT_LEAST_1,
     "data.size": Range(2),
     "data.levels": Range(2, 65536),
+    "data.test_images": AT_LEAST_0,
 }
 
 

@@ -27,6 +27,7 @@ class ImageTask:
     kind: str
     conditional: bool
     eval_batch: int = 256
+    test_images: int = 0  # > 0: the report reads only the first this many test images (a quick look)
 
     @property
     def tokens_per_row(self) -> int:
@@ -43,9 +44,12 @@ class ImageTask:
 
     @torch.no_grad()
     def report(self, model: nn.Module, progress: bool = False) -> dict[str, Any]:
-        """Exact negative log-likelihood of the test split, in bits per dimension and nats per image."""
+        """Exact negative log-likelihood of the test split (its first ``test_images``, when set), in bits per
+        dimension and nats per image: ``{"test": {...}, "test_nats": ..., "test_bits_per_dim": ...}``."""
         device = next(model.parameters()).device
         images, labels = self.data.splits["test"]
+        if self.test_images:
+            images, labels = images[: self.test_images], labels[: self.test_images]
         pieces = []
         with eval_mode(model):
             for start in range(0, len(images), self.eval_batch):
@@ -53,12 +57,11 @@ class ImageTask:
                 chunk_labels = labels[start : start + self.eval_batch].to(device) if self.conditional else None
                 pieces.append(cast(PixelModel, model).log_prob(chunk, chunk_labels).cpu())
         log_p = torch.cat(pieces)
+        nats, bits = round(float(-log_p.double().mean()), 4), round(bits_per_dim(log_p, self.tokens_per_row), 5)
         return {
-            "test": {
-                "images": len(images),
-                "bits_per_dim": round(bits_per_dim(log_p, self.tokens_per_row), 5),
-                "nll_nats_per_image": round(float(-log_p.double().mean()), 4),
-            }
+            "test": {"images": len(images), "bits_per_dim": bits, "nll_nats_per_image": nats},
+            "test_nats": nats,  # the binarized-MNIST tables' unit: nats per image
+            "test_bits_per_dim": bits,
         }
 
 
@@ -79,7 +82,7 @@ def build_images(
     m.validate()
     torch.manual_seed(config.train.seed)  # the same initial weights on every process and every run
     model = family.build(m)
-    return model, ImageTask(ImageData(images, d.seed), config.kind, d.conditional), fmt
+    return model, ImageTask(ImageData(images, d.seed), config.kind, d.conditional, test_images=d.test_images), fmt
 
 
 def run_image_data(run_config: dict[str, Any]) -> ImageData:

@@ -1,0 +1,35 @@
+"""Each bundled MNIST config trains a few steps on binarized MNIST and reports the papers' unit, nats per image on
+the test set, with bits per dimension beside it (the same likelihood: nats = bits/dim × 784 × ln 2); without the IDX
+files the configs say where to put them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from qkv.cli import main
+from tests.data.test_mnist import MNIST, needs_mnist
+
+CONFIGS = ["mnist-made", "mnist-pixelcnn", "mnist-gated", "mnist-pixelsnail", "mnist-pixelrnn", "mnist-transformer"]
+
+
+@needs_mnist
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_mnist_config_trains_and_reports_test_nats(name, tmp_path):
+    out = tmp_path / name
+    caps = ["train.steps=2", "train.batch_size=4", "train.eval_iters=1", "train.eval_interval=2",
+            "train.checkpoint_interval=2", "data.test_images=8", f"data.path={str(MNIST)!r}"]  # fmt: skip
+    assert main(["train", name, "--out", str(out), "--no-progress", *[a for c in caps for a in ("--set", c)]]) == 0
+    evaluation = json.loads((out / "metrics.json").read_text())["evaluation"]
+    assert evaluation["test"]["images"] == 8
+    assert evaluation["test_nats"] == pytest.approx(evaluation["test_bits_per_dim"] * 784 * math.log(2), rel=1e-4)
+    assert 0 < evaluation["test_nats"] < 784 * math.log(2) * 1.5  # an untrained model: near a coin per pixel
+
+
+def test_an_mnist_config_without_the_files_says_where_to_put_them(tmp_path, capsys):
+    assert (
+        main(["train", "mnist-made", "--out", str(tmp_path / "r"), "--set", f"data.path={str(tmp_path / 'no')!r}"]) == 2
+    )
+    assert "a directory with MNIST's four IDX files" in capsys.readouterr().err
