@@ -206,3 +206,17 @@ def test_pixelsnails_attention_weights_every_earlier_pixel_and_not_itself_or_aft
         rows = torch.ones(4, 784)
         rows[:, 0] = 0  # the first pixel has nothing before it: no weights (not NaN)
         torch.testing.assert_close(weights.sum(-1), rows, rtol=1e-5, atol=1e-6)
+
+
+def test_pixelsnails_field_view_covers_every_earlier_pixel():
+    """`qkv field` / pixel_explorer for PixelSNAIL: its gradient map and each attention block's map are nonzero on
+    every pixel before the chosen one and zero from it on."""
+    from qkv.analysis import pixel_maps
+
+    model = _model("pixelsnail", height=12, width=12, levels=2, layers=2, attention_every=1).float()
+    images = torch.randint(0, 2, (1, 12, 12), generator=torch.Generator().manual_seed(4))
+    maps = pixel_maps(model, images, torch.tensor([2]), (6, 5))
+    assert set(maps) == {"gradient", "attention, block 0", "attention, block 1"}
+    before = (torch.arange(144) < 6 * 12 + 5).view(12, 12)
+    for name, values in maps.items():
+        assert torch.all(values[~before] == 0) and torch.all(values[before] > 0), name

@@ -12,7 +12,14 @@ from qkv.analysis.heads import (
 )
 from qkv.analysis.importance import causal_lm_loss, head_importance, rank_correlation
 from qkv.analysis.intervene import Edit, apply_edit, head_means, intervene
-from qkv.analysis.pixels import made_connectivity, pixel_attention, pixel_dependence, pixel_explorer, pixel_maps
+from qkv.analysis.pixels import (
+    made_connectivity,
+    pixel_attention,
+    pixel_dependence,
+    pixel_explorer,
+    pixel_maps,
+    snail_attention,
+)
 from qkv.attention.hooks import ActivationCache, HookPoint, hook_points, record
 
 __all__ = [
@@ -42,4 +49,5 @@ __all__ = [
     "record",
     "repeated_random_tokens",
     "show",
+    "snail_attention",
 ]

@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 
 from qkv.errors import ConfigError
-from qkv.models.pixels import MADE, PixelTransformer
+from qkv.models.modes import eval_mode
+from qkv.models.pixels import MADE, PixelSNAIL, PixelTransformer
 from qkv.models.pixels.base import PixelModel
+from qkv.visualization.capture import capture_attention
 from qkv.visualization.html import AttentionKind, PixelFields
 from qkv.visualization.widget import Explorer
 
@@ -20,6 +22,7 @@ __all__ = [
     "pixel_dependence",
     "pixel_explorer",
     "pixel_maps",
+    "snail_attention",
 ]
 
 FIELD_PAGE_LIMIT = 256  # pixels: up to this many, the explorer holds every pixel's maps (click to switch)
@@ -92,7 +95,23 @@ def pixel_maps(model: PixelModel, image: Tensor, label: Tensor | None, pixel: tu
     if isinstance(model, PixelTransformer):
         attention, _ = pixel_attention(model, image, label, pixel)
         maps.update({f"attention, layer {i}": a for i, a in enumerate(attention)})
+    if isinstance(model, PixelSNAIL):
+        attention = snail_attention(model, image, label, pixel)
+        maps.update({f"attention, block {i}": a for i, a in enumerate(attention)})
     return maps
+
+
+@torch.no_grad()
+def snail_attention(model: PixelSNAIL, images: Tensor, labels: Tensor | None, pixel: tuple[int, int]) -> Tensor:
+    """The weights with which PixelSNAIL's attention blocks read each earlier pixel for ``pixel``'s prediction, for
+    the first image, averaged over heads: ``(blocks, H, W)`` (zero at the pixel itself and after it)."""
+    if not isinstance(model, PixelSNAIL):
+        raise ConfigError(f"snail_attention needs a PixelSNAIL model, got {type(model).__name__}")
+    index = _check_pixel(model, pixel)
+    c = model.config
+    with eval_mode(model), capture_attention(model) as capture:
+        model(images[:1], None if labels is None else labels[:1])
+    return torch.stack([capture.weights(i)[0, :, index].mean(0).view(c.height, c.width) for i in capture.layers])
 
 
 def pixel_explorer(
