@@ -211,7 +211,7 @@ class PixelTransformerConfig(PixelConfig):
             raise ConfigError(f"model.hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")
 
 
-class PixelSNAILConfig(PixelConfig):
+class PixelSNAILConfig(GatedPixelCNNConfig):  # (a Gated PixelCNN with attention: family_of picks the subclass)
     def validate(self) -> None:
         super().validate()
         if self.hidden % self.num_heads:

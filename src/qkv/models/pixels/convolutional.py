@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from qkv.models.pixels.base import PixelConfig, PixelModel, label_embedding
 
-__all__ = ["GatedPixelCNN", "MaskedConv2d", "PixelCNN"]
+__all__ = ["GatedPixelCNN", "MaskedConv2d", "PixelCNN", "gated_layers"]
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -127,6 +127,22 @@ class GatedLayer(nn.Module):
         return v_out, h_out if self.first else h + h_out
 
 
+def gated_layers(c: PixelConfig) -> nn.ModuleList:
+    """``c.layers`` gated layers: the first reads the one input channel with a ``first_kernel``, the rest
+    ``c.hidden`` channels with a ``kernel`` (Gated PixelCNN's and PixelSNAIL's convolutions)."""
+    return nn.ModuleList(
+        GatedLayer(
+            c.hidden,
+            1 if i == 0 else c.hidden,
+            c.first_kernel if i == 0 else c.kernel,
+            i == 0,
+            c.num_classes,
+            c.dropout,
+        )
+        for i in range(c.layers)
+    )
+
+
 class GatedPixelCNN(PixelModel):
     """``layers`` gated layers (the first reads the scaled levels), then two 1×1 convolutions to the logits."""
 
@@ -134,17 +150,7 @@ class GatedPixelCNN(PixelModel):
         super().__init__()
         config.validate()
         self.config = c = config
-        self.layers = nn.ModuleList(
-            GatedLayer(
-                c.hidden,
-                1 if i == 0 else c.hidden,
-                c.first_kernel if i == 0 else c.kernel,
-                i == 0,
-                c.num_classes,
-                c.dropout,
-            )
-            for i in range(c.layers)
-        )
+        self.layers = gated_layers(c)
         self.head = _head(c)
 
     def embed(self, images: Tensor) -> Tensor:
@@ -154,6 +160,12 @@ class GatedPixelCNN(PixelModel):
         x = features.permute(0, 3, 1, 2)  # (batch, 1, H, W)
         # the vertical stack may see its own row: it reaches the horizontal stack only shifted one row down
         v, h = x, x
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             v, h = layer(v, h, labels)
+            h = self.after_layer(index, h, features)
         return self.head(h).permute(0, 2, 3, 1)
+
+    def after_layer(self, index: int, h: Tensor, features: Tensor) -> Tensor:
+        """What happens to the horizontal stream ``h (batch, C, H, W)`` after gated layer ``index``: nothing here;
+        PixelSNAIL attends (``features``: the scaled input, ``(batch, H, W, 1)``)."""
+        return h

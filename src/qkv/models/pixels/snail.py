@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from qkv.attention import MultiHeadAttention
-from qkv.models.pixels.base import PixelConfig, PixelModel
-from qkv.models.pixels.convolutional import GatedLayer, _head, _levels_input
+from qkv.models.pixels.base import PixelConfig
+from qkv.models.pixels.convolutional import GatedPixelCNN
 
 __all__ = ["PixelSNAIL"]
 
@@ -56,38 +56,18 @@ class AttentionBlock(nn.Module):
         return h + attended.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-class PixelSNAIL(PixelModel):
-    """``layers`` gated layers (Gated PixelCNN's, so no blind spot), an attention block over every previous pixel
-    after each ``attention_every`` of them (and after the last), then two 1×1 convolutions to the logits."""
+class PixelSNAIL(GatedPixelCNN):
+    """Gated PixelCNN's ``layers`` gated layers (no blind spot), an attention block over every earlier pixel after
+    each ``attention_every`` of them (and after the last), then two 1×1 convolutions to the logits."""
 
     def __init__(self, config: PixelConfig) -> None:
-        super().__init__()
-        config.validate()
-        self.config = c = config
-        self.layers = nn.ModuleList(
-            GatedLayer(
-                c.hidden,
-                1 if i == 0 else c.hidden,
-                c.first_kernel if i == 0 else c.kernel,
-                i == 0,
-                c.num_classes,
-                c.dropout,
-            )
-            for i in range(c.layers)
-        )
-        self.attention_after = [i for i in range(c.layers) if (i + 1) % c.attention_every == 0 or i == c.layers - 1]
-        self.attention = nn.ModuleList(AttentionBlock(c) for _ in self.attention_after)
-        self.head = _head(c)
+        super().__init__(config)
+        c = self.config
+        after = [i for i in range(c.layers) if (i + 1) % c.attention_every == 0 or i == c.layers - 1]
+        self.attention = nn.ModuleList(AttentionBlock(c) for _ in after)
+        self.block_after = {layer: block for block, layer in enumerate(after)}  # gated layer -> attention block
 
-    def embed(self, images: Tensor) -> Tensor:
-        return _levels_input(self.as_float(images), self.config.levels)
-
-    def predict(self, features: Tensor, labels: Tensor | None) -> Tensor:
-        x = features.permute(0, 3, 1, 2)  # (batch, 1, H, W)
-        v, h = x, x
-        blocks = iter(self.attention)
-        for index, layer in enumerate(self.layers):
-            v, h = layer(v, h, labels)
-            if index in self.attention_after:  # global: every earlier pixel, after the local convolutions
-                h = next(blocks)(h, features)
-        return self.head(h).permute(0, 2, 3, 1)
+    def after_layer(self, index: int, h: Tensor, features: Tensor) -> Tensor:
+        """Global after local: every earlier pixel, once the convolutions have read the neighbourhood."""
+        block = self.block_after.get(index)
+        return h if block is None else self.attention[block](h, features)
