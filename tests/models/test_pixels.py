@@ -192,9 +192,11 @@ def test_pixelsnail_at_28x28_sees_every_earlier_pixel_and_nothing_after():
 
 
 def test_pixelsnails_attention_weights_every_earlier_pixel_and_not_itself_or_after():
+    from qkv.models.families import family_of, get_family
     from qkv.visualization import capture_attention
 
     model = _model("pixelsnail", height=28, width=28, levels=2, layers=2, attention_every=1)
+    assert family_of(model) is get_family("pixelsnail")  # (a Gated PixelCNN with attention: its own family)
     images = torch.randint(0, 2, (1, 28, 28), generator=torch.Generator().manual_seed(3))
     with torch.no_grad(), capture_attention(model) as cap:
         model(images, torch.tensor([5]))
