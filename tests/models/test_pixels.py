@@ -222,3 +222,21 @@ def test_pixelsnails_field_view_covers_every_earlier_pixel():
     before = (torch.arange(144) < 6 * 12 + 5).view(12, 12)
     for name, values in maps.items():
         assert torch.all(values[~before] == 0) and torch.all(values[before] > 0), name
+
+
+def test_at_28x28_pixelcnn_has_its_blind_spot_and_gated_pixelcnn_has_none():
+    """The same test as at 8 × 8, on MNIST's size: for pixel (14, 14), every pixel of the three rows above, from
+    three columns left to six right, moves Gated PixelCNN's logits; plain PixelCNN (the same 7 × 7 first kernel,
+    then 3 × 3 ones) misses those up and to the right beyond its first kernel's reach."""
+    settings = {"height": 28, "width": 28, "levels": 2, "layers": 5, "first_kernel": 7}
+    images = torch.randint(0, 2, (2, 28, 28), generator=torch.Generator().manual_seed(6))
+    labels = torch.tensor([1, 4])
+    pixel = 14 * 28 + 14
+    near = [(r, c) for r in range(11, 14) for c in range(11, 21)]  # rows 11-13, columns 11-20
+    gated = dependence(_model("gated-pixelcnn", **settings), images, labels, pixel)
+    assert all(gated[r, c] > 0 for r, c in near), [(r, c) for r, c in near if gated[r, c] == 0]
+    assert torch.all(gated.flatten()[pixel:] == 0)
+    plain = dependence(_model("pixelcnn", **settings), images, labels, pixel)
+    blind = [(r, c) for r, c in near if plain[r, c] == 0]
+    assert blind and all(c > 17 for _, c in blind), blind  # up and to the right, past the first kernel
+    assert torch.all(plain.flatten()[pixel:] == 0)
