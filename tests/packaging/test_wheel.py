@@ -41,7 +41,12 @@ def test_wheel_carries_the_mit_licence(wheel):
 def test_wheel_carries_the_page_and_the_corpus(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-    assert {"qkv/visualization/explorer.js", "qkv/data/shakespeare/plays.txt"} <= names
+    assert {
+        "qkv/visualization/explorer.js",
+        "qkv/visualization/explorer_data.js",
+        "qkv/visualization/explorer_words.js",
+        "qkv/data/shakespeare/plays.txt",
+    } <= names
 
 
 def test_wheel_carries_every_bundled_config(wheel):

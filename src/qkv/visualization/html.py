@@ -56,7 +56,11 @@ __all__ = [
     "write_attention_page",
 ]
 
-MODULE = (Path(__file__).parent / "explorer.js").read_text(encoding="utf-8")  # the explorer: CSS, HTML and JS
+# the explorer, one ES module written in three files: its page and words, its numbers, its views
+MODULE = "\n".join(
+    (Path(__file__).parent / name).read_text(encoding="utf-8")
+    for name in ("explorer_words.js", "explorer_data.js", "explorer.js")
+)
 LANGUAGES = ("en", "ko")  # the explorer's words (explorer.js's WORDS)
 DENSE_LIMIT = 64  # up to this many tokens the CLI records the softmax inputs for the query view
 
