@@ -68,7 +68,7 @@ def read_images(path: str | Path, levels: int = 256) -> ImageSet:
     if path.is_dir():
         files = sorted(path.glob("*.png"))
         if not files:
-            raise ConfigError(f"data.path {path} holds no .png files")
+            raise ConfigError(f"data.path {path} holds no .png files (nor MNIST's four IDX files)")
         from matplotlib.image import imread
 
         arrays = []

@@ -59,13 +59,9 @@ def write_tour(path: str | Path, lang: str = "en", steps: list[Step] | None = No
     """Write the page in ``lang`` to ``path`` (the steps are computed unless given)."""
     from qkv.errors import ConfigError
     from qkv.tour.page import render
+    from qkv.visualization.html import write_page
 
     if lang not in LANGUAGES:
         raise ConfigError(f"lang must be one of {', '.join(LANGUAGES)}, got {lang!r}")
     page = render(steps if steps is not None else build_tour(runs), lang)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_page(path, page)

@@ -54,6 +54,7 @@ __all__ = [
     "inline_html",
     "page_html",
     "write_attention_page",
+    "write_page",
 ]
 
 # the explorer, one ES module written in three files: its page and words, its numbers, its views
@@ -377,7 +378,18 @@ __BODY__
 
 def write_attention_page(path: str | Path, *args: Any, **kwargs: Any) -> Path:
     """Write :func:`attention_page` to ``path`` (UTF-8)."""
+    return write_page(path, attention_page(*args, **kwargs))
+
+
+def write_page(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` (UTF-8; missing directories made) atomically: a Ctrl-C or a full disk leaves the
+    old file or none, never half a page."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(attention_page(*args, **kwargs), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

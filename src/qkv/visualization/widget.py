@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from qkv.errors import ShapeError
-from qkv.visualization.html import LANGUAGES, MODULE, AttentionKind, explorer_payload, inline_html, page_html
+from qkv.visualization.html import (
+    LANGUAGES,
+    MODULE,
+    AttentionKind,
+    explorer_payload,
+    inline_html,
+    page_html,
+    write_page,
+)
 
 __all__ = ["Explorer", "in_notebook_kernel"]
 
@@ -68,10 +76,7 @@ class Explorer:
 
     def save(self, path: str | Path) -> Path:
         """Write the explorer as a self-contained offline HTML page (UTF-8); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page_html(self.payload), encoding="utf-8")
-        return path
+        return write_page(path, page_html(self.payload))
 
     def widget(self) -> Any:
         """The anywidget (``anywidget.AnyWidget``) showing this explorer; made once, then the same one."""
