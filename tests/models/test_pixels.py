@@ -240,3 +240,17 @@ def test_at_28x28_pixelcnn_has_its_blind_spot_and_gated_pixelcnn_has_none():
     blind = [(r, c) for r, c in near if plain[r, c] == 0]
     assert blind and all(c > 17 for _, c in blind), blind  # up and to the right, past the first kernel
     assert torch.all(plain.flatten()[pixel:] == 0)
+
+
+def test_binary_made_has_one_logit_per_pixel_and_the_same_distribution_as_a_sigmoid():
+    """levels = 2: the output layer holds one logit z per pixel and the model's logits are (0, z), so p(1) is
+    sigmoid(z) exactly; log_prob is the sum of the Bernoulli log-likelihoods computed by PyTorch's own BCE."""
+    torch.manual_seed(0)
+    model = MADE(MADEConfig(height=3, width=4, levels=2, hidden=16, layers=1, num_masks=1)).double().eval()
+    assert model.output.out_features == 12 and model.direct.out_features == 12
+    images = torch.randint(0, 2, (5, 3, 4))
+    logits = model(images).logits
+    assert torch.equal(logits[..., 0], torch.zeros_like(logits[..., 0]))
+    z = logits[..., 1]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(z, images.double(), reduction="none").sum((1, 2))
+    torch.testing.assert_close(model.log_prob(images), -bce, rtol=1e-12, atol=1e-12)

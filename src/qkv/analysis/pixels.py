@@ -62,8 +62,8 @@ def made_connectivity(model: MADE, mask: int | None = None) -> Tensor:
     reach = model.mask(m, 0)
     for k in range(1, layers):
         reach = model.mask(m, k) @ reach
-    paths = (model.mask(m, layers) @ reach + model.mask(m, layers + 1)) > 0  # (pixels · levels, pixels)
-    return paths.view(model.config.pixels, model.config.levels, -1).any(dim=1)
+    paths = (model.mask(m, layers) @ reach + model.mask(m, layers + 1)) > 0  # (pixels · logits per pixel, pixels)
+    return paths.view(model.config.pixels, model.logits_per_pixel, -1).any(dim=1)
 
 
 @torch.no_grad()

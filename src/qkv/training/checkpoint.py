@@ -22,14 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from qkv.errors import CheckpointError
 from qkv.tokenizers import Tokenizer, load_tokenizer_file
 
-__all__ = ["CheckpointInfo", "load_checkpoint_info", "restore_training_state", "resolve_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointInfo",
+    "load_checkpoint_info",
+    "load_weights",
+    "restore_training_state",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "save_weights",
+    "weights_metadata",
+]
 
 FORMAT = "qkv-checkpoint"
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer.json", "tokenizer.json")
@@ -126,6 +135,63 @@ def save_checkpoint(
     return final
 
 
+def save_weights(path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's weights (a tied tensor once) and ``metadata`` to the safetensors file ``path`` atomically: a
+    temporary file beside it, flushed, then renamed over it (a run's best weights, ``RUN/best.safetensors``)."""
+    path = Path(path)
+    tied = _tied_names(model)
+    tmp = _temporary_name(path)
+    try:
+        state = {name: t.detach().contiguous() for name, t in model.state_dict().items() if name not in tied}
+        save_file(state, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def load_weights(path: str | Path, model: nn.Module) -> None:
+    """Load weights written by :func:`save_weights` into ``model``; CheckpointError names the file when it is
+    unreadable or does not fit the model."""
+    model.load_state_dict(_read_model_state(Path(path), model))
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata :func:`save_weights` stored with the weights in ``path``."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file: {exc}") from None
+
+
+def _read_model_state(file: Path, model: nn.Module) -> dict[str, Tensor]:
+    """The stored weights as a full ``state_dict`` for ``model`` (tied names filled in), checked to fit it."""
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{file} is corrupt or not a safetensors file: {exc}") from None
+    for name, original in _tied_names(model).items():
+        if original in state or name in state:  # (older files may hold a tie under either name)
+            state[name] = state.setdefault(original, state.get(name))  # type: ignore[arg-type]  # (one of the two is present)
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{file} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in model.state_dict().items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise CheckpointError(f"{file} does not fit the model: shapes differ: {', '.join(wrong[:3])}")
+    return state
+
+
 def _fsync_checkpoint(path: Path) -> None:
     """Flush a checkpoint directory's files and entries to disk, so that a rename publishes only complete data."""
     for name in FILES:
@@ -193,28 +259,7 @@ class CheckpointInfo:
 
     def model_state(self, model: nn.Module) -> dict[str, Tensor]:
         """The stored weights as a full ``state_dict`` for ``model`` (tied names filled in), checked to fit it."""
-        file = self.path / "model.safetensors"
-        try:
-            state = load_file(str(file))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise CheckpointError(f"{file} is corrupt or not a safetensors file: {exc}") from None
-        for name, original in _tied_names(model).items():
-            if original in state or name in state:  # (older files may hold a tie under either name)
-                state[name] = state.setdefault(original, state.get(name))  # type: ignore[arg-type]  # (one of the two is present)
-        expected = set(model.state_dict())
-        missing, unexpected = expected - set(state), set(state) - expected
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{file} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-            )
-        wrong = [
-            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-            for k, v in model.state_dict().items()
-            if tuple(state[k].shape) != tuple(v.shape)
-        ]
-        if wrong:
-            raise CheckpointError(f"{file} does not fit the model: shapes differ: {', '.join(wrong[:3])}")
-        return state
+        return _read_model_state(self.path / "model.safetensors", model)
 
     def load_model_weights(self, model: nn.Module) -> None:
         model.load_state_dict(self.model_state(model))

@@ -100,6 +100,9 @@ class TrainConfig:
     eval_iters: int = 20
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2
+    # the run ends with the weights of its evaluation with the lowest val loss (RUN/best.safetensors): early stopping
+    # by validation without guessing the step count; the final checkpoint and the report hold them
+    keep_best: bool = False
     seed: int = 1337
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: see qkv.devices

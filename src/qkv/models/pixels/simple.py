@@ -83,10 +83,13 @@ class MADE(PixelModel):
         config.validate()
         self.config = c = config
         d = c.pixels
+        # binary pixels need one logit each (softmax over (0, z) is Bernoulli(sigmoid z)): half the output layer,
+        # which holds most of MADE's weights and work
+        self.logits_per_pixel = 1 if c.levels == 2 else c.levels
         self.input = nn.Linear(d, c.hidden)
         self.hidden_layers = nn.ModuleList(nn.Linear(c.hidden, c.hidden) for _ in range(c.layers - 1))
-        self.output = nn.Linear(c.hidden, d * c.levels)
-        self.direct = nn.Linear(d, d * c.levels, bias=False)  # input-to-output connections, masked like the output
+        self.output = nn.Linear(c.hidden, d * self.logits_per_pixel)
+        self.direct = nn.Linear(d, d * self.logits_per_pixel, bias=False)  # input-to-output, masked like the output
         self.label = label_embedding(c, c.hidden)
         self.dropout = nn.Dropout(c.dropout)
         g = torch.Generator().manual_seed(seed)
@@ -99,7 +102,7 @@ class MADE(PixelModel):
             for _ in range(c.layers):
                 low = int(degrees[-1].min()) if len(degrees) > 1 else 1
                 degrees.append(torch.randint(low, max(d, low + 1), (c.hidden,), generator=g))
-            masks.append(self._masks(degrees, c.levels))
+            masks.append(self._masks(degrees, self.logits_per_pixel))
             orders.append(order)
         # per mask: one (out, in) 0/1 matrix per layer, then output and direct masks
         for index, layer_masks in enumerate(masks):
@@ -109,11 +112,11 @@ class MADE(PixelModel):
         self.active = 0  # which connectivity the forward uses; training cycles it
 
     @staticmethod
-    def _masks(degrees: list[Tensor], levels: int) -> list[Tensor]:
+    def _masks(degrees: list[Tensor], logits_per_pixel: int) -> list[Tensor]:
         """Hidden masks ``m'(out) >= m(in)``, then the output mask ``d(out) > m(in)`` and the direct one
-        ``d(out) > d(in)``, each output row repeated for the ``levels`` logits of its pixel."""
+        ``d(out) > d(in)``, each output row repeated for the logits of its pixel."""
         hidden = [(after[:, None] >= before[None, :]).float() for before, after in zip(degrees[:-1], degrees[1:])]
-        pixel_degree = degrees[0].repeat_interleave(levels)  # output d's logits share d's degree
+        pixel_degree = degrees[0].repeat_interleave(logits_per_pixel)  # output d's logits share d's degree
         output = (pixel_degree[:, None] > degrees[-1][None, :]).float()
         direct = (pixel_degree[:, None] > degrees[0][None, :]).float()
         return [*hidden, output, direct]
@@ -134,7 +137,8 @@ class MADE(PixelModel):
             h = self.dropout(F.relu(F.linear(h, layer.weight * self.mask(m, k), layer.bias)))
         out = F.linear(h, self.output.weight * self.mask(m, c.layers), self.output.bias)
         out = out + F.linear(x, self.direct.weight * self.mask(m, c.layers + 1))
-        return out.view(x.shape[0], c.height, c.width, c.levels)
+        out = out.view(x.shape[0], c.height, c.width, self.logits_per_pixel)
+        return torch.cat([torch.zeros_like(out), out], dim=-1) if self.logits_per_pixel == 1 else out
 
     def forward(self, images: Tensor, labels: Tensor | None = None):  # noqa: ANN201
         output = super().forward(images, labels)
