@@ -3,6 +3,10 @@ Transformer's sampling on its KV cache against recomputation.
 
     python benchmarks/images.py              # writes benchmarks/results/images.md (about 15 minutes on 2 cores)
     python benchmarks/images.py --steps 50   # a quick look (every config cut to 50 steps)
+    python benchmarks/images.py --mnist DIR  # binarized MNIST against the papers' tables: images-mnist.md
+    python benchmarks/images.py --mnist DIR --models made,pixelcnn --minutes 20   # some models, a time budget each
+
+The MNIST mode is described in ``benchmarks/images_mnist.py``.
 
 Each model trains with ``qkv train configs/digits-<name>.toml`` (class-conditional, training precision "auto") and
 reports the exact test negative log-likelihood from its own factorisation (MADE: its mask ensemble). Targets: every
@@ -20,6 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+from images_mnist import MODELS as MNIST_MODELS
+from images_mnist import run as run_mnist
 
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
@@ -46,7 +52,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, help="cut every config to this many steps (default: its own budget)")
     parser.add_argument("--samples", type=int, default=16, help="images per sampling timing (16)")
+    parser.add_argument("--mnist", type=Path, metavar="DIR", help="binarized MNIST from MNIST's four IDX files in DIR")
+    parser.add_argument(
+        "--models", help="with --mnist: which, comma-separated (default: all " + ",".join(MNIST_MODELS) + ")"
+    )
+    parser.add_argument("--minutes", type=float, help="with --mnist: training minutes per model (default: its steps)")
     args = parser.parse_args()
+    if args.mnist is not None:
+        models = args.models.split(",") if args.models else list(MNIST_MODELS)
+        unknown = sorted(set(models) - set(MNIST_MODELS))
+        if unknown:
+            parser.error(f"unknown --models {', '.join(unknown)}; choose from {', '.join(MNIST_MODELS)}")
+        run_mnist(args.mnist, models, args.minutes, args.samples)
+        return
     work = Path(tempfile.mkdtemp())
     results = {}
     for name in MODELS:

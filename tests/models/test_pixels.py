@@ -14,6 +14,7 @@ from qkv.decoding.images import sample_images
 from qkv.errors import ConfigError, ShapeError
 from qkv.models.pixels import MADE, PIXEL_FAMILIES, GatedPixelCNN, PixelCNN, PixelTransformer
 from qkv.models.pixels.base import GatedPixelCNNConfig, MADEConfig, PixelCNNConfig, PixelTransformerConfig
+from qkv.models.pixels.cached import sample_gated
 
 AUTOREGRESSIVE = [name for name in PIXEL_FAMILIES if name != "pixel-independent"]
 
@@ -142,6 +143,23 @@ def test_the_transformers_cached_sampling_equals_recomputation():
         recomputed = sample_images(model, 3, labels, seed=11, cached=False)
         assert torch.equal(cached, recomputed)
         assert len(set(cached.flatten().tolist())) > 3  # really sampled, not a constant image
+
+
+@pytest.mark.parametrize("name", ["gated-pixelcnn", "pixelsnail"])
+@pytest.mark.parametrize(("kernel", "first_kernel", "attention_every"), [(3, 7, 2), (5, 3, 1)])
+def test_gated_and_pixelsnail_cached_sampling_equals_recomputation(name, kernel, first_kernel, attention_every):
+    """The stacks' caches (and PixelSNAIL's cached keys) give every pixel the logits that the full forward of the
+    sampled images gives (float64, to rounding), and so the very pixels that recomputing the whole image for every
+    pixel draws from the same generator: 17 levels, three classes, a non-square image, every first pixel."""
+    model = _model(name, kernel=kernel, first_kernel=first_kernel, attention_every=attention_every, height=6, width=9)
+    labels = torch.tensor([0, 4, 9])
+    logits = torch.empty(3, 6, 9, 17, dtype=torch.float64)
+    with torch.no_grad():
+        cached = sample_gated(model, labels, 3, torch.Generator().manual_seed(11), logits_out=logits)
+        torch.testing.assert_close(logits, model(cached, labels).logits, rtol=1e-12, atol=1e-12)
+    assert torch.equal(cached, sample_images(model, 3, labels, seed=11))  # (sample_images takes this route)
+    assert torch.equal(cached, sample_images(model, 3, labels, seed=11, cached=False))
+    assert len(set(cached.flatten().tolist())) > 3  # really sampled, not a constant image
 
 
 def test_the_transformers_window_restricts_attention_to_the_neighbourhood():

@@ -12,7 +12,10 @@ import pytest
 from qkv.cli import main
 from tests.data.test_mnist import MNIST, needs_mnist
 
-CONFIGS = ["mnist-made", "mnist-pixelcnn", "mnist-gated", "mnist-pixelsnail", "mnist-pixelrnn", "mnist-transformer"]
+CPU_CONFIGS = ["mnist-made", "mnist-made-ensemble", "mnist-pixelcnn", "mnist-gated", "mnist-pixelsnail",
+               "mnist-pixelrnn", "mnist-transformer"]  # fmt: skip
+GPU_CONFIGS = ["mnist-pixelcnn-gpu", "mnist-gated-gpu", "mnist-pixelsnail-gpu", "mnist-transformer-gpu"]
+CONFIGS = CPU_CONFIGS + GPU_CONFIGS  # (the GPU ones at their full size, for two steps on this machine's device)
 
 
 @needs_mnist

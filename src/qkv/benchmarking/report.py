@@ -57,6 +57,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     device: str = "cpu"
     precision: str = "fp32"
+    references: str = "both measured in this run"  # or where published figures come from
 
     def markdown(self) -> str:
         hw = describe_hardware(torch.device(self.device))
@@ -68,7 +69,7 @@ class Report:
             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
             f"{torch.get_num_threads()} threads, CPU kernels {hw['cpu_capability']} (native bf16: "
             f"{'yes' if hw['cpu_native_bf16'] else 'no'}), device {self.device}{gpu}, precision {self.precision}. "
-            "Ratios are ours / reference (speed-ups: reference / ours), both measured in this run.",
+            f"Ratios are ours / reference (speed-ups: reference / ours), {self.references}.",
             "",
             "| experiment | setting | metric | qkv | reference | ratio | target | met |",
             "|---|---|---|---:|---:|---:|---|---|",

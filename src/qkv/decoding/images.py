@@ -1,8 +1,9 @@
 """Sampling images from an autoregressive image model, one pixel at a time in the model's order.
 
 Every model can be sampled by recomputation (the whole image through the model for each pixel, reading the next
-pixel's distribution); the pixel Transformer also on its KV cache (one position per step), which draws the same
-pixels from the same generator.
+pixel's distribution); the pixel Transformer also on its KV cache (one position per step), Gated PixelCNN and
+PixelSNAIL on caches of their stacks and attention keys (:mod:`qkv.models.pixels.cached`): each draws the same pixels
+from the same generator as recomputation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from qkv.decoding.controls import check_sampling
 from qkv.errors import ConfigError
 from qkv.models.modes import eval_mode
 from qkv.models.pixels.base import PixelModel
+from qkv.models.pixels.convolutional import GatedPixelCNN
 from qkv.models.pixels.transformer import PixelTransformer
 
 __all__ = ["sample_images"]
@@ -37,7 +39,8 @@ def sample_images(
             unconditional one.
         seed: a fixed seed gives the same images every time (on the same device).
         temperature: divides the logits before each draw (1: the model's distribution).
-        cached: the pixel Transformer samples on its KV cache (False: by recomputation, for comparison).
+        cached: the pixel Transformer samples on its KV cache, Gated PixelCNN and PixelSNAIL on caches of their
+            stacks (and attention keys) — False: by recomputation of every pixel, for comparison.
     """
     c = model.config
     if n < 1:
@@ -63,7 +66,7 @@ def sample_images(
     generator = torch.Generator(device=device)
     generator.manual_seed(torch.seed() if seed is None else seed)
     with eval_mode(model):
-        if cached and isinstance(model, PixelTransformer):  # (the one image model with a KV cache)
+        if cached and isinstance(model, (PixelTransformer, GatedPixelCNN)):  # (PixelSNAIL: a GatedPixelCNN)
             return model.sample_cached(labels, n, generator=generator, temperature=temperature)
         images = torch.zeros(n, c.height, c.width, dtype=torch.long, device=device)
         for index in model.sampling_order():

@@ -10,6 +10,8 @@ its layers use ``tanh(a) · sigmoid(b)`` gates, with the class label added insid
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -116,15 +118,30 @@ class GatedLayer(nn.Module):
         return torch.tanh(a) * torch.sigmoid(b)
 
     def forward(self, v: Tensor, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``v, h (batch, in_channels, H, W)`` -> ``v, h (batch, channels, H, W)``."""
         half = self.half_kernel
-        v_pre = self.vertical(F.pad(v, (half, half, half, 0)))  # rows i - half .. i, columns j - half .. j + half
+        v_pre, v_out = self.vertical_stack(F.pad(v, (0, 0, half, 0)), labels)  # rows i - half .. i
         h_in = _right(h) if self.first else h
-        h_pre = self.horizontal(F.pad(h_in, (half, 0, 0, 0)))  # columns j - half .. j of the same row
-        h_pre = h_pre + self.vertical_to_horizontal(_down(v_pre))  # the rows above only
-        bias = _class_bias(self.label, labels)
-        v_out = self.gate(v_pre + bias)
-        h_out = self.dropout(self.horizontal_out(self.gate(h_pre + bias)))
-        return v_out, h_out if self.first else h + h_out
+        # columns j - half .. j of the same row, plus the vertical stack of the rows above only
+        return v_out, self.horizontal_stack(F.pad(h_in, (half, 0, 0, 0)), _down(v_pre), h, labels)
+
+    def vertical_stack(self, v_rows: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``v_rows (batch, in_channels, R + half, W)``: R rows with the ``half`` rows above them (zeros above the
+        image) -> the pre-activations ``(batch, 2·channels, R, W)`` (what the horizontal stack of the next row reads)
+        and the gated output ``(batch, channels, R, W)``. The columns are padded here."""
+        half = self.half_kernel
+        v_pre = self.vertical(F.pad(v_rows, (half, half, 0, 0)))
+        return v_pre, self.gate(v_pre + _class_bias(self.label, labels))
+
+    def horizontal_stack(self, h_cols: Tensor, v_pre_above: Tensor, h: Tensor, labels: Tensor | None) -> Tensor:
+        """``h_cols (batch, in_channels, R, W + half)``: the horizontal input (the first layer's already shifted
+        right) with ``half`` columns to the left of each (zeros left of the image); ``v_pre_above (batch,
+        2·channels, R, W)``: the vertical pre-activations of the row above each; ``h``: the residual input
+        ``(batch, channels, R, W)`` (unused by the first layer) -> the new horizontal stream ``(batch, channels, R,
+        W)``. Called on whole images by :meth:`forward` and on one pixel by cached sampling."""
+        h_pre = self.horizontal(h_cols) + self.vertical_to_horizontal(v_pre_above)
+        h_out = self.dropout(self.horizontal_out(self.gate(h_pre + _class_bias(self.label, labels))))
+        return h_out if self.first else h + h_out
 
 
 def gated_layers(c: PixelConfig) -> nn.ModuleList:
@@ -169,3 +186,24 @@ class GatedPixelCNN(PixelModel):
         """What happens to the horizontal stream ``h (batch, C, H, W)`` after gated layer ``index``: nothing here;
         PixelSNAIL attends (``features``: the scaled input, ``(batch, H, W, 1)``)."""
         return h
+
+    # -- cached sampling (qkv.models.pixels.cached): the same, one pixel at a time --------------------------------
+    def sample_cached(
+        self, labels: Tensor | None, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """``n`` images ``(n, H, W)``, one pixel per step on caches of the stacks (each step runs every layer at
+        one position); :func:`qkv.decoding.images.sample_images` checks the arguments."""
+        from qkv.models.pixels.cached import sample_gated
+
+        return sample_gated(self, labels, n, generator, temperature)
+
+    def step_state(self, n: int) -> Any:
+        """What :meth:`after_layer_step` keeps across the pixels of ``n`` images being sampled: nothing here."""
+        return None
+
+    def after_layer_step(self, index: int, h: Tensor, pixel: int, state: Any) -> Tensor:
+        """:meth:`after_layer` for the one pixel ``pixel`` (raster index) being sampled, ``h (n, C, 1, 1)``."""
+        return h
+
+    def remember_pixel(self, pixel: int, value: Tensor, state: Any) -> None:
+        """Pixel ``pixel`` was drawn, its scaled level ``value (n, 1)``: nothing to remember here."""

@@ -55,6 +55,34 @@ class AttentionBlock(nn.Module):
         attended, _ = self.attn(query, keys, mask_mod=strictly_before)
         return h + attended.transpose(1, 2).reshape(batch, channels, height, width)
 
+    def new_cache(self, n: int, pixels: int) -> dict[str, Tensor]:
+        """Keys and values ``(n, kv_heads, pixels, head_dim)`` of the pixels sampled so far, and the pending
+        query of the pixel being sampled (its key once its value is known)."""
+        param = self.norm.weight
+        shape = (n, self.attn.num_kv_heads, pixels, self.attn.head_dim)
+        zeros = torch.zeros(shape, device=param.device, dtype=param.dtype)
+        return {"keys": zeros, "values": zeros.clone(), "query": torch.zeros(0)}
+
+    def step(self, h: Tensor, pixel: int, cache: dict[str, Tensor]) -> Tensor:
+        """:meth:`forward` for one pixel, ``h (n, C, 1, 1)``, over the cached keys of the pixels before it."""
+        n, channels = h.shape[:2]
+        row, column = divmod(pixel, self.column.num_embeddings)
+        query = self.norm(h.reshape(n, 1, channels)) + (self.row.weight[row] + self.column.weight[column])
+        cache["query"] = query
+        # the first pixel attends to nothing: one key, masked, gives what the full forward's empty row gives
+        known = max(pixel, 1)
+        mask = None if pixel else torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=h.device)
+        memory = (cache["keys"][:, :, :known], cache["values"][:, :, :known])
+        attended, _ = self.attn(query, memory_kv=memory, mask=mask)
+        return h + attended.reshape(n, channels, 1, 1)
+
+    def remember(self, pixel: int, value: Tensor, cache: dict[str, Tensor]) -> None:
+        """Pixel ``pixel``'s scaled level ``value (n, 1)`` is known: project its key and value once."""
+        keys = cache["query"] + self.pixel(value[:, None].to(cache["query"].dtype))
+        k, v = self.attn.project_memory(keys)
+        cache["keys"][:, :, pixel] = k[:, :, 0]
+        cache["values"][:, :, pixel] = v[:, :, 0]
+
 
 class PixelSNAIL(GatedPixelCNN):
     """Gated PixelCNN's ``layers`` gated layers (no blind spot), an attention block over every earlier pixel after
@@ -71,3 +99,14 @@ class PixelSNAIL(GatedPixelCNN):
         """Global after local: every earlier pixel, once the convolutions have read the neighbourhood."""
         block = self.block_after.get(index)
         return h if block is None else self.attention[block](h, features)
+
+    def step_state(self, n: int) -> list[dict[str, Tensor]]:
+        return [block.new_cache(n, self.config.pixels) for block in self.attention]  # type: ignore[operator]  # (ModuleList of AttentionBlock)
+
+    def after_layer_step(self, index: int, h: Tensor, pixel: int, state: list[dict[str, Tensor]]) -> Tensor:
+        block = self.block_after.get(index)
+        return h if block is None else self.attention[block].step(h, pixel, state[block])  # type: ignore[operator]  # (ModuleList of AttentionBlock)
+
+    def remember_pixel(self, pixel: int, value: Tensor, state: list[dict[str, Tensor]]) -> None:
+        for block, cache in zip(self.attention, state):
+            block.remember(pixel, value, cache)  # type: ignore[operator]  # (ModuleList of AttentionBlock)

@@ -1,0 +1,141 @@
+"""The image models on binarized MNIST against the papers' tables (``python benchmarks/images.py --mnist DIR``).
+
+Each model trains with ``qkv train configs/mnist-<name>.toml --set data.path=DIR`` and reports the exact negative
+log-likelihood of the full test set (10,000 images) in nats per image, the unit of the tables: MADE 88.40 (one hidden
+layer, one mask) and 86.64 (an ensemble of masks), Germain et al. 2015; PixelCNN 81.30 and Row LSTM 80.54,
+van den Oord et al. 2016. Gated PixelCNN, PixelSNAIL and the pixel Transformer have no published binarized-MNIST
+figure; they are held to the CPU-budget target of 84 nats. ``--minutes M`` gives every model M minutes of training on
+this machine (its step count measured by a 20-step probe; the cosine schedule then runs its full course); without
+it, each config's own steps. Results accumulate in ``benchmarks/results/images-mnist.json`` (one entry per model,
+with its own date, budget, device and precision), so models may be measured in separate runs; the Markdown table
+``images-mnist.md`` is rebuilt from all of them. The samples of the last model measured are drawn beside their
+nearest training images into ``docs/mnist-samples.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from qkv.benchmarking.report import Report, Row
+from qkv.cli import main as qkv_main
+
+ROOT = Path(__file__).parent.parent
+RESULTS = Path(__file__).parent / "results"
+TABLE = RESULTS / "images-mnist.json"
+MODELS = ("made", "made-ensemble", "pixelrnn", "pixelcnn", "gated", "pixelsnail", "transformer")
+TARGET = 84.0  # nats per image: the CPU-budget target for the convolutional and attention models
+PAPERS = {  # model -> (nats per test image, where the figure comes from)
+    "made": (88.40, "MADE, 1 hidden layer, 1 mask (Germain et al. 2015)"),
+    "made-ensemble": (86.64, "MADE, mask ensemble (Germain et al. 2015)"),
+    "pixelrnn": (80.54, "Row LSTM (van den Oord et al. 2016)"),
+    "pixelcnn": (81.30, "PixelCNN (van den Oord et al. 2016)"),
+    "gated": (TARGET, "CPU-budget target (no published figure)"),
+    "pixelsnail": (TARGET, "CPU-budget target (no published figure)"),
+    "transformer": (TARGET, "CPU-budget target (no published figure)"),
+}
+
+
+def _train(name: str, data: Path, out: Path, sets: list[str]) -> tuple[dict, float]:
+    """``qkv train configs/mnist-<name>.toml`` on MNIST in ``data``; ``(metrics, seconds)``."""
+    args = ["train", str(ROOT / "configs" / f"mnist-{name}.toml"), "--out", str(out), "--no-progress"]
+    for setting in [f"data.path={json.dumps(str(data))}", *sets]:
+        args += ["--set", setting]
+    start = time.perf_counter()
+    if qkv_main(args) != 0:
+        raise SystemExit(f"training {name} failed")
+    return json.loads((out / "metrics.json").read_text()), time.perf_counter() - start
+
+
+def steps_for(name: str, data: Path, minutes: float, work: Path) -> int:
+    """Training steps that fill ``minutes`` on this machine, from the time per step of a 20-step probe (less 5% for
+    the periodic evaluations)."""
+    probe, _ = _train(name, data, work / f"{name}-probe", ["train.steps=20", "train.eval_interval=20",
+                                                           "train.eval_iters=1", "data.test_images=16"])  # fmt: skip
+    return max(100, int(0.95 * minutes * 60e3 / probe["ms_per_iter"]))
+
+
+def measure(name: str, data: Path, minutes: float | None, work: Path) -> dict:
+    """Train one model on its budget; the entry the table keeps for it."""
+    sets = []
+    if minutes is not None:
+        steps = steps_for(name, data, minutes, work)
+        sets = [f"train.steps={steps}", f"train.eval_interval={max(1, steps // 20)}",
+                f"train.checkpoint_interval={steps}"]  # fmt: skip
+    metrics, seconds = _train(name, data, work / name, sets)
+    evaluation = metrics["evaluation"]
+    return {
+        "test_nats": evaluation["test_nats"],
+        "test_bits_per_dim": evaluation["test_bits_per_dim"],
+        "test_images": evaluation["test"]["images"],
+        "steps": metrics["steps"],
+        "best_step": metrics.get("best_step"),
+        "seconds": round(seconds),
+        "budget_minutes": minutes,
+        "device": metrics.get("device", "cpu"),
+        "precision": metrics["precision"],
+        "threads": torch.get_num_threads(),
+        "parameters": metrics["parameters"],
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "run": str(work / name),
+    }
+
+
+def report(entries: dict[str, dict]) -> Report:
+    """The table of every measured model against its paper's figure, and the issue's orderings between them."""
+    report = Report("Image models on binarized MNIST (test nats per image)", "python benchmarks/images.py --mnist DIR")
+    report.precision = "as each row says"
+    report.references = "the references being the papers' published figures, or a target, and the orderings' rows "
+    report.references += "comparing two of our runs"
+    for name in MODELS:
+        if name not in entries:
+            continue
+        e, (paper, source) = entries[name], PAPERS[name]
+        budget = f"{e['budget_minutes']:g} min budget, " if e["budget_minutes"] else ""
+        best = f" (kept step {e['best_step']})" if e.get("best_step") else ""
+        setting = (f"configs/mnist-{name}.toml, {budget}{e['steps']} steps{best}, {e['seconds']} s, {e['device']} "
+                   f"({e['threads']} threads), {e['precision']}, {e['date']}")  # fmt: skip
+        report.rows.append(Row(name, setting, "test nats", e["test_nats"], paper, source, "<= 1", unit="nats"))
+    if "gated" in entries and "pixelcnn" in entries:
+        report.rows.append(Row("Gated vs plain PixelCNN", "the two rows above", "test nats",
+                               entries["gated"]["test_nats"], entries["pixelcnn"]["test_nats"], "PixelCNN", "<= 1",
+                               unit="nats"))  # fmt: skip
+    others = [n for n in ("pixelcnn", "gated", "transformer") if n in entries]
+    if "pixelsnail" in entries and others:
+        best = min(others, key=lambda n: entries[n]["test_nats"])
+        report.rows.append(Row("PixelSNAIL vs the best of the others", f"best other: {best}", "test nats",
+                               entries["pixelsnail"]["test_nats"], entries[best]["test_nats"], best, "<= 1",
+                               unit="nats"))  # fmt: skip
+    report.notes.append(
+        "Binarized MNIST: images 0-49,999 of the training file train, 50,000-59,999 validate, t10k tests; every pixel "
+        "drawn once as Bernoulli(level/255) from data.seed = 0 (qkv.data.mnist). Test nats: the exact log-likelihood "
+        "of all 10,000 test images from the model's own factorisation (MADE's ensemble: log of the mean of the "
+        "members' joint probabilities)."
+    )
+    report.notes.append(
+        "Each row is one training run, measured when its date says; the MADE rows keep the weights of their lowest "
+        "validation loss (train.keep_best). Ratios below 1 beat the reference."
+    )
+    return report
+
+
+def run(data: Path, models: list[str], minutes: float | None, samples: int) -> None:
+    """Measure ``models``, merge them into the results table, write it and the sample grid."""
+    work = Path(tempfile.mkdtemp(prefix="qkv-mnist-"))
+    entries = json.loads(TABLE.read_text()) if TABLE.exists() else {}
+    for name in models:
+        entries[name] = measure(name, data, minutes, work)
+        print(f"{name}: {entries[name]['test_nats']:.2f} nats per test image, {entries[name]['seconds']} s", flush=True)
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
+        TABLE.write_text(json.dumps(entries, indent=2) + "\n")
+    table = report(entries)
+    print(table.markdown())
+    print(f"written to {table.write(RESULTS / 'images-mnist.md')}")
+    if samples and models:
+        grid = ROOT / "docs" / "mnist-samples.png"
+        qkv_main(["sample", str(work / models[-1]), "--n", str(samples), "--seed", "0", "--png", str(grid)])
