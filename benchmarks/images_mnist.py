@@ -8,13 +8,15 @@ figure; they are held to the CPU-budget target of 84 nats. ``--minutes M`` gives
 this machine (its step count measured by a 20-step probe; the cosine schedule then runs its full course); without
 it, each config's own steps. Results accumulate in ``benchmarks/results/images-mnist.json`` (one entry per model,
 with its own date, budget, device and precision), so models may be measured in separate runs; the Markdown table
-``images-mnist.md`` is rebuilt from all of them. The samples of the last model measured are drawn beside their
-nearest training images into ``docs/mnist-samples.png``.
+``images-mnist.md`` is rebuilt from all of them. Each model's samples are drawn beside their nearest training
+images (the text's check that the model does not copy) into ``docs/mnist-samples-<name>.png``; Gated PixelCNN's,
+PixelSNAIL's and the Transformer's sampling on caches is timed against recomputing every pixel.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -24,11 +26,14 @@ import torch
 
 from qkv.benchmarking.report import Report, Row
 from qkv.cli import main as qkv_main
+from qkv.decoding.images import sample_images
+from qkv.runs import load_image_model
 
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results"
 TABLE = RESULTS / "images-mnist.json"
 MODELS = ("made", "made-ensemble", "pixelrnn", "pixelcnn", "gated", "pixelsnail", "transformer")
+SAMPLED = ("gated", "pixelsnail", "transformer")  # the models that sample on caches: timed against recomputation
 TARGET = 84.0  # nats per image: the CPU-budget target for the convolutional and attention models
 PAPERS = {  # model -> (nats per test image, where the figure comes from)
     "made": (88.40, "MADE, 1 hidden layer, 1 mask (Germain et al. 2015)"),
@@ -75,7 +80,8 @@ def measure(name: str, data: Path, minutes: float | None, work: Path) -> dict:
         "test_images": evaluation["test"]["images"],
         "steps": metrics["steps"],
         "best_step": metrics.get("best_step"),
-        "seconds": round(seconds),
+        "train_seconds": round(metrics["ms_per_iter"] * metrics["steps_this_run"] / 1000),
+        "seconds": round(seconds),  # with the periodic evaluations and the test set's
         "budget_minutes": minutes,
         "device": metrics.get("device", "cpu"),
         "precision": metrics["precision"],
@@ -84,6 +90,21 @@ def measure(name: str, data: Path, minutes: float | None, work: Path) -> dict:
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "run": str(work / name),
     }
+
+
+def time_sampling(run_dir: Path, n: int) -> dict:
+    """Seconds per image of sampling ``n`` images on the model's caches and by recomputing the whole image for every
+    pixel (one run each, after a one-image warm-up of the cached route), and whether both drew the same pixels."""
+    model, _ = load_image_model(run_dir)
+    sample_images(model, 1, seed=0)
+    start = time.perf_counter()
+    cached = sample_images(model, n, seed=0)
+    cached_s = (time.perf_counter() - start) / n
+    start = time.perf_counter()
+    recomputed = sample_images(model, n, seed=0, cached=False)
+    recomputed_s = (time.perf_counter() - start) / n
+    return {"cached_s": cached_s, "recomputed_s": recomputed_s, "same": torch.equal(cached, recomputed), "images": n,
+            "threads": torch.get_num_threads(), "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"}  # fmt: skip
 
 
 def report(entries: dict[str, dict]) -> Report:
@@ -98,7 +119,8 @@ def report(entries: dict[str, dict]) -> Report:
         e, (paper, source) = entries[name], PAPERS[name]
         budget = f"{e['budget_minutes']:g} min budget, " if e["budget_minutes"] else ""
         best = f" (kept step {e['best_step']})" if e.get("best_step") else ""
-        setting = (f"configs/mnist-{name}.toml, {budget}{e['steps']} steps{best}, {e['seconds']} s, {e['device']} "
+        setting = (f"configs/mnist-{name}.toml, {budget}{e['steps']} steps{best}, {e['train_seconds']} s training "
+                   f"({e['seconds']} s with evaluation), {e['device']} "
                    f"({e['threads']} threads), {e['precision']}, {e['date']}")  # fmt: skip
         report.rows.append(Row(name, setting, "test nats", e["test_nats"], paper, source, "<= 1", unit="nats"))
     if "gated" in entries and "pixelcnn" in entries:
@@ -111,6 +133,13 @@ def report(entries: dict[str, dict]) -> Report:
         report.rows.append(Row("PixelSNAIL vs the best of the others", f"best other: {best}", "test nats",
                                entries["pixelsnail"]["test_nats"], entries[best]["test_nats"], best, "<= 1",
                                unit="nats"))  # fmt: skip
+    for name in SAMPLED:
+        if f"{name} sampling" in entries:
+            e = entries[f"{name} sampling"]
+            report.rows.append(Row(f"{name} sampling on caches", f"{e['images']} images of 28x28, one run each, "
+                                   f"{e['threads']} threads, {e['date']}; same pixels as recomputation: {e['same']}",
+                                   "time per image", e["cached_s"], e["recomputed_s"], "recomputing every pixel",
+                                   ">= 3", speedup=True))  # fmt: skip
     report.notes.append(
         "Binarized MNIST: images 0-49,999 of the training file train, 50,000-59,999 validate, t10k tests; every pixel "
         "drawn once as Bernoulli(level/255) from data.seed = 0 (qkv.data.mnist). Test nats: the exact log-likelihood "
@@ -124,18 +153,34 @@ def report(entries: dict[str, dict]) -> Report:
     return report
 
 
-def run(data: Path, models: list[str], minutes: float | None, samples: int) -> None:
-    """Measure ``models``, merge them into the results table, write it and the sample grid."""
-    work = Path(tempfile.mkdtemp(prefix="qkv-mnist-"))
+def _record(key: str, entry: dict) -> dict[str, dict]:
+    """Merge one entry into the results file (read again just before: another run may have added its own) and
+    replace it atomically; all entries."""
     entries = json.loads(TABLE.read_text()) if TABLE.exists() else {}
+    entries[key] = entry
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = TABLE.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(entries, indent=2) + "\n")
+    tmp.replace(TABLE)
+    return entries
+
+
+def run(data: Path, models: list[str], minutes: float | None, samples: int) -> None:
+    """Measure ``models`` one after another, merging each into the results and rewriting the table."""
+    work = Path(tempfile.mkdtemp(prefix="qkv-mnist-"))
     for name in models:
-        entries[name] = measure(name, data, minutes, work)
-        print(f"{name}: {entries[name]['test_nats']:.2f} nats per test image, {entries[name]['seconds']} s", flush=True)
-        TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(json.dumps(entries, indent=2) + "\n")
-    table = report(entries)
+        entry = measure(name, data, minutes, work)
+        print(f"{name}: {entry['test_nats']:.2f} nats per test image, {entry['train_seconds']} s training", flush=True)
+        _record(name, entry)
+        if name in SAMPLED and samples:
+            timing = time_sampling(work / name, min(samples, 2))
+            print(f"{name} sampling: cached {timing['cached_s']:.2f} s per image, recomputed "
+                  f"{timing['recomputed_s']:.2f} s", flush=True)  # fmt: skip
+            _record(f"{name} sampling", timing)
+        if samples:  # each sample beside its nearest training image, with the distance
+            grid = ROOT / "docs" / f"mnist-samples-{name}.png"
+            qkv_main(["sample", str(work / name), "--n", str(samples), "--seed", "0", "--png", str(grid)])
+        table = report(json.loads(TABLE.read_text()))  # (after every model: a long run's table is never stale)
+        table.write(RESULTS / "images-mnist.md")
     print(table.markdown())
-    print(f"written to {table.write(RESULTS / 'images-mnist.md')}")
-    if samples and models:
-        grid = ROOT / "docs" / "mnist-samples.png"
-        qkv_main(["sample", str(work / models[-1]), "--n", str(samples), "--seed", "0", "--png", str(grid)])
+    print(f"written to {RESULTS / 'images-mnist.md'}")
