@@ -135,6 +135,23 @@ def test_sampling_with_a_seed_is_reproducible_and_in_range(name):
     assert torch.equal(first, sample_images(model, 4, labels=3, seed=5))
 
 
+@pytest.mark.parametrize("name", AUTOREGRESSIVE)
+def test_at_28x28_every_model_is_autoregressive_by_gradients(name):
+    """MNIST's size: the gradient of pixel d's logits is zero at d and after it (in the model's order), and not zero
+    everywhere before it (MADE with a random ordering: its own order)."""
+    size = {"height": 28, "width": 28, "levels": 2, "hidden": 16, "layers": 2, "num_heads": 2}
+    model = _model(name, **size, **({"ordering": "random", "num_masks": 2} if name == "made" else {}))
+    images = torch.randint(0, 2, (2, 28, 28), generator=torch.Generator().manual_seed(4))
+    labels = torch.tensor([3, 8])
+    rank = {p: k for k, p in enumerate(model.sampling_order())}
+    for pixel in (0, 29, 14 * 28 + 3, 783):
+        grad = dependence(model, images, labels, pixel).flatten()
+        later = torch.tensor([rank[p] >= rank[pixel] for p in range(784)])
+        assert torch.all(grad[later] == 0), f"{name}: pixel {pixel} depends on pixels at or after it"
+        if rank[pixel] > 0:
+            assert grad[~later].max() > 0, f"{name}: pixel {pixel} depends on nothing before it"
+
+
 def test_the_transformers_cached_sampling_equals_recomputation():
     for window in (0, 2):
         model = _model("pixel-transformer", window=window)
