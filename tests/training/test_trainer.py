@@ -385,3 +385,23 @@ def test_keep_best_with_fsdp_is_refused_by_name(tmp_path, monkeypatch):
     two = DistributedContext(rank=0, world_size=2)
     with pytest.raises(ConfigError, match=r"keep_best .*\(fsdp\)"):
         Trainer(model, task, config.train, tmp_path, tok, config.to_dict(), dist_ctx=two, progress=False)
+
+
+def test_keep_best_under_ddp_ends_with_the_lowest_val_loss_of_the_run(tmp_path):
+    """Two DDP processes (rank 0 evaluates and writes best.safetensors, every process loads it at the end): the run
+    finishes, its metrics are the evaluation with the lowest val loss in its log, and the final checkpoint holds
+    exactly the kept weights (a high lr makes the val loss wander, so the kept step is rarely the last)."""
+    overrides = ["train.keep_best=true", "train.eval_interval=2", "train.lr=3e-2", "train.min_lr=3e-2"]
+    result = _train_cli(tmp_path, "two", overrides, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "two"
+    metrics = json.loads((run / "metrics.json").read_text())
+    evaluations = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    lowest = min((e for e in evaluations if "val_loss" in e), key=lambda e: e["val_loss"])
+    assert metrics["best_step"] == lowest["step"] and metrics["val_loss"] == lowest["val_loss"]
+    model = build_lm(load_run_config(None, TINY))[0]
+    final = load_checkpoint_info(run).model_state(model)
+    from safetensors.torch import load_file
+
+    best = load_file(run / "best.safetensors")
+    assert all(torch.equal(final[name], best[name]) for name in best)
