@@ -30,6 +30,7 @@ from images_mnist import run as run_mnist
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
 from qkv.cli import main as qkv_main
+from qkv.data.mnist import is_mnist_directory
 from qkv.decoding.images import sample_images
 from qkv.runs import load_image_model
 
@@ -63,6 +64,10 @@ def main() -> None:
         unknown = sorted(set(models) - set(MNIST_MODELS))
         if unknown:
             parser.error(f"unknown --models {', '.join(unknown)}; choose from {', '.join(MNIST_MODELS)}")
+        if not is_mnist_directory(args.mnist):
+            parser.error(f"--mnist {args.mnist}: not a directory with MNIST's four IDX files (plain or .gz)")
+        if args.minutes is not None and args.minutes <= 0:
+            parser.error(f"--minutes must be positive, got {args.minutes:g}")
         run_mnist(args.mnist, models, args.minutes, args.samples)
         return
     work = Path(tempfile.mkdtemp())
