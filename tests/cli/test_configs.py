@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from qkv.cli import main
-from qkv.training.bundled import bundled_configs
+from qkv.training.bundled import bundled_configs, config_summary
 
 CONFIGS = Path(__file__).parent.parent.parent / "src" / "qkv" / "configs"
 
@@ -52,3 +52,12 @@ def test_the_list_survives_a_reader_that_stops_early(tmp_path):
         f"{sys.executable} -m qkv.cli configs | head -1", shell=True, capture_output=True, text=True, timeout=120
     )
     assert proc.stdout.startswith("dates-rnn") and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_a_configs_summary_is_its_first_sentence_whatever_its_citations():
+    """ "et al." and "e.g." do not end the sentence `qkv configs` shows (MADE (Germain et al. 2015) on ...)."""
+    summary = config_summary(bundled_configs()["mnist-made"], width=200)
+    assert summary.startswith("MADE (Germain et al. 2015) on binarized MNIST:") and summary.endswith(".")
+    assert config_summary(bundled_configs()["mnist-pixelrnn"]) == (
+        "A pixel RNN with positions on binarized MNIST (784 steps per image)."
+    )

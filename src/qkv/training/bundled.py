@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -38,8 +39,9 @@ def config_summary(config: Traversable, width: int = 90) -> str:
             break
         words.append(line.lstrip("# ").strip())
     text = " ".join(words)
-    end = text.find(". ")
-    text = text[: end + 1] if end >= 0 else text
+    # a sentence ends at a full stop before a space, but not the one of "et al." or "e.g." in a citation
+    end = re.search(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\. ", text)
+    text = text[: end.start() + 1] if end else text
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
