@@ -374,7 +374,7 @@ def test_keep_best_ends_with_the_weights_of_the_lowest_val_loss(tmp_path, monkey
         assert torch.equal(final[name], value), name
     assert any(not torch.equal(final[n], v) for n, v in at_10.items())  # (the weights did move after step 4)
     resumed = make_trainer(tmp_path, overrides)
-    assert resumed.resume() == 12 and resumed.best["step"] == 4 and resumed.best["val_loss"] == 2.0
+    assert resumed.resume() == 12 and resumed.best.step == 4 and resumed.best.evaluation["val_loss"] == 2.0
 
 
 def test_keep_best_with_fsdp_is_refused_by_name(tmp_path, monkeypatch):

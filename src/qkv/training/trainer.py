@@ -30,14 +30,8 @@ from qkv.devices import (
 )
 from qkv.errors import ConfigError, TrainingDivergedError
 from qkv.tokenizers import Tokenizer
-from qkv.training.checkpoint import (
-    load_checkpoint_info,
-    load_weights,
-    restore_training_state,
-    save_checkpoint,
-    save_weights,
-    weights_metadata,
-)
+from qkv.training.best import BestWeights
+from qkv.training.checkpoint import load_checkpoint_info, restore_training_state, save_checkpoint
 from qkv.training.config import TrainConfig
 from qkv.training.distributed import DistributedContext
 from qkv.training.sharding import full_state, shard
@@ -129,7 +123,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self.best: dict[str, float] = {}  # keep_best: the evaluation of the kept weights (its step included)
+        self.best = BestWeights(self.out_dir)  # keep_best: the evaluation with the lowest val loss, and its weights
 
     def _check_config(self) -> None:
         c = self.config
@@ -153,8 +147,8 @@ class Trainer:
         if info.meta.get("grad_scaler"):  # fp16's loss scale, as it had adapted (older checkpoints lack it)
             self.scaler.load_state_dict(info.meta["grad_scaler"])
         self.step = info.step
-        if self.config.keep_best and self.best_path.exists():  # the best this run had seen, and when
-            self.best = {k: float(v) for k, v in weights_metadata(self.best_path).items()}
+        if self.config.keep_best:  # the best this run had seen, and when
+            self.best.read()
         if self.precision is None:  # measured when the run started: keep it, so the resumed run is the same run
             self.precision = info.meta.get("precision")
         log = self.out_dir / "log.jsonl"
@@ -162,28 +156,6 @@ class Trainer:
             rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r.get("step", 0) <= self.step]
         return self.step
-
-    @property
-    def best_path(self) -> Path:
-        """Where ``keep_best`` keeps the weights of the lowest val loss so far (with its step and losses)."""
-        return self.out_dir / "best.safetensors"
-
-    def _keep_if_best(self, evaluation: dict[str, float]) -> None:
-        """Write the weights to :attr:`best_path` when ``evaluation`` has the lowest val loss so far."""
-        if self.best and evaluation["val_loss"] >= self.best["val_loss"]:
-            return
-        self.best = {"step": float(self.step), **evaluation}
-        if self.dist.is_main:
-            save_weights(self.best_path, self.model, {k: repr(v) for k, v in self.best.items()})
-
-    def _restore_best(self) -> dict[str, float]:
-        """Load the kept weights into the model (every process: DDP's copies stay equal); their evaluation."""
-        self.dist.barrier()  # (rank 0, which evaluates, has finished writing them)
-        if self.dist.enabled and not self.dist.is_main:
-            self.best = {k: float(v) for k, v in weights_metadata(self.best_path).items()}
-        if int(self.best["step"]) != self.step:
-            load_weights(self.best_path, self.model)
-        return {k: v for k, v in self.best.items() if k != "step"}
 
     def save(self) -> Path | None:
         path = None
@@ -364,7 +336,7 @@ class Trainer:
                         last_eval = self.evaluate()
                         self.history[-1].update(last_eval)
                         if c.keep_best:
-                            self._keep_if_best(last_eval)
+                            self.best.offer(self.step, last_eval, self.model, write=self.dist.is_main)
                         if self.dist.is_main and not self.quiet:
                             bar.write(
                                 f"{self.out_dir.name} step {self.step}/{c.steps}: train loss "
@@ -372,11 +344,13 @@ class Trainer:
                             )
                     self.dist.barrier()
                     if c.keep_best and self.step == c.steps:  # the run ends with its best weights, and says so
-                        last_eval = self._restore_best()
+                        if self.dist.enabled and not self.dist.is_main:  # (rank 0 evaluated, wrote, then waited)
+                            self.best.read()
+                        last_eval = self.best.restore(self.model, self.step)
                         if self.dist.is_main and not self.quiet:
                             bar.write(
-                                f"{self.out_dir.name}: keeping the weights of step {int(self.best['step'])} (val loss "
-                                f"{self.best['val_loss']:.4f}, the lowest); they are in the final checkpoint"
+                                f"{self.out_dir.name}: keeping the weights of step {self.best.step} (val loss "
+                                f"{last_eval['val_loss']:.4f}, the lowest); they are in the final checkpoint"
                             )
                 if self.step % c.log_interval == 0 or self.step == c.steps:  # after evaluating: val is never stale
                     bar.set_postfix(
@@ -412,8 +386,8 @@ class Trainer:
             **describe_hardware(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
-        if c.keep_best and self.best:  # train_loss and val_loss above are then the kept weights' evaluation
-            metrics["best_step"] = int(self.best["step"])
+        if c.keep_best and self.best.evaluation:  # train_loss and val_loss above are then the kept weights'
+            metrics["best_step"] = self.best.step
         report = getattr(self.task, "report", None)
         if report is not None and (self.dist.is_main or self.sharded):  # task-specific, e.g. BLEU of a translation
             evaluation = report(self.model, progress=self.progress)
