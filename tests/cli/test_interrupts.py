@@ -57,7 +57,9 @@ def interrupt(
     ``after`` seconds have passed since; or, ``when_importing``, as soon as it is importing PyTorch. Returns (exit
     code, stdout, stderr). Each phase is waited for by what marks it, not by a guess at how long a loaded machine
     takes to reach it."""
-    proc = interruptible([*QKV, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # one thread: its CPU seconds then count work, not OpenMP threads spinning while a loaded machine runs others
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = interruptible([*QKV, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     os.set_blocking(proc.stdout.fileno(), False)
     os.set_blocking(proc.stderr.fileno(), False)
     seen, said, started, deadline, matched_at = b"", b"", None, time.monotonic() + 120, None
@@ -174,8 +176,8 @@ def test_ctrl_c_in_the_tour_keeps_its_training_in_the_runs_directory_and_the_nex
 
     runs = tmp_path / "runs"
     args = ["tour", "--runs", str(runs), "--out", str(tmp_path / "t.html")]
-    # the tour's GPT trains for about 7 s of CPU after its line: 2 s into it is mid-training on any machine
-    rc, _, err = interrupt(args, tmp_path, when_stderr="tour: training a 2-layer", cpu_after_stderr=2)
+    # the tour's GPT trains for about 7 s of CPU after its line (one thread): 3 s into it is mid-training
+    rc, _, err = interrupt(args, tmp_path, when_stderr="tour: training a 2-layer", cpu_after_stderr=3)
     message = one_line(err)
     own = runs / TOUR_DIR / "gpt"
     assert rc == 130 and message.startswith("qkv tour: interrupted (Ctrl-C) while making the tour; training stopped")
