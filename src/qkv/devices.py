@@ -2,9 +2,11 @@
 and described for the records (``metrics.json``, benchmark tables).
 
 ``"auto"`` devices: CUDA (under ``torchrun``, the process's ``LOCAL_RANK`` GPU), then Apple's MPS, then the CPU.
-``"auto"`` precision: on CUDA bf16 autocast where the GPU supports it, fp16 with loss scaling otherwise; on the CPU
-bf16 only where the processor has native bf16 matrix units (AVX512-BF16 or AMX, with PyTorch's AVX-512 kernels
-active) — the caller then checks that it is also faster — and fp32 everywhere else.
+``"auto"`` precision is decided by the hardware alone, so the same machine makes the same choice however busy it is:
+on CUDA bf16 autocast where the GPU supports it, fp16 with loss scaling otherwise; on the CPU bf16 where the
+processor has native bf16 matrix units (AVX512-BF16 or AMX, with PyTorch's AVX-512 kernels active), fp32 everywhere
+else. ``"tune"`` asks for a timing instead: on such a CPU the trainer times a micro-step both ways and keeps bf16 only
+if it is faster (a choice that can differ from run to run on a loaded machine, which is why it is never the default).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "tune", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # training autocast and inference
 
 
@@ -99,19 +101,20 @@ def native_cpu_bf16() -> bool:
 
 
 def precision_candidates(spec: str, device: torch.device, *, what: str = "precision") -> list[str]:
-    """The precisions ``spec`` allows on ``device``, preferred first: one for an explicit choice, two for ``auto`` on
-    a CPU with native bf16 (``["bf16", "fp32"]``: keep bf16 only if it is measured faster)."""
+    """The precisions ``spec`` allows on ``device``, preferred first: one for an explicit choice and for ``auto``
+    (the hardware's choice, :func:`inference_dtype`'s rule), two for ``tune`` on a CPU with native bf16
+    (``["bf16", "fp32"]``: keep bf16 only if it is measured faster)."""
     spec = spec.strip().lower()
     if spec not in PRECISIONS:
         raise ConfigError(f"{what} {spec!r} is not a precision; use one of {', '.join(PRECISIONS)}")
     if spec == "fp16" and device.type == "cpu":
         raise ConfigError(f"{what} fp16 is not supported on the CPU (no fp16 autocast kernels); use bf16 or fp32")
-    if spec != "auto":
+    if spec not in ("auto", "tune"):
         return [spec]
     if device.type == "cuda":
         return ["bf16" if torch.cuda.is_bf16_supported() else "fp16"]
     if device.type == "cpu" and native_cpu_bf16():
-        return ["bf16", "fp32"]
+        return ["bf16"] if spec == "auto" else ["bf16", "fp32"]
     return ["fp32"]
 
 

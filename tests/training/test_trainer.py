@@ -239,27 +239,40 @@ def test_precision_settings_that_cannot_work_are_refused(tmp_path):
     assert not any(tmp_path.iterdir()), "a refused run wrote files"
 
 
-def test_auto_precision_is_measured_once_and_kept_by_a_resumed_run(tmp_path, monkeypatch):
-    """On a CPU with native bf16, auto times bf16 against fp32 and keeps bf16 only when it is faster; the choice
-    is recorded in the checkpoint, and a resumed run uses it instead of measuring again."""
-    import qkv.training.trainer as trainer_module
+def test_auto_precision_is_the_hardwares_choice_and_never_timed(tmp_path, monkeypatch):
+    """auto decides by the hardware alone (bf16 where the CPU has native bf16 units, fp32 elsewhere), so a busy
+    machine makes the same choice as a quiet one: nothing is timed."""
+    import qkv.devices as devices
 
-    monkeypatch.setattr(trainer_module, "precision_candidates", lambda *a, **k: ["bf16", "fp32"])
-    trainer = make_trainer(tmp_path, ["train.precision='auto'", "train.steps=4"])
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(devices, "native_cpu_bf16", lambda native=native: native)
+        trainer = make_trainer(tmp_path / expected, ["train.precision='auto'", "train.device='cpu'", "train.steps=2"])
+        monkeypatch.setattr(trainer, "_measure_precision", lambda: pytest.fail("auto must not time anything"))
+        assert trainer.fit()["precision"] == expected
+
+
+def test_tuned_precision_is_measured_once_and_kept_by_a_resumed_run(tmp_path, monkeypatch):
+    """tune, on a CPU with native bf16, times bf16 against fp32 and keeps bf16 only when it is faster; the choice
+    is recorded in the checkpoint, and a resumed run uses it instead of measuring again."""
+    import qkv.devices as devices
+
+    monkeypatch.setattr(devices, "native_cpu_bf16", lambda: True)
+    assert devices.precision_candidates("tune", torch.device("cpu")) == ["bf16", "fp32"]
+    trainer = make_trainer(tmp_path, ["train.precision='tune'", "train.device='cpu'", "train.steps=4"])
     measured = []
     monkeypatch.setattr(trainer, "_measure_precision", lambda: measured.append(1) or "bf16")
     assert trainer.fit()["precision"] == "bf16" and measured == [1]
-    resumed = make_trainer(tmp_path, ["train.precision='auto'", "train.steps=6"])
+    resumed = make_trainer(tmp_path, ["train.precision='tune'", "train.device='cpu'", "train.steps=6"])
     monkeypatch.setattr(resumed, "_measure_precision", lambda: measured.append(2) or "fp32")
     resumed.resume()
     assert resumed.fit()["precision"] == "bf16" and measured == [1]
 
 
 def test_measuring_precision_changes_nothing(tmp_path, monkeypatch):
-    import qkv.training.trainer as trainer_module
+    import qkv.devices as devices
 
-    monkeypatch.setattr(trainer_module, "precision_candidates", lambda *a, **k: ["bf16", "fp32"])
-    trainer = make_trainer(tmp_path, ["train.precision='auto'"])
+    monkeypatch.setattr(devices, "native_cpu_bf16", lambda: True)
+    trainer = make_trainer(tmp_path, ["train.precision='tune'", "train.device='cpu'"])
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     rng = torch.get_rng_state()
     assert trainer._measure_precision() in ("bf16", "fp32")

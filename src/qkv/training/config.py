@@ -105,7 +105,7 @@ class TrainConfig:
     keep_best: bool = False
     seed: int = 1337
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: see qkv.devices
+    precision: str = "auto"  # auto (by the hardware) | tune (timed) | fp32 | bf16 | fp16 (autocast): qkv.devices
     compile: bool | str = "auto"  # torch.compile the training step: auto (on CUDA with Triton) | true | false
     parallel: str = "ddp"  # under torchrun: ddp (a full copy per process) | fsdp (parameters sharded, FSDP2)
     flush_denormal: bool = True  # treat fp32 denormals as 0 while training: CPUs slow down badly on them

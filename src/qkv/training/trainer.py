@@ -1,5 +1,5 @@
 """One ``Trainer`` for every qkv model: AdamW with decay groups, warmup + cosine, clipping, accumulation, a device
-(CPU, CUDA, MPS) and a precision (fp32, bf16 or fp16 autocast, chosen by measurement on CPUs with native bf16),
+(CPU, CUDA, MPS) and a precision (fp32, bf16 or fp16 autocast; ``auto`` by the hardware, ``tune`` by a timing),
 periodic evaluation, atomic checkpoints, resume, ``torchrun`` (DDP), a progress bar, and ``metrics.json``.
 
 The model-specific part is a :class:`Task`: how to get the batch of a step and how to compute its loss.
