@@ -27,6 +27,7 @@ import torch
 from qkv.benchmarking.report import Report, Row
 from qkv.cli import main as qkv_main
 from qkv.decoding.images import sample_images
+from qkv.devices import describe_hardware
 from qkv.runs import load_image_model
 
 ROOT = Path(__file__).parent.parent
@@ -55,6 +56,12 @@ def _train(name: str, data: Path, out: Path, sets: list[str]) -> tuple[dict, flo
     if qkv_main(args) != 0:
         raise SystemExit(f"training {name} failed")
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - start
+
+
+def describe_cpu() -> str:
+    """The CPU a row was measured on, in a few words (rows of one table may come from different machines)."""
+    hw = describe_hardware(torch.device("cpu"))
+    return f"CPU kernels {hw['cpu_capability']}{', native bf16' if hw['cpu_native_bf16'] else ''}"
 
 
 def steps_for(name: str, data: Path, minutes: float, work: Path) -> int:
@@ -86,6 +93,7 @@ def measure(name: str, data: Path, minutes: float | None, work: Path) -> dict:
         "device": metrics.get("device", "cpu"),
         "precision": metrics["precision"],
         "threads": torch.get_num_threads(),
+        "cpu": describe_cpu(),
         "parameters": metrics["parameters"],
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "run": str(work / name),
@@ -104,7 +112,8 @@ def time_sampling(run_dir: Path, n: int) -> dict:
     recomputed = sample_images(model, n, seed=0, cached=False)
     recomputed_s = (time.perf_counter() - start) / n
     return {"cached_s": cached_s, "recomputed_s": recomputed_s, "same": torch.equal(cached, recomputed), "images": n,
-            "threads": torch.get_num_threads(), "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"}  # fmt: skip
+            "threads": torch.get_num_threads(), "cpu": describe_cpu(),
+            "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"}  # fmt: skip
 
 
 def report(entries: dict[str, dict]) -> Report:
@@ -121,7 +130,8 @@ def report(entries: dict[str, dict]) -> Report:
         best = f" (kept step {e['best_step']})" if e.get("best_step") else ""
         setting = (f"configs/mnist-{name}.toml, {budget}{e['steps']} steps{best}, {e['train_seconds']} s training "
                    f"({e['seconds']} s with evaluation), {e['device']} "
-                   f"({e['threads']} threads), {e['precision']}, {e['date']}")  # fmt: skip
+                   f"({e['threads']} threads{', ' + e['cpu'] if 'cpu' in e else ''}), {e['precision']}, "
+                   f"{e['date']}")  # fmt: skip
         report.rows.append(Row(name, setting, "test nats", e["test_nats"], paper, source, "<= 1", unit="nats"))
     if "gated" in entries and "pixelcnn" in entries:
         report.rows.append(Row("Gated vs plain PixelCNN", "the two rows above", "test nats",
@@ -137,7 +147,8 @@ def report(entries: dict[str, dict]) -> Report:
         if f"{name} sampling" in entries:
             e = entries[f"{name} sampling"]
             report.rows.append(Row(f"{name} sampling on caches", f"{e['images']} images of 28x28, one run each, "
-                                   f"{e['threads']} threads, {e['date']}; same pixels as recomputation: {e['same']}",
+                                   f"{e['threads']} threads{', ' + e['cpu'] if 'cpu' in e else ''}, {e['date']}; "
+                                   f"same pixels as recomputation: {e['same']}",
                                    "time per image", e["cached_s"], e["recomputed_s"], "recomputing every pixel",
                                    ">= 3", speedup=True))  # fmt: skip
     report.notes.append(
@@ -147,7 +158,8 @@ def report(entries: dict[str, dict]) -> Report:
         "members' joint probabilities)."
     )
     report.notes.append(
-        "Each row is one training run, measured when its date says; the MADE rows keep the weights of their lowest "
+        "Each row is one training run, measured when its date says, on the CPU it names (the header names the machine "
+        "that last wrote the table); the MADE rows keep the weights of their lowest "
         "validation loss (train.keep_best). Ratios below 1 beat the reference."
     )
     return report
