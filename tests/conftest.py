@@ -109,6 +109,15 @@ def band(q_len: int, k_len: int, causal: bool, window) -> torch.Tensor:
     return allowed
 
 
+@pytest.fixture
+def bf16_allowed(monkeypatch) -> None:
+    """Lets qkv place models in bf16 on any CPU, as on one with native bf16 units (where it is allowed), so the bf16
+    numerics are tested on AVX2-only machines too (there qkv refuses bf16 as emulated and slow)."""
+    import qkv.devices
+
+    monkeypatch.setattr(qkv.devices, "native_cpu_bf16", lambda: True)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ from qkv.errors import ConfigError
 __all__ = [
     "HasParameters",
     "DEVICES",
+    "INFERENCE_DTYPES",
     "PRECISIONS",
     "autocast",
     "describe_hardware",
@@ -40,6 +41,8 @@ __all__ = [
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PRECISIONS = ("auto", "tune", "fp32", "bf16", "fp16")
+# what a model loaded for inference may be held in (qkv.models.inference.for_inference; int8: weight-only int8)
+INFERENCE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # training autocast and inference
 
 
@@ -189,7 +192,8 @@ def place(
 ) -> torch.nn.Module:
     """``model`` moved to ``device`` (resolved as :func:`resolve_device`; None = leave it where it is) in ``dtype``
     (``"auto" | "fp32" | "bf16" | "fp16"`` or a torch dtype, auto as :func:`inference_dtype`; None = leave it),
-    for inference."""
+    for inference. bf16 on a CPU without native bf16 units is refused (emulated, it is slower than fp32), as is
+    fp16 on any CPU; int8 is :func:`qkv.models.inference.for_inference`'s."""
     if device is not None:
         model = model.to(resolve_device(device, what="device"))
     if dtype == "auto":
@@ -197,12 +201,18 @@ def place(
     if dtype is not None:
         if isinstance(dtype, str):
             if dtype not in DTYPES:
-                raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+                raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)} (int8: qkv.models.inference)")
             dtype = DTYPES[dtype]
         if dtype not in DTYPES.values():
             raise ConfigError(f"dtype {dtype} is not a floating dtype qkv runs in ({', '.join(DTYPES)})")
         if dtype == torch.float16 and model_device(model).type == "cpu":
             raise ConfigError("dtype fp16 is not supported on the CPU (no fast fp16 kernels); use bf16 or fp32")
+        if dtype == torch.bfloat16 and model_device(model).type == "cpu" and not native_cpu_bf16():
+            raise ConfigError(
+                f"dtype bf16 on this CPU would be emulated (PyTorch's kernels here: "
+                f"{torch.backends.cpu.get_cpu_capability()}, without AVX512-BF16 or AMX units) and slower than fp32; "
+                "use fp32, int8 (weight-only, a quarter of fp32's bytes) or auto (fp32 here)"
+            )
         model = model.to(dtype)
     return model
 

@@ -9,9 +9,9 @@ from typing import Any, cast
 
 from torch import nn
 
-from qkv.devices import place
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.families import CAUSAL_LM, IMAGE, SEQ2SEQ, Family, get_family
+from qkv.models.inference import for_inference
 from qkv.models.pixels import PixelModel
 from qkv.tokenizers import PairTokenizer, Tokenizer
 from qkv.training.checkpoint import CheckpointInfo, load_checkpoint_info
@@ -23,17 +23,21 @@ def load_causal_lm(
     path: str | Path, device: str | None = None, dtype: str | None = None
 ) -> tuple[nn.Module, Tokenizer, CheckpointInfo]:
     """A trained causal LM (GPT, Llama, or any registered family), its tokenizer and checkpoint info from a run or
-    checkpoint directory, on ``device`` (default: the CPU) in ``dtype`` (default: fp32). Checkpoints hold no
+    checkpoint directory, on ``device`` (default: the CPU) in ``dtype`` (``"fp32" | "bf16" | "fp16" | "int8" |
+    "auto"``, :func:`qkv.models.inference.for_inference`; default: fp32). Checkpoints hold no
     device: one trained on a GPU loads anywhere."""
     info = load_checkpoint_info(path)
     family = _family_of_checkpoint(info, CAUSAL_LM)
     model = family.build(family.config.from_dict(info.meta["config"]["model"]))
     info.load_model_weights(model)
-    return place(model, device, dtype).eval(), info.tokenizer(), info
+    return for_inference(model, device, dtype), info.tokenizer(), info
 
 
-def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module, PairTokenizer, CheckpointInfo]:
-    """A trained RNN or Transformer encoder-decoder, its pair tokenizer and checkpoint info, on ``device``."""
+def load_seq2seq(
+    path: str | Path, device: str | None = None, dtype: str | None = None
+) -> tuple[nn.Module, PairTokenizer, CheckpointInfo]:
+    """A trained RNN or Transformer encoder-decoder, its pair tokenizer and checkpoint info, on ``device`` in
+    ``dtype`` (as :func:`load_causal_lm`)."""
     from qkv.training.config import RunConfig
 
     info = load_checkpoint_info(path)
@@ -43,7 +47,7 @@ def load_seq2seq(path: str | Path, device: str | None = None) -> tuple[nn.Module
     tokenizer = info.tokenizer()
     if not isinstance(tokenizer, PairTokenizer):
         raise CheckpointError(f"{info.path}/tokenizer.json is not a source/target (pair) tokenizer")
-    return place(model, device).eval(), tokenizer, info
+    return for_inference(model, device, dtype), tokenizer, info
 
 
 def load_image_model(path: str | Path, device: str | None = None) -> tuple[PixelModel, CheckpointInfo]:
@@ -54,7 +58,7 @@ def load_image_model(path: str | Path, device: str | None = None) -> tuple[Pixel
     family = _family_of_checkpoint(info, IMAGE)
     model = family.build(RunConfig.from_dict(info.meta["config"]).model)
     info.load_model_weights(model)
-    return cast(PixelModel, place(model, device).eval()), info  # (IMAGE: every image family is a PixelModel)
+    return cast(PixelModel, for_inference(model, device)), info  # (IMAGE: every image family is a PixelModel)
 
 
 def load_model_and_tokenizer(

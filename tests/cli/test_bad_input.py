@@ -316,3 +316,11 @@ def test_devices_that_cannot_be_used_are_refused_before_any_work(
 def test_fp16_on_the_cpu_is_refused(run_dir, files, capsys, args):  # noqa: F811
     verb = args(run_dir, files)[0]
     assert_one_clear_line(args(run_dir, files), verb, "fp16 is not supported on the CPU", capsys)
+
+
+def test_bf16_where_the_cpu_would_emulate_it_is_refused(run_dir, capsys, monkeypatch):  # noqa: F811
+    import qkv.devices
+
+    monkeypatch.setattr(qkv.devices, "native_cpu_bf16", lambda: False)
+    args = ["generate", str(run_dir), "--prompt", "a", "--dtype", "bf16", "--device", "cpu"]
+    assert_one_clear_line(args, "generate", "dtype bf16 on this CPU would be emulated", capsys)

@@ -350,3 +350,23 @@ def test_help_names_every_trainable_family_and_every_pretrained_format(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert all(f.name in text for f in families() if f.trainable)
     assert "BERT, GPT-2, Llama, Mistral or Qwen2" in text
+
+
+def test_generate_in_int8_is_the_int8_models_greedy_text(tmp_path, capsys):
+    """--dtype int8 loads the run with weight-only int8 linear layers (a 32-wide model: the kernel's width) and
+    prints exactly what the same int8 model generates through the API."""
+    import qkv
+    from qkv.attention.int8 import Int8Linear
+    from qkv.runs import load_causal_lm
+
+    (tmp_path / "c.toml").write_text("[train]\nseed = 3\n")
+    wide = [item.replace("embed_dim=16", "embed_dim=32") for item in TINY]
+    assert main(["train", str(tmp_path / "c.toml"), "--out", str(tmp_path), "--no-progress", *sets(wide)]) == 0
+    capsys.readouterr()
+    flags = ["--prompt", "Ham.", "--max-new-tokens", "6", "--strategy", "greedy", "--device", "cpu"]
+    assert main(["generate", str(tmp_path), *flags, "--dtype", "int8"]) == 0
+    printed = capsys.readouterr().out.strip()
+    model, tokenizer, _ = load_causal_lm(tmp_path, "cpu", "int8")
+    assert any(isinstance(m, Int8Linear) for m in model.modules())
+    ids = torch.tensor([tokenizer.encode("Ham.")])
+    assert printed == tokenizer.decode(qkv.generate(model, ids, max_new_tokens=6)[0].tolist()).strip()

@@ -184,3 +184,16 @@ def test_reported_scores_are_rounded_and_a_perfect_match_is_exactly_100():
     assert scores["exact_match"] == scores["bleu"] == 100.0
     mixed = score_translations(["2021-03-05", "x"], ["2021-03-05", "2021-03-06"], ["a", "b"], "char")
     assert all(round(mixed[k], 4) == mixed[k] for k in ("exact_match", "bleu", "chrf"))
+
+
+def test_translate_in_int8_loads_int8_layers(transformer_dir, capsys):
+    """--dtype int8 reaches the sequence-to-sequence loader: the model it translates with holds int8 linear layers
+    where their input width suits the kernel (the 32-wide feed-forward output here), and it prints a translation."""
+    from qkv.attention.int8 import Int8Linear
+    from qkv.runs import load_seq2seq
+
+    capsys.readouterr()
+    assert main(["translate", str(transformer_dir), "5 Mar 21", "--dtype", "int8", "--device", "cpu"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    model, _, _ = load_seq2seq(transformer_dir, "cpu", "int8")
+    assert any(isinstance(m, Int8Linear) for m in model.modules())

@@ -50,19 +50,31 @@ def test_precision_choices():
         precision_candidates("fp8", cpu)
     auto = precision_candidates("auto", cpu)
     native = describe_hardware(cpu)["cpu_native_bf16"]
-    assert auto == (["bf16", "fp32"] if native else ["fp32"])  # bf16 only on native units, and only if faster
+    assert auto == (["bf16"] if native else ["fp32"])  # the hardware's choice: bf16 only on native units
+    assert precision_candidates("tune", cpu) == (["bf16", "fp32"] if native else ["fp32"])  # timed: bf16 if faster
 
 
-def test_inference_dtype_placement():
+def test_inference_dtype_placement(bf16_allowed):
     model = torch.nn.Linear(4, 4)
     assert place(model, "cpu", "bf16").weight.dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="dtype fp16 is not supported on the CPU"):
         place(torch.nn.Linear(4, 4), "cpu", "fp16")
-    with pytest.raises(ConfigError, match="dtype 'int8' is not one of fp32, bf16, fp16"):
+    with pytest.raises(ConfigError, match=r"dtype 'int8' is not one of fp32, bf16, fp16 \(int8: qkv.models.inference"):
         place(torch.nn.Linear(4, 4), None, "int8")
 
 
-def test_generation_follows_the_model_in_bf16():
+def test_bf16_is_refused_where_the_cpu_would_emulate_it(monkeypatch):
+    """Without native bf16 units bf16 is emulated and slower than fp32: refused with the reason and the choices."""
+    import qkv.devices
+
+    monkeypatch.setattr(qkv.devices, "native_cpu_bf16", lambda: False)
+    for dtype in ("bf16", torch.bfloat16):
+        with pytest.raises(ConfigError, match=r"dtype bf16 on this CPU would be emulated .* use fp32, int8"):
+            place(torch.nn.Linear(4, 4), "cpu", dtype)
+    assert place(torch.nn.Linear(4, 4), "cpu", "auto").weight.dtype == torch.float32
+
+
+def test_generation_follows_the_model_in_bf16(bf16_allowed):
     """A bf16 model generates from an fp32-free prompt; its greedy tokens equal the fp32 model's on a clear case."""
     torch.manual_seed(0)
     model = qkv.models.GPT(qkv.models.GPTConfig(vocab_size=16, max_seq_len=16, num_layers=1, num_heads=2, embed_dim=16))

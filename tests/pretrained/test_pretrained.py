@@ -64,9 +64,13 @@ def test_minilm_is_exact_in_float64_including_padding(minilm):
         torch.testing.assert_close(a, b, **FP64)
 
 
-@pytest.mark.parametrize(("dtype", "min_cosine"), [("fp32", 0.99999), ("bf16", 0.999)])
-def test_embed_matches_sentence_transformers(minilm, dtype, min_cosine):
+@pytest.mark.parametrize(("dtype", "min_cosine"), [("fp32", 0.99999), ("bf16", 0.999), ("int8", 0.999)])
+def test_embed_matches_sentence_transformers(minilm, dtype, min_cosine, request):
+    """fp32 agrees with sentence-transformers to rounding; bf16 and weight-only int8 (the issue's bound: cosine >=
+    0.999 to fp32) cost a little."""
     st = pytest.importorskip("sentence_transformers")
+    if dtype == "bf16":
+        request.getfixturevalue("bf16_allowed")
     directory = minilm[0]
     reference = st.SentenceTransformer(str(directory), device="cpu").encode(TEXTS, convert_to_tensor=True)
     ours = qkv.embed(TEXTS, batch_size=3, dtype=dtype)

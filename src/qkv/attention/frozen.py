@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention.hooks import unhooked
+from qkv.attention.int8 import Int8Linear, int8_linear
 
 T = TypeVar("T")
 
-__all__ = ["FrozenLinear", "derived", "frozen_linear", "frozen_weights", "linear_pair", "reusing"]
+__all__ = ["FrozenLinear", "derived", "frozen_linear", "frozen_weights", "linear_pair", "reusing", "stacked_linear"]
 
 _generation: ContextVar[int | None] = ContextVar("qkv_frozen_generation", default=None)
 _counter = itertools.count(1)
@@ -94,13 +95,54 @@ class FrozenLinear(nn.Linear):
         return frozen_linear(x, self)
 
 
-def linear_pair(x: Tensor, first: nn.Linear, second: nn.Linear) -> tuple[Tensor, Tensor]:
-    """``(first(x), second(x))``; inside :func:`frozen_weights`, one vector-matrix product with both weights stacked
-    ``(in, out1 + out2)`` and cached on ``first`` (Llama's gate and up projections while decoding)."""
+def linear_pair(x: Tensor, first: nn.Module, second: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(first(x), second(x))``; inside :func:`frozen_weights`, one product with both weights stacked (cached on
+    ``first``): Llama's gate and up projections while decoding."""
     if not reusing():
         return first(x), second(x)
-    stacked = derived(first, "paired_t", lambda: torch.cat([first.weight, second.weight]).t().contiguous())
-    a, b = (x @ stacked).split([first.out_features, second.out_features], dim=-1)
-    if first.bias is not None and second.bias is not None:
-        a, b = a + first.bias, b + second.bias
+    a, b = stacked_linear(x, first, "paired", (first, second)).split([_width(first), _width(second)], dim=-1)
     return a, b
+
+
+def stacked_linear(x: Tensor, owner: nn.Module, name: str, layers: tuple[nn.Module, ...]) -> Tensor:
+    """``x (..., in) @ [W_1; ...; W_n]ᵀ + [b_1; ...; b_n]`` -> ``(..., out_1 + ... + out_n)``: one product for layers
+    that read the same input (Q, K and V), which is faster than n small ones and gives the same numbers.
+
+    The stack is derived from the weights (:func:`derived`, kept on ``owner`` under ``name`` inside
+    :func:`frozen_weights`): float weights stacked and transposed ``(in, sum out)`` for fast vector-matrix products;
+    :class:`~qkv.attention.int8.Int8Linear` layers' int8 rows and per-channel scales concatenated, which is exactly
+    each layer's own quantization. Layers of mixed kinds are applied one by one.
+    """
+    if all(isinstance(layer, Int8Linear) for layer in layers):
+        qweight, scale, bias = derived(owner, name, lambda: _stack_int8(layers))
+        return int8_linear(x, qweight, scale, bias)
+    if not all(isinstance(layer, nn.Linear) for layer in layers):
+        return torch.cat([layer(x) for layer in layers], dim=-1)
+    weight_t, bias = derived(owner, name, lambda: _stack_float(layers))
+    out = x @ weight_t
+    return out if bias is None else out + bias
+
+
+def _width(layer: nn.Module) -> int:
+    return int(layer.out_features)  # type: ignore[arg-type]  # (nn.Linear and Int8Linear both have it)
+
+
+def _stacked_bias(layers: tuple[nn.Module, ...], like: Tensor) -> Tensor | None:
+    """The layers' biases end to end (zeros for a layer without one); None when none has one."""
+    biases = [getattr(layer, "bias", None) for layer in layers]
+    if all(b is None for b in biases):
+        return None
+    return torch.cat([b if b is not None else like.new_zeros(_width(layer)) for b, layer in zip(biases, layers)])
+
+
+def _stack_float(layers: tuple[nn.Module, ...]) -> tuple[Tensor, Tensor | None]:
+    weight_t = torch.cat([layer.weight for layer in layers]).t()  # type: ignore[misc]
+    if not torch.is_grad_enabled():  # (with autograd the transpose stays a view: no copy to differentiate through)
+        weight_t = weight_t.contiguous()
+    return weight_t, _stacked_bias(layers, weight_t)
+
+
+def _stack_int8(layers: tuple[nn.Module, ...]) -> tuple[Tensor, Tensor, Tensor | None]:
+    qweight = torch.cat([layer.qweight for layer in layers])  # type: ignore[misc]
+    scale = torch.cat([layer.scale for layer in layers])  # type: ignore[misc]
+    return qweight, scale, _stacked_bias(layers, scale.float())

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from qkv.attention.attend import attend
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.call import as_4d, repeat_kv
-from qkv.attention.frozen import FrozenLinear, derived
+from qkv.attention.frozen import FrozenLinear, stacked_linear
 from qkv.attention.hooks import HookPoint, HookPointOwner
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.masks import Window
@@ -118,11 +118,8 @@ class MultiHeadAttention(HookPointOwner):
         if is_self:
             # one matmul with the three weights stacked is faster than three small ones (same numbers); while
             # decoding (frozen_weights) the stack is kept, transposed for fast vector-matrix products
-            weight_t, bias = derived(self, "qkv", self._stacked_qkv_t)
             kv_width = self.num_kv_heads * self.head_dim
-            qkv = query @ weight_t
-            if bias is not None:
-                qkv = qkv + bias
+            qkv = stacked_linear(query, self, "qkv", (self.q_proj, self.k_proj, self.v_proj))
             q, k, v = qkv.split([self.embed_dim, kv_width, kv_width], dim=-1)
         else:
             q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
@@ -136,15 +133,6 @@ class MultiHeadAttention(HookPointOwner):
         self._check_input("value", value, self.vdim)
         k, v = self.k_proj(key), self.v_proj(value)
         return self._split(k, self.num_kv_heads), self._split(v, self.num_kv_heads)
-
-    def _stacked_qkv_t(self) -> tuple[Tensor, Tensor | None]:
-        """(W_Q; W_K; W_V)ᵀ ``(embed_dim, (heads + 2 kv_heads) head_dim)`` and the stacked biases."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight_t = torch.cat([p.weight for p in projections]).t()
-        if not torch.is_grad_enabled():
-            weight_t = weight_t.contiguous()
-        bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
-        return weight_t, bias
 
     def _check_input(self, name: str, x: Tensor, width: int) -> None:
         if x.dim() != 3 or x.shape[-1] != width:

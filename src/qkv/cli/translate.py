@@ -53,7 +53,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         help="write the interactive page here: every layer and head of the cross-attention (target tokens looking "
         "at source tokens) and the alignment; it works offline. With several texts: NAME-1.html, ...",
     )
-    add_device_option(p)
+    add_device_option(p, dtype=True)
     p.set_defaults(run=run)
 
 
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_files(
         {"show_attention": IMAGE_SUFFIXES, "html": HTML_SUFFIXES}, show_attention=args.show_attention, html=args.html
     )
-    model, tokenizer, _ = load_seq2seq(args.checkpoint, args.device)
+    model, tokenizer, _ = load_seq2seq(args.checkpoint, args.device, args.dtype)
     if (args.show_attention or args.html) and getattr(model.config, "attention", None) == "none":
         raise ConfigError(f"{NO_ALIGNMENT}; drop --show-attention/--html")
     seq2seq = cast(Seq2SeqLM, model)  # (a SEQ2SEQ family)

@@ -39,8 +39,9 @@ def embed(
 
     Texts are sorted by length so each batch pads little, then returned in the caller's order. The encoder runs on
     ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``) in ``dtype`` (``"auto" | "fp32" | "bf16" |
-    "fp16"``). ``auto`` is bf16 where the device multiplies bf16 natively (a CPU with AVX512-BF16 or AMX: about 2x
-    the sentences per second, cosine >= 0.999 to fp32) and fp32 elsewhere (where bf16 is emulated and slower).
+    "fp16" | "int8"``). ``auto`` is bf16 where the device multiplies bf16 natively (a CPU with AVX512-BF16 or AMX:
+    about 2x the sentences per second, cosine >= 0.999 to fp32) and fp32 elsewhere (where bf16 is emulated and
+    slower, and refused); ``int8`` holds the linear layers' weights in int8 (CPU only).
     """
     if isinstance(texts, str):
         texts = [texts]

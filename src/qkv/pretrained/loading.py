@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qkv.devices import place
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.families import family_for_hf, family_of, hf_format, hf_model_types
+from qkv.models.inference import for_inference
 from qkv.pretrained.tokenizer import PretrainedTokenizer
 from qkv.pretrained.weights import read_config, read_state_dict, resolve_pretrained
 
@@ -26,7 +26,7 @@ def load_pretrained(
     Reads ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with ``weights_only=True``); maps every
     weight through an explicit key table; never downloads, never executes code from the directory. The model is put
     on ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``; default: the CPU) in ``dtype`` (``"fp32" |
-    "bf16" | "fp16"``; default: fp32).
+    "bf16" | "fp16" | "int8" | "auto"``, :func:`qkv.models.inference.for_inference`; default: fp32).
     """
     directory = resolve_pretrained(path_or_name)
     config = read_config(directory)
@@ -36,7 +36,7 @@ def load_pretrained(
         raise CheckpointError(
             f"{directory / 'config.json'} describes model_type {model_type!r}; qkv loads {', '.join(hf_model_types())}"
         )
-    return place(hf_format(family).reader(config, read_state_dict(directory), directory), device, dtype)
+    return for_inference(hf_format(family).reader(config, read_state_dict(directory), directory), device, dtype)
 
 
 def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:

@@ -1,0 +1,102 @@
+"""Weight-only int8 linear layers for inference: weights stored as int8 with one scale per output channel, products
+through PyTorch's maintained ``_weight_int8pack_mm`` kernel (the one torchao's weight-only int8 uses on CPUs).
+
+Decoding one token multiplies one row by every weight, a vector-matrix product whose speed on a CPU is set by how fast
+the weight streams from memory: int8 weights stream a quarter of fp32's bytes. Each output channel ``n`` keeps
+``W[n] ≈ scale[n] · q[n]`` with ``q`` in [-127, 127] and ``scale[n] = max|W[n]| / 127`` (symmetric, per channel:
+the error of a weight is at most half a step of its own row). Activations stay in the model's precision; the kernel
+reads them in bf16 (its vectorized x86 code exists only for bf16 inputs — fp32 inputs fall back to a scalar loop ~15x
+slower), accumulates in fp32 and returns bf16, which is cast back to the activation dtype.
+
+Many rows at once (a prompt, a batch of sentences) is a matrix product that no longer waits on memory: there the
+weight is dequantized for the call and multiplied by the ordinary GEMM, which is faster than the small-tile kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["INT8_ALIGNMENT", "Int8Linear", "int8_linear", "quantize_int8", "quantizable"]
+
+# the kernel's vectorized loops step 8 (AVX2) or 16 (AVX-512) bf16 values along the input features with aligned
+# loads, and return wrong numbers — without an error — when the input width is not a multiple of their step
+INT8_ALIGNMENT = 32
+# up to this many rows the product streams the weight (the int8 kernel's case); beyond, it is a GEMM
+KERNEL_MAX_ROWS = 16
+
+
+class Int8Linear(nn.Module):
+    """A linear layer ``y = x Wᵀ + b`` with ``W`` held as int8 ``qweight (out, in)`` times per-channel ``scale (out,)``.
+
+    Built from a trained ``nn.Linear`` by :meth:`from_linear` (or :func:`quantize_int8` for a whole model); inference
+    only (no gradients reach the int8 weight). ``x``: ``(..., in_features)`` -> ``(..., out_features)`` in x's dtype.
+    """
+
+    qweight: Tensor
+    scale: Tensor
+
+    def __init__(self, qweight: Tensor, scale: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        if qweight.dtype != torch.int8 or qweight.dim() != 2:
+            raise ValueError(f"qweight must be an int8 (out, in) matrix, got {qweight.dtype} {tuple(qweight.shape)}")
+        if scale.shape != (qweight.shape[0],):
+            raise ValueError(f"scale must be (out,) = ({qweight.shape[0]},), got {tuple(scale.shape)}")
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight.contiguous())
+        # the kernel wants its scales in the activations' kernel dtype (bf16); kept once, not converted per call
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> Int8Linear:
+        """``layer``'s weight quantized per output channel (symmetric, absmax / 127); its bias kept as it is."""
+        weight = layer.weight.detach().float()
+        # an all-zero row keeps scale 1 (any scale gives q = 0; dividing by 0 would give NaN)
+        scale = weight.abs().amax(dim=1).div(127.0).clamp_min(torch.finfo(torch.float32).tiny)
+        scale = scale.to(torch.bfloat16).float()  # round first, so q is computed against the scale actually used
+        qweight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        return cls(qweight, scale, layer.bias)
+
+    @property
+    def weight(self) -> Tensor:
+        """The dequantized weight ``(out, in)`` in fp32, exactly what the products use (for code that reads it)."""
+        return self.qweight.float() * self.scale.float()[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return int8_linear(x, self.qweight, self.scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+
+
+def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x (..., in) @ (scale[:, None] · qweight)ᵀ + bias`` -> ``(..., out)`` in ``x``'s dtype: the int8 kernel for a
+    few rows on a CPU, a dequantized GEMM otherwise (a prompt, a batch; other devices)."""
+    width = qweight.shape[1]
+    rows = x.numel() // max(width, 1)
+    if x.device.type == "cpu" and rows <= KERNEL_MAX_ROWS:
+        # copy=True: a fresh, aligned buffer (the kernel's loads are aligned), even when x is already bf16
+        flat = x.reshape(rows, width).to(torch.bfloat16, copy=True)
+        out = torch._weight_int8pack_mm(flat, qweight, scale).to(x.dtype).reshape(*x.shape[:-1], -1)
+    else:
+        out = F.linear(x, qweight.to(x.dtype) * scale.to(x.dtype)[:, None])
+    return out if bias is None else out + bias.to(x.dtype)
+
+
+def quantizable(layer: nn.Module) -> bool:
+    """Whether :func:`quantize_int8` converts ``layer``: an ``nn.Linear`` whose input width the kernel can take."""
+    return isinstance(layer, nn.Linear) and layer.in_features % INT8_ALIGNMENT == 0
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """``model`` with every quantizable ``nn.Linear`` (input width a multiple of 32) replaced in place by an
+    :class:`Int8Linear`; others (and embeddings, norms, convolutions, recurrent cells) keep their precision. A weight
+    shared by several layers (tied embeddings and output layer) is quantized once per layer that multiplies by it."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear) and quantizable(child):
+            setattr(model, name, Int8Linear.from_linear(child).to(child.weight.device))
+        else:
+            quantize_int8(child)
+    return model

@@ -1,0 +1,46 @@
+"""A model made ready for inference on a device in a precision: fp32, bf16 and fp16 weights (as
+:func:`qkv.devices.place`), or weight-only int8 (:mod:`qkv.attention.int8`). Every loader (``load_pretrained``, the
+runs a verb reads) goes through :func:`for_inference`, so ``dtype`` means the same everywhere."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from qkv.attention.int8 import INT8_ALIGNMENT, Int8Linear, quantize_int8
+from qkv.devices import INFERENCE_DTYPES, model_device, place
+from qkv.errors import ConfigError
+
+__all__ = ["INFERENCE_DTYPES", "for_inference"]
+
+
+def for_inference(
+    model: nn.Module, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> nn.Module:
+    """``model`` on ``device`` in ``dtype``, in eval mode.
+
+    ``dtype``: ``"fp32" | "bf16" | "fp16" | "auto"`` (or a torch dtype) as :func:`qkv.devices.place` (bf16 only
+    where the device multiplies it natively); ``"int8"``: every linear layer whose input width is a multiple of 32
+    holds int8 weights with per-channel scales, everything else (embeddings, norms, activations) stays fp32 — a
+    CPU-only format (the kernel is a CPU one). None leaves the model's own precision.
+    """
+    if dtype != "int8":
+        return place(model, device, dtype).eval()
+    model = place(model, device, "fp32")
+    where = model_device(model)
+    if where.type != "cpu":
+        raise ConfigError(
+            f"dtype int8 runs on the CPU (its kernel is a CPU one); on {where} use bf16 or fp16, which the GPU "
+            "multiplies natively"
+        )
+    linear = sum(isinstance(m, nn.Linear) for m in model.modules())
+    quantize_int8(model)
+    if linear and not any(isinstance(m, Int8Linear) for m in model.modules()):
+        warnings.warn(
+            f"dtype int8: none of the model's {linear} linear layers has an input width that is a multiple of "
+            f"{INT8_ALIGNMENT} (the int8 kernel's need), so it runs in fp32",
+            stacklevel=2,
+        )
+    return model.eval()
