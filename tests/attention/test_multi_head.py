@@ -146,6 +146,24 @@ def test_weights_derived_inside_frozen_weights_are_never_stale():
     torch.testing.assert_close(frozen, expected, **FP32_TIGHT)
 
 
+def test_a_generation_of_ones_own_keeps_derived_weights_across_contexts():
+    """frozen_weights(generation) reuses what an earlier context with the same generation derived (the very same
+    tensor); a plain context never does."""
+    from qkv.attention.frozen import FrozenLinear, frozen_weights, new_generation
+
+    layer, x = FrozenLinear(8, 5), torch.randn(1, 8)
+
+    def derived_weight(generation=None):
+        with torch.no_grad(), frozen_weights(generation):
+            layer(x)
+        return layer.__dict__["_qkv_derived_weight_t"][1]
+
+    assert derived_weight() is not derived_weight()
+    own = new_generation()
+    first = derived_weight(own)
+    assert derived_weight(own) is first and derived_weight(new_generation()) is not first
+
+
 def test_frozen_linear_is_a_linear_that_honours_hooks_on_its_fast_path():
     """FrozenLinear: nn.Linear's numbers in and out of frozen_weights() (where a cached (in, out) weight serves a few
     rows), and a hook on it runs even there (its call skips nn.Module's machinery only when nothing is hooked)."""

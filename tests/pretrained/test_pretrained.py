@@ -220,3 +220,18 @@ def test_embed_cli_writes_npy_and_jsonl(tmp_path, capsys):
     capsys.readouterr()
     assert main(["embed"]) == 2 and "nothing to embed" in capsys.readouterr().err
     assert main(["embed", "x", "--model", str(tmp_path / "missing")]) == 2
+
+
+def test_embed_reuses_its_derived_weights_and_gives_the_same_vectors(minilm):
+    """qkv.embed's cached encoder keeps the weight layouts derived for one call (a short sentence multiplies a
+    transposed copy; a long batch the weights as they are): the second call reuses them, and both routes agree."""
+    from qkv.pretrained.embed import _cached
+
+    one = qkv.embed(TEXTS[0], dtype="fp32")
+    encoder = _cached("minilm", "cpu", "fp32")[0]
+    head = encoder.layers[0].attn.out_proj.__dict__["_qkv_derived_weight_t"][1]
+    again = qkv.embed(TEXTS[0], dtype="fp32")
+    assert encoder.layers[0].attn.out_proj.__dict__["_qkv_derived_weight_t"][1] is head
+    assert torch.equal(one, again)
+    batch = qkv.embed([TEXTS[0]] + ["a much longer sentence, " * 8] * 3, dtype="fp32")
+    torch.testing.assert_close(batch[:1], one, **FP32_TIGHT)

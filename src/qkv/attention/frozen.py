@@ -23,23 +23,42 @@ from qkv.attention.int8 import Int8Linear, int8_linear
 
 T = TypeVar("T")
 
-__all__ = ["FrozenLinear", "derived", "frozen_linear", "frozen_weights", "linear_pair", "reusing", "stacked_linear"]
+__all__ = [
+    "FrozenLinear",
+    "derived",
+    "frozen_linear",
+    "frozen_weights",
+    "linear_pair",
+    "new_generation",
+    "reusing",
+    "stacked_linear",
+]
 
 _generation: ContextVar[int | None] = ContextVar("qkv_frozen_generation", default=None)
 _counter = itertools.count(1)
 
 
 @contextmanager
-def frozen_weights() -> Iterator[None]:
-    """Inside, modules may cache tensors derived from their weights (the caller promises not to change weights)."""
+def frozen_weights(generation: int | None = None) -> Iterator[None]:
+    """Inside, modules may cache tensors derived from their weights (the caller promises not to change weights).
+
+    Each context starts a new generation, so nothing derived earlier is reused. A caller that owns a model nobody else
+    can change (``qkv.embed``'s cached encoder) passes a ``generation`` of its own (:func:`new_generation`) to every
+    context, and the derived tensors of one call serve the next.
+    """
     if _generation.get() is not None:  # nested: keep the outer generation
         yield
         return
-    token = _generation.set(next(_counter))
+    token = _generation.set(generation if generation is not None else next(_counter))
     try:
         yield
     finally:
         _generation.reset(token)
+
+
+def new_generation() -> int:
+    """A generation number never handed out before, for :func:`frozen_weights` ``(generation=...)``."""
+    return next(_counter)
 
 
 def reusing() -> bool:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qkv.attention.frozen import frozen_weights
+from qkv.attention.frozen import frozen_weights, new_generation
 from qkv.devices import inference_dtype, model_device, resolve_device
 from qkv.errors import ConfigError
 from qkv.models.bert import BertEncoder
@@ -20,11 +20,14 @@ __all__ = ["embed"]
 
 
 @lru_cache(maxsize=4)
-def _cached(name: str, device: str, dtype: str) -> tuple[BertEncoder, PretrainedTokenizer]:
+def _cached(name: str, device: str, dtype: str) -> tuple[BertEncoder, PretrainedTokenizer, int]:
+    """The encoder, its tokenizer and the encoder's own frozen-weights generation: nobody outside holds this model,
+    so its weights never change, and the weight layouts derived for one call (transposed for short inputs, Q/K/V
+    stacked) serve every later call — a single sentence would otherwise spend most of its time re-deriving them."""
     model = load_pretrained(name, device=device, dtype=dtype)
     if not isinstance(model, BertEncoder):
         raise ConfigError(f"embed needs an encoder (BERT-family) model; {name!r} is a {type(model).__name__}")
-    return model, load_tokenizer(name)
+    return model, load_tokenizer(name), new_generation()
 
 
 def embed(
@@ -52,10 +55,10 @@ def embed(
         raise ConfigError("embed takes a list of strings")
     resolved = resolve_device(device, what="device")
     # loaded outside inference mode: its weights stay ordinary tensors
-    encoder, tokenizer = _cached(model, str(resolved), inference_dtype(dtype, resolved))
+    encoder, tokenizer, generation = _cached(model, str(resolved), inference_dtype(dtype, resolved))
     if not texts:
         return torch.zeros(0, encoder.config.embed_dim)
-    with torch.inference_mode(), frozen_weights():
+    with torch.inference_mode(), frozen_weights(generation):
         return _embed_sorted(texts, encoder, tokenizer, batch_size)
 
 
