@@ -40,7 +40,7 @@ def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     weights, stacked = [], set()
     for module in model.modules():
         if isinstance(module, qkv.MultiHeadAttention):
-            weights.append(module._stacked_qkv_t()[0])
+            weights.append(torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight]).t())
             stacked |= {id(module.q_proj), id(module.k_proj), id(module.v_proj)}
         elif isinstance(module, torch.nn.Linear) and id(module) not in stacked:
             weights.append(module.weight.t())

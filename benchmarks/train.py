@@ -9,10 +9,13 @@ Both train on ../shared/data/tinyshakespeare.txt with the configuration nanoGPT'
   iterations; ms/iter is the median over all iterations after the first 20 of each process (nanoGPT's own per-
   iteration ``time`` lines, qkv's per-step ``ms`` in log.jsonl). nanoGPT is timed with and without its
   ``--compile=True``; the faster is the reference. qkv is timed in fp32 and in bf16 autocast.
-* quality: ``--seeds`` seeds of 2000 iterations each for nanoGPT (fp32, its only CPU precision), qkv fp32 and qkv
-  bf16; the loss is the mean over the *whole* validation split (every non-overlapping 64-character window), each
-  model with its own tokenizer over the same last 10% of the text. nanoGPT's seed is ``1337 + seed``: its
-  ``torch.manual_seed`` call is offset from outside (runpy), its code is not edited.
+* quality: ``--seeds`` seeds of 2000 iterations each for nanoGPT (fp32, its only CPU precision) and qkv in each of
+  ``--precisions`` (fp32, and bf16 where the CPU has native bf16 units); the loss is the mean over the *whole*
+  validation split (every non-overlapping 64-character window), each model with its own tokenizer over the same
+  last 10% of the text. Both get the same seed values, ``1337 + seed`` (nanoGPT's own 1337, offset from outside
+  through runpy: its code is not edited). The table gives the mean difference with a 95% Welch interval (the two
+  implementations draw different random numbers from a seed, so runs are independent samples, not pairs) and every
+  seed's losses.
 
 nanoGPT's data preparation script is run as it is, with the text already in place (it downloads only if missing).
 """
@@ -32,8 +35,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from scipy import stats  # (scikit-learn's dependency)
 
 from qkv.benchmarking.report import Report, Row
+from qkv.devices import native_cpu_bf16
 from qkv.runs import load_causal_lm
 
 ROOT = Path(__file__).parent.parent
@@ -153,17 +158,33 @@ def main() -> None:
     parser.add_argument("--speed-iters", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    native = "fp32,bf16" if native_cpu_bf16() else "fp32"
+    parser.add_argument("--precisions", default=native,
+                        help="qkv's precisions (default: fp32, and bf16 where the CPU has native bf16)")  # fmt: skip
     args = parser.parse_args()
+    precisions = args.precisions.split(",")
     if not (args.nanogpt / "train.py").is_file() or not (args.nanogpt / "model.py").is_file():
         sys.exit(f"{args.nanogpt} is not a nanoGPT checkout (train.py and model.py are missing)")
     work = Path(tempfile.mkdtemp(prefix="qkv-p4-"))
     prepare_nanogpt(args.nanogpt, work)
     command = f"python benchmarks/train.py --nanogpt NANOGPT --seeds {args.seeds} --steps {args.steps}"
     results = RESULTS / ("train.md" if args.seeds else "train-speed.md")
-    report = Report("P4: nanoGPT's baby configuration, qkv vs nanoGPT itself", command, precision="fp32 and bf16")
+    command += f" --rounds {args.rounds}" if args.rounds != 3 else ""
+    report = Report(
+        "P4: nanoGPT's baby configuration, qkv vs nanoGPT itself", command, precision=" and ".join(precisions)
+    )
+    if args.rounds:  # --rounds 0: quality only
+        speed(args, work, report, precisions)
+    if args.seeds:  # --seeds 0: speed only
+        quality(args, work, report, precisions)
+    print(report.markdown())
+    print(f"written to {report.write(results)}")
+    shutil.rmtree(work, ignore_errors=True)
 
-    # speed: alternating processes
-    times: dict[str, list[float]] = {"nano": [], "nano-compile": [], "fp32": [], "bf16": []}
+
+def speed(args: argparse.Namespace, work: Path, report: Report, precisions: list[str]) -> None:
+    """ms/iter of nanoGPT (with and without --compile) and qkv in each precision, in alternating processes."""
+    times: dict[str, list[float]] = {"nano": [], "nano-compile": [], **{p: [] for p in precisions}}
     for r in range(args.rounds):
         for name in times:
             out = work / f"speed-{name}-{r}"
@@ -175,7 +196,7 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items() if t}
     best_nano = min(("nano", "nano-compile"), key=lambda n: median.get(n, float("inf")))
     target = "<= 0.6" if torch.cpu._is_avx512_bf16_supported() else "<= 0.85"  # native bf16 or not
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         report.rows.append(
             Row(
                 f"P4 speed, qkv {precision}",
@@ -194,39 +215,43 @@ def main() -> None:
         + " (the faster is the reference)."
     )
 
-    if args.seeds:  # --seeds 0: speed only
-        # quality: the whole validation split, mean of seeds
-        losses: dict[str, list[float]] = {"nano": [], "fp32": [], "bf16": []}
-        for seed in range(1, args.seeds + 1):
-            nano_out = work / f"nano-{seed}"
-            run_nanogpt(args.nanogpt, nano_out, args.steps, seed, False, args.threads)
-            losses["nano"].append(full_validation_loss("nanogpt", nano_out, args.nanogpt))
-            for precision in ("fp32", "bf16"):
-                out = work / f"qkv-{precision}-{seed}"
-                run_qkv(out, args.steps, seed, precision, args.threads)
-                losses[precision].append(full_validation_loss("qkv", out, args.nanogpt))
-        mean = {k: statistics.mean(v) for k, v in losses.items()}
-        for precision, margin in (("fp32", 0.005), ("bf16", 0.01)):
-            report.rows.append(
-                Row(
-                    f"P4 quality, qkv {precision}",
-                    f"tinyshakespeare, {args.steps} it, {args.seeds} seeds",
-                    "full val loss",
-                    mean[precision],
-                    mean["nano"],
-                    "nanoGPT fp32",
-                    "",
-                    unit="nats",
-                )
-            )
-            delta = mean[precision] - mean["nano"]
-            per_seed = ", ".join(f"{a:.4f} vs {b:.4f}" for a, b in zip(losses[precision], losses["nano"]))
-            report.notes.append(
-                f"P4 quality {precision}: qkv - nanoGPT = {delta:+.4f} nats (target <= +{margin}); per seed {per_seed}"
-            )
-    print(report.markdown())
-    print(f"written to {report.write(results)}")
-    shutil.rmtree(work, ignore_errors=True)
+
+def quality(args: argparse.Namespace, work: Path, report: Report, precisions: list[str]) -> None:
+    """Full validation loss of ``args.seeds`` runs per implementation; the mean difference with its 95% interval."""
+    losses: dict[str, list[float]] = {"nano": [], **{p: [] for p in precisions}}
+    for seed in range(1, args.seeds + 1):
+        nano_out = work / f"nano-{seed}"
+        run_nanogpt(args.nanogpt, nano_out, args.steps, seed, False, args.threads)
+        losses["nano"].append(full_validation_loss("nanogpt", nano_out, args.nanogpt))
+        for precision in precisions:
+            out = work / f"qkv-{precision}-{seed}"
+            run_qkv(out, args.steps, 1337 + seed, precision, args.threads)
+            losses[precision].append(full_validation_loss("qkv", out, args.nanogpt))
+        print(f"seed {1337 + seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in losses.items()), flush=True)
+    mean = {k: statistics.mean(v) for k, v in losses.items()}
+    for precision in precisions:
+        low, high = welch_interval(losses[precision], losses["nano"])
+        setting = f"tinyshakespeare, {args.steps} it, {args.seeds} seeds"
+        report.rows.append(Row(f"P4 quality, qkv {precision}", setting, "full val loss", mean[precision],
+                               mean["nano"], "nanoGPT fp32", "", unit="nats"))  # fmt: skip
+        delta = mean[precision] - mean["nano"]
+        report.notes.append(f"P4 quality {precision}: qkv - nanoGPT = {delta:+.4f} nats, 95% interval [{low:+.4f}, "
+                            f"{high:+.4f}] (goal: mean <= +0.003 with the interval reaching 0).")  # fmt: skip
+    header = "| seed | nanoGPT | " + " | ".join(f"qkv {p}" for p in precisions) + " |"
+    lines = [header, "|---:|---:|" + "---:|" * len(precisions)]
+    for i in range(args.seeds):
+        lines.append(f"| {1337 + i + 1} | {losses['nano'][i]:.4f} | "
+                     + " | ".join(f"{losses[p][i]:.4f}" for p in precisions) + " |")  # fmt: skip
+    report.notes.append("Full validation loss per seed:\n\n" + "\n".join(lines))
+
+
+def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The ``confidence`` interval of mean(a) - mean(b) for independent samples of unequal variance (Welch)."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, df) * (va + vb) ** 0.5
+    delta = statistics.mean(a) - statistics.mean(b)
+    return delta - half, delta + half
 
 
 if __name__ == "__main__":
