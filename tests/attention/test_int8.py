@@ -124,3 +124,16 @@ def test_int8_is_refused_off_the_cpu_and_in_place():
     if torch.cuda.is_available():
         with pytest.raises(ConfigError, match="dtype int8 runs on the CPU"):
             for_inference(_gpt(), "cuda", "int8")
+
+
+def test_attention_captured_from_an_int8_model_is_what_that_model_computed():
+    """The pattern recorded in an int8 model is softmax(q kᵀ / √d) of the q and k that model projected (its own
+    int8 products), with the causal mask: nothing is recomputed in another precision."""
+    model = for_inference(_gpt(), "cpu", "int8")
+    ids = torch.randint(0, 96, (2, 10))
+    with torch.no_grad(), qkv.record(model) as cache:
+        model(ids)
+    q, k = cache["blocks.1.attn.hook_q"].double(), cache["blocks.1.attn.hook_k"].double()
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(torch.ones(10, 10, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(cache["blocks.1.attn.hook_pattern"].double(), scores.softmax(-1), **FP32)
