@@ -1,5 +1,5 @@
 """Weight-only int8 linear layers for inference: weights stored as int8 with one scale per output channel, products
-through PyTorch's maintained ``_weight_int8pack_mm`` kernel (the one torchao's weight-only int8 uses on CPUs).
+through PyTorch's maintained ``_weight_int8pack_mm`` kernel (ATen's per-channel weight-only int8 product).
 
 Decoding one token multiplies one row by every weight, a vector-matrix product whose speed on a CPU is set by how fast
 the weight streams from memory: int8 weights stream a quarter of fp32's bytes. Each output channel ``n`` keeps
