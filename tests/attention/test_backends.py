@@ -139,6 +139,22 @@ def test_bias_with_minus_inf_rows_is_nan_free(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_an_hf_style_finfo_min_bias_gives_what_the_plain_softmax_gives(backend):
+    """Transformers masks with finfo.min added to the scores, not -inf: a row masked that way everywhere is not
+    empty but uniform, on every backend (no backend may rescale such a bias into -inf)."""
+    q, k, v = _inputs(lq=4, lk=6)
+    bias = torch.zeros(1, 1, 4, 6)
+    bias[..., 1, :] = torch.finfo(torch.float32).min
+    bias[..., 2, 3:] = torch.finfo(torch.float32).min
+    out, _ = qkv.attend(q, k, v, bias=bias, backend=backend)
+    ref, _ = plain_attention(q, k, v, bias=bias)
+    torch.testing.assert_close(out.double(), ref, **FP32)
+    group = q.shape[1] // v.shape[1]
+    uniform = v.double().repeat_interleave(group, dim=1).mean(dim=2)
+    torch.testing.assert_close(out[:, :, 1].double(), uniform, **FP32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_stays_finite_and_close(backend, dtype):
     q, k, v = _inputs(lq=33, lk=33, d=16, dv=16)

@@ -205,9 +205,9 @@ def test_the_chunked_backend_visits_only_tiles_the_block_mask_keeps(monkeypatch)
     visited = []
     real = chunked._score_tile
 
-    def spy(plan, qt, kt, k0):
+    def spy(plan, qt, kt, k0, *buffer):
         visited.append((qt.shape[-2], k0))
-        return real(plan, qt, kt, k0)
+        return real(plan, qt, kt, k0, *buffer)
 
     monkeypatch.setattr(chunked, "_score_tile", spy)
     doc = torch.arange(256) // 64  # 4 documents of 64 tokens
@@ -228,6 +228,46 @@ def test_a_block_mask_is_reused_across_calls_and_refuses_another_shape():
     assert not torch.equal(first, again)
     with pytest.raises(MaskError, match=r"made for \(batch, heads, q_len, k_len\) = \(1, 2, 32, 32\)"):
         qkv.attend(q[:, :, :16], k, v, block_mask=blocks)
+
+
+def test_a_bare_mask_function_is_classified_once_per_shape_and_again_when_what_it_reads_changes(monkeypatch):
+    from qkv.attention import block_masks
+
+    made = []
+    real = block_masks.block_mask
+
+    def counting(*args, **kwargs):
+        made.append(args[1:5])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(block_masks, "block_mask", counting)
+    doc = torch.arange(64) // 16
+    mask_mod = mods.document(doc)
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    for _ in range(3):  # three layers, say
+        qkv.attend(q, k, v, mask_mod=mask_mod, backend="chunked")
+    assert made == [(1, 2, 64, 64)]
+    qkv.attend(q[:, :, :32], k[:, :, :32], v[:, :, :32], mask_mod=mask_mod, backend="chunked")
+    assert len(made) == 2, "another shape is another block mask"
+    doc[32:] = 7  # two documents merged in place: the function now allows more, and must be classified again
+    out, _ = qkv.attend(q, k, v, mask_mod=mask_mod, backend="chunked")
+    assert len(made) == 3
+    allowed = (doc[:, None] == doc[None, :]) & band(64, 64, True, None)
+    ref, _ = plain_attention(q, k, v, allowed)
+    torch.testing.assert_close(out.double(), ref, **FP32)
+    qkv.attend(q, k, v, mask_mod=mods.document(doc), backend="chunked")
+    assert len(made) == 4, "a new function is a new key (nothing is assumed about functions that look alike)"
+
+
+def test_the_block_mask_cache_sees_state_through_combined_functions_and_modules():
+    from qkv.attention.block_masks import cached_block_mask
+
+    lengths = torch.tensor([3])
+    combined = mods.and_masks(mods.causal(), mods.prefix_lm(lengths))
+    first = cached_block_mask(combined, 1, 1, 8, 8, (4, 4))
+    assert cached_block_mask(combined, 1, 1, 8, 8, (4, 4)) is first
+    lengths.fill_(6)  # read through the combined function's closure
+    assert cached_block_mask(combined, 1, 1, 8, 8, (4, 4)) is not first
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

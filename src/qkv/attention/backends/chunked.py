@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from qkv.attention.backends.tiles import Tile, plan_block_tiles, plan_tiles
-from qkv.attention.block_masks import BlockMask, block_mask
+from qkv.attention.block_masks import BlockMask, additive_mask, cached_block_mask
 from qkv.attention.call import AttentionCall
 from qkv.attention.masks import Span
 from qkv.attention.mods import (
@@ -51,6 +51,7 @@ DEFAULT_BLOCK_K = 256
 WINDOW_BLOCK_K = 128
 _NEG_INF = float("-inf")
 _LOG2E = math.log2(math.e)
+_LN2 = math.log(2.0)
 
 
 @overload
@@ -93,6 +94,21 @@ class _Plan:
     grid: IndexGrid | None = None  # all query and key indices (tiles slice it) when a function needs them
     num_score_params: int = 0  # the first params belong to ``score``, the rest to ``score_mod``
     relative_terms: dict = field(default_factory=dict)  # see _relative_term
+    band_biases: dict = field(default_factory=dict)  # see _band_bias
+    # scores in base 2: q carries log2(e) besides the scale, so a tile's probabilities are one exp2 away (see
+    # _prepare); only for plain dot products without a bias or a score function, which expect natural units
+    base2: bool = False
+    block_q: int = DEFAULT_BLOCK_Q  # the tiles' grid (Tile.i, Tile.j index it)
+    block_k: int = DEFAULT_BLOCK_K
+
+    def split_rows(self, t: Tensor, dim: int = 3) -> tuple[Tensor, ...]:
+        """``t`` cut along its query dim into the grid's row blocks (views, made once per call: slicing per tile
+        costs microseconds of Python that add up over hundreds of tiles)."""
+        return t.split(self.block_q, dim=dim)
+
+    def split_cols(self, t: Tensor) -> tuple[Tensor, ...]:
+        """``t (..., k_len, dim)`` cut into the grid's key blocks."""
+        return t.split(self.block_k, dim=3)
 
     def tile_grid(self, tile: Tile) -> IndexGrid:
         assert self.grid is not None
@@ -100,15 +116,52 @@ class _Plan:
         return IndexGrid(g.b, g.h, g.q[..., tile.q0 : tile.q1, :], g.kv[..., tile.k0 : tile.k1])
 
 
-def _band_mask(tile: Tile, plan: _Plan, device: torch.device) -> Tensor:
-    """The causal/window mask of one tile, ``(tq, tk)``."""
-    return plan.span.block(plan.q_len, plan.k_len, (tile.q0, tile.q1), (tile.k0, tile.k1), device)
+def _band_bias(plan: _Plan, tile: Tile, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The causal/window band of one tile as a term to add, ``(tq, tk)``: 0 inside, -inf outside. It depends only on
+    the tile's offset from the diagonal and its size, so each is made once per call."""
+    key = (tile.q0 - tile.k0, tile.q1 - tile.q0, tile.k1 - tile.k0, dtype)
+    cached: Tensor | None = plan.band_biases.get(key)
+    if cached is None:
+        allowed = plan.span.block(plan.q_len, plan.k_len, (tile.q0, tile.q1), (tile.k0, tile.k1), device)
+        cached = additive_mask(allowed, dtype)
+        plan.band_biases[key] = cached
+    return cached
 
 
-def _score_tile(plan: _Plan, qt: Tensor, kt: Tensor, k0: int) -> Tensor:
+class _TileBuffer:
+    """One tile's worth of memory, reused by every tile of a call: a fresh multi-megabyte tensor per tile costs the
+    allocator (and the kernel's page faults) more than the elementwise passes over it."""
+
+    def __init__(self) -> None:
+        self.flat: Tensor | None = None
+
+    def take(self, like: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """A contiguous ``shape`` tensor of ``like``'s dtype and device (contents undefined)."""
+        numel = math.prod(shape)
+        if self.flat is None or self.flat.numel() < numel:
+            self.flat = like.new_empty(numel)
+        return self.flat[:numel].view(shape)
+
+
+def _tile_matmul(a: Tensor, b: Tensor, buffer: _TileBuffer | None = None) -> Tensor:
+    """``a @ b`` for tiles ``(batch, kv_heads, g, m, k) @ (batch, kv_heads, g | 1, k, n)``: one 3-D ``bmm`` over views
+    where the group dims match (matmul's 5-D route measured ~1.5x slower for 8 x 256 x 64 x 256 score tiles on a
+    CPU), written into ``buffer`` when given; broadcasting over the group otherwise."""
+    if a.shape[2] != b.shape[2]:
+        return a @ b
+    shape = (*a.shape[:-1], b.shape[-1])
+    a3, b3 = a.reshape(-1, a.shape[-2], a.shape[-1]), b.reshape(-1, b.shape[-2], b.shape[-1])
+    if buffer is None:
+        return torch.bmm(a3, b3).view(shape)
+    out = buffer.take(a, shape)
+    torch.bmm(a3, b3, out=out.view(-1, shape[-2], shape[-1]))
+    return out
+
+
+def _score_tile(plan: _Plan, qt: Tensor, kt: Tensor, k0: int, buffer: _TileBuffer | None = None) -> Tensor:
     """Raw scaled scores of a tile: ``qt (b, kvh, g, tq, d)`` x ``kt (b, kvh, 1, tk, d)`` -> ``(b, kvh, g, tq, tk)``."""
     if plan.score is None:
-        return qt @ kt.transpose(-2, -1)
+        return _tile_matmul(qt, kt.transpose(-2, -1), buffer)
     # score functions take (batch, heads, len, dim): flatten the group into heads for them
     b, kvh, g, tq, d = qt.shape
     q4 = qt.reshape(b, kvh * g, tq, d)
@@ -156,21 +209,16 @@ def _relative_term(plan: _Plan, tile: Tile, dtype: torch.dtype) -> Tensor:
 
 
 def _apply_masks(plan: _Plan, s: Tensor, tile: Tile, mask5: Tensor | None) -> Tensor:
-    """``s`` with -inf where the mask, the band or the mask function forbids, in place."""
-    allowed = _slice(mask5, tile) if mask5 is not None else None
+    """``s`` with -inf where the mask, the band or the mask function forbids, in place. The band and the mask
+    function's partial tiles are added as 0/-inf terms made once: on a CPU that is one vectorised pass, where
+    ``masked_fill_`` with a bool mask costs ~20x more (measured at 4 x 256 x 256)."""
+    if mask5 is not None:
+        s.masked_fill_(~_slice(mask5, tile), _NEG_INF)
     if tile.masked:
-        band = _band_mask(tile, plan, s.device)
-        allowed = band if allowed is None else allowed & band
+        s.add_(_band_bias(plan, tile, s.dtype, s.device))
     if tile.partial:
         assert plan.blocks is not None
-        mod = _split_heads(
-            plan.blocks.tile_mask(tile.q0 // plan.blocks.block_q, tile.k0 // plan.blocks.block_k),
-            plan.kv_heads,
-            plan.group,
-        )
-        allowed = mod if allowed is None else allowed & mod
-    if allowed is not None:
-        s.masked_fill_(~allowed, _NEG_INF)
+        s.add_(_split_heads(plan.blocks.tile_bias(tile.i, tile.j, s.dtype), plan.kv_heads, plan.group))
     return s
 
 
@@ -180,12 +228,21 @@ def _finish_scores(plan: _Plan, s: Tensor, tile: Tile, bias5: Tensor | None, mas
     return _apply_masks(plan, _biased_scores(plan, s, tile, bias5), tile, mask5)
 
 
-def _exp_(t: Tensor) -> Tensor:
-    """``exp`` in place, as ``2^(t · log2 e)``: PyTorch's CPU ``exp`` leaves its fast vector path for inputs below
-    about -87 (-inf included) and runs 3-30x slower on them, which tiles far from the diagonal under ALiBi or any
-    large bias are full of; ``exp2`` stays fast everywhere (FlashAttention computes in base 2 too). The extra
-    rounding is one multiplication's: below fp32's tolerance for the weights that count."""
-    return t.mul_(_LOG2E).exp2_()
+def _exp_(plan: _Plan, t: Tensor) -> Tensor:
+    """``exp`` in place of scores in the plan's units, as ``2^t`` (base-2 plans) or ``2^(t · log2 e)``: PyTorch's
+    CPU ``exp`` leaves its fast vector path for inputs below about -87 (-inf included) and runs 3-30x slower on
+    them, which tiles far from the diagonal under ALiBi or any large bias are full of; ``exp2`` stays fast everywhere
+    (FlashAttention computes in base 2 too). The extra rounding is one multiplication's: below fp32's tolerance for
+    the weights that count."""
+    return t.exp2_() if plan.base2 else t.mul_(_LOG2E).exp2_()
+
+
+def _matmul_minus(a: Tensor, b: Tensor, shift: Tensor, buffer: _TileBuffer) -> Tensor:
+    """``a bᵀ - shift``: ``a (batch, kv_heads, group, tq, d)``, ``b (batch, kv_heads, 1, tk, d)``,
+    ``shift (batch, kv_heads, group, tq)`` -> ``(batch, kv_heads, group, tq, tk)``. (``baddbmm`` would fold the
+    subtraction into the GEMM, but it first copies the broadcast shift into the output, which costs more on a CPU
+    than the in-place subtraction after it.)"""
+    return _tile_matmul(a, b.transpose(-2, -1), buffer).sub_(shift.unsqueeze(-1))
 
 
 def _dropout_keep(plan: _Plan, index: int, shape: torch.Size, device: torch.device) -> Tensor:
@@ -217,27 +274,31 @@ class _ChunkedAttention(torch.autograd.Function):
         row_sum = q5.new_zeros((b, kvh, g, q_len))
         acc = q5.new_zeros((b, kvh, g, q_len, v5.shape[-1]))
         keep_scale = 1.0 / (1.0 - plan.dropout) if plan.dropout > 0 else 1.0
+        q_blocks, k_blocks, v_blocks = plan.split_rows(q5), plan.split_cols(k5), plan.split_cols(v5)
+        max_blocks, sum_blocks, acc_blocks = plan.split_rows(row_max), plan.split_rows(row_sum), plan.split_rows(acc)
+        scores = _TileBuffer()
         for index, tile in enumerate(plan.tiles):
-            rows = slice(tile.q0, tile.q1)
-            qt, kt = q5[..., rows, :], k5[..., tile.k0 : tile.k1, :]
+            qt, kt = q_blocks[tile.i], k_blocks[tile.j]
             fused = _fused_relative_scores(plan, qt, kt, tile) if bias5 is None else None
             if fused is not None:
                 s = _apply_masks(plan, fused, tile, mask5)
             else:
-                s = _finish_scores(plan, _score_tile(plan, qt, kt, tile.k0), tile, bias5, mask5)
-            m_old = row_max[..., rows]
+                s = _finish_scores(plan, _score_tile(plan, qt, kt, tile.k0, scores), tile, bias5, mask5)
+            m_old = max_blocks[tile.i]
             m_new = torch.maximum(m_old, s.amax(dim=-1))
-            m_safe = m_new.masked_fill(torch.isneginf(m_new), 0.0)
-            p = _exp_(s.sub_(m_safe.unsqueeze(-1)))  # in place: the tile's scores become its probabilities
-            rescale = (m_old - m_safe).exp_()  # exp(-inf) = 0 wipes an empty accumulator
-            row_sum[..., rows].mul_(rescale).add_(p.sum(dim=-1))
+            m_safe = torch.nan_to_num(m_new, neginf=0.0)  # a row with nothing allowed yet keeps its -inf scores
+            p = _exp_(plan, s.sub_(m_safe.unsqueeze(-1)))  # in place: the tile's scores become its probabilities
+            rescale = _exp_(plan, m_old - m_safe)  # exp(-inf) = 0 wipes an empty accumulator
+            sum_blocks[tile.i].mul_(rescale).add_(p.sum(dim=-1))
             if plan.dropout > 0:
                 p = p * _dropout_keep(plan, index, p.shape, p.device) * keep_scale
-            acc[..., rows, :].mul_(rescale.unsqueeze(-1)).add_(p @ v5[..., tile.k0 : tile.k1, :])
-            row_max[..., rows] = m_new
+            acc_blocks[tile.i].mul_(rescale.unsqueeze(-1)).add_(_tile_matmul(p, v_blocks[tile.j]))
+            m_old.copy_(m_new)
         empty = row_sum == 0  # rows that saw no allowed key: output 0, lse -inf
         out = acc.div_(torch.where(empty, torch.ones_like(row_sum), row_sum).unsqueeze(-1))  # (acc is ours)
-        lse = torch.where(empty, torch.full_like(row_sum, _NEG_INF), row_max + torch.log(row_sum))
+        # the row log-sum-exp, in the plan's units (base 2 for base-2 plans) like the scores it is subtracted from
+        log_sum = torch.log2(row_sum) if plan.base2 else torch.log(row_sum)
+        lse = torch.where(empty, torch.full_like(row_sum, _NEG_INF), row_max + log_sum)
         ctx.plan = plan
         # parameters are inputs only so that autograd routes their gradients here; backward reads them off the module
         ctx.save_for_backward(q5, k5, v5, bias5, mask5, out, lse)
@@ -266,9 +327,13 @@ class _ChunkedAttention(torch.autograd.Function):
         through_mod = plan.score_mod is not None and not (
             is_additive(plan.score_mod) and not any(want_params[n_score:])
         )
+        q_blocks, k_blocks, v_blocks = plan.split_rows(q5), plan.split_cols(k5), plan.split_cols(v5)
+        out_grads, lse_blocks, delta_blocks = plan.split_rows(grad_out), plan.split_rows(lse), plan.split_rows(delta)
+        dq_blocks, dk_blocks, dv_blocks = plan.split_rows(dq), plan.split_cols(dk), plan.split_cols(dv)
+        scores, score_grads = _TileBuffer(), _TileBuffer()
         for index, tile in enumerate(plan.tiles):
-            rows, cols = slice(tile.q0, tile.q1), slice(tile.k0, tile.k1)
-            qt, kt, vt, dot = q5[..., rows, :], k5[..., cols, :], v5[..., cols, :], grad_out[..., rows, :]
+            qt, kt, vt, dot = q_blocks[tile.i], k_blocks[tile.j], v_blocks[tile.j], out_grads[tile.i]
+            tile_lse, tile_delta = lse_blocks[tile.i], delta_blocks[tile.i]
             generic = plan.score is not None
             fused = None
             if generic:  # re-run the score with autograd for this tile only
@@ -276,6 +341,8 @@ class _ChunkedAttention(torch.autograd.Function):
                 with torch.enable_grad():
                     raw = _score_tile(plan, qt, kt, tile.k0)
                 s = raw.detach().clone()
+            elif plan.base2:  # the tile's scores minus the row lse in one GEMM: exp2 of it is P (after masks)
+                s = _matmul_minus(qt, kt, tile_lse, scores)
             else:
                 fused = None if through_mod or bias5 is not None else _fused_relative_scores(plan, qt, kt, tile)
                 s = _score_tile(plan, qt, kt, tile.k0) if fused is None else fused
@@ -288,16 +355,18 @@ class _ChunkedAttention(torch.autograd.Function):
                 s = after.detach().clone()
             elif plan.score_mod is not None and fused is None:  # an additive term, no gradient wanted: dS passes
                 s = _biased_scores(plan, s, tile, None)
-            p = _exp_(_apply_masks(plan, s, tile, mask5).sub_(lse[..., rows].unsqueeze(-1)))
-            dp = dot @ vt.transpose(-2, -1)
+            s = _apply_masks(plan, s, tile, mask5)
+            p = _exp_(plan, s if plan.base2 else s.sub_(tile_lse.unsqueeze(-1)))
             if plan.dropout > 0:
                 keep = _dropout_keep(plan, index, p.shape, p.device) * keep_scale
-                p_applied, dp = p * keep, dp.mul_(keep)
+                p_applied = p * keep
+                dp = _tile_matmul(dot, vt.transpose(-2, -1)).mul_(keep).sub_(tile_delta.unsqueeze(-1))
             else:
                 p_applied = p
+                dp = _matmul_minus(dot, vt, tile_delta, score_grads)
             if want_v:
-                dv[..., cols, :] += _sum_group(p_applied.transpose(-2, -1) @ dot)
-            ds = dp.sub_(delta[..., rows].unsqueeze(-1)).mul_(p)  # dS = P ∘ (dP - rowsum(dO ∘ O))
+                dv_blocks[tile.j].add_(_sum_group(_tile_matmul(p_applied.transpose(-2, -1), dot)))
+            ds = dp.mul_(p)  # dS = P ∘ (dP - rowsum(dO ∘ O))
             if through_mod:  # through the score function: dS of its input, and its tensors' grads
                 wanted = [i for i in range(n_score, len(params)) if want_params[i]]
                 grads = torch.autograd.grad(after, [before] + [params[i] for i in wanted], ds, allow_unused=True)
@@ -310,15 +379,18 @@ class _ChunkedAttention(torch.autograd.Function):
                 wanted = [i for i in range(n_score) if want_params[i]]
                 grads = torch.autograd.grad(raw, [qt, kt] + [params[i] for i in wanted], ds, allow_unused=True)
                 if want_q and grads[0] is not None:
-                    dq[..., rows, :] += grads[0]
+                    dq_blocks[tile.i].add_(grads[0])
                 if want_k and grads[1] is not None:
-                    dk[..., cols, :] += grads[1]
+                    dk_blocks[tile.j].add_(grads[1])
                 _accumulate(dparams, wanted, grads[2:])
             else:
                 if want_q:
-                    dq[..., rows, :] += ds @ kt
+                    dq_blocks[tile.i].add_(_tile_matmul(ds, kt))
                 if want_k:
-                    dk[..., cols, :] += _sum_group(ds.transpose(-2, -1) @ qt)
+                    dk_blocks[tile.j].add_(_sum_group(_tile_matmul(ds.transpose(-2, -1), qt)))
+        if plan.base2:  # the tiles' scores were log2(e) times the natural ones: d/ds' = ln 2 · d/ds
+            dq.mul_(_LN2)
+            dk.mul_(_LN2)
         return (
             dq if want_q else None,
             dk if want_k else None,
@@ -347,9 +419,14 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
     pair = call.score.as_dot_product(q, k)
     if pair is not None:
         q, k = pair
-        q = q * call.scale  # folded into q: the tiles become plain matmuls
+        # the scale is folded into q, so the tiles are plain matmuls; without a score function or a bias, log2(e)
+        # too, so the tiles' scores are in base 2 and their probabilities one exp2 away (a bias would have to be
+        # scaled as well, and HF-style biases of finfo.min would overflow to -inf and change fully masked rows)
+        base2 = call.score_mod is None and call.bias is None
+        q = q * (call.scale * _LOG2E if base2 else call.scale)
         score, params = None, cast(tuple[Tensor, ...], ())
     else:
+        base2 = False
         score, params = call.score, tuple[Tensor, ...](call.score.parameters())
     # fp32 throughout: the online softmax rescales repeatedly and bf16 sums would drift
     compute = compute_dtype(q.dtype)
@@ -362,10 +439,11 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
         params = params + tuple(captured_tensors(call.score_mod))
     blocks = None
     if call.mask_mod is not None:
-        blocks = call.blocks or block_mask(
+        blocks = call.blocks or cached_block_mask(
             call.mask_mod, call.batch, call.heads, call.q_len, call.k_len, (block_q, block_k), q.device
         )
         tiles = plan_block_tiles(call.q_len, call.k_len, call.span, blocks)
+        block_q, block_k = blocks.block_q, blocks.block_k
     else:
         tiles = plan_tiles(call.q_len, call.k_len, call.span, block_q, block_k)
     plan = _Plan(
@@ -384,6 +462,9 @@ def _prepare(call: AttentionCall, block_q: int, block_k: int | None) -> tuple[Te
         score_mod=call.score_mod,
         grid=call.grid() if call.score_mod is not None else None,
         num_score_params=num_score_params,
+        base2=base2,
+        block_q=block_q,
+        block_k=block_k,
     )
     return q5, k.unsqueeze(2), v.unsqueeze(2), plan, params
 
@@ -406,7 +487,7 @@ def chunked_weights(call: AttentionCall, block_q: int = DEFAULT_BLOCK_Q, block_k
             rows = slice(tile.q0, tile.q1)
             s = _score_tile(plan, q5[..., rows, :], k5[..., tile.k0 : tile.k1, :], tile.k0)
             s = _finish_scores(plan, s, tile, bias5, mask5)
-            weights[..., rows, tile.k0 : tile.k1] = _exp_(s.sub_(lse[..., rows].unsqueeze(-1)))
+            weights[..., rows, tile.k0 : tile.k1] = _exp_(plan, s.sub_(lse[..., rows].unsqueeze(-1)))
         return weights.reshape(call.batch, call.heads, call.q_len, call.k_len)
 
 

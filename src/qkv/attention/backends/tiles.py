@@ -1,8 +1,9 @@
 """Which tiles of the score matrix attention visits: the causal/window band and block masks, planned in Python.
 
-A tile is queries ``[q0, q1)`` x keys ``[k0, k1)``. :func:`plan_tiles` covers a causal/window band, skipping key
-blocks nobody sees and marking only the tiles the band cuts through; :func:`plan_block_tiles` walks a
-:class:`~qkv.attention.block_masks.BlockMask`'s grid, dropping empty tiles and marking partial ones.
+A tile is queries ``[q0, q1)`` x keys ``[k0, k1)``, one block of a fixed grid. :func:`plan_tiles` covers a
+causal/window band, skipping key blocks nobody sees and marking only the tiles the band cuts through;
+:func:`plan_block_tiles` walks a :class:`~qkv.attention.block_masks.BlockMask`'s grid, dropping empty tiles and
+marking partial ones.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ __all__ = ["Tile", "plan_block_tiles", "plan_tiles"]
 
 @dataclass(frozen=True)
 class Tile:
-    """Queries ``[q0, q1)`` against keys ``[k0, k1)``; ``masked`` when the causal/window band cuts through it,
-    ``partial`` when the mask function must be evaluated on it (the block mask calls it neither empty nor full)."""
+    """Queries ``[q0, q1)`` against keys ``[k0, k1)``: block ``(i, j)`` of a grid of ``block_q × block_k`` tiles
+    (the attention splits its tensors by the grid once and reads block ``i``/``j``); ``masked`` when the
+    causal/window band cuts through it, ``partial`` when the mask function must be evaluated on it (the block mask
+    calls it neither empty nor full)."""
 
     q0: int
     q1: int
@@ -26,37 +29,28 @@ class Tile:
     k1: int
     masked: bool
     partial: bool = False
-
-
-def _split(lo: int, hi: int, block: int, k0: int, k1: int, masked: bool, off: int) -> list[Tile]:
-    """Tiles for absolute query positions ``[lo, hi]`` (inclusive), at most ``block`` rows each."""
-    return [Tile(t - off, min(t + block, hi + 1) - off, k0, k1, masked) for t in range(lo, hi + 1, block)]
+    i: int = 0
+    j: int = 0
 
 
 def plan_tiles(q_len: int, k_len: int, span: Span, block_q: int, block_k: int) -> list[Tile]:
-    """Cover exactly the (query, key) pairs that ``span`` allows, skipping key blocks nobody sees.
+    """The tiles of a ``block_q × block_k`` grid that ``span`` leaves some pair in, row block by row block.
 
-    Query ``i`` has absolute position ``t = i + (k_len - q_len)`` and sees keys ``[t - left, t + right]``. For a
-    key block ``[k0, k1)`` the rows that see some of it are ``t ∈ [k0 - right, k1 - 1 + left]``; the rows that see
-    all of it are ``t ∈ [k1 - 1 - right, k0 + left]`` and need no mask.
+    Query ``i`` has absolute position ``t = i + (k_len - q_len)`` and sees keys ``[t - left, t + right]``; a row
+    block sees the key blocks between its first query's first key and its last query's last key, so a sliding window
+    costs O(N · window). Only the tiles the band cuts through are ``masked``.
     """
     off = k_len - q_len
-    first, last = off, off + q_len - 1
     tiles: list[Tile] = []
-    for k0 in range(0, k_len, block_k):
-        k1 = min(k0 + block_k, k_len)
-        any_lo = first if span.right is None else max(first, k0 - span.right)
-        any_hi = last if span.left is None else min(last, k1 - 1 + span.left)
-        if any_lo > any_hi:
-            continue  # no query sees this block: skipped entirely
-        full_lo = any_lo if span.right is None else max(any_lo, k1 - 1 - span.right)
-        full_hi = any_hi if span.left is None else min(any_hi, k0 + span.left)
-        if full_lo > full_hi:
-            tiles += _split(any_lo, any_hi, block_q, k0, k1, True, off)
-            continue
-        tiles += _split(any_lo, full_lo - 1, block_q, k0, k1, True, off)
-        tiles += _split(full_lo, full_hi, block_q, k0, k1, False, off)
-        tiles += _split(full_hi + 1, any_hi, block_q, k0, k1, True, off)
+    for i, q0 in enumerate(range(0, q_len, block_q)):
+        q1 = min(q0 + block_q, q_len)
+        first = 0 if span.left is None else max(0, q0 + off - span.left)
+        last = k_len - 1 if span.right is None else min(k_len - 1, q1 - 1 + off + span.right)
+        for j in range(first // block_k, last // block_k + 1) if first <= last else ():
+            k0, k1 = j * block_k, min((j + 1) * block_k, k_len)
+            band = _span_class(span, off, q0, q1, k0, k1)
+            if band != EMPTY:
+                tiles.append(Tile(q0, q1, k0, k1, masked=band != FULL, i=i, j=j))
     return tiles
 
 
@@ -84,5 +78,5 @@ def plan_block_tiles(q_len: int, k_len: int, span: Span, blocks: BlockMask) -> l
             band = _span_class(span, off, q0, q1, k0, k1)
             if cls == EMPTY or band == EMPTY:
                 continue
-            tiles.append(Tile(q0, q1, k0, k1, masked=band != FULL, partial=cls != FULL))
+            tiles.append(Tile(q0, q1, k0, k1, masked=band != FULL, partial=cls != FULL, i=i, j=j))
     return tiles
