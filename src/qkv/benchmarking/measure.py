@@ -8,10 +8,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["peak_memory_of", "time_pair", "reset_peak_rss", "peak_rss_since_reset"]
+__all__ = ["peak_memory_of", "time_alternating", "time_pair", "reset_peak_rss", "peak_rss_since_reset"]
 
 
 def time_pair(
@@ -22,17 +22,26 @@ def time_pair(
 ) -> tuple[float, float]:
     """Median seconds of ``ours`` and ``reference``, run alternately so both see the same machine load; ``sync``
     waits for queued device work (``torch.cuda.synchronize`` on a GPU) so each time covers its own work."""
-    ours(), reference()  # warm-up: allocator, kernels, lazy init
+    ours_time, ref_time = time_alternating([ours, reference], repeats, sync)
+    return ours_time, ref_time
+
+
+def time_alternating(
+    fns: Sequence[Callable[[], object]], repeats: int = 5, sync: Callable[[], object] = lambda: None
+) -> list[float]:
+    """Median seconds of each function, after one warm-up run each (allocator, kernels, lazy init), the functions
+    taking turns in every repeat so all see the same machine load."""
+    for fn in fns:
+        fn()
     sync()
-    ours_times: list[float] = []
-    ref_times: list[float] = []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, times in ((ours, ours_times), (reference, ref_times)):
+        for fn, own in zip(fns, times):
             start = time.perf_counter()
             fn()
             sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(ours_times), statistics.median(ref_times)
+            own.append(time.perf_counter() - start)
+    return [statistics.median(own) for own in times]
 
 
 def _status_bytes(field: str) -> int:
