@@ -289,3 +289,26 @@ def test_binary_made_has_one_logit_per_pixel_and_the_same_distribution_as_a_sigm
     z = logits[..., 1]
     bce = torch.nn.functional.binary_cross_entropy_with_logits(z, images.double(), reduction="none").sum((1, 2))
     torch.testing.assert_close(model.log_prob(images), -bce, rtol=1e-12, atol=1e-12)
+
+
+def test_made_derives_its_masked_weights_once_while_sampling_and_samples_what_the_plain_loop_samples():
+    from qkv.attention.frozen import frozen_weights
+
+    torch.manual_seed(0)
+    model = MADE(MADEConfig(height=3, width=4, levels=4, hidden=16, layers=2, num_masks=1)).eval()
+    with torch.no_grad(), frozen_weights():
+        first = model.masked(model.input.weight, 0, 0)
+        assert model.masked(model.input.weight, 0, 0) is first  # kept for the context's later forwards
+        torch.testing.assert_close(first, model.input.weight * model.mask(0, 0), rtol=0, atol=0)
+    with torch.no_grad():
+        assert model.masked(model.input.weight, 0, 0) is not first  # outside: made per call, nothing kept
+    images = sample_images(model, 5, seed=3)
+    # the plain loop, written out: the same draws from the same generator, each pixel from a full forward
+    generator = torch.Generator().manual_seed(3)
+    want = torch.zeros(5, 3, 4, dtype=torch.long)
+    with torch.no_grad():
+        for index in model.sampling_order():
+            row, column = divmod(index, 4)
+            probs = torch.softmax(model(want).logits[:, row, column].float(), dim=-1)
+            want[:, row, column] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    assert torch.equal(images, want)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qkv.attention.frozen import frozen_weights
 from qkv.attention.memory import check_fits
 from qkv.decoding.controls import check_sampling
 from qkv.errors import ConfigError
@@ -65,7 +66,7 @@ def sample_images(
         raise ConfigError(f"this model is class-conditional: give a class in [0, {c.num_classes})")
     generator = torch.Generator(device=device)
     generator.manual_seed(torch.seed() if seed is None else seed)
-    with eval_mode(model):
+    with eval_mode(model), frozen_weights():  # one forward per pixel with the same weights: derived tensors kept
         if cached and isinstance(model, (PixelTransformer, GatedPixelCNN)):  # (PixelSNAIL: a GatedPixelCNN)
             return model.sample_cached(labels, n, generator=generator, temperature=temperature)
         images = torch.zeros(n, c.height, c.width, dtype=torch.long, device=device)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.attention.frozen import derived
 from qkv.models.pixels.base import (
     PixelConfig,
     PixelModel,
@@ -124,6 +125,11 @@ class MADE(PixelModel):
     def mask(self, index: int, k: int) -> Tensor:
         return getattr(self, f"mask_{index}_{k}")
 
+    def masked(self, weight: Tensor, index: int, k: int) -> Tensor:
+        """``weight ∘ mask`` of connectivity ``index``, layer ``k``: made once per ``frozen_weights`` context
+        (sampling runs one forward per pixel, 784 on MNIST, with the same weights), every call otherwise."""
+        return derived(self, f"masked_{index}_{k}", lambda: weight * self.mask(index, k))
+
     def embed(self, images: Tensor) -> Tensor:
         return (self.as_float(images) / (self.config.levels - 1))[..., None]  # levels scaled to [0, 1]
 
@@ -131,12 +137,12 @@ class MADE(PixelModel):
         c = self.config
         m = self.active if mask is None else mask
         x = features.reshape(features.shape[0], c.pixels)
-        h = F.linear(x, self.input.weight * self.mask(m, 0), self.input.bias)
+        h = F.linear(x, self.masked(self.input.weight, m, 0), self.input.bias)
         h = self.dropout(F.relu(h + condition(self.label, labels, x.shape[0], c.hidden, h)))  # (label: before all)
         for k, layer in enumerate(cast(list[nn.Linear], self.hidden_layers), start=1):
-            h = self.dropout(F.relu(F.linear(h, layer.weight * self.mask(m, k), layer.bias)))
-        out = F.linear(h, self.output.weight * self.mask(m, c.layers), self.output.bias)
-        out = out + F.linear(x, self.direct.weight * self.mask(m, c.layers + 1))
+            h = self.dropout(F.relu(F.linear(h, self.masked(layer.weight, m, k), layer.bias)))
+        out = F.linear(h, self.masked(self.output.weight, m, c.layers), self.output.bias)
+        out = out + F.linear(x, self.masked(self.direct.weight, m, c.layers + 1))
         out = out.view(x.shape[0], c.height, c.width, self.logits_per_pixel)
         return torch.cat([torch.zeros_like(out), out], dim=-1) if self.logits_per_pixel == 1 else out
 
