@@ -96,6 +96,7 @@ def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second():
     assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.long
 def test_every_readme_command_and_cli_hint_works_as_written(sandbox):
     commands = [c for c in readme_commands() if c.split("  #")[0].strip() != TEST_COMMAND]
     assert len(commands) >= 15, commands

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from qkv.cli.common import check_output_files, on_interrupt
-    from qkv.decoding.images import sample_images
+    from qkv.decoding.images import check_sample_count, sample_images
     from qkv.errors import ConfigError
     from qkv.runs import load_image_model
     from qkv.training.images import run_image_data
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--class {args.label} is not a class of this model: choose one in [0, {classes})")
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
+    check_sample_count(model, args.n)  # before the labels: --n 1000000000 would build 8 GB of them first
     labels = None
     if classes:
         labels = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % classes

@@ -20,7 +20,21 @@ from qkv.models.pixels.base import PixelModel
 from qkv.models.pixels.convolutional import GatedPixelCNN
 from qkv.models.pixels.transformer import PixelTransformer
 
-__all__ = ["sample_images"]
+__all__ = ["check_sample_count", "sample_images"]
+
+
+def check_sample_count(model: PixelModel, n: int) -> None:
+    """Raise a ConfigError unless ``n >= 1`` images fit in memory: the logits of every image alone (each pixel's
+    distribution over the levels, float32). Callers that build per-image tensors first (labels) check here before."""
+    c = model.config
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    check_fits(
+        n * c.pixels * c.levels * 4,
+        f"{n} image{'s' if n > 1 else ''} of {c.height}x{c.width} pixels with {c.levels} levels",
+        "sample fewer images at a time",
+        next(model.parameters()).device,
+    )
 
 
 @torch.no_grad()
@@ -44,16 +58,9 @@ def sample_images(
             stacks (and attention keys) — False: by recomputation of every pixel, for comparison.
     """
     c = model.config
-    if n < 1:
-        raise ConfigError(f"n must be at least 1, got {n}")
+    check_sample_count(model, n)
     check_sampling(temperature)
     device = next(model.parameters()).device
-    check_fits(  # the logits of every image alone (each pixel's distribution over the levels), float32
-        n * c.pixels * c.levels * 4,
-        f"{n} image{'s' if n > 1 else ''} of {c.height}x{c.width} pixels with {c.levels} levels",
-        "sample fewer images at a time",
-        device,
-    )
     if isinstance(labels, int):
         labels = torch.full((n,), labels, dtype=torch.long)
     if labels is not None:
