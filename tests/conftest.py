@@ -124,10 +124,10 @@ def _seed() -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked ``long`` go first: pytest-xdist hands each worker a run of consecutive tests, so the README's
-    five-minute test starts at once on one worker while the other works through the rest (collected last, it ran
-    alone for minutes at the end: 10.7 minutes where 8 suffice on 2 cores). Tests marked ``gpu`` run wherever CUDA
-    is available and are skipped (with the reason) elsewhere."""
+    """Tests marked ``long`` go first: pytest-xdist hands out work in collection order, so the README's five-minute
+    test starts at once on one worker while the other works through the rest (collected last, it ran alone for
+    minutes at the end of the run). Tests marked ``gpu`` run wherever CUDA is available and are skipped (with the
+    reason) elsewhere."""
     items.sort(key=lambda item: "long" not in item.keywords)  # stable: the order is otherwise kept
     if torch.cuda.is_available():
         return

@@ -92,6 +92,20 @@ def test_binarization_is_reproducible_counter_based_and_has_the_right_odds():
     assert abs(half - 64 / 255) < 4 * np.sqrt(0.25 / 1.568e6)
 
 
+def test_binarization_of_many_images_is_the_definition_pixel_by_pixel():
+    """Pixels on both sides of the chunks binarize works in (1,024 images): pixel p of image i is on iff
+    splitmix64((first + i) * 784 + p XOR splitmix64(seed)), its top 53 bits as a fraction, is below level / 255."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2500, 28, 28), dtype=np.uint8)
+    out = binarize(images, seed=9, first=7)
+    key = _splitmix64(np.full(1, 9, dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        for i, p in [(0, 0), (1023, 783), (1024, 0), (2047, 500), (2048, 1), (2499, 783)]:
+            draw = _splitmix64(np.array([(7 + i) * 784 + p], dtype=np.uint64) ^ key)[0]
+            uniform = int(draw >> np.uint64(11)) * 2.0**-53
+            assert out[i].reshape(-1)[p] == int(uniform < images[i].reshape(-1)[p] / 255.0), (i, p)
+
+
 @needs_mnist
 def test_the_shipped_files_are_mnist():
     for name, digest in CHECKSUMS.items():
