@@ -3,9 +3,9 @@ prints as hints. A command a user copies from the docs must work.
 
 The default suite runs each command as written with caps *appended* so it stays quick: trainings get a few steps
 (``--set train.steps=2 ...``, later ``--set`` values win), ``qkv quickstart`` ``--steps 2``, ``qkv bench`` the
-smallest sizes, ``qkv sample`` two images, and the benchmark scripts are compiled only (running them is the bench). The ``slow`` job runs
-every command exactly as written (``bash scripts/test.sh --slow``). Neither runs the test command itself (that is
-``.ci/run``, checked to be the same text).
+smallest sizes, ``qkv sample`` two images, and the benchmark scripts are compiled only (running them is the
+bench). The ``slow`` job runs every command exactly as written (``bash scripts/test.sh --slow``). Neither runs the
+test command itself (that is ``.ci/run``, checked to be the same text).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ SETUP = "bash scripts/setup.sh && "
 TEST_COMMAND = "bash scripts/setup.sh && bash scripts/test.sh"
 TRAIN = re.compile(r"(^|\s)(qkv|-m qkv\.cli) train ")
 SEQ2SEQ_CONFIG = re.compile(r"configs/(dates|numbers)-")
+SAMPLE = re.compile(r"(^|\s)qkv sample ")  # the command, not `--strategy sample`
 
 
 def readme_commands() -> list[str]:
@@ -58,7 +59,7 @@ def capped(command: str) -> str | None:
         return code + " --steps 2 --max-new-tokens 20 --no-progress"
     if " bench " in code:
         return code + " --sizes 64 --long 128 --window 16 --repeats 1"
-    if " sample " in code:  # each image is one forward per pixel (784 on MNIST): two are enough to check the command
+    if SAMPLE.search(code):  # each image is one forward per pixel (784 on MNIST): two are enough to check the command
         return code + " --n 2"
     return code
 
