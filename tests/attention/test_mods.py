@@ -3,6 +3,7 @@ backward; tile classification against the dense mask's blocks; attention-gym's f
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -268,6 +269,16 @@ def test_the_block_mask_cache_sees_state_through_combined_functions_and_modules(
     assert cached_block_mask(combined, 1, 1, 8, 8, (4, 4)) is first
     lengths.fill_(6)  # read through the combined function's closure
     assert cached_block_mask(combined, 1, 1, 8, 8, (4, 4)) is not first
+
+    def same_document(ids, b, h, q_idx, kv_idx):
+        return ids[q_idx] == ids[kv_idx]
+
+    ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    partial = functools.partial(same_document, ids)
+    first = cached_block_mask(partial, 1, 1, 8, 8, (4, 4))
+    assert cached_block_mask(partial, 1, 1, 8, 8, (4, 4)) is first
+    ids.fill_(0)  # read through the partial's arguments
+    assert cached_block_mask(partial, 1, 1, 8, 8, (4, 4)).classes.eq(FULL).all()
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

@@ -8,6 +8,7 @@ time), and a :class:`BlockMask` can serve every layer and every training step th
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -206,7 +207,8 @@ def cached_block_mask(
 
 def _closure_state(fn: object, seen: set[int] | None = None) -> tuple:
     """What ``fn`` reads besides its arguments, as a hashable snapshot: tensors by identity and version, plain
-    values by value, functions and modules recursively, anything else by identity."""
+    values by value; closures, ``functools.partial``'s arguments, modules and callable objects' attributes
+    recursively; anything else by identity."""
     seen = set() if seen is None else seen
     if id(fn) in seen:
         return ()
@@ -219,6 +221,10 @@ def _closure_state(fn: object, seen: set[int] | None = None) -> tuple:
         return tuple(_closure_state(t, seen) for t in (*fn.parameters(), *fn.buffers()))
     if isinstance(fn, (tuple, list)):
         return tuple(_closure_state(item, seen) for item in fn)
+    if isinstance(fn, dict):
+        return tuple((key, _closure_state(value, seen)) for key, value in fn.items())
+    if isinstance(fn, functools.partial):
+        return (id(fn), _closure_state(fn.func, seen), _closure_state(fn.args, seen), _closure_state(fn.keywords, seen))
     cells = getattr(fn, "__closure__", None)
     if callable(fn) and cells is not None:
         state = []
@@ -228,4 +234,6 @@ def _closure_state(fn: object, seen: set[int] | None = None) -> tuple:
             except ValueError:  # an empty cell
                 state.append(())
         return (id(fn), *state)
+    if callable(fn) and not isinstance(fn, type) and hasattr(fn, "__dict__"):  # an object with __call__
+        return (id(fn), _closure_state(vars(fn), seen))
     return (id(fn),)
