@@ -183,14 +183,14 @@ def cached_block_mask(
 
     Classifying the tiles costs about half a forward-backward pass at N = 16,384, so a function passed again (the
     next layer, the next step) reuses its block mask. The key holds the function's identity, the shape, the device
-    and the state the function reads: every tensor it closes over (directly, through the functions it combines, or
-    a module's parameters and buffers) with its in-place version counter, and every plain value it closes over. A
-    function that reads anything else (a global that changes) must be given as a fresh function or as a
-    ``block_mask`` made for the purpose.
+    and the state the function reads: every tensor it reaches (closed over, through the functions it combines, a
+    ``functools.partial``'s arguments, a module's parameters and buffers, a callable object's attributes) with its
+    in-place version counter, and every plain value among them. A function that reads anything else (a global that
+    changes) must be given as a fresh function or as a ``block_mask`` made for the purpose.
     """
     try:
         per_function = _CACHE.setdefault(mask_mod, OrderedDict())
-    except TypeError:  # not weakly referenceable (a builtin, a functools.partial): classified per call
+    except TypeError:  # not weakly referenceable (a builtin function): classified per call
         return block_mask(mask_mod, batch, heads, q_len, k_len, block, device)
     key = (batch, heads, q_len, k_len, block, str(torch.device(device) if device is not None else "cpu"),
            _closure_state(mask_mod))  # fmt: skip
