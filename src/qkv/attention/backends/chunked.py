@@ -26,6 +26,7 @@ from typing import Any, cast, overload
 import torch
 from torch import Tensor
 
+from qkv.attention.backends.tile_matmul import TileBuffer, matmul_minus, sum_group, tile_matmul
 from qkv.attention.backends.tiles import Tile, plan_block_tiles, plan_tiles
 from qkv.attention.block_masks import BlockMask, additive_mask, cached_block_mask
 from qkv.attention.call import AttentionCall
@@ -101,10 +102,10 @@ class _Plan:
     block_q: int = DEFAULT_BLOCK_Q  # the tiles' grid (Tile.i, Tile.j index it)
     block_k: int = DEFAULT_BLOCK_K
 
-    def split_rows(self, t: Tensor, dim: int = 3) -> tuple[Tensor, ...]:
-        """``t`` cut along its query dim into the grid's row blocks (views, made once per call: slicing per tile
-        costs microseconds of Python that add up over hundreds of tiles)."""
-        return t.split(self.block_q, dim=dim)
+    def split_rows(self, t: Tensor) -> tuple[Tensor, ...]:
+        """``t (..., q_len)`` or ``(..., q_len, dim)`` cut into the grid's row blocks (views, made once per call:
+        slicing per tile costs microseconds of Python that add up over hundreds of tiles)."""
+        return t.split(self.block_q, dim=3)
 
     def split_cols(self, t: Tensor) -> tuple[Tensor, ...]:
         """``t (..., k_len, dim)`` cut into the grid's key blocks."""
@@ -128,40 +129,10 @@ def _band_bias(plan: _Plan, tile: Tile, dtype: torch.dtype, device: torch.device
     return cached
 
 
-class _TileBuffer:
-    """One tile's worth of memory, reused by every tile of a call: a fresh multi-megabyte tensor per tile costs the
-    allocator (and the kernel's page faults) more than the elementwise passes over it."""
-
-    def __init__(self) -> None:
-        self.flat: Tensor | None = None
-
-    def take(self, like: Tensor, shape: tuple[int, ...]) -> Tensor:
-        """A contiguous ``shape`` tensor of ``like``'s dtype and device (contents undefined)."""
-        numel = math.prod(shape)
-        if self.flat is None or self.flat.numel() < numel:
-            self.flat = like.new_empty(numel)
-        return self.flat[:numel].view(shape)
-
-
-def _tile_matmul(a: Tensor, b: Tensor, buffer: _TileBuffer | None = None) -> Tensor:
-    """``a @ b`` for tiles ``(batch, kv_heads, g, m, k) @ (batch, kv_heads, g | 1, k, n)``: one 3-D ``bmm`` over views
-    where the group dims match (matmul's 5-D route measured ~1.5x slower for 8 x 256 x 64 x 256 score tiles on a
-    CPU), written into ``buffer`` when given; broadcasting over the group otherwise."""
-    if a.shape[2] != b.shape[2]:
-        return a @ b
-    shape = (*a.shape[:-1], b.shape[-1])
-    a3, b3 = a.reshape(-1, a.shape[-2], a.shape[-1]), b.reshape(-1, b.shape[-2], b.shape[-1])
-    if buffer is None:
-        return torch.bmm(a3, b3).view(shape)
-    out = buffer.take(a, shape)
-    torch.bmm(a3, b3, out=out.view(-1, shape[-2], shape[-1]))
-    return out
-
-
-def _score_tile(plan: _Plan, qt: Tensor, kt: Tensor, k0: int, buffer: _TileBuffer | None = None) -> Tensor:
+def _score_tile(plan: _Plan, qt: Tensor, kt: Tensor, k0: int, buffer: TileBuffer | None = None) -> Tensor:
     """Raw scaled scores of a tile: ``qt (b, kvh, g, tq, d)`` x ``kt (b, kvh, 1, tk, d)`` -> ``(b, kvh, g, tq, tk)``."""
     if plan.score is None:
-        return _tile_matmul(qt, kt.transpose(-2, -1), buffer)
+        return tile_matmul(qt, kt.transpose(-2, -1), buffer)
     # score functions take (batch, heads, len, dim): flatten the group into heads for them
     b, kvh, g, tq, d = qt.shape
     q4 = qt.reshape(b, kvh * g, tq, d)
@@ -237,24 +208,11 @@ def _exp_(plan: _Plan, t: Tensor) -> Tensor:
     return t.exp2_() if plan.base2 else t.mul_(_LOG2E).exp2_()
 
 
-def _matmul_minus(a: Tensor, b: Tensor, shift: Tensor, buffer: _TileBuffer) -> Tensor:
-    """``a bᵀ - shift``: ``a (batch, kv_heads, group, tq, d)``, ``b (batch, kv_heads, 1, tk, d)``,
-    ``shift (batch, kv_heads, group, tq)`` -> ``(batch, kv_heads, group, tq, tk)``. (``baddbmm`` would fold the
-    subtraction into the GEMM, but it first copies the broadcast shift into the output, which costs more on a CPU
-    than the in-place subtraction after it.)"""
-    return _tile_matmul(a, b.transpose(-2, -1), buffer).sub_(shift.unsqueeze(-1))
-
-
 def _dropout_keep(plan: _Plan, index: int, shape: torch.Size, device: torch.device) -> Tensor:
     """The keep-mask of tile ``index``; regenerated identically in backward from the call's seed."""
     gen = torch.Generator(device=device)
     gen.manual_seed((plan.seed * 1_000_003 + index) % (2**63))
     return torch.rand(shape, generator=gen, device=device) >= plan.dropout
-
-
-def _sum_group(t: Tensor) -> Tensor:
-    """Sum per-query-head key/value gradients ``(b, kvh, g, n, d)`` over the group (no copy when g = 1)."""
-    return t if t.shape[2] == 1 else t.sum(dim=2, keepdim=True)
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -276,7 +234,7 @@ class _ChunkedAttention(torch.autograd.Function):
         keep_scale = 1.0 / (1.0 - plan.dropout) if plan.dropout > 0 else 1.0
         q_blocks, k_blocks, v_blocks = plan.split_rows(q5), plan.split_cols(k5), plan.split_cols(v5)
         max_blocks, sum_blocks, acc_blocks = plan.split_rows(row_max), plan.split_rows(row_sum), plan.split_rows(acc)
-        scores = _TileBuffer()
+        scores = TileBuffer()
         for index, tile in enumerate(plan.tiles):
             qt, kt = q_blocks[tile.i], k_blocks[tile.j]
             fused = _fused_relative_scores(plan, qt, kt, tile) if bias5 is None else None
@@ -292,7 +250,7 @@ class _ChunkedAttention(torch.autograd.Function):
             sum_blocks[tile.i].mul_(rescale).add_(p.sum(dim=-1))
             if plan.dropout > 0:
                 p = p * _dropout_keep(plan, index, p.shape, p.device) * keep_scale
-            acc_blocks[tile.i].mul_(rescale.unsqueeze(-1)).add_(_tile_matmul(p, v_blocks[tile.j]))
+            acc_blocks[tile.i].mul_(rescale.unsqueeze(-1)).add_(tile_matmul(p, v_blocks[tile.j]))
             m_old.copy_(m_new)
         empty = row_sum == 0  # rows that saw no allowed key: output 0, lse -inf
         out = acc.div_(torch.where(empty, torch.ones_like(row_sum), row_sum).unsqueeze(-1))  # (acc is ours)
@@ -330,7 +288,7 @@ class _ChunkedAttention(torch.autograd.Function):
         q_blocks, k_blocks, v_blocks = plan.split_rows(q5), plan.split_cols(k5), plan.split_cols(v5)
         out_grads, lse_blocks, delta_blocks = plan.split_rows(grad_out), plan.split_rows(lse), plan.split_rows(delta)
         dq_blocks, dk_blocks, dv_blocks = plan.split_rows(dq), plan.split_cols(dk), plan.split_cols(dv)
-        scores, score_grads = _TileBuffer(), _TileBuffer()
+        scores, score_grads = TileBuffer(), TileBuffer()
         for index, tile in enumerate(plan.tiles):
             qt, kt, vt, dot = q_blocks[tile.i], k_blocks[tile.j], v_blocks[tile.j], out_grads[tile.i]
             tile_lse, tile_delta = lse_blocks[tile.i], delta_blocks[tile.i]
@@ -342,7 +300,7 @@ class _ChunkedAttention(torch.autograd.Function):
                     raw = _score_tile(plan, qt, kt, tile.k0)
                 s = raw.detach().clone()
             elif plan.base2:  # the tile's scores minus the row lse in one GEMM: exp2 of it is P (after masks)
-                s = _matmul_minus(qt, kt, tile_lse, scores)
+                s = matmul_minus(qt, kt, tile_lse, scores)
             else:
                 fused = None if through_mod or bias5 is not None else _fused_relative_scores(plan, qt, kt, tile)
                 s = _score_tile(plan, qt, kt, tile.k0) if fused is None else fused
@@ -360,12 +318,12 @@ class _ChunkedAttention(torch.autograd.Function):
             if plan.dropout > 0:
                 keep = _dropout_keep(plan, index, p.shape, p.device) * keep_scale
                 p_applied = p * keep
-                dp = _tile_matmul(dot, vt.transpose(-2, -1)).mul_(keep).sub_(tile_delta.unsqueeze(-1))
+                dp = tile_matmul(dot, vt.transpose(-2, -1)).mul_(keep).sub_(tile_delta.unsqueeze(-1))
             else:
                 p_applied = p
-                dp = _matmul_minus(dot, vt, tile_delta, score_grads)
+                dp = matmul_minus(dot, vt, tile_delta, score_grads)
             if want_v:
-                dv_blocks[tile.j].add_(_sum_group(_tile_matmul(p_applied.transpose(-2, -1), dot)))
+                dv_blocks[tile.j].add_(sum_group(tile_matmul(p_applied.transpose(-2, -1), dot)))
             ds = dp.mul_(p)  # dS = P ∘ (dP - rowsum(dO ∘ O))
             if through_mod:  # through the score function: dS of its input, and its tensors' grads
                 wanted = [i for i in range(n_score, len(params)) if want_params[i]]
@@ -385,9 +343,9 @@ class _ChunkedAttention(torch.autograd.Function):
                 _accumulate(dparams, wanted, grads[2:])
             else:
                 if want_q:
-                    dq_blocks[tile.i].add_(_tile_matmul(ds, kt))
+                    dq_blocks[tile.i].add_(tile_matmul(ds, kt))
                 if want_k:
-                    dk_blocks[tile.j].add_(_sum_group(_tile_matmul(ds.transpose(-2, -1), qt)))
+                    dk_blocks[tile.j].add_(sum_group(tile_matmul(ds.transpose(-2, -1), qt)))
         if plan.base2:  # the tiles' scores were log2(e) times the natural ones: d/ds' = ln 2 · d/ds
             dq.mul_(_LN2)
             dk.mul_(_LN2)
