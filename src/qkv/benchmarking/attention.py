@@ -173,60 +173,63 @@ def run_attention_bench(config: AttentionBenchConfig, command: str, progress: bo
 
     steps = len(config.p1_sizes) + 2 * len(config.p2_sizes) + 5
     bar = tqdm(total=steps, desc="qkv bench attention", disable=not progress, unit="case")
+    try:  # closed before an interruption is reported, so its line is not redrawn after the message
+        for n in config.p1_sizes:
+            bar.set_postfix_str(f"P1 N={n}")
+            ours, ref = _time_fwd_bwd(n, _auto_causal, _sdpa_causal, config.repeats, device)
+            report.rows.append(Row("P1 auto vs SDPA", f"N={n}", "fwd+bwd time", ours, ref, "SDPA", target("<= 1.05")))
+            bar.update()
 
-    for n in config.p1_sizes:
-        bar.set_postfix_str(f"P1 N={n}")
-        ours, ref = _time_fwd_bwd(n, _auto_causal, _sdpa_causal, config.repeats, device)
-        report.rows.append(Row("P1 auto vs SDPA", f"N={n}", "fwd+bwd time", ours, ref, "SDPA", target("<= 1.05")))
-        bar.update()
-
-    chunked_peaks = {}
-    for n in config.p2_sizes:
-        bar.set_postfix_str(f"P2 memory N={n}")
-        ours, ref = _peaks("chunked", "naive", n, device)
-        chunked_peaks[n] = ours
-        goal = target("<= 1/20") if n == max(config.p2_sizes) else ""
-        report.rows.append(Row("P2 chunked vs naive", f"N={n}", "peak memory", ours, ref, "naive", goal, "MiB"))
-        bar.update()
-        bar.set_postfix_str(f"P2 time N={n}")
-        ours_t, ref_t = _time_fwd_bwd(n, _chunked_causal, _sdpa_causal, config.repeats, device)
-        report.rows.append(Row("P2 chunked vs SDPA", f"N={n}", "fwd+bwd time", ours_t, ref_t, "SDPA", target("<= 1.5")))
-        bar.update()
-    sizes = sorted(chunked_peaks)
-    growth = ", ".join(
-        f"N={a}→{b}: {(chunked_peaks[b] - chunked_peaks[a]) / (b - a) / 1024:.1f} KiB per added token"
-        for a, b in zip(sizes, sizes[1:])
-    )
-    report.notes.append(
-        "P2 chunked peak memory grows linearly in N (a constant cost per added token; the naive one grows with N²): "
-        f"{growth or 'one size only'}."
-    )
-
-    n, w = config.p3_size, config.window
-    bar.set_postfix_str(f"P3 N={n} window={w}")
-    dense = _banded_dense_mask(n, w).to(device)
-    ours, ref = _time_fwd_bwd(
-        n,
-        lambda q, k, v: qkv.attend(q, k, v, causal=True, window=w)[0],
-        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
-        _long_repeats(config),
-        device,
-    )
-    report.rows.append(
-        Row(
-            "P3 window vs SDPA+mask",
-            f"N={n}, w={w}",
-            "fwd+bwd speed-up",
-            ours,
-            ref,
-            "SDPA",
-            target(">= 25"),
-            speedup=True,
+        chunked_peaks = {}
+        for n in config.p2_sizes:
+            bar.set_postfix_str(f"P2 memory N={n}")
+            ours, ref = _peaks("chunked", "naive", n, device)
+            chunked_peaks[n] = ours
+            goal = target("<= 1/20") if n == max(config.p2_sizes) else ""
+            report.rows.append(Row("P2 chunked vs naive", f"N={n}", "peak memory", ours, ref, "naive", goal, "MiB"))
+            bar.update()
+            bar.set_postfix_str(f"P2 time N={n}")
+            ours_t, ref_t = _time_fwd_bwd(n, _chunked_causal, _sdpa_causal, config.repeats, device)
+            report.rows.append(
+                Row("P2 chunked vs SDPA", f"N={n}", "fwd+bwd time", ours_t, ref_t, "SDPA", target("<= 1.5"))
+            )
+            bar.update()
+        sizes = sorted(chunked_peaks)
+        growth = ", ".join(
+            f"N={a}→{b}: {(chunked_peaks[b] - chunked_peaks[a]) / (b - a) / 1024:.1f} KiB per added token"
+            for a, b in zip(sizes, sizes[1:])
         )
-    )
-    bar.update()
-    _programmable_rows(report, config, target, bar)
-    bar.close()
+        report.notes.append(
+            "P2 chunked peak memory grows linearly in N (a constant cost per added token; the naive one grows with "
+            f"N²): {growth or 'one size only'}."
+        )
+
+        n, w = config.p3_size, config.window
+        bar.set_postfix_str(f"P3 N={n} window={w}")
+        dense = _banded_dense_mask(n, w).to(device)
+        ours, ref = _time_fwd_bwd(
+            n,
+            lambda q, k, v: qkv.attend(q, k, v, causal=True, window=w)[0],
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense),
+            _long_repeats(config),
+            device,
+        )
+        report.rows.append(
+            Row(
+                "P3 window vs SDPA+mask",
+                f"N={n}, w={w}",
+                "fwd+bwd speed-up",
+                ours,
+                ref,
+                "SDPA",
+                target(">= 25"),
+                speedup=True,
+            )
+        )
+        bar.update()
+        _programmable_rows(report, config, target, bar)
+    finally:
+        bar.close()
     report.notes.append(
         "P3's ratio is the speed-up (reference time / ours), so the target reads '>= 25'. All timings are medians of "
         f"{config.repeats} alternating runs ({_long_repeats(config)} at N={config.p3_size} and in the rows below "
