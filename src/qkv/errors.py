@@ -51,3 +51,7 @@ class OutOfMemoryError(QkvError, MemoryError):
 
 class TrainingDivergedError(QkvError, ArithmeticError):
     """The training loss became NaN or infinite; the step that produced it was not applied or saved."""
+
+
+class DiskFullError(QkvError, OSError):
+    """The disk filled while qkv wrote to it; what was being written was removed, what was finished is kept."""

@@ -16,7 +16,7 @@ def _documents() -> list[torch.Tensor]:
 
 
 def test_rows_are_windows_of_documents_with_targets_inside_the_same_document():
-    data = PackedLMData(_documents(), context=24, val_fraction=0.2)
+    data = PackedLMData.split(_documents(), context=24, val_fraction=0.2)
     x, y, ids = data.batch("train", 6, seed=3, step=5)
     assert x.shape == y.shape == ids.shape == (6, 24)
     assert torch.equal(y, x + 1)  # the next token of the same document (ids are consecutive inside one)
@@ -32,7 +32,7 @@ def test_rows_are_windows_of_documents_with_targets_inside_the_same_document():
 
 
 def test_batches_are_a_function_of_seed_and_step_and_rows_are_slices_of_them():
-    data = PackedLMData(_documents(), context=24)
+    data = PackedLMData.split(_documents(), context=24)
     full = data.batch("train", 8, seed=1, step=2)
     assert all(torch.equal(a, b) for a, b in zip(full, data.batch("train", 8, seed=1, step=2)))
     part = data.batch("train", 8, seed=1, step=2, rows=slice(4, 8))
@@ -46,4 +46,4 @@ def test_documents_are_split_at_blank_lines_and_keep_their_end():
 
 def test_too_few_documents_are_refused():
     with pytest.raises(ConfigError, match="training split has no document of 2 tokens or more"):
-        PackedLMData([torch.arange(10)], context=8)
+        PackedLMData.split([torch.arange(10)], context=8)

@@ -24,6 +24,7 @@ __all__ = ["main"]
 
 VERBS = (  # name -> module qkv.cli.<name>, in the order --help lists them
     "train",
+    "prepare",
     "generate",
     "translate",
     "quickstart",

@@ -48,11 +48,14 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import shlex
+    import shutil
 
     from qkv.cli.common import check_output_dir, on_interrupt, qkv_command, resume_hint
+    from qkv.models.families import CAUSAL_LM, get_family
     from qkv.training import Trainer, load_checkpoint_info, load_run_config
     from qkv.training.config import RunConfig, apply_overrides
     from qkv.training.distributed import setup_distributed
+    from qkv.training.lm import prepare_run_data
     from qkv.training.runs import build_run
 
     out = args.out or Path("runs") / args.config.stem
@@ -69,8 +72,15 @@ def run(args: argparse.Namespace) -> int:
         if (out / "checkpoints" / "latest").exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --out for a new one")
     dist_ctx = setup_distributed(config.train.device)
+    existed = out.exists()
     try:
-        model, task, tokenizer = build_run(config, tokenizer)
+        data_dir = None
+        if get_family(config.kind).protocol == CAUSAL_LM:  # text is tokenized once, into the run: OUT/data
+            data_dir = out / "data"
+            if dist_ctx.is_main:
+                prepare_run_data(config, data_dir, tokenizer, progress=not args.no_progress)
+            dist_ctx.barrier()  # (the other processes open what rank 0 prepared)
+        model, task, tokenizer = build_run(config, tokenizer, data_dir=data_dir)
         trainer = Trainer(
             model, task, config.train, out, tokenizer, config.to_dict(), dist_ctx, progress=not args.no_progress
         )
@@ -79,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         again = f"{qkv_command()} train {shlex.quote(str(args.config))} --out {shlex.quote(str(out))} --resume"
         with on_interrupt("training", kept="nothing was saved yet"), resume_hint(again):
             metrics = trainer.fit()
+    except BaseException:  # a run that never saved a checkpoint leaves nothing behind (its prepared data neither)
+        if not existed and dist_ctx.is_main and not (out / "checkpoints").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         dist_ctx.shutdown()
     if dist_ctx.is_main:

@@ -7,14 +7,26 @@ their slice of the same global batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from qkv.errors import ConfigError
 
-__all__ = ["CORPUS_PATH", "LMData", "PackedLMData", "load_corpus", "read_text_file", "split_documents"]
+__all__ = [
+    "CORPUS_PATH",
+    "Documents",
+    "LMData",
+    "PackedLMData",
+    "ShardDocuments",
+    "load_corpus",
+    "read_text_file",
+    "split_documents",
+]
 
 CORPUS_PATH = Path(__file__).parent / "shakespeare" / "plays.txt"
 
@@ -44,35 +56,60 @@ def load_corpus(path: str | Path | None = None) -> str:
     return read_text_file(path if path else CORPUS_PATH)
 
 
-class LMData:
-    """Token ids split into train (first ``1 - val_fraction``) and validation (the rest), served as batches."""
+def _as_array(tokens: Tensor | np.ndarray) -> np.ndarray:
+    return tokens.numpy() if isinstance(tokens, Tensor) else tokens
 
-    def __init__(self, ids: Tensor, context: int, val_fraction: float = 0.1) -> None:
+
+def _step_generator(seed: int, step: int, split: str) -> torch.Generator:
+    """The random numbers of one step's batch: a function of the seed, the step and the split only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 2 + (split != "train"))
+
+
+class LMData:
+    """Token ids of a training and a validation split, served as batches of ``context + 1``-token windows.
+
+    Each split is one or more 1-D arrays of ids (the shards of a prepared corpus, memory-mapped, or tensors); a
+    batch's windows are drawn uniformly over every window that lies within one shard, so only the rows of a batch are
+    ever read, whatever the corpus' size. With a single array this is the classic sampler: ``randint(len - context)``
+    starts.
+    """
+
+    def __init__(self, train: Sequence[Tensor | np.ndarray], val: Sequence[Tensor | np.ndarray], context: int) -> None:
+        self.context = context
+        self.shards = {"train": [_as_array(t) for t in train], "val": [_as_array(t) for t in val]}
+        # window i of a split is window i - first[k] of shard k, where first[k] <= i < first[k + 1]
+        self._first = {}
+        for split, shards in self.shards.items():
+            windows = [max(0, len(shard) - context) for shard in shards]
+            self._first[split] = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)
+            if not self._first[split][-1]:
+                name = "training" if split == "train" else "validation"
+                raise ConfigError(
+                    f"the {name} split has {sum(len(s) for s in shards)} tokens in no shard longer than the context "
+                    f"+ 1 = {context + 1}; use more text or a shorter model.max_seq_len"
+                )
+
+    @classmethod
+    def from_ids(cls, ids: Tensor, context: int, val_fraction: float = 0.1) -> LMData:
+        """The first ``1 - val_fraction`` of ``ids`` train, the rest validate."""
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         split = int(len(ids) * (1 - val_fraction))
-        self.train, self.val = ids[:split], ids[split:]
-        self.context = context
-        for name, part in (("training", self.train), ("validation", self.val)):
-            if len(part) <= context:
-                raise ConfigError(
-                    f"the {name} split has {len(part)} tokens, fewer than the context + 1 = {context + 1}; "
-                    "use more text or a shorter model.max_seq_len"
-                )
+        return cls([ids[:split]], [ids[split:]], context)
 
     def batch(
         self, split: str, batch_size: int, seed: int, step: int, rows: slice | None = None
     ) -> tuple[Tensor, Tensor]:
         """Inputs and next-token targets ``(batch, context)`` of step ``step`` (optionally only ``rows`` of it)."""
-        data = self.train if split == "train" else self.val
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step * 2 + (split != "train"))
-        starts = torch.randint(len(data) - self.context, (batch_size,), generator=g)
+        first = self._first[split]
+        starts = torch.randint(int(first[-1]), (batch_size,), generator=_step_generator(seed, step, split))
         if rows is not None:
             starts = starts[rows]
-        offsets = torch.arange(self.context)
-        x = data[starts[:, None] + offsets]
-        y = data[starts[:, None] + offsets + 1]
-        return x, y
+        shard_of = np.searchsorted(first, starts.numpy(), side="right") - 1
+        shards, length = self.shards[split], self.context + 1
+        windows = np.stack([shards[k][i - first[k] : i - first[k] + length] for k, i in zip(shard_of, starts.tolist())])
+        tokens = torch.from_numpy(windows.astype(np.int64))
+        return tokens[:, :-1], tokens[:, 1:]
 
 
 def split_documents(text: str, separator: str = "\n\n") -> list[str]:
@@ -81,36 +118,77 @@ def split_documents(text: str, separator: str = "\n\n") -> list[str]:
     return [piece + separator for piece in text.split(separator) if piece.strip()]
 
 
+class Documents(Protocol):
+    """What :class:`PackedLMData` draws from: a number of documents, each a 1-D tensor of ids."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Tensor: ...
+
+
+class ShardDocuments:
+    """The documents of a split's shards (their ids and where each document starts), as :class:`Documents`; the
+    documents of fewer than 2 tokens (which predict nothing) are left out."""
+
+    def __init__(self, shards: Sequence[np.ndarray], starts: Sequence[np.ndarray]) -> None:
+        self.shards = list(shards)
+        self.bounds: list[np.ndarray] = []  # per shard: document k is tokens[bounds[k] : bounds[k + 1]]
+        self.kept: list[np.ndarray | None] = []  # per shard: the documents kept (None: all of them)
+        counts = []
+        for tokens, first in zip(self.shards, starts):
+            bounds = np.append(np.asarray(first, dtype=np.int64), len(tokens))
+            long_enough = np.diff(bounds) >= 2
+            self.bounds.append(bounds)
+            self.kept.append(None if long_enough.all() else np.flatnonzero(long_enough))
+            counts.append(int(long_enough.sum()))
+        self._first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._first[-1])
+
+    def __getitem__(self, index: int) -> Tensor:
+        shard = int(np.searchsorted(self._first, index, side="right") - 1)
+        local = index - int(self._first[shard])
+        kept = self.kept[shard]
+        document = int(kept[local]) if kept is not None else local
+        start, end = self.bounds[shard][document : document + 2]
+        return torch.from_numpy(self.shards[shard][start:end].astype(np.int64))
+
+
 class PackedLMData:
     """Documents packed into rows of ``context`` tokens, with the document of each token.
 
     Each row is filled with windows of randomly drawn documents (a whole document when it fits, else a random
     window of it), back to back; ``(x, y, document_ids)``: inputs, next-token targets within the same document,
     and the document index of each token in its row (0, 0, ..., 1, 1, ...). With a document mask no token sees
-    another document, so no position trains on context that is not its own. Documents are split into train and
-    validation in order (the last ``val_fraction`` of them validate).
+    another document, so no position trains on context that is not its own.
     """
 
-    def __init__(self, documents: list[Tensor], context: int, val_fraction: float = 0.1) -> None:
+    def __init__(self, train: Documents | Sequence[Tensor], val: Documents | Sequence[Tensor], context: int) -> None:
+        self.train, self.val = train, val
+        self.context = context
+        for name, part in (("training", self.train), ("validation", self.val)):
+            if not len(part):
+                raise ConfigError(
+                    f"the {name} split has no document of 2 tokens or more; packing needs text with several "
+                    "documents separated by blank lines"
+                )
+
+    @classmethod
+    def split(cls, documents: list[Tensor], context: int, val_fraction: float = 0.1) -> PackedLMData:
+        """The last ``val_fraction`` of ``documents`` (of 2 tokens or more) validate, the others train."""
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         usable = [d for d in documents if len(d) >= 2]  # one token predicts nothing
         split = int(len(usable) * (1 - val_fraction))
-        self.train, self.val = usable[:split], usable[split:]
-        self.context = context
-        for name, part in (("training", self.train), ("validation", self.val)):
-            if not part:
-                raise ConfigError(
-                    f"the {name} split has no document of 2 tokens or more ({len(usable)} in all); packing needs "
-                    "text with several documents separated by blank lines"
-                )
+        return cls(usable[:split], usable[split:], context)
 
     def batch(
         self, split: str, batch_size: int, seed: int, step: int, rows: slice | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, y, document_ids)``, each ``(batch, context)``, of step ``step`` (optionally only ``rows``)."""
         docs = self.train if split == "train" else self.val
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step * 2 + (split != "train"))
+        g = _step_generator(seed, step, split)
         x = torch.empty(batch_size, self.context, dtype=torch.long)
         y = torch.empty_like(x)
         ids = torch.empty_like(x)

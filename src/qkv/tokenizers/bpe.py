@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -18,6 +19,11 @@ class BPETokenizer(HFBackedTokenizer):
 
     @classmethod
     def train(cls, text: str, vocab_size: int = 512) -> BPETokenizer:
+        return cls.train_lines(text.splitlines(keepends=True), vocab_size)
+
+    @classmethod
+    def train_lines(cls, lines: Iterable[str], vocab_size: int = 512) -> BPETokenizer:
+        """A BPE of ``vocab_size`` tokens trained on ``lines`` (pieces of text, e.g. a corpus' lines)."""
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -26,7 +32,7 @@ class BPETokenizer(HFBackedTokenizer):
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing can be unknown
             show_progress=False,
         )
-        tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+        tok.train_from_iterator(lines, trainer=trainer)
         return cls(tok)
 
     def unknown_characters(self, text: str) -> list[str]:

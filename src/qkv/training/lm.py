@@ -4,20 +4,23 @@ cross-entropy."""
 from __future__ import annotations
 
 import inspect
-import warnings
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.data.text import LMData, PackedLMData, load_corpus, split_documents
+from qkv.data.prepare import PrepareSettings, prepare
+from qkv.data.shards import MANIFEST, PreparedCorpus, read_manifest
+from qkv.data.text import CORPUS_PATH, LMData, PackedLMData, ShardDocuments
 from qkv.errors import ConfigError
 from qkv.models.families import CAUSAL_LM, get_family
-from qkv.tokenizers import Tokenizer, train_tokenizer
+from qkv.tokenizers import Tokenizer
 from qkv.training.config import RunConfig
 
-__all__ = ["LMTask", "build_lm"]
+__all__ = ["LMTask", "build_lm", "open_lm_corpus", "prepare_run_data"]
 
 
 @dataclass
@@ -40,32 +43,73 @@ class LMTask:
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
-def build_lm(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[nn.Module, LMTask, Tokenizer]:
-    """The model, task and tokenizer of a run (a tokenizer from a checkpoint is reused as is)."""
-    text = load_corpus(config.data.path)
-    if tokenizer is None:
-        tokenizer = train_tokenizer(config.data.tokenizer, text, config.data.bpe_vocab_size)
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    unknown = getattr(tokenizer, "unknown_characters", _nothing_unknown)(text)
-    if unknown:
-        warnings.warn(
-            f"{len(unknown)} characters of the data are unknown to the tokenizer: {''.join(unknown[:20])!r}",
-            stacklevel=2,
-        )
-    config.model.vocab_size = tokenizer.vocab_size
+def build_lm(
+    config: RunConfig, tokenizer: Tokenizer | None = None, data_dir: Path | None = None
+) -> tuple[nn.Module, LMTask, Tokenizer]:
+    """The model, task and tokenizer of a run (a tokenizer from a checkpoint is reused as is).
+
+    ``data.path`` is a prepared data directory (``qkv prepare``), a text file or a directory of them (empty: the
+    bundled corpus). Text is prepared into ``data_dir`` (a run's ``OUT/data``: prepared once, reused when the run
+    resumes) or, without one, in a temporary directory read into memory (for small corpora)."""
+    corpus = open_lm_corpus(config, tokenizer, data_dir)
+    config.model.vocab_size = corpus.tokenizer.vocab_size
     torch.manual_seed(config.train.seed)  # the same initial weights on every process and every run
     model = get_family(config.kind, protocol=CAUSAL_LM).build(config.model)
+    context = config.model.max_seq_len
     if config.data.pack:
         if "document_ids" not in inspect.signature(model.forward).parameters:
             raise ConfigError(f"data.pack = true needs a model that takes document_ids; {config.kind} does not")
-        documents = [torch.tensor(tokenizer.encode(d), dtype=torch.long) for d in split_documents(text)]
-        data: LMData | PackedLMData = PackedLMData(documents, config.model.max_seq_len, config.data.val_fraction)
+        train, val = (ShardDocuments(corpus.tokens[s], corpus.documents[s]) for s in ("train", "val"))
+        data: LMData | PackedLMData = PackedLMData(train, val, context)
     else:
-        data = LMData(ids, config.model.max_seq_len, config.data.val_fraction)
-    task = LMTask(data, kind=config.kind)
-    return model, task, tokenizer
+        data = LMData(corpus.tokens["train"], corpus.tokens["val"], context)
+    return model, LMTask(data, kind=config.kind), corpus.tokenizer
 
 
-def _nothing_unknown(_text: str) -> list[str]:
-    """A tokenizer without ``unknown_characters`` (bytes-level BPE) knows every character."""
-    return []
+def is_prepared(path: str | Path | None) -> bool:
+    """Whether ``path`` is a prepared data directory (it has a manifest)."""
+    return path is not None and str(path) != "" and (Path(path) / MANIFEST).is_file()
+
+
+def prepare_settings(config: RunConfig) -> PrepareSettings:
+    """How a run prepares its text: the config's tokenizer and validation fraction."""
+    spec = f"bpe:{config.data.bpe_vocab_size}" if config.data.tokenizer == "bpe" else config.data.tokenizer
+    if spec != "char" and not spec.startswith("bpe:"):
+        raise ConfigError(f"unknown tokenizer kind {config.data.tokenizer!r}; choose 'char' or 'bpe'")
+    return PrepareSettings(tokenizer=spec, val_fraction=config.data.val_fraction)
+
+
+def prepare_run_data(config: RunConfig, data_dir: Path, tokenizer: Tokenizer | None, progress: bool = True) -> None:
+    """Prepare a run's text into ``data_dir`` unless ``data.path`` is prepared already or the run prepared it before
+    (it resumes: it goes on with the data it began with; an interrupted preparation is finished). ``tokenizer`` (a
+    checkpoint's) is used when the run has no prepared data yet (it began before runs kept their data)."""
+    if is_prepared(config.data.path):
+        return
+    manifest = read_manifest(data_dir) if data_dir.is_dir() else None
+    if manifest is not None and manifest["complete"]:
+        return
+    given = tokenizer if manifest is None or manifest["settings"]["tokenizer"] == "given" else None
+    prepare(config.data.path or CORPUS_PATH, data_dir, prepare_settings(config), given, progress=progress)
+
+
+def open_lm_corpus(config: RunConfig, tokenizer: Tokenizer | None, data_dir: Path | None) -> PreparedCorpus:
+    """The prepared corpus of a run (see :func:`build_lm`); a tokenizer given must be the one it was prepared with."""
+    if not is_prepared(config.data.path) and data_dir is None:  # a small corpus, prepared in memory
+        with tempfile.TemporaryDirectory(prefix="qkv-data-") as tmp:
+            return prepare(config.data.path or CORPUS_PATH, Path(tmp) / "data", prepare_settings(config), tokenizer,
+                           progress=False).in_memory()  # fmt: skip
+    if data_dir is not None:
+        prepare_run_data(config, data_dir, tokenizer, progress=False)
+    corpus = PreparedCorpus(config.data.path if is_prepared(config.data.path) or data_dir is None else data_dir)
+    if tokenizer is not None and _serialized(tokenizer) != _serialized(corpus.tokenizer):
+        raise ConfigError(
+            f"the run's tokenizer is not the one {corpus.directory} was prepared with; train on the data it was "
+            "prepared with, or start a new run"
+        )
+    return corpus
+
+
+def _serialized(tokenizer: Tokenizer) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(Path(tmp) / "t.json")
+        return (Path(tmp) / "t.json").read_bytes()

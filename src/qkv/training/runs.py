@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -12,10 +13,11 @@ from qkv.training.config import RunConfig
 __all__ = ["build_run"]
 
 
-def build_run(config: RunConfig, tokenizer: Any = None) -> tuple[nn.Module, Any, Any]:
+def build_run(config: RunConfig, tokenizer: Any = None, data_dir: Path | None = None) -> tuple[nn.Module, Any, Any]:
     """``(model, task, tokenizer)`` of ``config.kind``: a language-modelling run for a causal LM family, a
     source/target run for a sequence-to-sequence one, an image run (the "tokenizer" is the image format) for an
-    image model."""
+    image model. ``data_dir``: where a language-modelling run's text is prepared (see
+    :func:`qkv.training.lm.build_lm`)."""
     protocol = get_family(config.kind).protocol
     if protocol == IMAGE:
         from qkv.training.images import build_images
@@ -24,7 +26,7 @@ def build_run(config: RunConfig, tokenizer: Any = None) -> tuple[nn.Module, Any,
     if protocol == CAUSAL_LM:
         from qkv.training.lm import build_lm
 
-        return build_lm(config, tokenizer)
+        return build_lm(config, tokenizer, data_dir)
     from qkv.training.seq2seq import build_seq2seq
 
     return build_seq2seq(config, tokenizer)
