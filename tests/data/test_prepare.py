@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import random
 import re
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+import qkv.data.encoding as encoding
 from qkv.cli import main
 from qkv.data.prepare import PrepareSettings, prepare
 from qkv.data.shards import PreparedCorpus, ShardWriter
+from qkv.data.sources import document_starts
 from qkv.data.text import CORPUS_PATH, LMData, PackedLMData, ShardDocuments
 from qkv.errors import CheckpointError, ConfigError, DiskFullError
 from qkv.tokenizers import BPETokenizer
@@ -61,6 +64,17 @@ def _shard_starts(corpus: PreparedCorpus) -> set[int]:
     return set(np.cumsum([len(t) for t in corpus.tokens["train"]])[:-1].tolist())
 
 
+def test_document_starts_are_where_blank_line_runs_end_as_the_regular_expression_says():
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice("ab\n\n\ré") for _ in range(rng.randrange(0, 40)))
+        reference = [0, *(m.end() for m in re.finditer(r"\n(?:\r?\n)+", text) if m.end() < len(text))]
+        assert document_starts(text).tolist() == reference, repr(text)
+    for text in ("x\n\ny\n\n\nz", "é\n\nü\n\n"):  # the array scans (no carriage return)
+        reference = [0, *(m.end() for m in re.finditer(r"\n(?:\r?\n)+", text) if m.end() < len(text))]
+        assert document_starts(text).tolist() == reference
+
+
 def test_the_manifest_counts_and_checksums_are_the_files(tmp_path):
     corpus = prepare(CORPUS_PATH, tmp_path / "d", SMALL, progress=False)
     for split in ("train", "val"):
@@ -92,6 +106,18 @@ def test_preparing_twice_writes_identical_files(tmp_path, tokenizer):
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     again = prepare(tmp_path / "t.txt", tmp_path / "a", settings, progress=False)  # already prepared: opened as is
     assert again.manifest == PreparedCorpus(tmp_path / "a").manifest
+
+
+def test_bpe_in_worker_processes_writes_the_same_files_as_in_one(tmp_path, monkeypatch):
+    (tmp_path / "t.txt").write_text(TEXT[:150_000] + "\n\nnaïve café\n\n" + TEXT[150_000:200_000], encoding="utf-8")
+    settings = PrepareSettings(tokenizer="bpe:400", shard_tokens=10_000)
+    prepare(tmp_path / "t.txt", tmp_path / "one", settings, progress=False)
+    monkeypatch.setattr(encoding, "PARALLEL_BYTES", 0)  # (any input is "large")
+    monkeypatch.setattr(encoding.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert encoding.PieceEncoder(PreparedCorpus(tmp_path / "one").tokenizer, tmp_path / "one" / "tokenizer.json",
+                                 1).workers == 2  # fmt: skip
+    prepare(tmp_path / "t.txt", tmp_path / "two", settings, progress=False)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
 
 
 def _interrupt_after(monkeypatch, pieces: int, error: BaseException) -> None:

