@@ -5,7 +5,7 @@
 
 The corpus is the bundled plays repeated to ``--mb`` megabytes (1,024 by default: the issue's 1 GB), in a
 temporary directory. Every qkv figure is a separate process (``qkv prepare`` / ``qkv train``), timed by wall clock,
-its peak RSS read from the kernel (``ru_maxrss``). The references, measured in the same run:
+its peak RSS read from the kernel (``VmHWM``). The references, measured in the same run:
 
 * char: nanoGPT's ``data/shakespeare_char/prepare.py`` method (the whole text in memory, ``[stoi[c] for c in data]``,
   ``np.array(..., dtype=np.uint16).tofile``) on a 64 MB slice (it holds ~10 bytes per character, so no more);
@@ -33,10 +33,12 @@ from qkv.tokenizers import load_tokenizer_file
 
 RESULTS = Path(__file__).parent / "results"
 GIB = 1 << 30
-# runs the qkv CLI and reports the process's peak RSS (Linux: kilobytes) on its last stderr line
+# runs the qkv CLI and reports the process's peak RSS on its last stderr line: VmHWM (kilobytes), the high-water
+# mark of this process's own memory (ru_maxrss would also count the parent's memory at the fork before exec)
 RUNNER = (
-    "import resource, sys\nfrom qkv.cli import main\ncode = main(sys.argv[1:])\n"
-    "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)\n"
+    "import re, sys\nfrom qkv.cli import main\ncode = main(sys.argv[1:])\n"
+    "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+    "print('maxrss', hwm, file=sys.stderr)\nsys.exit(code)\n"
 )
 
 
@@ -118,8 +120,8 @@ def main() -> None:
         bpe_rate = size / 1e6 / seconds
         hf = hf_bpe_rate(work / "corpus.txt", work / "bpe" / "tokenizer.json", slice_bytes)
         report.rows += [
-            Row("prepare, BPE-8k", setting, "MB/s", bpe_rate, hf, f"HF tokenizers' encode_batch_fast, {args.slice_mb} MB",
-                ">= 0.8", unit="MB/s"),
+            Row("prepare, BPE-8k", setting, "MB/s", bpe_rate, hf, f"HF encode_batch_fast alone, {args.slice_mb} MB",
+                ">= 1", unit="MB/s"),
             Row("prepare, BPE-8k", setting, "MB/s", bpe_rate, 10.0, "the issue's floor", ">= 1", unit="MB/s"),
             Row("prepare, BPE-8k", setting, "peak RSS", rss_bpe, GIB, "the issue's ceiling, 1 GiB", "<= 1", unit="MiB"),
         ]  # fmt: skip
@@ -153,8 +155,8 @@ def main() -> None:
             f"{'identical' if same else 'DIFFERENT'} (same seed, same batches)."
         )
     report.notes.append(
-        "Peak RSS is the process's (ru_maxrss), including PyTorch's own ~300-400 MiB; shards are memory-mapped, so a "
-        "training process maps pages only as its batches touch them."
+        "Peak RSS is the process's own high-water mark (VmHWM), PyTorch's ~300-400 MiB included; shards are "
+        "memory-mapped, so a training process maps pages only as its batches touch them."
     )
     print(report.markdown())
     print(f"written to {report.write(RESULTS / 'data.md')}")

@@ -12,10 +12,11 @@ Both train on ../shared/data/tinyshakespeare.txt with the configuration nanoGPT'
 * quality: ``--seeds`` seeds of 2000 iterations each for nanoGPT (fp32, its only CPU precision) and qkv in each of
   ``--precisions`` (fp32, and bf16 where the CPU has native bf16 units); the loss is the mean over the *whole*
   validation split (every non-overlapping 64-character window), each model with its own tokenizer over the same
-  last 10% of the text. Both get the same seed values, ``1337 + seed`` (nanoGPT's own 1337, offset from outside
-  through runpy: its code is not edited). The table gives the mean difference with a 95% Welch interval (the two
-  implementations draw different random numbers from a seed, so runs are independent samples, not pairs) and every
-  seed's losses.
+  text: the last 10%, from the first document end on (where qkv's split starts; nanoGPT's starts a few characters
+  earlier, so neither model trained on any of it). Both get the same seed values, ``1337 + seed`` (nanoGPT's own
+  1337, offset from outside through runpy: its code is not edited). The table gives the mean difference with a 95%
+  Welch interval (the two implementations draw different random numbers from a seed, so runs are independent
+  samples, not pairs) and every seed's losses.
 
 nanoGPT's data preparation script is run as it is, with the text already in place (it downloads only if missing).
 """
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from scipy import stats  # (scikit-learn's dependency)
 
 from qkv.benchmarking.report import Report, Row
+from qkv.data.sources import find_validation_start, list_sources
 from qkv.devices import native_cpu_bf16
 from qkv.runs import load_causal_lm
 
@@ -116,8 +118,16 @@ def steady(times: list[float], skip: int = 20) -> list[float]:
 
 
 @torch.no_grad()
+def validation_start() -> tuple[int, int]:
+    """Where nanoGPT's validation split starts (90% of the characters) and where qkv's does (the first document end
+    after that): both models are scored from the later one, text neither trained on."""
+    size = TEXT.stat().st_size  # (the file is ASCII: bytes are characters)
+    return int(size * 0.9), find_validation_start(list_sources(TEXT), int(size * 0.9))[1]
+
+
 def full_validation_loss(kind: str, path: Path, nanogpt: Path) -> float:
-    """Mean cross-entropy over every non-overlapping 64-token window of the last 10% of the text."""
+    """Mean cross-entropy over every non-overlapping 64-token window of the validation text both splits hold."""
+    nano_start, start = validation_start()
     if kind == "nanogpt":
         sys.path.insert(0, str(nanogpt))
         from model import GPT, GPTConfig  # nanoGPT's model.py
@@ -128,14 +138,14 @@ def full_validation_loss(kind: str, path: Path, nanogpt: Path) -> float:
         import numpy as np
 
         val = np.fromfile(nanogpt / "data" / "shakespeare_char" / "val.bin", dtype=np.uint16)
-        ids = torch.from_numpy(val.astype(np.int64))
+        ids = torch.from_numpy(val.astype(np.int64))[start - nano_start :]
 
         def logits(x: torch.Tensor) -> torch.Tensor:
             return model(x, x)[0]  # with targets, nanoGPT returns logits for every position
     else:
         model, tokenizer, _ = load_causal_lm(path, "cpu")
         text_ids = torch.tensor(tokenizer.encode(TEXT.read_text(encoding="utf-8")))
-        ids = text_ids[int(len(text_ids) * 0.9) :]  # qkv's and nanoGPT's split: the last 10%
+        ids = text_ids[start:]
 
         def logits(x: torch.Tensor) -> torch.Tensor:
             return model(x).logits

@@ -8,9 +8,9 @@
   ``train-00000.bin`` ...: token ids, raw ``uint16`` (a vocabulary of at most 65,536) or ``uint32``, little-endian,
   the format nanoGPT's ``train.bin`` uses; ``train-00000.docs``: ``int64`` offsets where each document starts.
 
-Training opens shards as read-only memory maps, so a corpus of any size costs the pages a batch touches, not its
-size. Every shard is written to a ``.partial`` file and renamed when complete, so a shard named in the manifest is
-always whole.
+Training reads shards a window at a time (:class:`TokenShard`), so a corpus of any size costs a process the rows
+of its batches, not the corpus' size. Every shard is written to a ``.partial`` file and renamed when complete, so a
+shard named in the manifest is always whole.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,16 @@ from qkv.errors import CheckpointError
 from qkv.jsonfile import read_json
 from qkv.tokenizers import Tokenizer, load_tokenizer_file
 
-__all__ = ["FORMAT", "MANIFEST", "PreparedCorpus", "Shard", "ShardWriter", "read_manifest", "write_manifest"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "PreparedCorpus",
+    "Shard",
+    "ShardWriter",
+    "TokenShard",
+    "read_manifest",
+    "write_manifest",
+]
 
 FORMAT = "qkv-shards/1"
 MANIFEST = "manifest.json"
@@ -132,9 +142,37 @@ class ShardWriter:
             self.open = self.split = None
 
 
+class TokenShard:
+    """A shard's token ids on disk, ``(tokens,)`` of ``dtype``, read a slice at a time.
+
+    Reads go through the file (not a memory map): the pages read stay in the operating system's cache, not in this
+    process, so a training process's memory does not grow with how much of the corpus it has read (a memory map's
+    pages count as its own once touched, and the kernel maps them in large runs)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, length: int) -> None:
+        self.path, self.dtype, self.length = path, dtype, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.length)
+        if step != 1:
+            raise IndexError("a token shard is read in contiguous slices")
+        with open(self.path, "rb") as handle:
+            handle.seek(start * self.dtype.itemsize)
+            data = handle.read(max(0, stop - start) * self.dtype.itemsize)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """All of it, in memory."""
+        data = np.fromfile(self.path, dtype=self.dtype)
+        return data if dtype is None else data.astype(dtype)
+
+
 class PreparedCorpus:
-    """A prepared data directory opened for training: per split, its shards' token ids as read-only memory maps
-    (``tokens[split][i]``: 1-D, the manifest's dtype) and where their documents start (``documents[split][i]``)."""
+    """A prepared data directory opened for training: per split, its shards' token ids (``tokens[split][i]``, a
+    :class:`TokenShard`, 1-D, the manifest's dtype) and where their documents start (``documents[split][i]``)."""
 
     def __init__(self, directory: str | Path, verify: bool = True) -> None:
         """Open ``directory``: its manifest must be complete and every shard's size must match it; with ``verify``
@@ -151,16 +189,23 @@ class PreparedCorpus:
         self.manifest = manifest
         self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
         self.tokenizer: Tokenizer = load_tokenizer_file(self.directory / TOKENIZER)
-        self.tokens: dict[str, list[np.ndarray]] = {}
+        entries = [entry for split in SPLITS for entry in manifest["splits"][split]]
+        # (hashlib releases the GIL: the shards are checked on every core at once)
+        with ThreadPoolExecutor(min(len(entries), os.cpu_count() or 1) or 1) as pool:
+            list(pool.map(lambda entry: self._check_shard(entry, verify), entries))
+        self.tokens: dict[str, list[TokenShard | np.ndarray]] = {}
         self.documents: dict[str, list[np.ndarray]] = {}
         for split in SPLITS:
             self.tokens[split], self.documents[split] = [], []
             for entry in manifest["splits"][split]:
-                tokens, starts = self._open_shard(entry, verify)
-                self.tokens[split].append(tokens)
-                self.documents[split].append(starts)
+                path = self.directory / entry["file"]
+                self.tokens[split].append(TokenShard(path, self.dtype, entry["tokens"]))
+                docs = path.with_suffix(".docs")
+                self.documents[split].append(
+                    np.memmap(docs, dtype="<i8", mode="r") if entry["documents"] else np.zeros(0, np.int64)
+                )
 
-    def _open_shard(self, entry: dict[str, Any], verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _check_shard(self, entry: dict[str, Any], verify: bool) -> None:
         path = self.directory / entry["file"]
         docs = path.with_suffix(".docs")
         for file, size in ((path, entry["tokens"] * self.dtype.itemsize), (docs, entry["documents"] * 8)):
@@ -178,14 +223,11 @@ class PreparedCorpus:
                         f"{file} does not match the checksum in {self.directory / MANIFEST}: it changed after it was "
                         "prepared; prepare the data again"
                     )
-        tokens = np.memmap(path, dtype=self.dtype, mode="r") if entry["tokens"] else np.zeros(0, self.dtype)
-        starts = np.memmap(docs, dtype="<i8", mode="r") if entry["documents"] else np.zeros(0, np.int64)
-        return tokens, starts
 
     def in_memory(self) -> PreparedCorpus:
         """The same corpus with every array read into memory (the directory may then go)."""
-        for arrays in (*self.tokens.values(), *self.documents.values()):
-            arrays[:] = [np.array(a) for a in arrays]
+        self.tokens = {split: [np.array(a) for a in arrays] for split, arrays in self.tokens.items()}
+        self.documents = {split: [np.array(a) for a in arrays] for split, arrays in self.documents.items()}
         return self
 
     def count(self, split: str) -> int:

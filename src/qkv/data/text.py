@@ -23,6 +23,7 @@ __all__ = [
     "LMData",
     "PackedLMData",
     "ShardDocuments",
+    "TokenArray",
     "load_corpus",
     "read_text_file",
     "split_documents",
@@ -56,7 +57,15 @@ def load_corpus(path: str | Path | None = None) -> str:
     return read_text_file(path if path else CORPUS_PATH)
 
 
-def _as_array(tokens: Tensor | np.ndarray) -> np.ndarray:
+class TokenArray(Protocol):
+    """1-D token ids that can be sliced: a NumPy array, or a shard on disk (:class:`qkv.data.shards.TokenShard`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> np.ndarray: ...
+
+
+def _as_array(tokens: Tensor | TokenArray) -> TokenArray:
     return tokens.numpy() if isinstance(tokens, Tensor) else tokens
 
 
@@ -74,9 +83,10 @@ class LMData:
     starts.
     """
 
-    def __init__(self, train: Sequence[Tensor | np.ndarray], val: Sequence[Tensor | np.ndarray], context: int) -> None:
+    def __init__(self, train: Sequence[Tensor | TokenArray], val: Sequence[Tensor | TokenArray], context: int) -> None:
         self.context = context
-        self.shards = {"train": [_as_array(t) for t in train], "val": [_as_array(t) for t in val]}
+        self.shards: dict[str, list[TokenArray]] = {"train": [_as_array(t) for t in train],
+                                                     "val": [_as_array(t) for t in val]}  # fmt: skip
         # window i of a split is window i - first[k] of shard k, where first[k] <= i < first[k + 1]
         self._first = {}
         for split, shards in self.shards.items():
@@ -130,7 +140,7 @@ class ShardDocuments:
     """The documents of a split's shards (their ids and where each document starts), as :class:`Documents`; the
     documents of fewer than 2 tokens (which predict nothing) are left out."""
 
-    def __init__(self, shards: Sequence[np.ndarray], starts: Sequence[np.ndarray]) -> None:
+    def __init__(self, shards: Sequence[TokenArray], starts: Sequence[np.ndarray]) -> None:
         self.shards = list(shards)
         self.bounds: list[np.ndarray] = []  # per shard: document k is tokens[bounds[k] : bounds[k + 1]]
         self.kept: list[np.ndarray | None] = []  # per shard: the documents kept (None: all of them)

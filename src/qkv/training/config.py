@@ -36,10 +36,12 @@ __all__ = [
 class DataConfig:
     """The ``[data]`` table of a run config: which corpus or task, how it is tokenized, split and batched."""
 
-    path: str = ""  # a UTF-8 text file; empty = the bundled Shakespeare corpus
-    tokenizer: str = "char"  # char | bpe
+    # a UTF-8 text file or a directory of them (tokenized once into the run's OUT/data), or a directory that
+    # `qkv prepare` wrote (read where it is, with its own tokenizer and split); empty = the bundled Shakespeare corpus
+    path: str = ""
+    tokenizer: str = "char"  # char | bpe (how text is tokenized; a prepared directory brings its own)
     bpe_vocab_size: int = 512
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # the tail of the text, by document, that validates
     pack: bool = False  # documents (separated by blank lines) packed into rows, a document mask between them
 
 
