@@ -11,7 +11,7 @@ its peak RSS read from the kernel (``VmHWM``). The references, measured in the s
   ``np.array(..., dtype=np.uint16).tofile``) on a 64 MB slice (it holds ~10 bytes per character, so no more);
 * BPE-8k: HuggingFace ``tokenizers``' own ``encode_batch_fast`` of the same tokenizer over the slice's documents,
   in process: the library qkv calls, without reading, splitting or writing;
-* training: the same ``qkv train`` on the bundled corpus (1 MB), for peak RSS and the time of a one-step run;
+* training: the same ``qkv train`` on the bundled corpus (1 MB), for peak RSS and the time to the first step;
 * loss: ``qkv train`` from the bundled text file against ``qkv train`` from that text prepared by ``qkv prepare``.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,22 +36,32 @@ RESULTS = Path(__file__).parent / "results"
 GIB = 1 << 30
 # runs the qkv CLI and reports the process's peak RSS on its last stderr line: VmHWM (kilobytes), the high-water
 # mark of this process's own memory (ru_maxrss would also count the parent's memory at the fork before exec)
+# (and, for a training, the seconds from its start to the end of the first optimizer step)
 RUNNER = (
-    "import re, sys\nfrom qkv.cli import main\ncode = main(sys.argv[1:])\n"
+    "import re, sys, time\nstart = time.perf_counter()\nfrom qkv.training.trainer import Trainer\n"
+    "step = Trainer._train_step\n"
+    "def first(self):\n"
+    "    loss = step(self)\n"
+    "    if self.step == 0: print('first_step', time.perf_counter() - start, file=sys.stderr)\n"
+    "    return loss\n"
+    "Trainer._train_step = first\n"
+    "from qkv.cli import main\ncode = main(sys.argv[1:])\n"
     "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
     "print('maxrss', hwm, file=sys.stderr)\nsys.exit(code)\n"
 )
 
 
 def qkv(*args: str) -> tuple[float, int, str]:
-    """Run ``qkv ARGS`` in a fresh process: ``(seconds, peak RSS in bytes, stdout)``."""
+    """Run ``qkv ARGS`` in a fresh process: ``(seconds, peak RSS in bytes, stdout)``; for a training, the seconds
+    are those to the end of its first step."""
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode:
         raise SystemExit(f"qkv {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     rss = int(done.stderr.strip().splitlines()[-1].split()[1]) * 1024
-    return seconds, rss, done.stdout
+    first_step = re.search(r"^first_step (\S+)$", done.stderr, re.M)
+    return float(first_step.group(1)) if first_step else seconds, rss, done.stdout
 
 
 def make_corpus(path: Path, megabytes: int) -> int:
@@ -134,9 +145,9 @@ def main() -> None:
         report.rows += [
             Row("train from shards", setting, "peak RSS", rss_big, rss_small, "the bundled 1 MB corpus", "<= 1.1",
                 unit="MiB"),
-            Row("train from shards", setting, "1-step run", t_big, t_small, "the bundled 1 MB corpus", "", unit="s"),
-            Row("train from shards", setting, "1-step run", t_big, 5.0, "the issue's 5 s to the first step", "<= 1",
+            Row("train from shards", setting, "to the first step", t_big, t_small, "the bundled 1 MB corpus", "",
                 unit="s"),
+            Row("train from shards", setting, "to the first step", t_big, 5.0, "the issue's 5 s", "<= 1", unit="s"),
         ]  # fmt: skip
 
         qkv("prepare", str(CORPUS_PATH), "--out", str(work / "plays"), "--no-progress")
@@ -155,8 +166,10 @@ def main() -> None:
             f"{'identical' if same else 'DIFFERENT'} (same seed, same batches)."
         )
     report.notes.append(
-        "Peak RSS is the process's own high-water mark (VmHWM), PyTorch's ~300-400 MiB included; shards are "
-        "memory-mapped, so a training process maps pages only as its batches touch them."
+        "Peak RSS is the process's own high-water mark (VmHWM), PyTorch's ~300-400 MiB included; training reads "
+        "shards a window at a time through the file, so the pages it reads stay in the OS cache, not in the process. "
+        "'To the first step': from the process's start (Python already running) to the end of the first optimizer "
+        "step: imports, the shards' SHA-256 checked, the model built, one step."
     )
     print(report.markdown())
     print(f"written to {report.write(RESULTS / 'data.md')}")

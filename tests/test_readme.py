@@ -125,6 +125,8 @@ def test_every_readme_command_and_cli_hint_works_as_written(sandbox):
     # what the commands promised to write is there
     for path in (
         "runs/baby/metrics.json",
+        "data/plays/manifest.json",
+        "runs/plays/metrics.json",
         "vectors.npy",
         "align-2.png",
         "explore.html",

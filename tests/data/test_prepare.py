@@ -8,6 +8,7 @@ import errno
 import hashlib
 import random
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,8 @@ def test_shards_that_do_not_match_their_manifest_are_refused(tmp_path, damage, m
     prepare(CORPUS_PATH, tmp_path / "d", SMALL, progress=False)
     damage(tmp_path / "d" / "train-00001.bin")
     with pytest.raises(CheckpointError, match=message):
-        PreparedCorpus(tmp_path / "d")
+        corpus = PreparedCorpus(tmp_path / "d")  # (sizes are checked here, checksums in the background ...)
+        corpus.tokens["val"][0][:10]  # (... before any shard is read)
 
 
 def test_a_directory_prepared_otherwise_is_never_overwritten(tmp_path):
@@ -273,12 +275,12 @@ def test_packing_from_shards_draws_the_same_documents_as_from_a_list(tmp_path):
 
 
 def test_the_cli_prepares_and_its_hint_trains_on_the_result(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "data"
+    out = tmp_path / "my data"  # (a space: the hint quotes it)
     assert main(["prepare", str(CORPUS_PATH), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"train: {sum(len(t) for t in PreparedCorpus(out).tokens['train']):,} tokens" in printed
     hint = next(line for line in printed.splitlines() if line.startswith("train on it: "))
-    words = hint.removeprefix("train on it: ").split()
+    words = shlex.split(hint.removeprefix("train on it: "))
     assert words[:2] == ["qkv", "train"]
     monkeypatch.chdir(tmp_path)
     run = ["--out", str(tmp_path / "run"), "--set", "train.steps=2", "--set", "train.eval_iters=1", "--no-progress"]
@@ -325,3 +327,16 @@ def test_ctrl_c_in_the_cli_says_what_was_kept_and_how_to_resume(tmp_path, capsys
     monkeypatch.undo()
     assert main(args) == 0
     assert PreparedCorpus(tmp_path / "d").count("train") == _validation_start(TEXT)
+
+
+def test_training_on_a_changed_shard_stops_before_its_first_step_in_one_line(tmp_path, capsys):
+    prepare(CORPUS_PATH, tmp_path / "d", SMALL, progress=False)
+    shard = tmp_path / "d" / "train-00003.bin"
+    data = shard.read_bytes()
+    shard.write_bytes(bytes([data[0] ^ 1]) + data[1:])  # one id changed, the size the same
+    run = tmp_path / "run"
+    args = ["train", "gpt-baby", "--set", f"data.path={tmp_path / 'd'}", "--out", str(run), "--no-progress"]
+    assert main([*args, "--set", "train.steps=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train-00003.bin does not match the checksum" in err
+    assert not run.exists()  # no step was taken, nothing was left behind

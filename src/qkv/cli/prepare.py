@@ -44,6 +44,7 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import math
+    import shlex
 
     from qkv.cli.common import qkv_command
     from qkv.data.prepare import PrepareSettings, prepare
@@ -66,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens, {sum(s['documents'] for s in shards):,} "
               f"documents, {len(shards)} shard{'s' * (len(shards) != 1)}")  # fmt: skip
     print(f"vocabulary: {m['vocab_size']:,} ({m['dtype']}); written to {args.out}")
-    print(f"train on it: {qkv_command()} train gpt-baby --set data.path={args.out}")
+    print(f"train on it: {qkv_command()} train gpt-baby --set {shlex.quote(f'data.path={args.out}')}")
     return 0

@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,10 @@ class TokenShard:
     process, so a training process's memory does not grow with how much of the corpus it has read (a memory map's
     pages count as its own once touched, and the kernel maps them in large runs)."""
 
-    def __init__(self, path: Path, dtype: np.dtype, length: int) -> None:
+    def __init__(self, path: Path, dtype: np.dtype, length: int, before_read: Callable[[], None] | None = None) -> None:
+        """``before_read``: called before every read (a corpus' wait for its checksums)."""
         self.path, self.dtype, self.length = path, dtype, length
+        self.before_read = before_read
 
     def __len__(self) -> int:
         return self.length
@@ -159,6 +162,8 @@ class TokenShard:
         start, stop, step = index.indices(self.length)
         if step != 1:
             raise IndexError("a token shard is read in contiguous slices")
+        if self.before_read is not None:
+            self.before_read()
         with open(self.path, "rb") as handle:
             handle.seek(start * self.dtype.itemsize)
             data = handle.read(max(0, stop - start) * self.dtype.itemsize)
@@ -166,6 +171,8 @@ class TokenShard:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         """All of it, in memory."""
+        if self.before_read is not None:
+            self.before_read()
         data = np.fromfile(self.path, dtype=self.dtype)
         return data if dtype is None else data.astype(dtype)
 
@@ -176,7 +183,10 @@ class PreparedCorpus:
 
     def __init__(self, directory: str | Path, verify: bool = True) -> None:
         """Open ``directory``: its manifest must be complete and every shard's size must match it; with ``verify``
-        every shard's SHA-256 too (a shard changed after preparing is an error, not silent garbage)."""
+        every shard's SHA-256 too (a shard changed after preparing is an error, not silent garbage). The checksums
+        are computed in the background, on every core (hashlib releases the GIL), while the caller goes on (a
+        training builds its model meanwhile); the first read of any shard waits for them, so nothing unchecked is
+        ever read. :meth:`verified` waits explicitly."""
         self.directory = Path(directory)
         manifest = read_manifest(self.directory)
         if manifest is None:
@@ -190,22 +200,32 @@ class PreparedCorpus:
         self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
         self.tokenizer: Tokenizer = load_tokenizer_file(self.directory / TOKENIZER)
         entries = [entry for split in SPLITS for entry in manifest["splits"][split]]
-        # (hashlib releases the GIL: the shards are checked on every core at once)
-        with ThreadPoolExecutor(min(len(entries), os.cpu_count() or 1) or 1) as pool:
-            list(pool.map(lambda entry: self._check_shard(entry, verify), entries))
+        for entry in entries:
+            self._check_sizes(entry)
+        self._checks: list[Future[None]] = []
+        if verify:
+            pool = ThreadPoolExecutor(max(1, min(len(entries), os.cpu_count() or 1)), thread_name_prefix="qkv-sha256")
+            self._checks = [pool.submit(self._check_sums, entry) for entry in entries]
+            pool.shutdown(wait=False)
         self.tokens: dict[str, list[TokenShard | np.ndarray]] = {}
         self.documents: dict[str, list[np.ndarray]] = {}
         for split in SPLITS:
             self.tokens[split], self.documents[split] = [], []
             for entry in manifest["splits"][split]:
                 path = self.directory / entry["file"]
-                self.tokens[split].append(TokenShard(path, self.dtype, entry["tokens"]))
+                self.tokens[split].append(TokenShard(path, self.dtype, entry["tokens"], self.verified))
                 docs = path.with_suffix(".docs")
                 self.documents[split].append(
                     np.memmap(docs, dtype="<i8", mode="r") if entry["documents"] else np.zeros(0, np.int64)
                 )
 
-    def _check_shard(self, entry: dict[str, Any], verify: bool) -> None:
+    def verified(self) -> None:
+        """Wait for the checksums :meth:`__init__` started; a shard that does not match is a CheckpointError."""
+        while self._checks:
+            self._checks[0].result()  # (raises the check's CheckpointError)
+            self._checks.pop(0)
+
+    def _check_sizes(self, entry: dict[str, Any]) -> None:
         path = self.directory / entry["file"]
         docs = path.with_suffix(".docs")
         for file, size in ((path, entry["tokens"] * self.dtype.itemsize), (docs, entry["documents"] * 8)):
@@ -216,16 +236,19 @@ class PreparedCorpus:
                     f"{file} holds {file.stat().st_size} bytes but the manifest says {size}: the data directory is "
                     "damaged; prepare it again"
                 )
-        if verify:
-            for file, key in ((path, "sha256"), (docs, "docs_sha256")):
-                if file_sha256(file) != entry[key]:
-                    raise CheckpointError(
-                        f"{file} does not match the checksum in {self.directory / MANIFEST}: it changed after it was "
-                        "prepared; prepare the data again"
-                    )
+
+    def _check_sums(self, entry: dict[str, Any]) -> None:
+        path = self.directory / entry["file"]
+        for file, key in ((path, "sha256"), (path.with_suffix(".docs"), "docs_sha256")):
+            if file_sha256(file) != entry[key]:
+                raise CheckpointError(
+                    f"{file} does not match the checksum in {self.directory / MANIFEST}: it changed after it was "
+                    "prepared; prepare the data again"
+                )
 
     def in_memory(self) -> PreparedCorpus:
         """The same corpus with every array read into memory (the directory may then go)."""
+        self.verified()
         self.tokens = {split: [np.array(a) for a in arrays] for split, arrays in self.tokens.items()}
         self.documents = {split: [np.array(a) for a in arrays] for split, arrays in self.documents.items()}
         return self
