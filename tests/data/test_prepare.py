@@ -340,3 +340,13 @@ def test_training_on_a_changed_shard_stops_before_its_first_step_in_one_line(tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train-00003.bin does not match the checksum" in err
     assert not run.exists()  # no step was taken, nothing was left behind
+
+
+@pytest.mark.parametrize("where", ["a-file", "/proc/qkv-data"])
+def test_an_out_that_cannot_be_a_directory_is_refused_before_any_work(tmp_path, capsys, where):
+    (tmp_path / "a-file").write_text("mine")
+    out = tmp_path / where if where == "a-file" else Path(where)
+    assert main(["prepare", str(CORPUS_PATH), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {out}" in err
+    assert (tmp_path / "a-file").read_text() == "mine"

@@ -136,16 +136,16 @@ def check_output_files(suffixes: dict[str, tuple[str, ...]] | None = None, **fla
         _check_writable(option, path, "the file")
 
 
-def check_output_dir(flag: str, path: Path) -> None:
-    """Refuse a run directory that is an existing file, lies under one, or cannot be written
-    (``check_output_dir("out", args.out)``)."""
+def check_output_dir(flag: str, path: Path, what: str = "run") -> None:
+    """Refuse an output directory (a run's, by default) that is an existing file, lies under one, or cannot be
+    written (``check_output_dir("out", args.out)``)."""
     option = "--" + flag.replace("_", "-")
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} {path} is a file; a run needs a directory (a new or existing one)")
+        raise ConfigError(f"{option} {path} is a file; a {what} needs a directory (a new or existing one)")
     blocker = _blocked_by_a_file(path)
     if blocker is not None:
         raise ConfigError(f"{option} {path}: {blocker} is a file, so no directory can be made under it")
-    _check_writable(option, path, "the run")
+    _check_writable(option, path, f"the {what}")
 
 
 def non_text_tokens(tokenizer: object) -> tuple[int, ...]:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import math
     import shlex
 
-    from qkv.cli.common import qkv_command
+    from qkv.cli.common import check_output_dir, on_interrupt, qkv_command
     from qkv.data.prepare import PrepareSettings, prepare
     from qkv.errors import ConfigError
 
@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         shard_tokens=args.shard_tokens,
         sample_bytes=int(args.sample_mb * (1 << 20)),
     )
-    corpus = prepare(args.text, args.out, settings, progress=not args.no_progress)
+    check_output_dir("out", args.out, what="data directory")
+    with on_interrupt(f"preparing {args.text}"):
+        corpus = prepare(args.text, args.out, settings, progress=not args.no_progress)
     m = corpus.manifest
     for split in ("train", "val"):
         shards = m["splits"][split]

@@ -163,10 +163,9 @@ def prepare(
         kept = len(manifest["splits"]["train"]) + len(manifest["splits"]["val"]) if manifest else 0
         if created and not kept:
             shutil.rmtree(out, ignore_errors=True)
-            raise KeyboardInterrupt(f"while preparing {source}; nothing was kept") from None
+            raise KeyboardInterrupt("nothing was kept") from None
         raise KeyboardInterrupt(
-            f"while preparing {source}; {kept} finished shard{'s' * (kept != 1)} kept in {out}: run the same command "
-            "again to resume after them"
+            f"{kept} finished shard{'s' * (kept != 1)} kept in {out}: run the same command again to resume after them"
         ) from None
     return PreparedCorpus(out, verify=False)  # (its checksums were computed as it was written)
 

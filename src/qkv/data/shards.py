@@ -258,7 +258,7 @@ class PreparedCorpus:
         return sum(len(t) for t in self.tokens[split])
 
 
-def file_sha256(path: Path, block: int = 8 << 20) -> str:
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(block):
