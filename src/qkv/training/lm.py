@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from qkv.data.prepare import PrepareSettings, prepare
 from qkv.data.shards import MANIFEST, PreparedCorpus, read_manifest
+from qkv.data.sources import list_sources
 from qkv.data.text import CORPUS_PATH, LMData, PackedLMData, ShardDocuments
 from qkv.errors import ConfigError
 from qkv.models.families import CAUSAL_LM, get_family
@@ -66,6 +67,9 @@ def build_lm(
     return model, LMTask(data, kind=config.kind), corpus.tokenizer
 
 
+PROGRESS_BYTES = 32 << 20  # text this large shows a progress bar while a run prepares it
+
+
 def is_prepared(path: str | Path | None) -> bool:
     """Whether ``path`` is a prepared data directory (it has a manifest)."""
     return path is not None and str(path) != "" and (Path(path) / MANIFEST).is_file()
@@ -89,7 +93,10 @@ def prepare_run_data(config: RunConfig, data_dir: Path, tokenizer: Tokenizer | N
     if manifest is not None and manifest["complete"]:
         return
     given = tokenizer if manifest is None or manifest["settings"]["tokenizer"] == "given" else None
-    prepare(config.data.path or CORPUS_PATH, data_dir, prepare_settings(config), given, progress=progress)
+    source = config.data.path or CORPUS_PATH
+    # (a bar for a second's work is noise: the run's own bar follows at once)
+    large = sum(s.size for s in list_sources(source)) >= PROGRESS_BYTES
+    prepare(source, data_dir, prepare_settings(config), given, progress=progress and large)
 
 
 def open_lm_corpus(config: RunConfig, tokenizer: Tokenizer | None, data_dir: Path | None) -> PreparedCorpus:
