@@ -295,7 +295,7 @@ def test_the_cli_prepares_and_its_hint_trains_on_the_result(tmp_path, capsys, mo
         (["--tokenizer", "nope"], "unknown tokenizer 'nope'"),
         (["--val-fraction", "1"], r"validation fraction must be in \(0, 1\)"),
         (["--val-fraction", "nan"], r"validation fraction must be in \(0, 1\)"),
-        (["--shard-tokens", "0"], "must be positive"),
+        (["--shard-tokens", "0"], "--shard-tokens must be a positive number of tokens, got 0"),
         (["--sample-mb", "inf"], "--sample-mb must be a positive number"),
     ],
 )
@@ -306,16 +306,18 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, args, mes
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("what", ["missing", "empty", "empty-dir"])
+@pytest.mark.parametrize("what", ["missing", "empty", "empty-dir", "device"])
 def test_missing_or_empty_input_is_one_clear_line(tmp_path, capsys, what):
-    path = tmp_path / "in"
+    path = Path("/dev/null") if what == "device" else tmp_path / "in"
     if what == "empty":
         path.write_text("")
     elif what == "empty-dir":
         path.mkdir()
     assert main(["prepare", str(path), "--out", str(tmp_path / "d"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert {"missing": "does not exist", "empty": "is empty", "empty-dir": "no files in it"}[what] in err
+    expected = {"missing": "does not exist", "empty": "is empty", "empty-dir": "no files in it",
+                "device": "is neither a regular file nor a directory"}  # fmt: skip
+    assert expected[what] in err
 
 
 def test_ctrl_c_in_the_cli_says_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):

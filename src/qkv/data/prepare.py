@@ -66,8 +66,10 @@ class PrepareSettings:
             raise ConfigError(f"--errors must be strict or replace, got {self.errors!r}")
         if self.dtype not in ("auto", "uint16", "uint32"):
             raise ConfigError(f"--dtype must be auto, uint16 or uint32, got {self.dtype!r}")
-        if self.shard_tokens < 1 or self.sample_bytes < 1:
-            raise ConfigError("the shard size and the BPE sample must be positive")
+        if self.shard_tokens < 1:
+            raise ConfigError(f"--shard-tokens must be a positive number of tokens, got {self.shard_tokens}")
+        if self.sample_bytes < 1:
+            raise ConfigError(f"the BPE sample must be at least a byte, got {self.sample_bytes} bytes")
         bpe_vocabulary(self.tokenizer)  # (raises on a malformed bpe:VOCAB)
 
 

@@ -62,6 +62,8 @@ def list_sources(path: str | Path) -> list[SourceFile]:
         raise ConfigError(f"{path} does not exist; give a UTF-8 text file or a directory of them")
     if path.is_file():
         files, root = [path], path.parent
+    elif not path.is_dir():
+        raise ConfigError(f"{path} is neither a regular file nor a directory; give a UTF-8 text file or a directory")
     else:
         root = path
         hidden = [p for p in path.rglob("*") if any(part.startswith(".") for part in p.relative_to(path).parts)]
