@@ -1,4 +1,4 @@
-"""``qkv prepare``: tokenize a corpus once into memory-mapped shards that ``qkv train`` reads in constant memory."""
+"""``qkv prepare``: tokenize a corpus once into shards that ``qkv train`` reads in constant memory."""
 
 from __future__ import annotations
 
