@@ -17,7 +17,12 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         "and a manifest with counts and checksums. Train on the result with --set data.path=OUT. Interrupted, the "
         "same command resumes; run twice, it writes identical files.",
     )
-    p.add_argument("text", type=Path, help="a UTF-8 text file or a directory of them")
+    p.add_argument(
+        "text",
+        type=Path,
+        help="a UTF-8 text file, a directory of them, or a HuggingFace dataset (a save_to_disk directory or the name "
+        "of one in the local cache, read offline; needs pip install datasets)",
+    )
     p.add_argument("--out", type=Path, required=True, help="the data directory to write (new, or one to resume)")
     p.add_argument(
         "--tokenizer",
@@ -38,6 +43,8 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--sample-mb", type=float, default=32, help="megabytes of the input a BPE trains on, spread over it (32)"
     )
+    p.add_argument("--split", default="train", help="a dataset's split to prepare (train)")
+    p.add_argument("--text-column", default="text", help="a dataset's column of text (text); each row is a document")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
@@ -62,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     )
     check_output_dir("out", args.out, what="data directory")
     with on_interrupt(f"preparing {args.text}"):
-        corpus = prepare(args.text, args.out, settings, progress=not args.no_progress)
+        corpus = prepare(args.text, args.out, settings, progress=not args.no_progress, split=args.split,
+                         text_column=args.text_column)  # fmt: skip
     m = corpus.manifest
     for split in ("train", "val"):
         shards = m["splits"][split]

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qkv.data.encoding import PieceEncoder
+from qkv.data.hub import EXPORT, export_dataset, exported_fingerprint, is_dataset
 from qkv.data.shards import FORMAT, TOKENIZER, PreparedCorpus, ShardWriter, read_manifest, write_manifest
 from qkv.data.sources import (
     PIECE_BYTES,
@@ -136,24 +137,39 @@ def prepare(
     tokenizer: Tokenizer | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    split: str = "train",
+    text_column: str = "text",
 ) -> PreparedCorpus:
-    """Prepare the text of ``source`` (a file or a directory of files) into ``out``; returns it opened.
+    """Prepare the text of ``source`` into ``out``; returns it opened. ``source``: a UTF-8 file, a directory of
+    them, or a HuggingFace ``datasets`` dataset (a ``save_to_disk`` directory or a cached name, read offline; its
+    ``split`` and ``text_column``: :mod:`qkv.data.hub`).
 
     An ``out`` that already holds this input prepared with these settings is opened as it is; one left by an
     interrupted run is finished; one with other input or settings is refused (so nothing prepared is overwritten).
     ``tokenizer`` replaces the one ``settings`` would build (e.g. a run's own, when it resumes)."""
     settings = settings or PrepareSettings()
     settings.validate()
-    sources = list_sources(source)
     out = Path(out)
-    inputs = {"path": str(Path(source).resolve()), "files": [s.fingerprint() for s in sources]}
     recorded = {**asdict(settings), "tokenizer": "given" if tokenizer is not None else settings.tokenizer}
-    manifest = _existing(out, recorded, inputs)
-    if manifest is not None and manifest["complete"]:
-        return PreparedCorpus(out)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    manifest = None
     try:
+        if is_dataset(source):
+            before = _existing(out, None, None)  # (a file, or another directory's content, is refused before export)
+            if before is not None and before["inputs"].get("dataset") != str(source):
+                raise ConfigError(f"{out} holds data prepared from other input; choose another --out or remove it")
+            export_dataset(str(source), out / EXPORT, split, text_column)
+            sources = list_sources(out / EXPORT)
+            inputs = {"dataset": str(source), "split": split, "column": text_column,
+                      "fingerprint": exported_fingerprint(out / EXPORT),
+                      "files": [s.fingerprint() for s in sources]}  # fmt: skip
+        else:
+            sources = list_sources(source)
+            inputs = {"path": str(Path(source).resolve()), "files": [s.fingerprint() for s in sources]}
+        manifest = _existing(out, recorded, inputs)
+        if manifest is not None and manifest["complete"]:
+            return PreparedCorpus(out)
+        out.mkdir(parents=True, exist_ok=True)
         if manifest is None:
             manifest = _start(out, sources, settings, recorded, inputs, tokenizer, progress)
         _write_shards(out, manifest, sources, settings, progress, say)
@@ -172,19 +188,20 @@ def prepare(
     return PreparedCorpus(out, verify=False)  # (its checksums were computed as it was written)
 
 
-def _existing(out: Path, recorded: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest already in ``out`` if it is for this input and these settings; refuses any other content."""
+def _existing(out: Path, recorded: dict[str, Any] | None, inputs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest already in ``out`` if it is for this input and these settings (None: any); refuses any other
+    content (an exported dataset, ``out/source``, is this command's own)."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise ConfigError(f"{out} is a file; --out must be a directory (new, or one this command prepared)")
     manifest = read_manifest(out)
     if manifest is None:
-        if any(out.iterdir()):
+        if any(p.name != EXPORT for p in out.iterdir()):
             raise ConfigError(f"{out} is not empty and holds no qkv data manifest; choose a new --out directory")
         return None
     for what, mine, theirs in (("settings", recorded, manifest["settings"]), ("input", inputs, manifest["inputs"])):
-        if mine != theirs:
+        if mine is not None and mine != theirs:
             keys = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
             raise ConfigError(
                 f"{out} holds data prepared with other {what} ({', '.join(keys)} differ); choose another --out or "
