@@ -66,7 +66,8 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 def test_a_cached_dataset_is_read_offline_each_row_a_document_and_exported_once(tmp_path, fake_datasets):
     corpus = prepare("someone/corpus", tmp_path / "a", progress=False)
-    assert fake_datasets == [("load_dataset", "someone/corpus", "train", "1")]  # offline before datasets loads
+    assert fake_datasets == [("load_dataset", "someone/corpus", "train", "1")]  # offline while it loads ...
+    assert "HF_DATASETS_OFFLINE" not in os.environ  # ... and the environment as it was afterwards
     assert _text(corpus) == "".join(row + "\n\n" for row in ROWS if row.strip())  # empty rows skipped
     documents = sum(e["documents"] for split in ("train", "val") for e in corpus.manifest["splits"][split])
     assert documents == 4 * 40  # three rows, one of them two paragraphs

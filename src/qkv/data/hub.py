@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,26 +34,26 @@ def is_dataset(source: str | Path) -> bool:
 
 
 def _load(reference: str, split: str) -> Any:
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # (read before datasets is imported: the cache, never the hub)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(
-            f"{reference} does not exist; give a UTF-8 text file, a directory of them, or a HuggingFace dataset "
-            "(pip install datasets)"
-        ) from None
-    _offline(datasets)
-    try:
-        if Path(reference).is_dir():
-            dataset = datasets.load_from_disk(reference)
-        else:
-            dataset = datasets.load_dataset(reference, split=split)
-    except Exception as exc:  # (datasets raises many types: not found offline, a bad directory, ...)
-        raise ConfigError(
-            f"{reference} is neither a file nor a dataset qkv can read offline ({type(exc).__name__}: {exc}); give a "
-            "text file, a directory, a dataset saved with save_to_disk, or the name of one in the local cache"
-        ) from None
+    with _offline():
+        try:
+            import datasets
+        except ImportError:
+            raise ConfigError(
+                f"{reference} does not exist; give a UTF-8 text file, a directory of them, or a HuggingFace dataset "
+                "(pip install datasets)"
+            ) from None
+        with _switched(datasets.config, HF_DATASETS_OFFLINE=True, HF_HUB_OFFLINE=True):
+            try:
+                if Path(reference).is_dir():
+                    dataset = datasets.load_from_disk(reference)
+                else:
+                    dataset = datasets.load_dataset(reference, split=split)
+            except Exception as exc:  # (datasets raises many types: not found offline, a bad directory, ...)
+                raise ConfigError(
+                    f"{reference} is neither a file nor a dataset qkv can read offline ({type(exc).__name__}: {exc}); "
+                    "give a text file, a directory, a dataset saved with save_to_disk, or the name of one in the "
+                    "local cache"
+                ) from None
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             raise ConfigError(f"the dataset {reference} has no split {split!r}; its splits: {', '.join(dataset)}")
@@ -60,17 +61,39 @@ def _load(reference: str, split: str) -> Any:
     return dataset
 
 
-def _offline(datasets: Any) -> None:
-    """No network, even when ``datasets`` was imported before the variables above were set: its own and the hub's
-    switches, which they read at import, set where they live."""
-    datasets.config.HF_DATASETS_OFFLINE = True
-    datasets.config.HF_HUB_OFFLINE = True
+@contextmanager
+def _offline() -> Iterator[None]:
+    """No network while a dataset loads: the environment variables (read when ``datasets`` is first imported) and
+    the hub's own switch (read when it was imported, perhaps before), all put back afterwards."""
+    saved = {name: os.environ.get(name) for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    os.environ.update(dict.fromkeys(saved, "1"))
     try:
-        import huggingface_hub.constants
+        try:
+            import huggingface_hub.constants as hub
+        except ImportError:  # pragma: no cover - (datasets depends on it)
+            yield
+            return
+        with _switched(hub, HF_HUB_OFFLINE=True):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
-    except ImportError:  # pragma: no cover - (datasets depends on it)
-        pass
+
+@contextmanager
+def _switched(namespace: Any, **values: Any) -> Iterator[None]:
+    """``namespace``'s attributes set to ``values`` inside the block, as they were after it."""
+    saved = {name: getattr(namespace, name, None) for name in values}
+    for name, value in values.items():
+        setattr(namespace, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(namespace, name, value)
 
 
 def _rows(dataset: Any, column: str) -> Iterator[str]:
