@@ -22,7 +22,7 @@ import numpy as np
 
 from qkv.data.sources import document_starts
 from qkv.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer_file
-from qkv.tokenizers.word_cache import WordCachedEncoder
+from qkv.tokenizers.word_cache import WordCachedEncoder, concatenate_ids
 
 __all__ = ["PieceEncoder", "encode_documents"]
 
@@ -44,9 +44,7 @@ def encode_documents(
         ids = [e.ids for e in tokenizer.tokenizer.encode_batch_fast(documents, add_special_tokens=False)]
     else:
         ids = [tokenizer.encode(d) for d in documents]
-    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())), offsets
+    return concatenate_ids(ids)
 
 
 def _word_cache(tokenizer: Tokenizer) -> WordCachedEncoder | None:
