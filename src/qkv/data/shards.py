@@ -121,13 +121,12 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        starts = np.concatenate(shard.starts) if shard.starts else np.zeros(0, np.int64)
-        starts.astype("<i8").tofile(self.directory / f"{shard.name}.docs")
+        starts = (np.concatenate(shard.starts) if shard.starts else np.zeros(0, np.int64)).astype("<i8").tobytes()
+        (self.directory / f"{shard.name}.docs").write_bytes(starts)
         os.replace(self._partial(), self.directory / f"{shard.name}.bin")
         self.manifest["splits"][split].append(
-            {"file": f"{shard.name}.bin", "tokens": shard.tokens, "documents": len(starts),
-             "sha256": shard.hash.hexdigest(),
-             "docs_sha256": hashlib.sha256((self.directory / f"{shard.name}.docs").read_bytes()).hexdigest()}
+            {"file": f"{shard.name}.bin", "tokens": shard.tokens, "documents": len(starts) // 8,
+             "sha256": shard.hash.hexdigest(), "docs_sha256": hashlib.sha256(starts).hexdigest()}
         )  # fmt: skip
         self.manifest["resume"] = position
         write_manifest(self.directory, self.manifest)

@@ -77,7 +77,7 @@ def _step_generator(seed: int, step: int, split: str) -> torch.Generator:
 class LMData:
     """Token ids of a training and a validation split, served as batches of ``context + 1``-token windows.
 
-    Each split is one or more 1-D arrays of ids (the shards of a prepared corpus, memory-mapped, or tensors); a
+    Each split is one or more 1-D arrays of ids (the shards of a prepared corpus, read from disk, or tensors); a
     batch's windows are drawn uniformly over every window that lies within one shard, so only the rows of a batch are
     ever read, whatever the corpus' size. With a single array this is the classic sampler: ``randint(len - context)``
     starts.
@@ -98,14 +98,6 @@ class LMData:
                     f"the {name} split has {sum(len(s) for s in shards)} tokens in no shard longer than the context "
                     f"+ 1 = {context + 1}; use more text or a shorter model.max_seq_len"
                 )
-
-    @classmethod
-    def from_ids(cls, ids: Tensor, context: int, val_fraction: float = 0.1) -> LMData:
-        """The first ``1 - val_fraction`` of ``ids`` train, the rest validate."""
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-        split = int(len(ids) * (1 - val_fraction))
-        return cls([ids[:split]], [ids[split:]], context)
 
     def batch(
         self, split: str, batch_size: int, seed: int, step: int, rows: slice | None = None
