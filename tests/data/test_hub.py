@@ -115,3 +115,10 @@ def test_with_the_real_datasets_library(tmp_path):
     datasets.Dataset.from_dict({"text": ROWS}).save_to_disk(str(tmp_path / "saved"))
     corpus = prepare(tmp_path / "saved", tmp_path / "d", progress=False)
     assert _text(corpus) == "".join(row + "\n\n" for row in ROWS if row.strip())
+
+
+def test_a_split_or_column_for_a_text_file_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_text("some text\n\nmore text\n" * 50)
+    with pytest.raises(ConfigError, match="choose within a dataset"):
+        prepare(tmp_path / "t.txt", tmp_path / "d", progress=False, split="test")
+    assert not (tmp_path / "d").exists()

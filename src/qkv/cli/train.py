@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         if get_family(config.kind).protocol == CAUSAL_LM:  # text is tokenized once, into the run: OUT/data
             data_dir = out / "data"
             if dist_ctx.is_main:
-                prepare_run_data(config, data_dir, tokenizer, progress=not args.no_progress)
+                with on_interrupt(f"preparing {config.data.path or 'the bundled corpus'}"):
+                    prepare_run_data(config, data_dir, tokenizer, progress=not args.no_progress)
             dist_ctx.barrier()  # (the other processes open what rank 0 prepared)
         model, task, tokenizer = build_run(config, tokenizer, data_dir=data_dir)
         trainer = Trainer(

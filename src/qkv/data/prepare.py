@@ -164,6 +164,8 @@ def prepare(
                       "fingerprint": exported_fingerprint(out / EXPORT),
                       "files": [s.fingerprint() for s in sources]}  # fmt: skip
         else:
+            if (split, text_column) != ("train", "text"):
+                raise ConfigError(f"a split and a text column choose within a dataset; {source} is a file or directory")
             sources = list_sources(source)
             inputs = {"path": str(Path(source).resolve()), "files": [s.fingerprint() for s in sources]}
         manifest = _existing(out, recorded, inputs)
