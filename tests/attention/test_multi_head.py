@@ -181,3 +181,56 @@ def test_frozen_linear_is_a_linear_that_honours_hooks_on_its_fast_path():
         assert torch.equal(layer(x), torch.zeros(1, 1, 5)) and seen == [(1, 1, 5)]
         handle.remove()
         torch.testing.assert_close(layer(x), plain(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+def test_modules_called_directly_still_run_every_hook_and_compile(family):
+    """DirectCall modules (norms, feed-forwards, attention, blocks, the no-op dropout) skip nn.Module.__call__ only
+    while nothing would run around them: a forward hook and a pre-hook on each, a process-wide module hook and
+    ``Module.compile()`` all still run, and the outputs are those of the plain call route."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from qkv.attention.hooks import DirectCall
+    from qkv.attention.multi_head import attention_modules
+
+    torch.manual_seed(0)
+    extra = {"norm": "rms", "feed_forward": "swiglu", "positions": "rotary"} if family == "llama" else {}
+    model = qkv.models.GPT(
+        qkv.models.GPTConfig(vocab_size=32, max_seq_len=16, num_layers=2, num_heads=2, embed_dim=32, **extra)
+    ).eval()
+    ids = torch.randint(0, 32, (1, 6))
+    direct = [m for m in model.modules() if isinstance(m, DirectCall)]
+    kinds = {type(m).__name__ for m in direct}
+    assert {"PreNormBlock", "MultiHeadAttention", "FrozenLinear", "NoDropout"} <= kinds
+    assert ({"RMSNorm", "SwiGLU"} if family == "llama" else {"LayerNorm", "FeedForward"}) <= kinds
+    with torch.no_grad():
+        expected = model(ids).logits
+        # every one runs, except self-attention's Q/K/V layers (one product with their weights stacked)
+        stacked = {id(p) for m in attention_modules(model) for p in (m.q_proj, m.k_proj, m.v_proj)}
+        running = {id(m) for m in direct} - stacked
+        pre: set[int] = set()
+        post: set[int] = set()
+        handles = [m.register_forward_pre_hook(lambda m, a: pre.add(id(m))) for m in direct]
+        handles += [m.register_forward_hook(lambda m, a, o: post.add(id(m))) for m in direct]
+        hooked = model(ids).logits
+        for handle in handles:
+            handle.remove()
+        assert pre == post == running
+        seen: set[int] = set()
+        handle = register_module_forward_hook(lambda m, a, o: seen.add(id(m)))
+        try:
+            model(ids)
+        finally:
+            handle.remove()
+        assert running <= seen
+        compiled: list[int] = []
+
+        def backend(graph, example_inputs):
+            compiled.append(len(example_inputs))
+            return graph.forward
+
+        model.blocks[0].compile(backend=backend)
+        via_compile = model(ids).logits
+    assert compiled, "Module.compile() was bypassed"
+    torch.testing.assert_close(hooked, expected, rtol=0, atol=0)
+    torch.testing.assert_close(via_compile, expected, **FP32_TIGHT)

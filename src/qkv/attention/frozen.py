@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention.hooks import unhooked
+from qkv.attention.hooks import DirectCall
 from qkv.attention.int8 import Int8Linear, int8_linear
 
 T = TypeVar("T")
@@ -100,15 +100,10 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     return out if layer.bias is None else out + layer.bias
 
 
-class FrozenLinear(nn.Linear):
+class FrozenLinear(DirectCall, nn.Linear):
     """``nn.Linear`` (same parameters, same checkpoints) whose forward is :func:`frozen_linear`: inside
     :func:`frozen_weights`, a few rows at a time (decoding) multiply a cached ``(in, out)`` copy of the weight. Model
     code calls it as any layer, ``self.lm_head(x)``, and never sees the cache."""
-
-    def __call__(self, x: Tensor) -> Tensor:
-        # nobody hooked in (the rule): straight to the product, as the decoding step's layers are called a few
-        # hundred times a token
-        return frozen_linear(x, self) if unhooked(self) else super().__call__(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return frozen_linear(x, self)

@@ -28,6 +28,7 @@ from qkv.errors import ConfigError
 
 __all__ = [
     "ActivationCache",
+    "DirectCall",
     "HookPoint",
     "HookPointOwner",
     "NameFilter",
@@ -61,6 +62,19 @@ def unhooked(module: nn.Module) -> bool:
     )
 
 
+class DirectCall(nn.Module):
+    """A module whose calls go straight to ``forward`` when nothing would run around it: no hook of any kind
+    (:func:`unhooked`) and no ``Module.compile()``. ``nn.Module.__call__``'s machinery costs a few microseconds a call;
+    a decoding step calls each layer's norms, attention and feed-forward once per token, so for small models that
+    machinery was a measurable share of the step. With a hook attached the call takes the usual route, so hooks,
+    ``register_module_forward_hook`` and FSDP's per-module hooks all still run."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled_call_impl is None and unhooked(self):
+            return self.forward(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
 class HookPoint(nn.Module):
     """The identity, with a name (its module path) where hooks attach.
 
@@ -90,7 +104,7 @@ class HookPoint(nn.Module):
         return value
 
 
-class HookPointOwner(nn.Module):
+class HookPointOwner(DirectCall):
     """A module with hook points as attributes (``self.hook_q``), read at the speed of a plain attribute.
 
     ``nn.Module`` keeps submodules in ``_modules`` and finds them through ``__getattr__``, a fallback that costs

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from qkv.attention.hooks import HookPoint, HookPointOwner, block_hook_points
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.errors import ConfigError, MaskError, ShapeError, describe_shape
-from qkv.models.blocks import Activation, FeedForward, dropout_layer, start_residual
+from qkv.models.blocks import Activation, FeedForward, LayerNorm, dropout_layer, start_residual
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 
@@ -46,7 +46,7 @@ class BertEmbeddings(nn.Module):
         self.word = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=c.pad_token_id)
         self.position = nn.Embedding(c.max_seq_len, c.embed_dim)
         self.token_type = nn.Embedding(c.type_vocab_size, c.embed_dim)
-        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.norm = LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.dropout = dropout_layer(c.dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
@@ -61,9 +61,9 @@ class PostNormBlock(HookPointOwner):
     def __init__(self, c: BertConfig) -> None:
         super().__init__()
         self.attn = MultiHeadAttention(c.embed_dim, c.num_heads, dropout=c.dropout, backend=c.backend)
-        self.norm1 = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.norm1 = LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.ffn = FeedForward(c.embed_dim, c.ffn_dim, c.activation, c.dropout)
-        self.norm2 = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.norm2 = LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.dropout = dropout_layer(c.dropout)
         # hook points, as TransformerLens's BERT: resid_mid and resid_post before their norms
         self.hook_resid_pre, self.hook_attn_out, self.hook_resid_mid, self.hook_mlp_out, self.hook_resid_post = (

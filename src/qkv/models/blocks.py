@@ -12,14 +12,25 @@ from torch import Tensor, nn
 
 from qkv.attention.block_masks import BlockMask
 from qkv.attention.frozen import FrozenLinear, linear_pair
-from qkv.attention.hooks import HookPointOwner, block_hook_points
+from qkv.attention.hooks import DirectCall, HookPointOwner, block_hook_points
 from qkv.attention.kv_cache import KVCache
 from qkv.attention.mods import MaskMod, ScoreMod
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import RotaryEmbedding
 from qkv.errors import ConfigError, ShapeError
 
-__all__ = ["ACTIVATIONS", "FEED_FORWARDS", "NORMS", "FeedForward", "PreNormBlock", "RMSNorm", "SwiGLU", "dropout_layer"]
+__all__ = [
+    "ACTIVATIONS",
+    "FEED_FORWARDS",
+    "NORMS",
+    "FeedForward",
+    "LayerNorm",
+    "NoDropout",
+    "PreNormBlock",
+    "RMSNorm",
+    "SwiGLU",
+    "dropout_layer",
+]
 
 Activation = Literal["gelu", "gelu_tanh", "relu"]
 ACTIVATIONS = {
@@ -29,12 +40,20 @@ ACTIVATIONS = {
 }
 
 
+class NoDropout(DirectCall, nn.Identity):
+    """The identity where a model has no dropout: its calls cost what a function call costs (:class:`DirectCall`)."""
+
+
 def dropout_layer(p: float) -> nn.Module:
     """``nn.Dropout(p)``, or a no-op module when ``p == 0`` (saves a call per layer and token when decoding)."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
+    return nn.Dropout(p) if p > 0 else NoDropout()
 
 
-class FeedForward(nn.Module):
+class LayerNorm(DirectCall, nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters, same checkpoints), called directly when unhooked (:class:`DirectCall`)."""
+
+
+class FeedForward(DirectCall):
     """``(batch, seq, dim) -> (batch, seq, dim)``: Linear, activation, Linear, dropout."""
 
     def __init__(
@@ -52,7 +71,7 @@ class FeedForward(nn.Module):
         return self.dropout(self.down(self.activation(self.up(x))))
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(DirectCall):
     """``(batch, seq, dim) -> (batch, seq, dim)``: ``down(silu(gate(x)) * up(x))`` (Shazeer 2020; Llama's MLP)."""
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False) -> None:
@@ -67,7 +86,7 @@ class SwiGLU(nn.Module):
         return self.dropout(self.down(F.silu(gate) * up))
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(DirectCall):
     """``x / sqrt(mean(x²) + eps) · weight`` over the last dim (Zhang & Sennrich 2019), computed in fp32 or wider
     and returned in the input's dtype before the scale (as the Llama family defines it)."""
 
@@ -89,7 +108,7 @@ FEED_FORWARDS: tuple[str, ...] = typing.get_args(FeedForwardKind)
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
     """``"layer"``: LayerNorm (with a bias when ``bias``); ``"rms"``: :class:`RMSNorm`."""
-    return nn.LayerNorm(dim, eps=eps, bias=bias) if kind == "layer" else RMSNorm(dim, eps)
+    return LayerNorm(dim, eps=eps, bias=bias) if kind == "layer" else RMSNorm(dim, eps)
 
 
 class PreNormBlock(HookPointOwner):

@@ -23,7 +23,7 @@ from qkv.attention.kv_cache import KVCache
 from qkv.attention.multi_head import MultiHeadAttention
 from qkv.attention.positional import SinusoidalPositions
 from qkv.errors import ConfigError, ShapeError
-from qkv.models.blocks import Activation, FeedForward, dropout_layer
+from qkv.models.blocks import Activation, FeedForward, LayerNorm, dropout_layer
 from qkv.models.config import ModelConfig
 from qkv.models.output import ModelOutput
 from qkv.models.seq2seq_io import check_ids, source_keep
@@ -78,7 +78,7 @@ class Residual(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
         self.pre = c.norm_placement == "pre"
-        self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
+        self.norm = LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.dropout = dropout_layer(c.dropout)
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
@@ -200,8 +200,8 @@ class Transformer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         # pre-norm leaves the last residual stream unnormalised: the paper's post-norm ends in a norm already
-        self.encoder_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm_placement == "pre" else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm_placement == "pre" else nn.Identity()
+        self.encoder_norm = LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm_placement == "pre" else nn.Identity()
+        self.decoder_norm = LayerNorm(c.embed_dim, eps=c.norm_eps) if c.norm_placement == "pre" else nn.Identity()
         self.output = nn.Linear(c.embed_dim, c.tgt_vocab_size, bias=False)
         for p in self.parameters():
             if p.dim() > 1:
