@@ -79,9 +79,14 @@ def int8_linear(x: Tensor, qweight: Tensor, scale: Tensor, bias: Tensor | None =
     if x.device.type == "cpu" and rows <= KERNEL_MAX_ROWS:
         # copy=True: a fresh, aligned buffer (the kernel's loads are aligned), even when x is already bf16
         flat = x.reshape(rows, width).to(torch.bfloat16, copy=True)
-        out = torch._weight_int8pack_mm(flat, qweight, scale).to(x.dtype).reshape(*x.shape[:-1], -1)
-    else:
-        out = F.linear(x, qweight.to(x.dtype) * scale.to(x.dtype)[:, None])
+        out = torch._weight_int8pack_mm(flat, qweight, scale)
+        # the bias, in x's dtype, added as the bf16 output is widened: one pass where converting, then adding, took
+        # two (type promotion makes the sum x's dtype; the numbers are the same)
+        out = out.to(x.dtype) if bias is None else torch.add(bias.to(x.dtype), out)
+        return out.reshape(*x.shape[:-1], -1)
+    # x (q · s)ᵀ = (x qᵀ) · s: the per-channel scale applied to the product's columns, so the call widens the int8
+    # weight once and never builds the scaled copy (a whole extra weight's worth of memory and time)
+    out = F.linear(x, qweight.to(x.dtype)) * scale.to(x.dtype)
     return out if bias is None else out + bias.to(x.dtype)
 
 
