@@ -4,6 +4,8 @@
 
 * small vocabulary: greedy, batch 1, 32 + 256 tokens, a GPT-2-format model of 6 layers / 384 dim with a 1,000-token
   vocabulary (per-step overhead, not weight streaming, dominates), against transformers' generate; identical tokens.
+* step overhead: the same at 12 layers and 64 dim (a 256-token vocabulary), where the products are negligible: a
+  decoding step's per-layer overhead (Python, dispatch, small ops) against HF's.
 * batched: 8 prompts of 5 to 60 tokens (GPT-2's 50,257 vocabulary), 64 new tokens each, in one left-padded batch:
   qkv against HF generate on the same batch (attention mask and positions from the padding), and against qkv
   generating them one by one (the same tokens, tested in tests/decoding/test_batched.py).
@@ -36,7 +38,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
     """The ``(in, out)`` matrices one decoding step of ``model`` multiplies by, in the layout qkv decodes with (Q/K/V
-    stacked): what any implementation must stream from memory for every token."""
+    stacked; widening layers stored ``(in, out)``, narrowing ones as a transposed view of their ``(out, in)``
+    weight, which ``x @ w`` multiplies as ``F.linear`` does): what any implementation must stream from memory for
+    every token."""
     weights, stacked = [], set()
     for module in model.modules():
         if isinstance(module, qkv.MultiHeadAttention):
@@ -44,7 +48,7 @@ def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
             stacked |= {id(module.q_proj), id(module.k_proj), id(module.v_proj)}
         elif isinstance(module, torch.nn.Linear) and id(module) not in stacked:
             weights.append(module.weight.t())
-    return [w.detach().contiguous() for w in weights]
+    return [w.detach() if w.shape[0] > w.shape[1] else w.detach().contiguous() for w in weights]
 
 
 def matmul_floor_row(report: Report, label: str, ours, reference, rows: int, steps: int) -> None:
@@ -83,6 +87,17 @@ def small_vocabulary(report: Report) -> None:
     setting = "6 layers, 384 dim, batch 1, 32+256 tokens"
     ours, run_hf = generation_row(report, "Generation, 1k vocabulary", hf, setting, 1000)
     matmul_floor_row(report, "Bound: its matmuls alone vs HF", ours, run_hf, rows=1, steps=256)
+
+
+def step_overhead(report: Report) -> None:
+    """What a decoding step costs beyond its arithmetic: a GPT-2-format model of 12 layers only 64 wide (4 heads, a
+    256-token vocabulary), whose products are a few microseconds each, so the step is Python, dispatch and small
+    ops (norms, attention on one query, cache writes) — the per-step overhead, against HF's."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=12, n_embd=64, n_head=4, n_positions=1024, vocab_size=256)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    setting = "12 layers, 64 dim, batch 1, 32+256 tokens"
+    generation_row(report, "Decoding step overhead (products negligible)", hf, setting, 256, target="")
 
 
 def batched(report: Report, new_tokens: int = 64) -> None:
@@ -188,6 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     report = Report("Decoding (small vocabulary, batched prompts, speculative)", "python benchmarks/decoding.py")
     small_vocabulary(report)
+    step_overhead(report)
     batched(report)
     speculative(report, args.train_steps)
     report.notes.append(f"transformers {transformers.__version__}; medians of 3 alternating runs after a warm-up.")

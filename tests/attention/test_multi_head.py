@@ -151,7 +151,7 @@ def test_a_generation_of_ones_own_keeps_derived_weights_across_contexts():
     tensor); a plain context never does."""
     from qkv.attention.frozen import FrozenLinear, frozen_weights, new_generation
 
-    layer, x = FrozenLinear(8, 5), torch.randn(1, 8)
+    layer, x = FrozenLinear(5, 8), torch.randn(1, 5)  # (a widening layer: narrowing ones keep F.linear's layout)
 
     def derived_weight(generation=None):
         with torch.no_grad(), frozen_weights(generation):
@@ -164,21 +164,24 @@ def test_a_generation_of_ones_own_keeps_derived_weights_across_contexts():
     assert derived_weight(own) is first and derived_weight(new_generation()) is not first
 
 
-def test_frozen_linear_is_a_linear_that_honours_hooks_on_its_fast_path():
-    """FrozenLinear: nn.Linear's numbers in and out of frozen_weights() (where a cached (in, out) weight serves a few
-    rows), and a hook on it runs even there (its call skips nn.Module's machinery only when nothing is hooked)."""
+@pytest.mark.parametrize(("width_in", "width_out"), [(8, 5), (5, 8)])
+def test_frozen_linear_is_a_linear_that_honours_hooks_on_its_fast_path(width_in, width_out):
+    """FrozenLinear: nn.Linear's numbers in and out of frozen_weights() (where a widening layer's cached (in, out)
+    weight serves a few rows, and a narrowing one keeps F.linear's layout), and a hook on it runs even there (its
+    call skips nn.Module's machinery only when nothing is hooked)."""
     from qkv.attention.frozen import FrozenLinear, frozen_weights
 
     torch.manual_seed(0)
-    layer = FrozenLinear(8, 5)
-    plain = torch.nn.Linear(8, 5)
+    layer = FrozenLinear(width_in, width_out)
+    plain = torch.nn.Linear(width_in, width_out)
     plain.load_state_dict(layer.state_dict())
-    x = torch.randn(1, 1, 8)
+    x = torch.randn(1, 1, width_in)
     seen = []
     with torch.no_grad(), frozen_weights():
         torch.testing.assert_close(layer(x), plain(x), rtol=1e-6, atol=1e-6)
+        assert ("_qkv_derived_weight_t" in layer.__dict__) == (width_out >= width_in)
         handle = layer.register_forward_hook(lambda _m, _a, out: seen.append(out.shape) or out * 0)
-        assert torch.equal(layer(x), torch.zeros(1, 1, 5)) and seen == [(1, 1, 5)]
+        assert torch.equal(layer(x), torch.zeros(1, 1, width_out)) and seen == [(1, 1, width_out)]
         handle.remove()
         torch.testing.assert_close(layer(x), plain(x), rtol=1e-6, atol=1e-6)
 
