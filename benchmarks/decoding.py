@@ -97,7 +97,76 @@ def step_overhead(report: Report) -> None:
     config = transformers.GPT2Config(n_layer=12, n_embd=64, n_head=4, n_positions=1024, vocab_size=256)
     hf = transformers.GPT2LMHeadModel(config).eval()
     setting = "12 layers, 64 dim, batch 1, 32+256 tokens"
-    generation_row(report, "Decoding step overhead (products negligible)", hf, setting, 256, target="")
+    ours, _ = generation_row(report, "Decoding step overhead (products negligible)", hf, setting, 256, target="")
+    bare_step_row(report, ours, new_tokens=256)
+
+
+def bare_step(model: torch.nn.Module, max_len: int):
+    """Greedy decoding of a GPT-2-layout qkv model (LayerNorm, learned positions, an MLP) written as bare ATen calls:
+    no modules, no checks, no hooks, no backends; a preallocated cache indexed in place. Not a library path — the
+    floor that eager PyTorch sets for the same arithmetic."""
+    heads, width = model.config.num_heads, model.config.embed_dim
+    head_dim, eps = width // heads, model.config.norm_eps
+    layers = []
+    for block in model.blocks:
+        attn, ffn = block.attn, block.ffn
+        stacked = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).t().contiguous()
+        bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+        layers.append((block.norm1.weight, block.norm1.bias, stacked, bias, attn.out_proj.weight.t().contiguous(),
+                       attn.out_proj.bias, block.norm2.weight, block.norm2.bias, ffn.up.weight.t().contiguous(),
+                       ffn.up.bias, ffn.down.weight, ffn.down.bias, ffn.activation))  # fmt: skip
+    tokens, positions = model.token_embedding.weight, model.position_embedding.embedding.weight
+    head, final = model.lm_head.weight.t().contiguous(), model.final_norm
+    keys = torch.zeros(len(layers), heads, max_len, head_dim)
+    values = torch.zeros_like(keys)
+
+    def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+        n = ids.shape[0]
+        x = tokens[ids] + positions[start : start + n]
+        for i, (w1, b1, wqkv, bqkv, wo, bo, w2, b2, wup, bup, wdown, bdown, act) in enumerate(layers):
+            h = torch.layer_norm(x, (width,), w1, b1, eps)
+            qkv_ = torch.addmm(bqkv, h, wqkv).view(n, 3, heads, head_dim).transpose(0, 2)  # (heads, 3, n, dim)
+            keys[i, :, start : start + n] = qkv_[:, 1]
+            values[i, :, start : start + n] = qkv_[:, 2]
+            o = torch.nn.functional.scaled_dot_product_attention(
+                qkv_[:, 0], keys[i, :, : start + n], values[i, :, : start + n], is_causal=n > 1
+            )
+            x = torch.addmm(bo, o.transpose(0, 1).reshape(n, width), wo) + x
+            h = act(torch.addmm(bup, torch.layer_norm(x, (width,), w2, b2, eps), wup))
+            x = torch.nn.functional.linear(h, wdown, bdown) + x
+        return torch.layer_norm(x[-1:], (width,), final.weight, final.bias, eps) @ head
+
+    def generate(prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        out = [prompt]
+        with torch.inference_mode():
+            logits, start = forward(prompt, 0), prompt.shape[0]
+            for step in range(new_tokens):
+                out.append(logits.argmax(-1))
+                if step + 1 < new_tokens:
+                    logits, start = forward(out[-1], start), start + 1
+        return torch.cat(out)
+
+    return generate
+
+
+def bare_step_row(report: Report, ours: torch.nn.Module, new_tokens: int) -> None:
+    """qkv.generate against the same greedy decoding as bare ATen calls (:func:`bare_step`): identical tokens, and
+    the ratio says how far qkv's step is from eager PyTorch's floor."""
+    prompt = torch.randint(0, ours.config.vocab_size, (32,), generator=torch.Generator().manual_seed(0))
+    bare = bare_step(ours, 32 + new_tokens)
+    results = {}
+
+    def run_ours():
+        results["ours"] = qkv.generate(ours, prompt[None], max_new_tokens=new_tokens)[0]
+
+    def run_bare():
+        results["bare"] = bare(prompt, new_tokens)
+
+    t_ours, t_bare = time_pair(run_ours, run_bare, 3)
+    assert torch.equal(results["ours"], results["bare"]), "the bare ATen step decoded other tokens than qkv"
+    setting = "the same model and tokens; no modules, checks or hooks (benchmarks/decoding.py: bare_step)"
+    report.rows.append(Row("Bound: the step as bare ATen calls", setting, "time", t_ours, t_bare,
+                           "bare ATen calls", ""))  # fmt: skip
 
 
 def batched(report: Report, new_tokens: int = 64) -> None:
