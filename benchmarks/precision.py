@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
@@ -135,7 +136,10 @@ def train_lm(config: str, out: Path, steps: int) -> tuple[torch.nn.Module, torch
     run_config = load_run_config(root / "configs" / f"{config}.toml", overrides)
     model, task, tokenizer = build_lm(run_config)
     Trainer(model, task, run_config.train, out, tokenizer, run_config.to_dict(), progress=False).fit()
-    return model.eval(), task.data.val  # type: ignore[attr-defined]
+    data = task.data  # type: ignore[attr-defined]
+    # the validation split's ids end to end (one array in memory, or the shards of a prepared corpus)
+    val = np.concatenate([np.asarray(shard[0 : len(shard)]) for shard in data.shards["val"]]).astype(np.int64)
+    return model.eval(), torch.from_numpy(val)
 
 
 def perplexity(model: torch.nn.Module, ids: torch.Tensor, context: int) -> float:
