@@ -165,11 +165,15 @@ def run(args: argparse.Namespace) -> int:
 
                     means = score_translation(model, sources, out).mean.tolist()
                     scores = {i: f"\t{mean:.4g}" for i, mean in zip(chunk, means)}
-            for i in range(first, min(first + CHUNK, len(texts))):  # one line per text, in order: a skipped text
-                if i in problems:  # leaves its line empty
+            lines = []  # one line per text, in order: a skipped text leaves its line empty
+            for i in range(first, min(first + CHUNK, len(texts))):
+                if i in problems:
                     print(f"qkv translate: error: {problems[i]} (skipped: its output line is empty)", file=sys.stderr)
-                print((tokenizer.decode_target(results[i]) + scores.get(i, "")) if i in results else "", flush=True)
-                printed += 1
+                lines.append((tokenizer.decode_target(results[i]) + scores.get(i, "")) if i in results else "")
+            # the chunk in one write, counted as it lands: a Ctrl-C is then never between a line and its count
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            sys.stdout.flush()
+            printed += len(lines)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"while translating; {printed} of {len(texts)} lines were translated and printed above"
