@@ -97,7 +97,7 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     one long contiguous dot product (one row, 2 threads, AVX2; weights cycled so that they stream from memory).
     """
     rows = x.numel() // max(x.shape[-1], 1)
-    # many rows: a GEMM, either layout is fine
+    # outside frozen_weights; many rows (a GEMM: either layout is fine); or a narrowing layer: F.linear's own layout
     if not reusing() or rows > 16 or layer.in_features > layer.out_features:
         return F.linear(x, layer.weight, layer.bias)
     weight_t = derived(layer, "weight_t", lambda: layer.weight.detach().t().contiguous())
@@ -107,8 +107,8 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
 
 class FrozenLinear(DirectCall, nn.Linear):
     """``nn.Linear`` (same parameters, same checkpoints) whose forward is :func:`frozen_linear`: inside
-    :func:`frozen_weights`, a few rows at a time (decoding) multiply a cached ``(in, out)`` copy of the weight. Model
-    code calls it as any layer, ``self.lm_head(x)``, and never sees the cache."""
+    :func:`frozen_weights`, a few rows at a time (decoding) multiply a cached ``(in, out)`` copy of the weight when
+    the layer widens its input. Model code calls it as any layer, ``self.lm_head(x)``, and never sees the cache."""
 
     def forward(self, x: Tensor) -> Tensor:
         return frozen_linear(x, self)
