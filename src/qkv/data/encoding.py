@@ -22,7 +22,7 @@ import numpy as np
 
 from qkv.data.sources import document_starts
 from qkv.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer_file
-from qkv.tokenizers.word_cache import WordCachedEncoder, concatenate_ids
+from qkv.tokenizers.word_cache import WordCachedEncoder, concatenate_ids, huggingface_ids
 
 __all__ = ["PieceEncoder", "encode_documents"]
 
@@ -41,7 +41,7 @@ def encode_documents(
     if words is not None:
         return words.encode(documents)
     if isinstance(tokenizer, BPETokenizer):
-        ids = [e.ids for e in tokenizer.tokenizer.encode_batch_fast(documents, add_special_tokens=False)]
+        ids = huggingface_ids(tokenizer.tokenizer, documents)
     else:
         ids = [tokenizer.encode(d) for d in documents]
     return concatenate_ids(ids)

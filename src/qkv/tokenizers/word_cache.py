@@ -16,11 +16,16 @@ import re
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
-__all__ = ["ASCII_WORDS", "WordCachedEncoder", "concatenate_ids"]
+__all__ = ["ASCII_WORDS", "WordCachedEncoder", "concatenate_ids", "huggingface_ids"]
 
 # GPT-2's pre-tokenization pattern, for ASCII text
 ASCII_WORDS = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII)
 MAX_WORDS = 1 << 20  # the cache starts again past this many distinct words (a bound on its memory)
+
+
+def huggingface_ids(tokenizer: HFTokenizer, texts: list[str]) -> list[list[int]]:
+    """HuggingFace's ids of each of ``texts``, without special tokens (in parallel, in the Rust library)."""
+    return [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def concatenate_ids(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,21 +72,17 @@ class WordCachedEncoder:
             new = list(set(words))
         if not new:
             return
-        flat, starts = concatenate_ids(self._huggingface(new))
+        flat, starts = concatenate_ids(huggingface_ids(self.tokenizer, new))
         self.index.update(zip(new, range(len(self.index), len(self.index) + len(new))))
         self.first = np.concatenate([self.first, len(self.ids) + starts])
         self.length = np.concatenate([self.length, np.diff(starts, append=len(flat))])
         self.ids = np.concatenate([self.ids, flat])
 
-    def _huggingface(self, texts: list[str]) -> list[list[int]]:
-        """HuggingFace's ids of each of ``texts`` (in parallel, in the Rust library)."""
-        return [e.ids for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-
     def encode(self, documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The ids of ``documents`` (each encoded on its own, as ``encode_batch`` would), back to back, and where
         each document's ids start."""
         if not all(d.isascii() for d in documents):
-            return concatenate_ids(self._huggingface(documents))
+            return concatenate_ids(huggingface_ids(self.tokenizer, documents))
         per_document = [ASCII_WORDS.findall(d) for d in documents]
         words = list(itertools.chain.from_iterable(per_document))
         self._learn(words)
