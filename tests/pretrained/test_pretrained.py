@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import qkv
-from qkv.errors import CheckpointError
+from qkv.errors import CheckpointError, ConfigError
 from qkv.models import BertEncoder
 from tests.conftest import FP32, FP32_TIGHT, FP64
 
@@ -77,6 +77,54 @@ def test_embed_matches_sentence_transformers(minilm, dtype, min_cosine, request)
     assert ours.shape == (4, 384) and ours.dtype == torch.float32
     torch.testing.assert_close(ours.norm(dim=-1), torch.ones(4), **FP32_TIGHT)
     assert (ours * reference).sum(-1).min() >= min_cosine
+
+
+def test_int8_embeddings_are_calibrated_and_closer_to_fp32_than_round_to_nearest(minilm):
+    """``qkv.embed(dtype="int8")`` rounds by GPTQ on the end of the bundled plays; measured on lines from their
+    beginning: the issue's bound (cosine >= 0.999 to fp32, which rounding to nearest misses over 1,000 lines), and
+    the hidden states of every real token closer to fp32's than those of a model rounded to nearest."""
+    from qkv.data import load_corpus
+    from qkv.pretrained.calibration import bundled_calibration
+
+    lines = [line.strip() for line in load_corpus().splitlines() if len(line.strip()) > 20][:300]
+    assert not set(lines) & set(bundled_calibration())
+    cosine = (qkv.embed(lines, dtype="int8") * qkv.embed(lines, dtype="fp32")).sum(-1)
+    assert cosine.min() >= 0.999
+    tok = minilm[3]
+    ids, mask = tok.batch(lines[:64])
+    models = {
+        "fp32": minilm[1],
+        "nearest": qkv.load_pretrained("minilm", dtype="int8"),
+        "gptq": qkv.load_pretrained("minilm", dtype="int8", calibration=bundled_calibration()),
+    }
+    with torch.no_grad():
+        hidden = {name: m(ids, mask).last_hidden_state[mask.bool()] for name, m in models.items()}
+    assert (hidden["gptq"] - hidden["fp32"]).norm() < 0.8 * (hidden["nearest"] - hidden["fp32"]).norm()
+
+
+def test_calibration_feeds_each_text_unpadded_and_names_bad_input(minilm):
+    from qkv.pretrained.calibration import calibration_feed
+
+    tok, seen = minilm[3], []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids: torch.Tensor) -> None:
+            seen.append(ids)
+
+    calibration_feed(tok, TEXTS + TEXTS[:1])(Recorder())
+    ids, mask = tok.batch(TEXTS + TEXTS[:1])
+    # every text's whole token sequence, nothing padded; texts of one length share a call
+    assert sorted(len(row) for batch in seen for row in batch) == sorted(mask.sum(1).tolist())
+    assert all((batch != tok.pad_id).all() for batch in seen) and len(seen) == len(set(mask.sum(1).tolist()))
+    for bad in ([], "a string", ["fine", "  "]):
+        with pytest.raises(ConfigError, match="calibration takes a non-empty list"):
+            qkv.load_pretrained("minilm", dtype="int8", calibration=bad)
+    with pytest.raises(ConfigError, match="calibration rounds int8 weights"):
+        qkv.load_pretrained("minilm", dtype="fp32", calibration=TEXTS)
 
 
 def test_embed_default_precision_is_bf16_only_on_native_bf16_hardware():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention.hooks import DirectCall
+from qkv.attention.hooks import DirectCall, unhooked
 from qkv.attention.int8 import Int8Linear, int8_linear
 
 T = TypeVar("T")
@@ -130,8 +130,11 @@ def stacked_linear(x: Tensor, owner: nn.Module, name: str, layers: tuple[nn.Modu
     The stack is derived from the weights (:func:`derived`, kept on ``owner`` under ``name`` inside
     :func:`frozen_weights`): float weights stacked and transposed ``(in, sum out)`` for fast vector-matrix products;
     :class:`~qkv.attention.int8.Int8Linear` layers' int8 rows and per-channel scales concatenated, which is exactly
-    each layer's own quantization. Layers of mixed kinds are applied one by one.
+    each layer's own quantization. Layers of mixed kinds are applied one by one, and so are layers with a hook
+    attached (a hook on ``q_proj`` sees ``q_proj``'s own call, e.g. calibration recording its inputs).
     """
+    if not all(unhooked(layer) for layer in layers):
+        return torch.cat([layer(x) for layer in layers], dim=-1)
     if all(isinstance(layer, Int8Linear) for layer in layers):
         qweight, scale, bias = derived(owner, name, lambda: _stack_int8(layers))
         return int8_linear(x, qweight, scale, bias)

@@ -14,9 +14,13 @@ weight is dequantized for the call and multiplied by the ordinary GEMM, which is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from qkv.attention.gptq import gptq_int8, int8_scale
 
 __all__ = ["INT8_ALIGNMENT", "Int8Linear", "int8_linear", "quantize_int8", "quantizable"]
 
@@ -50,12 +54,16 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_linear(cls, layer: nn.Linear) -> Int8Linear:
-        """``layer``'s weight quantized per output channel (symmetric, absmax / 127); its bias kept as it is."""
+    def from_linear(cls, layer: nn.Linear, hessian: Tensor | None = None) -> Int8Linear:
+        """``layer``'s weight quantized per output channel (symmetric, absmax / 127); its bias kept as it is.
+
+        Each weight is rounded to its nearest step, or, given ``hessian (in, in)`` = ``Σ xᵀx`` of the layer's
+        calibration inputs, by GPTQ (:func:`qkv.attention.gptq.gptq_int8`: the same format, smaller output error)."""
+        if hessian is not None:
+            qweight, scale = gptq_int8(layer.weight, hessian)
+            return cls(qweight, scale, layer.bias)
         weight = layer.weight.detach().float()
-        # an all-zero row keeps scale 1 (any scale gives q = 0; dividing by 0 would give NaN)
-        scale = weight.abs().amax(dim=1).div(127.0).clamp_min(torch.finfo(torch.float32).tiny)
-        scale = scale.to(torch.bfloat16).float()  # round first, so q is computed against the scale actually used
+        scale = int8_scale(weight)
         qweight = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
         return cls(qweight, scale, layer.bias)
 
@@ -95,13 +103,20 @@ def quantizable(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Linear) and layer.in_features % INT8_ALIGNMENT == 0
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: nn.Module, hessians: Mapping[str, Tensor] | None = None, *, prefix: str = "") -> nn.Module:
     """``model`` with every quantizable ``nn.Linear`` (input width a multiple of 32) replaced in place by an
     :class:`Int8Linear`; others (and embeddings, norms, convolutions, recurrent cells) keep their precision. A weight
-    shared by several layers (tied embeddings and output layer) is quantized once per layer that multiplies by it."""
+    shared by several layers (tied embeddings and output layer) is quantized once per layer that multiplies by it.
+
+    ``hessians`` (from :class:`qkv.attention.gptq.InputHessians`, keyed by qualified module name) makes the layers
+    it names rounded by GPTQ; the others round to nearest. ``prefix``: ``model``'s own name inside the model the
+    hessians were recorded on."""
+    hessians = hessians or {}
     for name, child in list(model.named_children()):
+        full_name = f"{prefix}{name}"
         if isinstance(child, nn.Linear) and quantizable(child):
-            setattr(model, name, Int8Linear.from_linear(child).to(child.weight.device))
+            int8 = Int8Linear.from_linear(child, hessians.get(full_name))
+            setattr(model, name, int8.to(child.weight.device))
         else:
-            quantize_int8(child)
+            quantize_int8(child, hessians, prefix=f"{full_name}.")
     return model

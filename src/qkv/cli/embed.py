@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from qkv.cli.common import check_output_files, warn
     from qkv.data.text import read_text_file
     from qkv.pretrained import embed, load_tokenizer
+    from qkv.pretrained.calibration import CALIBRATION_LINES
 
     texts = list(args.texts)
     if args.file is not None:
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if any(not text.strip() for text in texts):
         raise ConfigError("a text is empty: give something to embed, e.g. qkv embed 'a sentence'")
     check_output_files({"out": (".npy", ".jsonl")}, out=args.out)
+    if args.dtype == "int8":
+        print(f"int8: rounding the weights by GPTQ on {CALIBRATION_LINES} bundled lines first (a few seconds)",
+              file=sys.stderr)  # fmt: skip
     vectors = embed(texts, model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model)  # (loaded and checked by embed: a bad --model is named there)
     cut = tokenizer.cut(texts)

@@ -5,11 +5,13 @@ runs a verb reads) goes through :func:`for_inference`, so ``dtype`` means the sa
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from qkv.attention.int8 import INT8_ALIGNMENT, Int8Linear, quantize_int8
+from qkv.attention.gptq import InputHessians
+from qkv.attention.int8 import INT8_ALIGNMENT, Int8Linear, quantizable, quantize_int8
 from qkv.devices import INFERENCE_DTYPES, model_device, place
 from qkv.errors import ConfigError
 
@@ -17,7 +19,11 @@ __all__ = ["INFERENCE_DTYPES", "for_inference"]
 
 
 def for_inference(
-    model: nn.Module, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    model: nn.Module,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    calibrate: Callable[[nn.Module], object] | None = None,
 ) -> nn.Module:
     """``model`` on ``device`` in ``dtype``, in eval mode.
 
@@ -25,10 +31,17 @@ def for_inference(
     where the device multiplies it natively); ``"int8"``: every linear layer whose input width is a multiple of 32
     holds int8 weights with per-channel scales, everything else (embeddings, norms, activations) stays fp32 — a
     CPU-only format (the kernel is a CPU one). None leaves the model's own precision.
+
+    ``calibrate`` (int8 only): a function that runs the fp32 model on representative inputs (unpadded: e.g.
+    :func:`qkv.pretrained.calibration.calibration_feed`). The inputs each linear layer sees are recorded and its
+    weights rounded by GPTQ (:mod:`qkv.attention.gptq`) instead of to nearest: same format and speed, outputs
+    closer to fp32.
     """
     if dtype != "int8":
+        if calibrate is not None:
+            raise ConfigError(f"calibration rounds int8 weights; dtype {dtype!r} has none to round (use dtype int8)")
         return place(model, device, dtype).eval()
-    model = place(model, device, "fp32")
+    model = place(model, device, "fp32").eval()
     where = model_device(model)
     if where.type != "cpu":
         raise ConfigError(
@@ -36,7 +49,13 @@ def for_inference(
             "multiplies natively"
         )
     linear = sum(isinstance(m, nn.Linear) for m in model.modules())
-    quantize_int8(model)
+    hessians = None
+    if calibrate is not None:
+        with torch.no_grad(), InputHessians(model, quantizable) as recorded:
+            calibrate(model)
+        hessians = recorded.hessians
+        _check_calibrated(model, hessians)
+    quantize_int8(model, hessians)
     if linear and not any(isinstance(m, Int8Linear) for m in model.modules()):
         warnings.warn(
             f"dtype int8: none of the model's {linear} linear layers has an input width that is a multiple of "
@@ -44,3 +63,17 @@ def for_inference(
             stacklevel=2,
         )
     return model.eval()
+
+
+def _check_calibrated(model: nn.Module, hessians: dict[str, torch.Tensor]) -> None:
+    """An error when calibration reached none of the layers to quantize, a warning naming those it missed."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and quantizable(m)]
+    missed = [name for name in names if name not in hessians]
+    if names and len(missed) == len(names):
+        raise ConfigError("calibration ran no input through the model's linear layers; nothing to calibrate on")
+    if missed:
+        warnings.warn(
+            f"calibration reached {len(names) - len(missed)} of {len(names)} int8 layers; the others round to "
+            f"nearest: {', '.join(missed[:3])}{', ...' if len(missed) > 3 else ''}",
+            stacklevel=3,
+        )

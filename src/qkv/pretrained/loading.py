@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from qkv.errors import CheckpointError, ConfigError
 from qkv.models.families import family_for_hf, family_of, hf_format, hf_model_types
 from qkv.models.inference import for_inference
+from qkv.pretrained.calibration import calibration_feed
 from qkv.pretrained.tokenizer import PretrainedTokenizer
 from qkv.pretrained.weights import read_config, read_state_dict, resolve_pretrained
 
@@ -18,7 +20,11 @@ __all__ = ["load_pretrained", "load_tokenizer", "save_pretrained"]
 
 
 def load_pretrained(
-    path_or_name: str | Path, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+    path_or_name: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    calibration: Sequence[str] | None = None,
 ) -> nn.Module:
     """A qkv model from a HuggingFace-format directory (BERT, GPT-2, Llama, Mistral, Qwen2: any ``model_type`` a
     registered family reads) or a bundled name (``"minilm"``).
@@ -27,6 +33,10 @@ def load_pretrained(
     weight through an explicit key table; never downloads, never executes code from the directory. The model is put
     on ``device`` (``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``; default: the CPU) in ``dtype`` (``"fp32" |
     "bf16" | "fp16" | "int8" | "auto"``, :func:`qkv.models.inference.for_inference`; default: fp32).
+
+    ``calibration`` (int8 only): texts the fp32 model reads once (each alone, with the directory's tokenizer) so its
+    int8 weights are rounded by GPTQ rather than to nearest — closer to fp32, same speed. A few hundred lines like
+    the ones the model will see suffice (:data:`~qkv.pretrained.calibration.CALIBRATION_LINES`).
     """
     directory = resolve_pretrained(path_or_name)
     config = read_config(directory)
@@ -36,7 +46,12 @@ def load_pretrained(
         raise CheckpointError(
             f"{directory / 'config.json'} describes model_type {model_type!r}; qkv loads {', '.join(hf_model_types())}"
         )
-    return for_inference(hf_format(family).reader(config, read_state_dict(directory), directory), device, dtype)
+    model = hf_format(family).reader(config, read_state_dict(directory), directory)
+    feed = None
+    if calibration is not None:
+        context = getattr(getattr(model, "config", None), "max_seq_len", None)
+        feed = calibration_feed(load_tokenizer(directory), calibration, context)
+    return for_inference(model, device, dtype, calibrate=feed)
 
 
 def load_tokenizer(path_or_name: str | Path) -> PretrainedTokenizer:
