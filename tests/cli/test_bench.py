@@ -59,5 +59,9 @@ def test_row_ratio_and_targets():
     assert faster.ratio == 12.0 and faster.met is True
     memory = Row("x", "N=1", "memory", ours=1.0, reference=30.0, reference_name="ref", target="<= 1/20", unit="MiB")
     assert memory.met is True
-    md = Report("t", "cmd", [slower, faster, memory]).markdown()
+    cosine = Row("x", "N=1", "cosine", ours=0.998084, reference=1.0, reference_name="ref", target=">= 0.999", unit="",
+                 digits=5)  # fmt: skip
+    assert cosine.met is False  # (a 3-digit table would print 0.998 as the ratio, and 0.99947 as 0.999)
+    md = Report("t", "cmd", [slower, faster, memory, cosine]).markdown()
     assert "| **no** |" in md and md.count("| yes |") == 2
+    assert "| 0.99808 | 1 (ref) | 0.99808 | >= 0.999 | **no** |" in md

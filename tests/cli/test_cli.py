@@ -340,6 +340,32 @@ def test_embed_warns_when_a_text_is_cut_and_refuses_an_empty_one(capsys):
     assert main(["embed", "  "]) == 2 and "a text is empty" in capsys.readouterr().err
 
 
+def test_embed_in_int8_calibrates_on_the_file_given_and_prints_what_the_api_gives(tmp_path, capsys):
+    """--dtype int8 --calibration FILE: the vectors qkv.embed gives with those texts as calibration; the CLI says
+    what it rounds on; a calibration without int8, a missing or an empty file are named."""
+    import json
+
+    import qkv
+
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("Attention weights sum to one.\n\nEach head has its own projections.\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["embed", "a query about heads", "--dtype", "int8", "--calibration", str(calibration)]) == 0
+    out, err = capsys.readouterr()
+    assert f"int8: rounding the weights by GPTQ on 2 lines of {calibration} first" in err
+    printed = torch.tensor(json.loads(out)["embedding"])
+    texts = ["Attention weights sum to one.", "Each head has its own projections."]
+    expected = qkv.embed(["a query about heads"], dtype="int8", calibration=texts)[0]
+    torch.testing.assert_close(printed, expected, rtol=0, atol=1e-7)  # (printed rounded to 7 decimals)
+    assert main(["embed", "x", "--calibration", str(calibration)]) == 2
+    assert "--calibration rounds int8 weights; add --dtype int8" in capsys.readouterr().err
+    assert main(["embed", "x", "--dtype", "int8", "--calibration", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    (tmp_path / "blank.txt").write_text("\n \n", encoding="utf-8")
+    assert main(["embed", "x", "--dtype", "int8", "--calibration", str(tmp_path / "blank.txt")]) == 2
+    assert "blank.txt is empty" in capsys.readouterr().err
+
+
 def test_help_names_every_trainable_family_and_every_pretrained_format(capsys):
     from qkv.models.families import families
 

@@ -125,6 +125,8 @@ def test_calibration_feeds_each_text_unpadded_and_names_bad_input(minilm):
             qkv.load_pretrained("minilm", dtype="int8", calibration=bad)
     with pytest.raises(ConfigError, match="calibration rounds int8 weights"):
         qkv.load_pretrained("minilm", dtype="fp32", calibration=TEXTS)
+    with pytest.raises(ConfigError, match="calibration rounds int8 weights"):
+        qkv.embed(TEXTS, dtype="fp32", calibration=TEXTS)
 
 
 def test_embed_default_precision_is_bf16_only_on_native_bf16_hardware():
@@ -276,7 +278,7 @@ def test_embed_reuses_its_derived_weights_and_gives_the_same_vectors(minilm):
     from qkv.pretrained.embed import _cached
 
     one = qkv.embed(TEXTS[0], dtype="fp32")
-    encoder = _cached("minilm", "cpu", "fp32")[0]
+    encoder = _cached("minilm", "cpu", "fp32", None)[0]
     head = encoder.layers[0].attn.out_proj.__dict__["_qkv_derived_weight_t"][1]
     again = qkv.embed(TEXTS[0], dtype="fp32")
     assert encoder.layers[0].attn.out_proj.__dict__["_qkv_derived_weight_t"][1] is head

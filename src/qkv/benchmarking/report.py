@@ -26,6 +26,7 @@ class Row:
     target: str  # e.g. "<= 1.05"
     unit: str = "ms"
     speedup: bool = False  # ratio = reference / ours (how many times faster) instead of ours / reference
+    digits: int = 3  # significant digits of unitless figures, decimals of the ratio (at least 3): 5 for cosines
 
     @property
     def ratio(self) -> float:
@@ -41,12 +42,12 @@ class Row:
         return self.ratio <= limit if op == "<=" else self.ratio >= limit
 
 
-def _fmt(value: float, unit: str) -> str:
+def _fmt(value: float, unit: str, digits: int = 3) -> str:
     if unit == "MiB":
         return f"{value / 2**20:,.1f} MiB"
     if unit == "ms":
         return f"{value * 1e3:,.1f} ms"
-    return f"{value:,.3g} {unit}"
+    return f"{value:,.{digits}g} {unit}".rstrip()
 
 
 @dataclass
@@ -77,8 +78,9 @@ class Report:
         for r in self.rows:
             met = {True: "yes", False: "**no**", None: ""}[r.met]
             lines.append(
-                f"| {r.experiment} | {r.setting} | {r.metric} | {_fmt(r.ours, r.unit)} | "
-                f"{_fmt(r.reference, r.unit)} ({r.reference_name}) | {r.ratio:.3f} | {r.target} | {met} |"
+                f"| {r.experiment} | {r.setting} | {r.metric} | {_fmt(r.ours, r.unit, r.digits)} | "
+                f"{_fmt(r.reference, r.unit, r.digits)} ({r.reference_name}) | {r.ratio:.{max(3, r.digits)}f} | "
+                f"{r.target} | {met} |"
             )
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]

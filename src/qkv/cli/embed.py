@@ -30,6 +30,12 @@ def add_parser(verbs: argparse._SubParsersAction, name: str) -> None:
         help="write to .npy (a matrix) or .jsonl (one {text, embedding} per line); default: print JSON lines",
     )
     add_device_option(p, dtype=True, dtype_default="auto")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="with --dtype int8: a UTF-8 text file of texts like the ones to embed, one per line, on which the int8 "
+        "weights are rounded (GPTQ; default: 256 lines of the bundled plays)",
+    )
     p.set_defaults(run=run)
 
 
@@ -47,10 +53,19 @@ def run(args: argparse.Namespace) -> int:
     if any(not text.strip() for text in texts):
         raise ConfigError("a text is empty: give something to embed, e.g. qkv embed 'a sentence'")
     check_output_files({"out": (".npy", ".jsonl")}, out=args.out)
+    calibration = None
+    if args.calibration is not None:
+        if args.dtype != "int8":
+            raise ConfigError(f"--calibration rounds int8 weights; add --dtype int8 (not {args.dtype})")
+        # (read_text_file names a missing, unreadable or blank file)
+        calibration = [line.strip() for line in read_text_file(args.calibration).splitlines() if line.strip()]
     if args.dtype == "int8":
-        print(f"int8: rounding the weights by GPTQ on {CALIBRATION_LINES} bundled lines first (a few seconds)",
-              file=sys.stderr)  # fmt: skip
-    vectors = embed(texts, model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+        source = (
+            f"{len(calibration)} lines of {args.calibration}" if calibration else f"{CALIBRATION_LINES} bundled lines"
+        )
+        print(f"int8: rounding the weights by GPTQ on {source} first (a few seconds)", file=sys.stderr)
+    vectors = embed(texts, model=args.model, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                    calibration=calibration)  # fmt: skip
     tokenizer = load_tokenizer(args.model)  # (loaded and checked by embed: a bad --model is named there)
     cut = tokenizer.cut(texts)
     if cut:  # as qkv attention does: say so rather than embed the beginning of a text silently

@@ -21,13 +21,12 @@ __all__ = ["embed"]
 
 
 @lru_cache(maxsize=4)
-def _cached(name: str, device: str, dtype: str) -> tuple[BertEncoder, PretrainedTokenizer, int]:
+def _cached(
+    name: str, device: str, dtype: str, calibration: tuple[str, ...] | None
+) -> tuple[BertEncoder, PretrainedTokenizer, int]:
     """The encoder, its tokenizer and the encoder's own frozen-weights generation: nobody outside holds this model,
     so its weights never change, and the weight layouts derived for one call (transposed for short inputs, Q/K/V
     stacked) serve every later call — a single sentence would otherwise spend most of its time re-deriving them."""
-    # int8 weights rounded by GPTQ on bundled lines (worst cosine to fp32 0.9996 instead of 0.998): embeddings are
-    # compared by cosine, and every layer's rounding error reaches them
-    calibration = bundled_calibration() if dtype == "int8" else None
     model = load_pretrained(name, device=device, dtype=dtype, calibration=calibration)
     if not isinstance(model, BertEncoder):
         raise ConfigError(f"embed needs an encoder (BERT-family) model; {name!r} is a {type(model).__name__}")
@@ -41,6 +40,7 @@ def embed(
     *,
     device: str = "cpu",
     dtype: str = "auto",
+    calibration: Sequence[str] | None = None,
 ) -> Tensor:
     """Embed ``texts`` -> ``(n, dim)`` fp32 on the CPU, each row of unit length.
 
@@ -49,8 +49,16 @@ def embed(
     "fp16" | "int8"``). ``auto`` is bf16 where the device multiplies bf16 natively (a CPU with AVX512-BF16 or AMX:
     about 2x the sentences per second, cosine >= 0.999 to fp32) and fp32 elsewhere (where bf16 is emulated and
     slower, and refused); ``int8`` holds the linear layers' weights in int8 (CPU only), rounded by GPTQ on
-    bundled calibration lines (:func:`~qkv.pretrained.calibration.bundled_calibration`; ~6 s once per process).
+    ``calibration`` — a few hundred texts like the ones to embed — or, by default, on lines of the bundled plays
+    (:func:`~qkv.pretrained.calibration.bundled_calibration`). Calibrating takes ~7 s on 2 cores, once per process
+    and calibration set.
     """
+    if calibration is not None and dtype != "int8":
+        raise ConfigError(f"calibration rounds int8 weights; dtype {dtype!r} has none to round (use dtype int8)")
+    if dtype == "int8" and calibration is None:
+        # GPTQ rather than nearest rounding: embeddings are compared by cosine, and every layer's rounding error
+        # reaches them (worst cosine to fp32 over 1,000 other lines of the plays 0.9995, against 0.998)
+        calibration = bundled_calibration()
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
@@ -60,7 +68,8 @@ def embed(
         raise ConfigError("embed takes a list of strings")
     resolved = resolve_device(device, what="device")
     # loaded outside inference mode: its weights stay ordinary tensors
-    encoder, tokenizer, generation = _cached(model, str(resolved), inference_dtype(dtype, resolved))
+    calibrated = None if calibration is None else tuple(calibration)
+    encoder, tokenizer, generation = _cached(model, str(resolved), inference_dtype(dtype, resolved), calibrated)
     if not texts:
         return torch.zeros(0, encoder.config.embed_dim)
     with torch.inference_mode(), frozen_weights(generation):
