@@ -134,6 +134,30 @@ def test_a_calibrated_int8_model_is_closer_to_fp32_than_round_to_nearest():
     assert (calibrated - reference).norm() < 0.8 * (nearest - reference).norm()  # (0.63-0.65 over 3 seeds)
 
 
+def test_calibration_beyond_its_memory_runs_in_groups_of_layers(monkeypatch):
+    """With room for one layer's recorded inputs at a time, every layer gets its own calibration pass (recorded
+    through the layers already in int8) and the model still ends closer to fp32 than rounding to nearest."""
+    import qkv.models.inference as inference
+
+    monkeypatch.setattr(inference, "CALIBRATION_MEMORY", 1)
+    torch.manual_seed(3)
+    calibration = torch.randint(0, 64, (8, 24))
+    held_out = torch.randint(0, 64, (8, 24))
+    passes = []
+
+    def feed(m: nn.Module) -> None:
+        passes.append(sum(isinstance(layer, Int8Linear) for layer in m.modules()))
+        m(calibration)
+
+    with torch.no_grad():
+        reference = _gpt()(held_out).logits
+        nearest = for_inference(_gpt(), "cpu", "int8")(held_out).logits
+        calibrated = for_inference(_gpt(), "cpu", "int8", calibrate=feed)(held_out).logits
+    layers = sum(isinstance(m, nn.Linear) and quantizable(m) for m in _gpt().modules())
+    assert passes == list(range(layers))  # one pass per layer, each after the ones before it were quantized
+    assert (calibrated - reference).norm() < (nearest - reference).norm()
+
+
 def test_calibration_errors_are_named():
     with pytest.raises(ConfigError, match="calibration rounds int8 weights"):
         for_inference(_gpt(), "cpu", "fp32", calibrate=lambda m: None)

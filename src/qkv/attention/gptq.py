@@ -13,7 +13,7 @@ and GPTQ is exactly round-to-nearest.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import TracebackType
 
 import torch
@@ -85,17 +85,17 @@ def gptq_int8(weight: Tensor, hessian: Tensor, damping: float = GPTQ_DAMPING) ->
 
 
 class InputHessians:
-    """``with InputHessians(model, layers) as h: <run calibration inputs>`` -> ``h.hessians[name]`` = ``Σ xᵀx``
-    ``(in, in)`` (float64) over every row ``x`` that reached the linear layer ``name`` (its qualified module name)
-    while the block ran.
+    """``with InputHessians(model, names) as h: <run calibration inputs>`` -> ``h.hessians[name]`` = ``Σ xᵀx``
+    ``(in, in)`` (float64: ``8 · in²`` bytes each) over every row ``x`` that reached the linear layer ``name`` (its
+    qualified module name) while the block ran.
 
-    ``layers`` picks which ``nn.Linear`` modules to watch (default: all). Rows are every position of every input, so
+    ``names`` picks which ``nn.Linear`` modules to watch (default: all). Rows are every position of every input, so
     calibrate on unpadded inputs (a padded position's activations would count as a real input).
     """
 
-    def __init__(self, model: nn.Module, layers: Callable[[nn.Linear], bool] | None = None) -> None:
+    def __init__(self, model: nn.Module, names: Collection[str] | None = None) -> None:
         self.model = model
-        self.layers = layers or (lambda _layer: True)
+        self.names = names
         self.hessians: dict[str, Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -112,7 +112,7 @@ class InputHessians:
 
     def __enter__(self) -> InputHessians:
         for name, module in self.model.named_modules():
-            if isinstance(module, nn.Linear) and self.layers(module):
+            if isinstance(module, nn.Linear) and (self.names is None or name in self.names):
                 self._handles.append(module.register_forward_pre_hook(self._hook(name)))
         return self
 

@@ -14,7 +14,7 @@ weight is dequantized for the call and multiplied by the ordinary GEMM, which is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -103,20 +103,27 @@ def quantizable(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Linear) and layer.in_features % INT8_ALIGNMENT == 0
 
 
-def quantize_int8(model: nn.Module, hessians: Mapping[str, Tensor] | None = None, *, prefix: str = "") -> nn.Module:
+def quantize_int8(
+    model: nn.Module,
+    hessians: Mapping[str, Tensor] | None = None,
+    *,
+    names: Collection[str] | None = None,
+    prefix: str = "",
+) -> nn.Module:
     """``model`` with every quantizable ``nn.Linear`` (input width a multiple of 32) replaced in place by an
     :class:`Int8Linear`; others (and embeddings, norms, convolutions, recurrent cells) keep their precision. A weight
     shared by several layers (tied embeddings and output layer) is quantized once per layer that multiplies by it.
 
     ``hessians`` (from :class:`qkv.attention.gptq.InputHessians`, keyed by qualified module name) makes the layers
-    it names rounded by GPTQ; the others round to nearest. ``prefix``: ``model``'s own name inside the model the
-    hessians were recorded on."""
+    it names rounded by GPTQ; the others round to nearest. ``names``: quantize only these layers (qualified names;
+    default: all). ``prefix``: ``model``'s own name inside the model the names refer to."""
     hessians = hessians or {}
     for name, child in list(model.named_children()):
         full_name = f"{prefix}{name}"
         if isinstance(child, nn.Linear) and quantizable(child):
-            int8 = Int8Linear.from_linear(child, hessians.get(full_name))
-            setattr(model, name, int8.to(child.weight.device))
+            if names is None or full_name in names:
+                int8 = Int8Linear.from_linear(child, hessians.get(full_name))
+                setattr(model, name, int8.to(child.weight.device))
         else:
-            quantize_int8(child, hessians, prefix=f"{full_name}.")
+            quantize_int8(child, hessians, names=names, prefix=f"{full_name}.")
     return model

@@ -15,7 +15,11 @@ from qkv.attention.int8 import INT8_ALIGNMENT, Int8Linear, quantizable, quantize
 from qkv.devices import INFERENCE_DTYPES, model_device, place
 from qkv.errors import ConfigError
 
-__all__ = ["INFERENCE_DTYPES", "for_inference"]
+__all__ = ["CALIBRATION_MEMORY", "INFERENCE_DTYPES", "for_inference"]
+
+# the most memory calibration's recorded inputs may hold at once: 8 · in² bytes per layer (GPT-2 small's 72 layers:
+# 1.2 GB, one pass; a 7B Llama's layer alone takes 1.8 GB, so it is calibrated one layer per pass)
+CALIBRATION_MEMORY = 2 * 2**30
 
 
 def for_inference(
@@ -49,13 +53,10 @@ def for_inference(
             "multiplies natively"
         )
     linear = sum(isinstance(m, nn.Linear) for m in model.modules())
-    hessians = None
-    if calibrate is not None:
-        with torch.no_grad(), InputHessians(model, quantizable) as recorded:
-            calibrate(model)
-        hessians = recorded.hessians
-        _check_calibrated(model, hessians)
-    quantize_int8(model, hessians)
+    if calibrate is None:
+        quantize_int8(model)
+    else:
+        _quantize_calibrated(model, calibrate)
     if linear and not any(isinstance(m, Int8Linear) for m in model.modules()):
         warnings.warn(
             f"dtype int8: none of the model's {linear} linear layers has an input width that is a multiple of "
@@ -65,15 +66,36 @@ def for_inference(
     return model.eval()
 
 
-def _check_calibrated(model: nn.Module, hessians: dict[str, torch.Tensor]) -> None:
-    """An error when calibration reached none of the layers to quantize, a warning naming those it missed."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and quantizable(m)]
-    missed = [name for name in names if name not in hessians]
-    if names and len(missed) == len(names):
-        raise ConfigError("calibration ran no input through the model's linear layers; nothing to calibrate on")
+def _quantize_calibrated(model: nn.Module, calibrate: Callable[[nn.Module], object]) -> None:
+    """GPTQ for every quantizable layer, in groups of consecutive layers whose recorded inputs fit in
+    :data:`CALIBRATION_MEMORY`: one calibration pass per group (a small model: one pass). A later group is
+    recorded through the int8 layers of the earlier ones, so it rounds against the inputs the int8 model gives it."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and quantizable(m)]
+    groups: list[list[str]] = []
+    size = 0
+    for name, layer in layers:
+        need = 8 * layer.in_features**2  # a float64 (in, in) matrix
+        if not groups or size + need > CALIBRATION_MEMORY:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += need
+    missed: list[str] = []
+    for group in groups:
+        with torch.no_grad(), InputHessians(model, set(group)) as recorded:
+            calibrate(model)
+        if not recorded.hessians and group is groups[0]:
+            raise ConfigError("calibration ran no input through the model's linear layers; nothing to calibrate on")
+        missed += [name for name in group if name not in recorded.hessians]
+        quantize_int8(model, recorded.hessians, names=set(group))
+    _warn_missed(len(layers), missed)
+
+
+def _warn_missed(count: int, missed: list[str]) -> None:
+    """A warning naming the layers calibration never reached (they round to nearest)."""
     if missed:
         warnings.warn(
-            f"calibration reached {len(names) - len(missed)} of {len(names)} int8 layers; the others round to "
-            f"nearest: {', '.join(missed[:3])}{', ...' if len(missed) > 3 else ''}",
-            stacklevel=3,
+            f"calibration reached {count - len(missed)} of {count} int8 layers; the others round to nearest: "
+            f"{', '.join(missed[:3])}{', ...' if len(missed) > 3 else ''}",
+            stacklevel=4,
         )
