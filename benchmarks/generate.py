@@ -8,6 +8,7 @@ step is so small that fixed per-step costs dominate) and a GPT-2-small-like one.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -41,7 +42,12 @@ def measure(layers: int, dim: int, heads: int, vocab: int, new_tokens: int, repe
     return cached, uncached
 
 
-def main(new_tokens: int = 500, repeats: int = 3) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=500, help="tokens generated per run (500)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed runs (3)")
+    args = parser.parse_args()
+    new_tokens, repeats = args.new_tokens, args.repeats
     report = Report("KV-cache generation speed-up", "python benchmarks/generate.py")
     for name, shape in SHAPES.items():
         cached, uncached = measure(*shape, new_tokens, repeats)

@@ -4,8 +4,9 @@ prints as hints. A command a user copies from the docs must work.
 The default suite runs each command as written with caps *appended* so it stays quick: trainings get a few steps
 (``--set train.steps=2 ...``, later ``--set`` values win), ``qkv quickstart`` ``--steps 2``, ``qkv bench`` the
 smallest sizes, ``qkv sample`` two images, and the benchmark scripts are compiled only (running them is the
-bench). The ``slow`` job runs every command exactly as written (``bash scripts/test.sh --slow``). Neither runs the
-test command itself (that is ``.ci/run``, checked to be the same text).
+bench). The ``slow`` job runs every command exactly as written (``bash scripts/test.sh --slow``), and every
+benchmark script with small arguments, so none rots unnoticed. Neither runs the test command itself (that is
+``.ci/run``, checked to be the same text).
 """
 
 from __future__ import annotations
@@ -68,8 +69,13 @@ def capped(command: str) -> str | None:
 def sandbox(tmp_path_factory) -> Path:
     """A directory that looks like the repository (configs, scripts, docs, the README, the environment) where the
     commands can write runs/ and their outputs without touching the checkout."""
-    work = tmp_path_factory.mktemp("readme")
-    for name in ("configs", "scripts", "docs", "README.md", ".venv", "src", "pyproject.toml", "LICENSE"):
+    return repository_copy(tmp_path_factory.mktemp("readme"))
+
+
+def repository_copy(work: Path, linked: tuple[str, ...] = ("docs",)) -> Path:
+    """``work`` made to look like the repository: ``linked`` and the read-only parts linked to the checkout, the
+    benchmarks and examples copied (they write next to themselves)."""
+    for name in ("configs", "scripts", *linked, "README.md", ".venv", "src", "pyproject.toml", "LICENSE"):
         (work / name).symlink_to(ROOT / name)
     if is_mnist_directory(MNIST):  # where the MNIST configs look by default
         (work / "data").mkdir()
@@ -77,6 +83,8 @@ def sandbox(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "benchmarks", work / "benchmarks", ignore=shutil.ignore_patterns("results"))
     # a copy: a notebook's kernel runs in its directory, and ../runs must be the sandbox's, not the checkout's
     shutil.copytree(ROOT / "examples", work / "examples")
+    for name in {"docs"} - set(linked):  # (benchmarks draw figures into docs/)
+        shutil.copytree(ROOT / name, work / name)
     return work
 
 
@@ -153,6 +161,72 @@ def test_every_readme_command_works_exactly_as_written(sandbox):
             run_in(ROOT, SETUP.rstrip(" &"), timeout=900)
             command = command[len(SETUP) :]
         run_in(sandbox, command, timeout=1800)
+
+
+# each benchmark script's arguments for a small run: the slow job runs every README benchmark command with them
+# appended (later arguments win), so a script that a change broke fails there, not the next time someone benchmarks
+BENCHMARK_SMALL = {
+    "attention.py": "--quick",
+    "data.py": "--mb 2 --slice-mb 1",
+    "decoding.py": "--train-steps 20",
+    "generate.py": "--new-tokens 20 --repeats 1",
+    "heads.py": "",
+    "hooks.py": "--rounds 1 --repeats 1",
+    "images.py": "--steps 5 --samples 2",
+    "precision.py": "--new-tokens 4 --train-steps 10",
+    "pretrained.py": "",
+    "seq2seq.py": "--tasks dates --models none transformer --set train.steps=5 --set train.eval_interval=5",
+    "train.py": "--seeds 1 --steps 5 --speed-iters 2 --rounds 1",
+}
+# MNIST's mode: one model, seconds of training (the evaluation still reads all 10,000 test images)
+MNIST_SMALL = f"--mnist {MNIST.resolve()} --models made --minutes 0.05 --samples 1"
+
+
+def benchmark_commands() -> list[tuple[str, str]]:
+    """``(script, command)`` for each README benchmark command, as the slow job runs it (small arguments added)."""
+    out = []
+    for command in readme_commands():
+        code = command.split("  #", 1)[0].strip()
+        if code.startswith("python benchmarks/"):
+            script = code.split()[1].removeprefix("benchmarks/")
+            small = MNIST_SMALL if "--mnist" in code else BENCHMARK_SMALL[script]
+            out.append((script, f"{code} {small}".strip()))
+    return out
+
+
+def test_every_benchmark_script_has_a_small_form():
+    """A benchmark script the README names and the table above misses would never be run by the slow job."""
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py") if "def main(" in p.read_text(encoding="utf-8")}
+    named = {script for script, _ in benchmark_commands()}
+    assert named <= set(BENCHMARK_SMALL) and scripts - {"images_mnist.py"} == set(BENCHMARK_SMALL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "command"),
+    benchmark_commands(),
+    ids=[script + (" --mnist" if "--mnist" in command else "") for script, command in benchmark_commands()],
+)
+def test_every_benchmark_runs_end_to_end_in_a_small_form(tmp_path, script, command):
+    """Each README benchmark command with small arguments, in a copy of the repository whose docs/ is a copy too
+    (hooks.py checks out its baseline with git, so it runs in a clone), writing its table and figures there. Its
+    figures mean nothing at this size."""
+    if script == "train.py" and not (ROOT.parent / "nanoGPT" / "train.py").is_file():
+        pytest.skip("the nanoGPT comparison needs a checkout of karpathy/nanoGPT at ../nanoGPT")
+    where = tmp_path / "repository"
+    if script == "hooks.py":
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(where)], check=True)
+        shutil.copytree(ROOT / "benchmarks", where / "benchmarks", dirs_exist_ok=True)  # (the tree under test)
+    else:
+        where.mkdir()
+        repository_copy(where, linked=())
+        command = command.replace("../nanoGPT", str(ROOT.parent / "nanoGPT"))
+    proc = run_in(where, command, timeout=1500)
+    written = re.findall(r"written to (\S+\.md)", proc.stdout + proc.stderr)
+    assert written, f"`{command}` wrote no table:\n{proc.stdout[-1500:]}"
+    table = Path(written[-1]) if Path(written[-1]).is_absolute() else where / written[-1]
+    assert table.resolve().is_relative_to(where.resolve()), table  # never the checkout's published results
+    assert "| experiment |" in table.read_text(encoding="utf-8") or "| model |" in table.read_text(encoding="utf-8")
 
 
 def test_the_readmes_attention_examples_run_as_written():
