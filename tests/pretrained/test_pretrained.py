@@ -127,6 +127,8 @@ def test_calibration_feeds_each_text_unpadded_and_names_bad_input(minilm):
         qkv.load_pretrained("minilm", dtype="fp32", calibration=TEXTS)
     with pytest.raises(ConfigError, match="calibration rounds int8 weights"):
         qkv.embed(TEXTS, dtype="fp32", calibration=TEXTS)
+    with pytest.raises(ConfigError, match="not one string"):
+        qkv.embed(TEXTS, dtype="int8", calibration="a single string")
 
 
 def test_embed_default_precision_is_bf16_only_on_native_bf16_hardware():

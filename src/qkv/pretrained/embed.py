@@ -53,6 +53,8 @@ def embed(
     (:func:`~qkv.pretrained.calibration.bundled_calibration`). Calibrating takes ~7 s on 2 cores, once per process
     and calibration set.
     """
+    if isinstance(calibration, str):
+        raise ConfigError("calibration takes a list of texts, not one string")
     if calibration is not None and dtype != "int8":
         raise ConfigError(f"calibration rounds int8 weights; dtype {dtype!r} has none to round (use dtype int8)")
     if dtype == "int8" and calibration is None:
