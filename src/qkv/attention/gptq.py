@@ -23,7 +23,7 @@ __all__ = ["GPTQ_DAMPING", "InputHessians", "gptq_int8", "int8_scale"]
 
 # added to H's diagonal, as a share of its mean: keeps H invertible where inputs are collinear (or a channel is dead)
 # and limits how far one column's error is pushed onto the others. GPTQ's paper uses 0.01; on MiniLM (1,000 held-out
-# lines) 0.1 gave the closer embeddings (worst cosine 0.9996 against 0.9991), with a calibration of 256 lines
+# lines) 0.1 gave the closer embeddings (worst cosine to fp32 0.99947 against 0.99905), with 256 calibration lines
 GPTQ_DAMPING = 0.1
 # columns rounded together before their errors update the rest of the matrix in one product (the paper's "lazy batch")
 _BLOCK = 128
