@@ -59,7 +59,7 @@ def embed(
         raise ConfigError(f"calibration rounds int8 weights; dtype {dtype!r} has none to round (use dtype int8)")
     if dtype == "int8" and calibration is None:
         # GPTQ rather than nearest rounding: embeddings are compared by cosine, and every layer's rounding error
-        # reaches them (worst cosine to fp32 over 1,000 other lines of the plays 0.9995, against 0.998)
+        # reaches them (worst cosine to fp32 over 1,000 other lines of the plays 0.99947, against 0.99808)
         calibration = bundled_calibration()
     if isinstance(texts, str):
         texts = [texts]
