@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import transformers
 import qkv
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
+from qkv.benchmarking.scratch import scratch_directory
 from qkv.training import Trainer, load_run_config
 from qkv.training.lm import build_lm
 
@@ -174,7 +174,7 @@ def batched(report: Report, new_tokens: int = 64) -> None:
     config = transformers.GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=50257)
     hf = transformers.GPT2LMHeadModel(config).eval()
     hf.generation_config.eos_token_id = None
-    directory = tempfile.mkdtemp()
+    directory = scratch_directory("qkv-bench-decoding-")
     hf.save_pretrained(directory)
     ours = qkv.load_pretrained(directory)
     g = torch.Generator().manual_seed(1)
@@ -242,7 +242,7 @@ def train_char_gpt(out: Path, layers: int, dim: int, heads: int, steps: int) -> 
 
 
 def speculative(report: Report, steps: int, new_tokens: int = 256, k: int = 4) -> None:
-    work = Path(tempfile.mkdtemp())
+    work = scratch_directory("qkv-bench-decoding-")
     target = train_char_gpt(work / "target", 6, 384, 6, steps)
     draft = train_char_gpt(work / "draft", 2, 128, 4, steps)  # (same seed and data: the same character vocabulary)
     prompt = torch.tensor([[int(t) for t in range(1, 9)]])  # 8 characters of the vocabulary

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from images_mnist import run as run_mnist
 
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
+from qkv.benchmarking.scratch import scratch_directory
 from qkv.cli import main as qkv_main
 from qkv.data.mnist import is_mnist_directory
 from qkv.decoding.images import sample_images
@@ -70,7 +70,7 @@ def main() -> None:
             parser.error(f"--minutes must be positive, got {args.minutes:g}")
         run_mnist(args.mnist, models, args.minutes, args.samples)
         return
-    work = Path(tempfile.mkdtemp())
+    work = scratch_directory("qkv-bench-images-")
     results = {}
     for name in MODELS:
         metrics, seconds = train(name, work / name, args.steps)

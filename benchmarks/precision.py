@@ -25,7 +25,6 @@ import math
 import random
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import qkv
 from qkv.attention.int8 import Int8Linear, int8_linear
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
+from qkv.benchmarking.scratch import scratch_directory
 from qkv.data import load_corpus
 from qkv.devices import describe_hardware, native_cpu_bf16
 from qkv.models.inference import for_inference
@@ -71,7 +71,7 @@ def precisions() -> list[str]:
 
 def speed_rows(report: Report, label: str, hf: transformers.PreTrainedModel, vocab: int, new_tokens: int) -> None:
     """qkv in each precision, and the bound of each, against HF's fp32 greedy generation of the same weights."""
-    directory = tempfile.mkdtemp()
+    directory = scratch_directory("qkv-bench-precision-")
     hf.save_pretrained(directory)
     hf.generation_config.eos_token_id = None  # every run makes all new tokens
     prompt = torch.randint(0, vocab, (1, PROMPT), generator=torch.Generator().manual_seed(0))
@@ -183,7 +183,7 @@ def agreement(fp32: torch.nn.Module, other: torch.nn.Module, prompts: list[torch
 
 
 def cost_rows(report: Report, steps: int, new_tokens: int, n_prompts: int = 64) -> None:
-    work = Path(tempfile.mkdtemp())
+    work = scratch_directory("qkv-bench-precision-")
     for config in ("gpt-baby", "llama-baby"):
         model, val = train_lm(config, work / config, steps)
         context = model.config.max_seq_len

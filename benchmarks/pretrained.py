@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from sentence_transformers import SentenceTransformer
 import qkv
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
+from qkv.benchmarking.scratch import scratch_directory
 from qkv.data import load_corpus
 from qkv.devices import inference_dtype
 
@@ -33,7 +33,7 @@ def generation_row(report: Report, label: str, hf, setting: str, vocab: int, new
     """Greedy generation at batch 1 (prompt 32 + ``new_tokens``) of ``hf`` (a random-weight transformers model) and
     of the same weights loaded by qkv through the HF format: time both, check they agree token for token. Returns
     qkv's model and the HF run (for further rows)."""
-    directory = tempfile.mkdtemp()
+    directory = scratch_directory("qkv-bench-pretrained-")
     hf.save_pretrained(directory)
     hf.generation_config.eos_token_id = None  # every run makes all new_tokens tokens
     ours = qkv.load_pretrained(directory)

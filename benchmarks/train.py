@@ -31,7 +31,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from scipy import stats  # (scikit-learn's dependency)
 
 from qkv.benchmarking.report import Report, Row
+from qkv.benchmarking.scratch import scratch_directory
 from qkv.data.sources import find_validation_start, list_sources
 from qkv.devices import native_cpu_bf16
 from qkv.runs import load_causal_lm
@@ -175,7 +175,7 @@ def main() -> None:
     precisions = args.precisions.split(",")
     if not (args.nanogpt / "train.py").is_file() or not (args.nanogpt / "model.py").is_file():
         sys.exit(f"{args.nanogpt} is not a nanoGPT checkout (train.py and model.py are missing)")
-    work = Path(tempfile.mkdtemp(prefix="qkv-p4-"))
+    work = scratch_directory("qkv-p4-")
     prepare_nanogpt(args.nanogpt, work)
     command = f"python benchmarks/train.py --nanogpt NANOGPT --seeds {args.seeds} --steps {args.steps}"
     results = RESULTS / ("train.md" if args.seeds else "train-speed.md")

@@ -88,8 +88,11 @@ def repository_copy(work: Path, linked: tuple[str, ...] = ("docs",)) -> Path:
     return work
 
 
-def run_in(sandbox: Path, command: str, timeout: float) -> subprocess.CompletedProcess:
+def run_in(sandbox: Path, command: str, timeout: float, tmp: Path | None = None) -> subprocess.CompletedProcess:
+    """``command`` in bash in ``sandbox``; its temporary files under ``tmp`` when given (TMPDIR)."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    if tmp is not None:
+        env["TMPDIR"] = str(tmp)
     env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run(
         ["bash", "-c", command], cwd=sandbox, env=env, capture_output=True, text=True, timeout=timeout
@@ -221,7 +224,9 @@ def test_every_benchmark_runs_end_to_end_in_a_small_form(tmp_path, script, comma
         where.mkdir()
         repository_copy(where, linked=())
         command = command.replace("../nanoGPT", str(ROOT.parent / "nanoGPT"))
-    proc = run_in(where, command, timeout=1500)
+    scratch = tmp_path / "tmp"  # (the MNIST benchmark keeps its runs in a temporary directory: here, not /tmp)
+    scratch.mkdir()
+    proc = run_in(where, command, timeout=1500, tmp=scratch)
     written = re.findall(r"written to (\S+\.md)", proc.stdout + proc.stderr)
     assert written, f"`{command}` wrote no table:\n{proc.stdout[-1500:]}"
     table = Path(written[-1]) if Path(written[-1]).is_absolute() else where / written[-1]
