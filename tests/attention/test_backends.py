@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import qkv
 from qkv.attention import make_score
 from qkv.attention.backends import choose_backend
-from qkv.attention.backends.chunked import _dropout_keep, _Plan, chunked_attention, plan_tiles
+from qkv.attention.backends.chunked import MAX_TILE_PAIRS, _dropout_keep, _Plan, chunked_attention, plan_tiles
+from qkv.attention.backends.tiles import merge_rows
 from qkv.attention.call import build_call
 from qkv.attention.masks import Span
 from tests.conftest import FP32, FP32_TIGHT, band, plain_attention
@@ -258,7 +259,7 @@ def test_chunked_dropout_equals_reference_with_same_keep_mask():
     out, _ = chunked_attention(call, block_q=4, block_k=4)
     torch.manual_seed(11)
     seed = int(torch.randint(0, 2**62, (1,)).item())  # the draw chunked_attention made
-    tiles = plan_tiles(6, 8, Span(None, 0), 4, 4)
+    tiles = merge_rows(plan_tiles(6, 8, Span(None, 0), 4, 4), MAX_TILE_PAIRS // 4)  # the tiles the call visits
     plan = _Plan(tiles, Span(None, 0), 8, 6, 2, 1, None, 1.0, p, seed)
     keep = torch.zeros(1, 2, 6, 8)
     for index, tile in enumerate(tiles):
@@ -287,6 +288,37 @@ def test_tile_plan_covers_exactly_the_allowed_pairs(lq, lk, left, right):
     assert covered.max() <= 1, "a pair was visited twice"
     assert (covered.bool() | ~dense).all(), "an allowed pair was skipped"
     assert not (unmasked & ~dense).any(), "a tile marked unmasked contains a disallowed pair"
+
+
+@pytest.mark.parametrize("max_keys", [5, 12, 20, 1000])
+def test_joined_tiles_cover_the_same_pairs_within_the_width(max_keys):
+    tiles = plan_tiles(64, 100, Span(29, 3), 4, 5)
+    joined = merge_rows(tiles, max_keys)
+    assert [piece for t in joined for piece in t.pieces()] == tiles  # every tile once, in order
+    assert len(joined) < len(tiles) or max_keys == 5
+    for t in joined:
+        pieces = t.pieces()
+        assert all(p.q0 == t.q0 and p.q1 == t.q1 for p in pieces)
+        assert [p.k0 for p in pieces[1:]] == [p.k1 for p in pieces[:-1]]  # adjacent keys
+        assert (t.k0, t.k1) == (pieces[0].k0, pieces[-1].k1)
+        assert t.k1 - t.k0 <= max(max_keys, 5)
+        assert t.masked == any(p.masked for p in pieces)
+    causal = merge_rows(plan_tiles(32, 32, Span(None, 0), 4, 4), 8)
+    # cut from the right: in every row but the first the diagonal block is joined with the one before it
+    assert [(t.k0, t.k1) for t in causal if t.k1 == t.q1] == [(0, 4)] + [(q0 - 4, q0 + 4) for q0 in range(4, 32, 4)]
+
+
+def test_a_window_joins_each_row_block_into_one_tile_and_keeps_its_gradients():
+    """Window 200 over 128-row blocks (the windowed default): each row block's tiles joined into one of at most
+    MAX_TILE_PAIRS, the band applied on its edge pieces only; forward and backward equal the reference."""
+    tiles = merge_rows(plan_tiles(700, 700, Span(199, 0), 128, 128), MAX_TILE_PAIRS // 128)
+    assert len(tiles) == 6 and max(len(t.pieces()) for t in tiles) == 3
+    q, k, v = _inputs(b=1, h=4, kvh=2, lq=700, lk=700, d=16, dv=16)
+    out, _ = qkv.attend(q, k, v, causal=True, window=200, backend="chunked")
+    ref, _ = plain_attention(q, k, v, band(700, 700, True, 200))
+    torch.testing.assert_close(out.double(), ref, **FP32)
+    for a, b in zip(_grads(out, [q, k, v]), _grads(ref, [q, k, v])):
+        torch.testing.assert_close(a.double(), b.double(), **FP32)
 
 
 def test_window_skips_blocks():

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from qkv.attention.backends.tile_matmul import TileBuffer, matmul_minus, sum_group, tile_matmul
-from qkv.attention.backends.tiles import Tile, plan_block_tiles, plan_tiles
+from qkv.attention.backends.tiles import Tile, merge_rows, plan_block_tiles, plan_tiles
 from qkv.attention.block_masks import BlockMask, additive_mask, cached_block_mask
 from qkv.attention.call import AttentionCall
 from qkv.attention.masks import Span
@@ -46,10 +46,13 @@ from qkv.attention.softmax import compute_dtype
 __all__ = ["DEFAULT_BLOCK_K", "DEFAULT_BLOCK_Q", "Tile", "chunked_attention", "chunked_weights", "plan_tiles"]
 
 # Tile sizes measured on a 2-core CPU (benchmarks/attention.py): 256×256 tiles keep a tile's scores in cache;
-# a sliding window wastes less of its edge tiles with 128×128 ones (window 256, 8 heads: ~10% faster than 256×128).
+# a sliding window wastes less of its edge tiles with 128×128 ones (window 256, 8 heads: ~10% faster than 256×128),
+# and adjacent tiles of a row are then joined up to the same 256×256 pairs (one 128×384 tile per row instead of
+# three: 909 -> 782 ms fwd+bwd at N=16384; joining 256-row tiles into wider ones was slower, 2.9 -> 3.2 s causal).
 DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 256
 WINDOW_BLOCK = 128
+MAX_TILE_PAIRS = DEFAULT_BLOCK_Q * DEFAULT_BLOCK_K
 _NEG_INF = float("-inf")
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
@@ -99,6 +102,10 @@ class _Plan:
     # scores in base 2: q carries log2(e) besides the scale, so a tile's probabilities are one exp2 away (see
     # _prepare); only for plain dot products without a bias or a score function, which expect natural units
     base2: bool = False
+    # what q is multiplied by before its tiles' products (the score's scale, and log2(e) for base-2 plans): applied
+    # to one row block at a time into a reused buffer, since a scaled copy of the whole q costs a pass over fresh
+    # memory (page faults: ~13 ms per 32 MB on a 2-core CPU) in the forward pass and another for its gradient
+    q_scale: float = 1.0
     block_q: int = DEFAULT_BLOCK_Q  # the tiles' grid (Tile.i, Tile.j index it)
     block_k: int = DEFAULT_BLOCK_K
 
@@ -110,6 +117,18 @@ class _Plan:
     def split_cols(self, t: Tensor) -> tuple[Tensor, ...]:
         """``t (..., k_len, dim)`` cut into the grid's key blocks."""
         return t.split(self.block_k, dim=3)
+
+    def scaled(self, q_rows: Tensor, buffer: TileBuffer) -> Tensor:
+        """One row block of q, ``(b, kvh, g, tq, d)``, times :attr:`q_scale` (in ``buffer``)."""
+        if self.q_scale == 1.0:
+            return q_rows
+        return torch.mul(q_rows, self.q_scale, out=buffer.take(q_rows, tuple(q_rows.shape)))
+
+    @staticmethod
+    def key_part(blocks: tuple[Tensor, ...], whole: Tensor, tile: Tile) -> Tensor:
+        """The tile's keys of ``whole (..., k_len, dim)``: its block of ``blocks`` (= ``split_cols(whole)``), or a
+        slice for a tile that spans several blocks."""
+        return whole[:, :, :, tile.k0 : tile.k1] if tile.parts else blocks[tile.j]
 
     def tile_grid(self, tile: Tile) -> IndexGrid:
         assert self.grid is not None
@@ -185,11 +204,15 @@ def _apply_masks(plan: _Plan, s: Tensor, tile: Tile, mask5: Tensor | None) -> Te
     ``masked_fill_`` with a bool mask costs ~20x more (measured at 4 x 256 x 256)."""
     if mask5 is not None:
         s.masked_fill_(~_slice(mask5, tile), _NEG_INF)
-    if tile.masked:
-        s.add_(_band_bias(plan, tile, s.dtype, s.device))
-    if tile.partial:
-        assert plan.blocks is not None
-        s.add_(_split_heads(plan.blocks.tile_bias(tile.i, tile.j, s.dtype), plan.kv_heads, plan.group))
+    if not (tile.masked or tile.partial):
+        return s
+    for piece in tile.pieces():  # a merged tile: each grid tile's terms on its own columns
+        cols = s[..., piece.k0 - tile.k0 : piece.k1 - tile.k0] if tile.parts else s
+        if piece.masked:
+            cols.add_(_band_bias(plan, piece, s.dtype, s.device))
+        if piece.partial:
+            assert plan.blocks is not None
+            cols.add_(_split_heads(plan.blocks.tile_bias(piece.i, piece.j, s.dtype), plan.kv_heads, plan.group))
     return s
 
 
@@ -234,9 +257,14 @@ class _ChunkedAttention(torch.autograd.Function):
         keep_scale = 1.0 / (1.0 - plan.dropout) if plan.dropout > 0 else 1.0
         q_blocks, k_blocks, v_blocks = plan.split_rows(q5), plan.split_cols(k5), plan.split_cols(v5)
         max_blocks, sum_blocks, acc_blocks = plan.split_rows(row_max), plan.split_rows(row_sum), plan.split_rows(acc)
-        scores = TileBuffer()
+        # every temporary the size of a tile or a row block lives in a buffer reused by all tiles: fresh ones of
+        # that size (0.5-2 MB) come from the OS each time on a CPU, and their page faults cost more than the pass
+        scores, products, scaled_q = TileBuffer(), TileBuffer(), TileBuffer()
+        row, q_row = -1, q5
         for index, tile in enumerate(plan.tiles):
-            qt, kt = q_blocks[tile.i], k_blocks[tile.j]
+            if tile.i != row:  # tiles come row block by row block: scale each block of q once
+                row, q_row = tile.i, plan.scaled(q_blocks[tile.i], scaled_q)
+            qt, kt = q_row, plan.key_part(k_blocks, k5, tile)
             fused = _fused_relative_scores(plan, qt, kt, tile) if bias5 is None else None
             if fused is not None:
                 s = _apply_masks(plan, fused, tile, mask5)
@@ -250,7 +278,9 @@ class _ChunkedAttention(torch.autograd.Function):
             sum_blocks[tile.i].mul_(rescale).add_(p.sum(dim=-1))
             if plan.dropout > 0:
                 p = p * _dropout_keep(plan, index, p.shape, p.device) * keep_scale
-            acc_blocks[tile.i].mul_(rescale.unsqueeze(-1)).add_(tile_matmul(p, v_blocks[tile.j]))
+            acc_blocks[tile.i].mul_(rescale.unsqueeze(-1)).add_(
+                tile_matmul(p, plan.key_part(v_blocks, v5, tile), products)
+            )
             m_old.copy_(m_new)
         empty = row_sum == 0  # rows that saw no allowed key: output 0, lse -inf
         out = acc.div_(torch.where(empty, torch.ones_like(row_sum), row_sum).unsqueeze(-1))  # (acc is ours)
@@ -272,7 +302,6 @@ class _ChunkedAttention(torch.autograd.Function):
         want_params = ctx.needs_input_grad[6:]
         n_score = plan.num_score_params
         grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(dim=-1)  # (b, kvh, g, q): rowsum(dO ∘ O) = Σ_j P_ij dP_ij
         # rows with lse = -inf had no allowed key: +inf makes exp(s - lse) = 0 there without NaN
         lse = torch.where(torch.isneginf(lse), torch.full_like(lse, float("inf")), lse)
         dq = torch.zeros_like(q5)
@@ -286,12 +315,19 @@ class _ChunkedAttention(torch.autograd.Function):
             is_additive(plan.score_mod) and not any(want_params[n_score:])
         )
         q_blocks, k_blocks, v_blocks = plan.split_rows(q5), plan.split_cols(k5), plan.split_cols(v5)
-        out_grads, lse_blocks, delta_blocks = plan.split_rows(grad_out), plan.split_rows(lse), plan.split_rows(delta)
+        out_grads, out_blocks, lse_blocks = plan.split_rows(grad_out), plan.split_rows(out), plan.split_rows(lse)
         dq_blocks, dk_blocks, dv_blocks = plan.split_rows(dq), plan.split_cols(dk), plan.split_cols(dv)
-        scores, score_grads = TileBuffer(), TileBuffer()
+        # reused buffers for every tile- and row-sized temporary, as in the forward pass
+        scores, score_grads, products, scaled_q = TileBuffer(), TileBuffer(), TileBuffer(), TileBuffer()
+        row, q_row, tile_delta = -1, q5, lse
         for index, tile in enumerate(plan.tiles):
-            qt, kt, vt, dot = q_blocks[tile.i], k_blocks[tile.j], v_blocks[tile.j], out_grads[tile.i]
-            tile_lse, tile_delta = lse_blocks[tile.i], delta_blocks[tile.i]
+            qt, dot, tile_lse = q_row, out_grads[tile.i], lse_blocks[tile.i]
+            if tile.i != row:  # once per row block
+                row, qt = tile.i, plan.scaled(q_blocks[tile.i], scaled_q)
+                q_row = qt
+                # rowsum(dO ∘ O) = Σ_j P_ij dP_ij, ``(b, kvh, g, tq)``
+                tile_delta = torch.mul(dot, out_blocks[row], out=products.take(dot, tuple(dot.shape))).sum(dim=-1)
+            kt, vt = plan.key_part(k_blocks, k5, tile), plan.key_part(v_blocks, v5, tile)
             generic = plan.score is not None
             fused = None
             if generic:  # re-run the score with autograd for this tile only
@@ -323,7 +359,9 @@ class _ChunkedAttention(torch.autograd.Function):
                 p_applied = p
                 dp = matmul_minus(dot, vt, tile_delta, score_grads)
             if want_v:
-                dv_blocks[tile.j].add_(sum_group(tile_matmul(p_applied.transpose(-2, -1), dot)))
+                plan.key_part(dv_blocks, dv, tile).add_(
+                    sum_group(tile_matmul(p_applied.transpose(-2, -1), dot, products))
+                )
             ds = dp.mul_(p)  # dS = P ∘ (dP - rowsum(dO ∘ O))
             if through_mod:  # through the score function: dS of its input, and its tensors' grads
                 wanted = [i for i in range(n_score, len(params)) if want_params[i]]
@@ -339,15 +377,19 @@ class _ChunkedAttention(torch.autograd.Function):
                 if want_q and grads[0] is not None:
                     dq_blocks[tile.i].add_(grads[0])
                 if want_k and grads[1] is not None:
-                    dk_blocks[tile.j].add_(grads[1])
+                    plan.key_part(dk_blocks, dk, tile).add_(grads[1])
                 _accumulate(dparams, wanted, grads[2:])
             else:
                 if want_q:
-                    dq_blocks[tile.i].add_(tile_matmul(ds, kt))
+                    dq_blocks[tile.i].add_(tile_matmul(ds, kt, products))
                 if want_k:
-                    dk_blocks[tile.j].add_(sum_group(tile_matmul(ds.transpose(-2, -1), qt)))
-        if plan.base2:  # the tiles' scores were log2(e) times the natural ones: d/ds' = ln 2 · d/ds
-            dq.mul_(_LN2)
+                    plan.key_part(dk_blocks, dk, tile).add_(sum_group(tile_matmul(ds.transpose(-2, -1), qt, products)))
+        # dq so far is the gradient of the scaled q; base-2 tiles' scores were log2(e) times the natural ones
+        # (d/ds' = ln 2 · d/ds)
+        dq_factor = plan.q_scale * (_LN2 if plan.base2 else 1.0)
+        if dq_factor != 1.0:
+            dq.mul_(dq_factor)
+        if plan.base2:
             dk.mul_(_LN2)
         return (
             dq if want_q else None,
@@ -386,10 +428,10 @@ def _prepare(
         # too, so the tiles' scores are in base 2 and their probabilities one exp2 away (a bias would have to be
         # scaled as well, and HF-style biases of finfo.min would overflow to -inf and change fully masked rows)
         base2 = call.score_mod is None and call.bias is None
-        q = q * (call.scale * _LOG2E if base2 else call.scale)
+        q_scale = call.scale * _LOG2E if base2 else call.scale
         score, params = None, cast(tuple[Tensor, ...], ())
     else:
-        base2 = False
+        base2, q_scale = False, 1.0
         score, params = call.score, tuple[Tensor, ...](call.score.parameters())
     # fp32 throughout: the online softmax rescales repeatedly and bf16 sums would drift
     compute = compute_dtype(q.dtype)
@@ -409,6 +451,7 @@ def _prepare(
         block_q, block_k = blocks.block_q, blocks.block_k
     else:
         tiles = plan_tiles(call.q_len, call.k_len, call.span, block_q, block_k)
+    tiles = merge_rows(tiles, MAX_TILE_PAIRS // block_q)
     plan = _Plan(
         tiles=tiles,
         span=call.span,
@@ -426,6 +469,7 @@ def _prepare(
         grid=call.grid() if call.score_mod is not None else None,
         num_score_params=num_score_params,
         base2=base2,
+        q_scale=q_scale,
         block_q=block_q,
         block_k=block_k,
     )
@@ -448,7 +492,7 @@ def chunked_weights(call: AttentionCall, block_q: int | None = None, block_k: in
         weights = q5.new_zeros(*q5.shape[:-1], call.k_len)
         for tile in plan.tiles:
             rows = slice(tile.q0, tile.q1)
-            s = _score_tile(plan, q5[..., rows, :], k5[..., tile.k0 : tile.k1, :], tile.k0)
+            s = _score_tile(plan, plan.scaled(q5[..., rows, :], TileBuffer()), k5[..., tile.k0 : tile.k1, :], tile.k0)
             s = _finish_scores(plan, s, tile, bias5, mask5)
             weights[..., rows, tile.k0 : tile.k1] = _exp_(plan, s.sub_(lse[..., rows].unsqueeze(-1)))
         return weights.reshape(call.batch, call.heads, call.q_len, call.k_len)
