@@ -132,10 +132,7 @@ def test_weights_derived_inside_frozen_weights_are_never_stale():
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
     model(x).logits.sum().backward()
     opt.step()
-    fresh = copy.deepcopy(model)
-    for module in fresh.modules():  # a deep copy carries the cached tensors along: drop them
-        for slot in [k for k in module.__dict__ if k.startswith("_qkv_derived_")]:
-            del module.__dict__[slot]
+    fresh = copy.deepcopy(model)  # (derived tensors are kept beside the modules: the copy has none)
     with torch.no_grad():
         expected = fresh(x).logits
         plain = model(x).logits
@@ -149,14 +146,14 @@ def test_weights_derived_inside_frozen_weights_are_never_stale():
 def test_a_generation_of_ones_own_keeps_derived_weights_across_contexts():
     """frozen_weights(generation) reuses what an earlier context with the same generation derived (the very same
     tensor); a plain context never does."""
-    from qkv.attention.frozen import FrozenLinear, frozen_weights, new_generation
+    from qkv.attention.frozen import FrozenLinear, frozen_weights, kept, new_generation
 
     layer, x = FrozenLinear(5, 8), torch.randn(1, 5)  # (a widening layer: narrowing ones keep F.linear's layout)
 
     def derived_weight(generation=None):
         with torch.no_grad(), frozen_weights(generation):
             layer(x)
-        return layer.__dict__["_qkv_derived_weight_t"][1]
+        return kept(layer, "weight_t")
 
     assert derived_weight() is not derived_weight()
     own = new_generation()
@@ -169,7 +166,7 @@ def test_frozen_linear_is_a_linear_that_honours_hooks_on_its_fast_path(width_in,
     """FrozenLinear: nn.Linear's numbers in and out of frozen_weights() (where a widening layer's cached (in, out)
     weight serves a few rows, and a narrowing one keeps F.linear's layout), and a hook on it runs even there (its
     call skips nn.Module's machinery only when nothing is hooked)."""
-    from qkv.attention.frozen import FrozenLinear, frozen_weights
+    from qkv.attention.frozen import FrozenLinear, frozen_weights, kept
 
     torch.manual_seed(0)
     layer = FrozenLinear(width_in, width_out)
@@ -179,7 +176,7 @@ def test_frozen_linear_is_a_linear_that_honours_hooks_on_its_fast_path(width_in,
     seen = []
     with torch.no_grad(), frozen_weights():
         torch.testing.assert_close(layer(x), plain(x), rtol=1e-6, atol=1e-6)
-        assert ("_qkv_derived_weight_t" in layer.__dict__) == (width_out >= width_in)
+        assert (kept(layer, "weight_t") is not None) == (width_out >= width_in)
         handle = layer.register_forward_hook(lambda _m, _a, out: seen.append(out.shape) or out * 0)
         assert torch.equal(layer(x), torch.zeros(1, 1, width_out)) and seen == [(1, 1, width_out)]
         handle.remove()
@@ -239,3 +236,54 @@ def test_modules_called_directly_still_run_every_hook_and_compile(family):
     # (hooked, Q/K/V are three products instead of one stacked: the same sums, which may round differently)
     torch.testing.assert_close(hooked, expected, **FP32_TIGHT)
     torch.testing.assert_close(via_compile, expected, **FP32_TIGHT)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 15, 256, 257])
+def test_a_few_rows_multiply_a_packed_weight_with_linears_numbers(rows):
+    """Inside frozen_weights, fp32 products of 2 to PACKED_MAX_ROWS rows run on a oneDNN-packed copy of the weight
+    (kept for the next call); one row and longer inputs keep their layouts. Every route gives F.linear's numbers,
+    for one layer and for Q/K/V stacked into one product."""
+    from qkv.attention.frozen import (
+        ONEDNN_AVAILABLE,
+        PACKED_MAX_ROWS,
+        FrozenLinear,
+        frozen_weights,
+        kept,
+        stacked_linear,
+    )
+
+    torch.manual_seed(0)
+    layer, others = FrozenLinear(48, 96), (torch.nn.Linear(48, 32), torch.nn.Linear(48, 32, bias=False))
+    x = torch.randn(rows, 48) * 3
+    with torch.no_grad(), frozen_weights():
+        out = layer(x)
+        stacked = stacked_linear(x, layer, "qkv", (layer, *others))
+        packs = ONEDNN_AVAILABLE and 2 <= rows <= PACKED_MAX_ROWS
+        assert (kept(layer, "packed") is not None) == packs and (kept(layer, "qkv_packed") is not None) == packs
+        with torch.no_grad():
+            reference = torch.nn.functional.linear(x, layer.weight, layer.bias)
+            references = torch.cat([reference] + [torch.nn.functional.linear(x, o.weight, o.bias) for o in others], -1)
+        torch.testing.assert_close(out, reference, **FP32)
+        torch.testing.assert_close(stacked, references, **FP32)
+        assert torch.equal(layer(x), out)  # the kept copy serves the next call
+
+
+def test_a_model_used_inside_frozen_weights_still_deep_copies_and_saves(tmp_path):
+    """Derived layouts (a oneDNN-packed weight cannot be copied at all) are kept beside the modules, so a deep copy
+    and torch.save of a model that has decoded work, and give the same numbers."""
+    import copy
+
+    from qkv.attention.frozen import frozen_weights
+    from qkv.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, max_seq_len=16, num_layers=1, num_heads=2, embed_dim=16)).eval()
+    x = torch.randint(0, 50, (1, 8))
+    with torch.no_grad(), frozen_weights():
+        before = model(x).logits
+    clone = copy.deepcopy(model)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    with torch.no_grad():
+        for other in (clone, loaded):
+            torch.testing.assert_close(other(x).logits, before, **FP32)

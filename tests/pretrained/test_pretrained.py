@@ -277,14 +277,16 @@ def test_embed_cli_writes_npy_and_jsonl(tmp_path, capsys):
 
 def test_embed_reuses_its_derived_weights_and_gives_the_same_vectors(minilm):
     """qkv.embed's cached encoder keeps the weight layouts derived for one call (a short sentence multiplies a
-    transposed copy; a long batch the weights as they are): the second call reuses them, and both routes agree."""
+    packed copy; a long batch the weights as they are): the second call reuses them, and both routes agree."""
+    from qkv.attention.frozen import ONEDNN_AVAILABLE, kept
     from qkv.pretrained.embed import _cached
 
     one = qkv.embed(TEXTS[0], dtype="fp32")
     encoder = _cached("minilm", "cpu", "fp32", None)[0]
-    head = encoder.layers[0].attn.out_proj.__dict__["_qkv_derived_weight_t"][1]
+    layout = "packed" if ONEDNN_AVAILABLE else "weight_t"
+    head = kept(encoder.layers[0].attn.out_proj, layout)
     again = qkv.embed(TEXTS[0], dtype="fp32")
-    assert encoder.layers[0].attn.out_proj.__dict__["_qkv_derived_weight_t"][1] is head
+    assert head is not None and kept(encoder.layers[0].attn.out_proj, layout) is head
     assert torch.equal(one, again)
     batch = qkv.embed([TEXTS[0]] + ["a much longer sentence, " * 8] * 3, dtype="fp32")
     torch.testing.assert_close(batch[:1], one, **FP32_TIGHT)
