@@ -240,12 +240,13 @@ def test_modules_called_directly_still_run_every_hook_and_compile(family):
 
 @pytest.mark.parametrize("rows", [1, 2, 15, 256, 257])
 def test_a_few_rows_multiply_a_packed_weight_with_linears_numbers(rows):
-    """Inside frozen_weights, fp32 products of 2 to PACKED_MAX_ROWS rows run on a oneDNN-packed copy of the weight
-    (kept for the next call); one row and longer inputs keep their layouts. Every route gives F.linear's numbers,
-    for one layer and for Q/K/V stacked into one product."""
+    """Inside frozen_weights, fp32 products of 2 to PACKED_MAX_ROWS rows by a weight of PACKED_MIN_WEIGHTS or more
+    run on a oneDNN-packed copy of it (kept for the next call); one row, longer inputs and small weights keep their
+    layouts. Every route gives F.linear's numbers, for one layer and for Q/K/V stacked into one product."""
     from qkv.attention.frozen import (
         ONEDNN_AVAILABLE,
         PACKED_MAX_ROWS,
+        PACKED_MIN_WEIGHTS,
         FrozenLinear,
         frozen_weights,
         kept,
@@ -253,13 +254,18 @@ def test_a_few_rows_multiply_a_packed_weight_with_linears_numbers(rows):
     )
 
     torch.manual_seed(0)
-    layer, others = FrozenLinear(48, 96), (torch.nn.Linear(48, 32), torch.nn.Linear(48, 32, bias=False))
-    x = torch.randn(rows, 48) * 3
+    width = 512
+    assert width * width == PACKED_MIN_WEIGHTS  # the layer is just large enough, the small one just too small
+    layer, others = FrozenLinear(width, width), (torch.nn.Linear(width, 64), torch.nn.Linear(width, 64, bias=False))
+    small = FrozenLinear(width, width // 2 - 1)
+    x = torch.randn(rows, width) * 3
     with torch.no_grad(), frozen_weights():
         out = layer(x)
         stacked = stacked_linear(x, layer, "qkv", (layer, *others))
+        small(x)
         packs = ONEDNN_AVAILABLE and 2 <= rows <= PACKED_MAX_ROWS
         assert (kept(layer, "packed") is not None) == packs and (kept(layer, "qkv_packed") is not None) == packs
+        assert kept(small, "packed") is None
         with torch.no_grad():
             reference = torch.nn.functional.linear(x, layer.weight, layer.bias)
             references = torch.cat([reference] + [torch.nn.functional.linear(x, o.weight, o.bias) for o in others], -1)

@@ -27,6 +27,7 @@ T = TypeVar("T")
 __all__ = [
     "ONEDNN_AVAILABLE",
     "PACKED_MAX_ROWS",
+    "PACKED_MIN_WEIGHTS",
     "FrozenLinear",
     "derived",
     "frozen_linear",
@@ -45,13 +46,16 @@ _counter = itertools.count(1)
 _kept: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[int, object]]] = weakref.WeakKeyDictionary()
 
 # fp32 products of 2 to PACKED_MAX_ROWS rows inside frozen_weights (a sentence to embed, a short prompt, a batch of
-# decoding steps) run on oneDNN's GEMM with the weight packed once into its blocked layout (sized for 16 rows: packed
-# for 1 row, 15-row products took 1.9x as long). Measured on a 2-core AMD EPYC (AVX2), one layer's four products:
-# 0.34-0.98x F.linear's time from 2 to 256 rows at GPT-2's shapes, 0.56-0.92x at MiniLM's (F.linear calls MKL, whose
-# small products are slow on that CPU), 1.01-1.06x at 512 rows, so longer inputs keep F.linear. One row keeps the
-# (in, out) layout below: packed, MiniLM-sized layers were 1.09x slower (GPT-2-sized ones 0.88x). The packed weight is
-# one more copy of a layer's weight, kept like the (in, out) one. Builds without oneDNN keep the layouts below.
+# decoding steps) by a weight of at least PACKED_MIN_WEIGHTS entries run on oneDNN's GEMM, the weight packed once
+# into its blocked layout (sized for 16 rows: packed for 1 row, 15-row products took 1.9x as long). Measured on a
+# 2-core AMD EPYC (AVX2), one layer's four products: 0.34-0.98x F.linear's time from 2 to 256 rows at GPT-2's shapes,
+# 0.56-0.92x at MiniLM's (F.linear calls MKL, whose small products are slow on that CPU), 1.01-1.06x at 512 rows, so
+# longer inputs keep F.linear. A oneDNN call costs ~40 us however small: a 64x192 layer took 2.4-3.8x as long
+# packed, a 384x384 one 0.97-1.18x at 8-32 rows, 256x1024 and larger 0.71-1.02x; one row keeps the (in, out)
+# layout below (packed, MiniLM's layers took 1.05-2x as long, GPT-2's 0.78-1.03x). The packed weight is one more
+# copy of a layer's weight, kept like the (in, out) one. Builds without oneDNN keep the layouts below.
 PACKED_MAX_ROWS = 256
+PACKED_MIN_WEIGHTS = 1 << 18  # 1 MiB of fp32
 _PACKED_FOR_ROWS = 16
 ONEDNN_AVAILABLE = (
     torch.backends.mkldnn.is_available()
@@ -127,7 +131,7 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     one long contiguous dot product (one row, 2 threads, AVX2; weights cycled so that they stream from memory).
     """
     rows = x.numel() // max(x.shape[-1], 1)
-    if reusing() and _packs(x, layer.weight, rows):
+    if reusing() and _packs(x, (layer,)):
         return _packed_product(x, derived(layer, "packed", lambda: _pack(layer.weight)), layer.bias)
     # outside frozen_weights; many rows (a GEMM: either layout is fine); or a narrowing layer: F.linear's own layout
     if not reusing() or rows > 16 or layer.in_features > layer.out_features:
@@ -172,7 +176,7 @@ def stacked_linear(x: Tensor, owner: nn.Module, name: str, layers: tuple[nn.Modu
         return int8_linear(x, qweight, scale, bias)
     if not all(isinstance(layer, nn.Linear) for layer in layers):
         return torch.cat([layer(x) for layer in layers], dim=-1)
-    if reusing() and _packs(x, cast(Tensor, layers[0].weight), x.numel() // max(x.shape[-1], 1)):
+    if reusing() and _packs(x, cast(tuple[nn.Linear, ...], layers)):
         packed, bias = derived(owner, f"{name}_packed", lambda: _stack_packed(layers))
         return _packed_product(x, packed, bias)
     weight_t, bias = derived(owner, name, lambda: _stack_float(layers))
@@ -199,14 +203,17 @@ def _stack_float(layers: tuple[nn.Module, ...]) -> tuple[Tensor, Tensor | None]:
     return weight_t, _stacked_bias(layers, weight_t)
 
 
-def _packs(x: Tensor, weight: Tensor, rows: int) -> bool:
-    """Whether an ``x @ weightᵀ`` of ``rows`` rows runs on a oneDNN-packed weight (see ``PACKED_MAX_ROWS``)."""
+def _packs(x: Tensor, layers: tuple[nn.Linear, ...]) -> bool:
+    """Whether ``x``'s product with the layers' weights (stacked) runs on a oneDNN-packed weight (see
+    ``PACKED_MAX_ROWS``): inside :func:`frozen_weights` only, which the caller checks."""
+    rows = x.numel() // max(x.shape[-1], 1)
     return (
         ONEDNN_AVAILABLE
         and 2 <= rows <= PACKED_MAX_ROWS
+        and sum(layer.weight.numel() for layer in layers) >= PACKED_MIN_WEIGHTS
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and all(layer.weight.dtype == torch.float32 for layer in layers)
     )
 
 
