@@ -24,6 +24,7 @@ import torch
 import transformers
 
 import qkv
+from qkv.attention.frozen import frozen_linear, frozen_weights
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
 from qkv.benchmarking.scratch import scratch_directory
@@ -36,40 +37,52 @@ from pretrained import generation_row
 RESULTS = Path(__file__).parent / "results"
 
 
-def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The ``(in, out)`` matrices one decoding step of ``model`` multiplies by, in the layout qkv decodes with (Q/K/V
-    stacked; widening layers stored ``(in, out)``, narrowing ones as a transposed view of their ``(out, in)``
-    weight, which ``x @ w`` multiplies as ``F.linear`` does): what any implementation must stream from memory for
-    every token."""
+def decode_layers(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The products one decoding step of ``model`` runs, as bias-free linear layers holding copies of its weights
+    ``(out, in)`` (Q/K/V stacked into one): what any implementation must stream from memory for every token."""
     weights, stacked = [], set()
     for module in model.modules():
         if isinstance(module, qkv.MultiHeadAttention):
-            weights.append(torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight]).t())
+            weights.append(torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight]))
             stacked |= {id(module.q_proj), id(module.k_proj), id(module.v_proj)}
         elif isinstance(module, torch.nn.Linear) and id(module) not in stacked:
-            weights.append(module.weight.t())
-    return [w.detach() if w.shape[0] > w.shape[1] else w.detach().contiguous() for w in weights]
+            weights.append(module.weight)
+    layers = []
+    for weight in weights:
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+        layer.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+        layers.append(layer)
+    return layers
+
+
+def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """:func:`decode_layers`' weights as the ``(in, out)`` matrices one row multiplies by in qkv's decoding layout
+    (widening layers stored ``(in, out)``, narrowing ones as a transposed view of ``(out, in)``, which ``x @ w``
+    multiplies as ``F.linear`` does)."""
+    weights = [layer.weight.t() for layer in decode_layers(model)]
+    return [w if w.shape[0] > w.shape[1] else w.contiguous() for w in weights]
 
 
 def matmul_floor_row(report: Report, label: str, ours, reference, rows: int, steps: int) -> None:
     """How fast generation could be at best: the decoding steps' matrix products alone (``rows`` x each weight,
-    ``steps`` times; no attention, no norms, no Python), timed against HF's whole generation in one run. Its ratio
-    is the largest speed-up over HF that any implementation with these fp32 matmuls can reach."""
-    with torch.no_grad():
-        weights = decode_weights(ours)
-    inputs = {w.shape[0]: torch.randn(rows, w.shape[0]) for w in weights}
+    ``steps`` times, through the layouts and kernels qkv decodes with: ``frozen_linear`` inside ``frozen_weights``;
+    no attention, no norms, no sampling), timed against HF's whole generation in one run. Its ratio is the largest
+    speed-up over HF that any implementation with these fp32 products can reach."""
+    layers = decode_layers(ours)
+    inputs = {layer.in_features: torch.randn(rows, layer.in_features) for layer in layers}
 
     def matmuls_only():
-        for _ in range(steps):
-            for w in weights:
-                inputs[w.shape[0]] @ w
+        with torch.no_grad(), frozen_weights():  # (the layouts are derived in the first step, as in generation)
+            for _ in range(steps):
+                for layer in layers:
+                    frozen_linear(inputs[layer.in_features], layer)
 
     t_floor, t_hf = time_pair(matmuls_only, reference, 3)
-    megabytes = sum(w.numel() * w.element_size() for w in weights) / 2**20
+    megabytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers) / 2**20
     report.rows.append(
         Row(
             label,
-            f"{len(weights)} products, {megabytes:.0f} MiB a step",
+            f"{len(layers)} products, {megabytes:.0f} MiB a step",
             "speed-up",
             t_floor,
             t_hf,
