@@ -276,17 +276,19 @@ def test_embed_cli_writes_npy_and_jsonl(tmp_path, capsys):
 
 
 def test_embed_reuses_its_derived_weights_and_gives_the_same_vectors(minilm):
-    """qkv.embed's cached encoder keeps the weight layouts derived for one call (a short sentence multiplies a
-    packed copy; a long batch the weights as they are): the second call reuses them, and both routes agree."""
+    """qkv.embed's cached encoder keeps the weight layouts derived for one call (a short sentence multiplies
+    oneDNN-packed copies of the large weights, a transposed copy of the 384x384 output projection; a long batch the
+    weights as they are): the second call reuses them, and both routes agree."""
     from qkv.attention.frozen import ONEDNN_AVAILABLE, kept
     from qkv.pretrained.embed import _cached
 
     one = qkv.embed(TEXTS[0], dtype="fp32")
-    encoder = _cached("minilm", "cpu", "fp32", None)[0]
-    layout = "packed" if ONEDNN_AVAILABLE else "weight_t"
-    head = kept(encoder.layers[0].attn.out_proj, layout)
+    layer = _cached("minilm", "cpu", "fp32", None)[0].layers[0]
+    large = (layer.ffn.up, "packed") if ONEDNN_AVAILABLE else (layer.attn.out_proj, "weight_t")
+    layouts = [kept(layer.attn.out_proj, "weight_t"), kept(*large)]
     again = qkv.embed(TEXTS[0], dtype="fp32")
-    assert head is not None and kept(encoder.layers[0].attn.out_proj, layout) is head
+    assert all(t is not None for t in layouts)
+    assert kept(layer.attn.out_proj, "weight_t") is layouts[0] and kept(*large) is layouts[1]
     assert torch.equal(one, again)
     batch = qkv.embed([TEXTS[0]] + ["a much longer sentence, " * 8] * 3, dtype="fp32")
     torch.testing.assert_close(batch[:1], one, **FP32_TIGHT)
