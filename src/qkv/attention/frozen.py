@@ -120,8 +120,9 @@ def kept(owner: nn.Module, name: str) -> object | None:
 
 
 def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(x)``; inside :func:`frozen_weights` a layer that widens (or keeps) its input uses its weight in a
-    cached ``(in, out)`` layout.
+    """``layer(x)``; inside :func:`frozen_weights`, 2 to ``PACKED_MAX_ROWS`` rows of fp32 input by a weight of at
+    least ``PACKED_MIN_WEIGHTS`` entries multiply a cached oneDNN-packed copy (see the constants' comment), and one
+    row by a layer that widens (or keeps) its input multiplies a cached ``(in, out)`` copy.
 
     Decoding multiplies one row by each weight, a vector-matrix product whose speed on CPU is set by how fast the
     weight streams from memory. Which layout streams faster depends on the shape: for a layer with at least as many
