@@ -95,3 +95,7 @@ def test_kv_cache_overflow_and_shape_errors():
         cache.update(0, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8))
     with pytest.raises(ShapeError, match="KVCache holds"):
         cache.update(0, torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8))
+    with pytest.raises(ShapeError, match="KVCache holds"):  # values of another width than the cache's
+        cache.update(0, torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 4))
+    with pytest.raises(ShapeError, match="KVCache holds"):
+        cache.update(0, torch.randn(2, 2, 1, 8), torch.randn(2, 2, 8))

@@ -92,23 +92,41 @@ def test_kv_cache_reorder_and_reset():
     assert cache.seq_len(1) == 0
 
 
-def test_kv_cache_reorders_like_index_select_and_allocates_nothing_after_the_first_time():
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
+def test_kv_cache_reorders_like_index_select_and_allocates_nothing_after_the_first_time(grad):
+    """Without autograd (decoding) updates write through each layer's kept views, which must follow the buffers
+    that reorder swaps in; with it, through fresh ones."""
     torch.manual_seed(0)
-    cache = qkv.KVCache(2, 4, 2, 16, 3)
-    expected_k, expected_v = torch.zeros(2, 4, 2, 0, 3), torch.zeros(2, 4, 2, 0, 3)
-    buffers = set()
-    for step in range(6):
-        k, v = torch.randn(2, 4, 2, 1, 3), torch.randn(2, 4, 2, 1, 3)
-        for layer in range(2):
-            cache.update(layer, k[layer], v[layer])
-        expected_k, expected_v = torch.cat([expected_k, k], 3), torch.cat([expected_v, v], 3)
-        rows = torch.randint(0, 4, (4,))
-        cache.reorder(rows)
-        expected_k, expected_v = expected_k[:, rows], expected_v[:, rows]
-        assert torch.equal(cache.keys[:, :, :, : step + 1], expected_k)
-        assert torch.equal(cache.values[:, :, :, : step + 1], expected_v)
-        buffers.add(cache.keys.data_ptr())
+    with torch.set_grad_enabled(grad):
+        cache = qkv.KVCache(2, 4, 2, 16, 3)
+        expected_k, expected_v = torch.zeros(2, 4, 2, 0, 3), torch.zeros(2, 4, 2, 0, 3)
+        buffers = set()
+        for step in range(6):
+            k, v = torch.randn(2, 4, 2, 1, 3), torch.randn(2, 4, 2, 1, 3)
+            for layer in range(2):
+                keys, values = cache.update(layer, k[layer], v[layer])
+                assert (
+                    torch.equal(keys[:, :, step], k[layer, :, :, 0]) and keys.data_ptr() == cache.keys[layer].data_ptr()
+                )
+            expected_k, expected_v = torch.cat([expected_k, k], 3), torch.cat([expected_v, v], 3)
+            rows = torch.randint(0, 4, (4,))
+            cache.reorder(rows)
+            expected_k, expected_v = expected_k[:, rows], expected_v[:, rows]
+            assert torch.equal(cache.keys[:, :, :, : step + 1], expected_k)
+            assert torch.equal(cache.values[:, :, :, : step + 1], expected_v)
+            buffers.add(cache.keys.data_ptr())
     assert len(buffers) == 2  # the two buffers take turns
+
+
+def test_kv_cache_made_without_autograd_passes_gradients_to_keys_and_values():
+    with torch.no_grad():
+        cache = qkv.KVCache(1, 1, 2, 8, 4)
+        cache.update(0, torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))
+    k, v = torch.randn(1, 2, 1, 4, requires_grad=True), torch.randn(1, 2, 1, 4, requires_grad=True)
+    keys, values = cache.update(0, k, v)
+    (keys * 2 + values * 3).sum().backward()
+    assert torch.equal(k.grad, torch.full_like(k, 2.0)) and torch.equal(v.grad, torch.full_like(v, 3.0))
+    assert torch.equal(keys[:, :, :3], torch.ones(1, 2, 3, 4)) and torch.equal(keys[:, :, 3:], k.detach())
 
 
 def test_parametric_score_inside_multi_head():

@@ -131,15 +131,17 @@ def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     that narrows (a feed-forward's down projection, 3072 -> 768) ``F.linear`` is 1.2-1.6x faster, each output being
     one long contiguous dot product (one row, 2 threads, AVX2; weights cycled so that they stream from memory).
     """
-    rows = x.numel() // max(x.shape[-1], 1)
-    if reusing() and _packs(x, (layer,)):
+    if not reusing():
+        return F.linear(x, layer.weight, layer.bias)
+    if _packs(x, (layer,)):
         return _packed_product(x, derived(layer, "packed", lambda: _pack(layer.weight)), layer.bias)
-    # outside frozen_weights; many rows (a GEMM: either layout is fine); or a narrowing layer: F.linear's own layout
-    if not reusing() or rows > 16 or layer.in_features > layer.out_features:
+    # many rows (a GEMM: either layout is fine), or a narrowing layer: F.linear's own layout
+    if x.numel() > 16 * x.shape[-1] or layer.in_features > layer.out_features:
         return F.linear(x, layer.weight, layer.bias)
     weight_t = derived(layer, "weight_t", lambda: layer.weight.detach().t().contiguous())
+    bias = layer.bias
     out = x @ weight_t
-    return out if layer.bias is None else out + layer.bias
+    return out if bias is None else out + bias
 
 
 class FrozenLinear(DirectCall, nn.Linear):
@@ -170,13 +172,13 @@ def stacked_linear(x: Tensor, owner: nn.Module, name: str, layers: tuple[nn.Modu
     each layer's own quantization. Layers of mixed kinds are applied one by one, and so are layers with a hook
     attached (a hook on ``q_proj`` sees ``q_proj``'s own call, e.g. calibration recording its inputs).
     """
-    if not all(unhooked(layer) for layer in layers):
+    kinds = {type(layer) for layer in layers}
+    int8 = all(issubclass(kind, Int8Linear) for kind in kinds)
+    if not (int8 or all(issubclass(kind, nn.Linear) for kind in kinds)) or not all(map(unhooked, layers)):
         return torch.cat([layer(x) for layer in layers], dim=-1)
-    if all(isinstance(layer, Int8Linear) for layer in layers):
+    if int8:
         qweight, scale, bias = derived(owner, name, lambda: _stack_int8(layers))
         return int8_linear(x, qweight, scale, bias)
-    if not all(isinstance(layer, nn.Linear) for layer in layers):
-        return torch.cat([layer(x) for layer in layers], dim=-1)
     if reusing() and _packs(x, cast(tuple[nn.Linear, ...], layers)):
         packed, bias = derived(owner, f"{name}_packed", lambda: _stack_packed(layers))
         return _packed_product(x, packed, bias)

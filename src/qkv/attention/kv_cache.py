@@ -49,11 +49,19 @@ class KVCache:
             device,
         )
         # empty, not zeros: only the filled positions are ever read (zeroing a GPT-2-sized cache is ~3% of a decode)
-        self.keys = torch.empty(*shape, head_dim, dtype=dtype, device=device)
-        self.values = torch.empty(*shape, v_dim, dtype=dtype, device=device)
+        self._bind(
+            torch.empty(*shape, head_dim, dtype=dtype, device=device),
+            torch.empty(*shape, v_dim, dtype=dtype, device=device),
+        )
         self.lengths = [0] * num_layers
         self.max_seq_len = max_seq_len
         self._spare: tuple[Tensor, Tensor] | None = None  # reorder's second pair of buffers, made on first use
+
+    def _bind(self, keys: Tensor, values: Tensor) -> None:
+        """Make ``keys``/``values`` the buffers, with each layer's views ``(batch, kv_heads, max_seq_len, dim)`` made
+        once: taking them on every update was two ops per layer and token of a decoding step."""
+        self.keys, self.values = keys, values
+        self._layers = [(keys.select(0, i), values.select(0, i)) for i in range(keys.shape[0])]
 
     @property
     def num_layers(self) -> int:
@@ -72,21 +80,30 @@ class KVCache:
 
         The returned tensors are views ``(batch, kv_heads, seq_len, dim)`` into the buffers.
         """
-        if not 0 <= layer < self.num_layers:
+        if not 0 <= layer < len(self._layers):
             raise ConfigError(f"layer {layer} is outside this cache's {self.num_layers} layers")
-        expected = self.keys.shape[1:3]
-        if k.dim() != 4 or k.shape[:2] != expected or k.shape[-1] != self.keys.shape[-1] or v.shape[:3] != k.shape[:3]:
+        # the kept views, where autograd is off (decoding); with it on, fresh ones: autograd refuses in-place writes
+        # into a view made under another grad mode
+        keys, values = self._layers[layer] if not torch.is_grad_enabled() else (self.keys[layer], self.values[layer])
+        batch, heads, _, dim = keys.shape
+        if (
+            k.dim() != 4
+            or v.dim() != 4
+            or (k.shape[0], k.shape[1], k.shape[3]) != (batch, heads, dim)
+            or v.shape[:3] != k.shape[:3]
+            or v.shape[3] != values.shape[3]
+        ):
             raise ShapeError(
-                f"KVCache holds (batch={expected[0]}, kv_heads={expected[1]}, seq, head_dim={self.keys.shape[-1]}); "
+                f"KVCache holds (batch={batch}, kv_heads={heads}, seq, head_dim={dim}); "
                 f"got k {describe_shape(k.shape)} and v {describe_shape(v.shape)}"
             )
-        start, end = self.lengths[layer], self.lengths[layer] + k.shape[2]
+        start = self.lengths[layer]
+        end = start + k.shape[2]
         if end > self.max_seq_len:
             raise ConfigError(
                 f"KVCache is full: it holds at most max_seq_len={self.max_seq_len} positions and would hold {end}; "
                 "make a larger cache or stop generating earlier"
             )
-        keys, values = self.keys[layer], self.values[layer]  # (batch, kv_heads, max_seq_len, dim) views
         keys.narrow(2, start, end - start).copy_(k)
         values.narrow(2, start, end - start).copy_(v)
         self.lengths[layer] = end
@@ -103,10 +120,7 @@ class KVCache:
             )
         if torch.is_grad_enabled() and (self.keys.requires_grad or self.values.requires_grad):
             # decoding under autograd (rare: e.g. a gradient through a beam search): gather out of place
-            self.keys, self.values = (
-                self.keys.index_select(1, batch_indices),
-                self.values.index_select(1, batch_indices),
-            )
+            self._bind(self.keys.index_select(1, batch_indices), self.values.index_select(1, batch_indices))
             return
         if self._spare is None:
             self._spare = (torch.empty_like(self.keys), torch.empty_like(self.values))
@@ -115,7 +129,7 @@ class KVCache:
         torch.index_select(self.keys[:, :, :, :filled], 1, batch_indices, out=spare_keys[:, :, :, :filled])
         torch.index_select(self.values[:, :, :, :filled], 1, batch_indices, out=spare_values[:, :, :, :filled])
         self._spare = (self.keys, self.values)
-        self.keys, self.values = spare_keys, spare_values
+        self._bind(spare_keys, spare_values)
 
     def truncate(self, length: int) -> None:
         """Forget every position from ``length`` on, in every layer (speculative decoding drops rejected tokens)."""
