@@ -96,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"qkv {verb}".rstrip()
     debug = "--debug" in argv[: argv.index(verb) if verb else len(argv)]
     try:
+        # NumPy before PyTorch: PyTorch imports it from C++ and clears any error there, so a Ctrl-C landing in that
+        # import was swallowed and left a half-initialised numpy (the run then died on `np.matrix` or `np.nonzero`)
+        import numpy  # noqa: F401
+
         args = _parse(build_parser(), argv)
         return int(args.run(args) or 0)
     except (QkvError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
