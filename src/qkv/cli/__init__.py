@@ -113,12 +113,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         if debug:
             raise
-        # a verb says what it was doing and what it kept (qkv.cli.common.on_interrupt); otherwise nothing was kept
-        message = str(exc) or NOTHING_KEPT
-        print(
-            f"{prefix}: interrupted (Ctrl-C){' ' if message.startswith('while ') else '; '}{message}", file=sys.stderr
-        )
-        return 130
+        return _interrupted(prefix, exc)
+    except Exception as exc:
+        # Python 3.11 wraps what is raised while it makes a class (a descriptor's __set_name__) in a RuntimeError:
+        # a Ctrl-C that lands there, in a module imported during the first second, arrives as one
+        interrupt = _ctrl_c_behind(exc)
+        if debug or interrupt is None:
+            raise
+        return _interrupted(prefix, interrupt)
+
+
+def _interrupted(prefix: str, exc: KeyboardInterrupt) -> int:
+    """Say what was interrupted; exit code 130."""
+    # a verb says what it was doing and what it kept (qkv.cli.common.on_interrupt); otherwise nothing was kept
+    message = str(exc) or NOTHING_KEPT
+    print(f"{prefix}: interrupted (Ctrl-C){' ' if message.startswith('while ') else '; '}{message}", file=sys.stderr)
+    return 130
+
+
+def _ctrl_c_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt among the exceptions that caused ``exc``, or None."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
