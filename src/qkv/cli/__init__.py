@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from qkv.errors import QkvError
@@ -96,11 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"qkv {verb}".rstrip()
     debug = "--debug" in argv[: argv.index(verb) if verb else len(argv)]
     try:
-        # NumPy before PyTorch: PyTorch imports it from C++ and clears any error there, so a Ctrl-C landing in that
-        # import was swallowed and left a half-initialised numpy (the run then died on `np.matrix` or `np.nonzero`)
-        import numpy  # noqa: F401
-
-        args = _parse(build_parser(), argv)
+        with _ctrl_c_after_imports():
+            parser = build_parser()  # (imports every verb, and with them PyTorch, NumPy and the tokenizers)
+        args = _parse(parser, argv)
         return int(args.run(args) or 0)
     except (QkvError, FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         if debug:
@@ -121,6 +122,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug or interrupt is None:
             raise
         return _interrupted(prefix, interrupt)
+
+
+@contextmanager
+def _ctrl_c_after_imports() -> Iterator[None]:
+    """Hold a Ctrl-C pressed inside the block and raise it when the block ends.
+
+    The first second of every verb imports C extensions, which do not all let a KeyboardInterrupt through: PyTorch
+    imports NumPy from C++ and clears any error there (the command then ran on, or died on a half-imported numpy);
+    NumPy turns one raised inside its C import into an ``ImportError`` that no longer names it. Nothing is written
+    while importing, so a press waits until the imports are done and is then handled as anywhere else.
+    """
+    pressed = False
+
+    def hold(signum: int, frame: object) -> None:
+        nonlocal pressed
+        pressed = True
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+        yield  # (ignored by whoever started us, e.g. a background job; or no signals here at all)
+        return
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _interrupted(prefix: str, exc: KeyboardInterrupt) -> int:
