@@ -52,7 +52,7 @@ def test_one_compilation_serves_every_length():
 
 
 @pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile needs a C++ compiler on the CPU")
-@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+@pytest.mark.parametrize("strategy", ["greedy", pytest.param("beam", marks=pytest.mark.slow)])  # (beam: slow job)
 def test_compiled_decoding_gives_the_same_tokens(strategy):
     """Inductor-compiled steps (the real thing) against the plain model: the same tokens, and the model keeps
     one compiled module across calls."""

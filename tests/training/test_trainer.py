@@ -152,7 +152,8 @@ def _losses(run: Path) -> list[float]:
 FSDP_ON_CPU = pytest.mark.skipif(not fsdp_runs_on_cpus(), reason="FSDP2 on CPUs needs torch 2.6 (refused by name)")
 
 
-@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=FSDP_ON_CPU)])
+# FSDP's two processes also run in the default suite, in the resume test below; this comparison is the slow job's
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=[FSDP_ON_CPU, pytest.mark.slow])])
 def test_two_processes_match_one_process(tmp_path, parallel):
     """Same global batch (4 rows = 2 x 2), DDP or FSDP: losses agree to 1e-5 relative (only the summation order of
     the gradient reduction differs), and so do the final weights; FSDP's checkpoint is the full model, in the same
