@@ -118,12 +118,12 @@ class MultiHeadAttention(HookPointOwner):
         if is_self:
             # one matmul with the three weights stacked is faster than three small ones (same numbers); while
             # decoding (frozen_weights) the stack is kept, transposed for fast vector-matrix products
-            kv_width = self.num_kv_heads * self.head_dim
             qkv = stacked_linear(query, self, "qkv", (self.q_proj, self.k_proj, self.v_proj))
             if self.num_kv_heads == self.num_heads:  # (3 ops where splitting, then splitting heads, took 7)
                 b, n, _ = qkv.shape
                 q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
                 return q, k, v
+            kv_width = self.num_kv_heads * self.head_dim
             q, k, v = qkv.split([self.embed_dim, kv_width, kv_width], dim=-1)
         else:
             q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
