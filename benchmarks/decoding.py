@@ -8,7 +8,8 @@
   decoding step's per-layer overhead (Python, dispatch, small ops) against HF's.
 * batched: 8 prompts of 5 to 60 tokens (GPT-2's 50,257 vocabulary), 64 new tokens each, in one left-padded batch:
   qkv against HF generate on the same batch (attention mask and positions from the padding), and against qkv
-  generating them one by one (the same tokens, tested in tests/decoding/test_batched.py).
+  generating them one by one (the same tokens, tested in tests/decoding/test_batched.py); where the CPU has native
+  bf16 units, the same batch in bf16 against HF's fp32.
 * speculative: a 6-layer / 384-dim character GPT and a 2-layer draft trained on the bundled corpus
   (``--train-steps`` each), greedy 256 tokens: qkv.generate(..., draft_model=) against plain qkv.generate;
   identical output.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ from qkv.attention.frozen import frozen_linear, frozen_weights
 from qkv.benchmarking.measure import time_pair
 from qkv.benchmarking.report import Report, Row
 from qkv.benchmarking.scratch import scratch_directory
+from qkv.devices import native_cpu_bf16
 from qkv.training import Trainer, load_run_config
 from qkv.training.lm import build_lm
 
@@ -55,29 +58,28 @@ def decode_layers(model: torch.nn.Module) -> list[torch.nn.Linear]:
     return layers
 
 
-def decode_weights(model: torch.nn.Module) -> list[torch.Tensor]:
-    """:func:`decode_layers`' weights as the ``(in, out)`` matrices one row multiplies by in qkv's decoding layout
-    (widening layers stored ``(in, out)``, narrowing ones as a transposed view of ``(out, in)``, which ``x @ w``
-    multiplies as ``F.linear`` does)."""
-    weights = [layer.weight.t() for layer in decode_layers(model)]
-    return [w if w.shape[0] > w.shape[1] else w.contiguous() for w in weights]
+def products_only(layers: list[torch.nn.Linear], rows: int, steps: int) -> Callable[[], None]:
+    """A function running ``steps`` decoding steps' products and nothing else: ``rows`` rows (in the layers'
+    precision) times each of :func:`decode_layers`' ``layers``, through the layouts and kernels qkv decodes with
+    (``frozen_linear`` inside ``frozen_weights``, the layouts derived in the first step, as in generation)."""
+    inputs = {layer.in_features: torch.randn(rows, layer.in_features, dtype=layer.weight.dtype) for layer in layers}
+
+    def run() -> None:
+        with torch.no_grad(), frozen_weights():
+            for _ in range(steps):
+                for layer in layers:
+                    frozen_linear(inputs[layer.in_features], layer)
+
+    return run
 
 
 def matmul_floor_row(report: Report, label: str, ours, reference, rows: int, steps: int) -> None:
     """How fast generation could be at best: the decoding steps' matrix products alone (``rows`` x each weight,
     ``steps`` times, through the layouts and kernels qkv decodes with: ``frozen_linear`` inside ``frozen_weights``;
     no attention, no norms, no sampling), timed against HF's whole generation in one run. Its ratio is the largest
-    speed-up over HF that any implementation with these fp32 products can reach."""
+    speed-up over HF that any implementation with these products (in the model's precision) can reach."""
     layers = decode_layers(ours)
-    inputs = {layer.in_features: torch.randn(rows, layer.in_features) for layer in layers}
-
-    def matmuls_only():
-        with torch.no_grad(), frozen_weights():  # (the layouts are derived in the first step, as in generation)
-            for _ in range(steps):
-                for layer in layers:
-                    frozen_linear(inputs[layer.in_features], layer)
-
-    t_floor, t_hf = time_pair(matmuls_only, reference, 3)
+    t_floor, t_hf = time_pair(products_only(layers, rows, steps), reference, 3)
     megabytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers) / 2**20
     report.rows.append(
         Row(
@@ -232,6 +234,36 @@ def batched(report: Report, new_tokens: int = 64) -> None:
     report.notes.append(
         f"Batched: {tokens / t_batch:,.0f} tokens/s (qkv batch) vs {tokens / t_hf:,.0f} (HF batch) vs "
         f"{tokens / t_single:,.0f} (qkv one by one); batch output equal to one by one: {same}."
+    )
+    if not native_cpu_bf16():  # qkv refuses bf16 where it would be emulated (slower than fp32)
+        report.notes.append("Batched bf16 not measured: this CPU has no native bf16 units.")
+        return
+    ours_bf16 = qkv.load_pretrained(directory, dtype="bf16")
+
+    def run_batch_bf16():
+        return qkv.generate(ours_bf16, prompts, max_new_tokens=new_tokens)
+
+    t_bf16, t_hf = time_pair(run_batch_bf16, run_hf, 3)
+    report.rows.append(
+        Row(
+            "Batched prompts, qkv bf16 vs HF fp32",
+            setting,
+            "speed-up",
+            t_bf16,
+            t_hf,
+            "HF generate",
+            ">= 2",
+            speedup=True,
+        )  # fmt: skip
+    )
+    matmul_floor_row(report, "Bound: its bf16 matmuls alone vs HF", ours_bf16, run_hf, rows=len(prompts),
+                     steps=new_tokens)  # fmt: skip
+    fp32_tokens = torch.cat([t[0, -new_tokens:] for t in run_one_by_one()])
+    bf16_tokens = torch.cat([t[-new_tokens:] for t in run_batch_bf16()])
+    report.notes.append(
+        f"Batched bf16: {tokens / t_bf16:,.0f} tokens/s; {(bf16_tokens == fp32_tokens).float().mean():.3f} of its "
+        "tokens equal fp32's (free-running, so one early difference changes the rest of a row; "
+        "benchmarks/precision.py measures agreement step by step)."
     )
 
 

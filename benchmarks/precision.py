@@ -46,7 +46,7 @@ from qkv.training import Trainer, load_run_config
 from qkv.training.lm import build_lm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decoding import decode_weights
+from decoding import decode_layers, products_only
 
 RESULTS = Path(__file__).parent / "results"
 PROMPT = 32
@@ -104,7 +104,8 @@ def speed_rows(report: Report, label: str, hf: transformers.PreTrainedModel, voc
 
 def products_alone(model: torch.nn.Module, steps: int):
     """A function doing one decoding run's matrix products and nothing else: each weight times one row, ``steps``
-    times, in the model's own format (int8 through the same kernel, Q/K/V stacked as decoding stacks them)."""
+    times, in the model's own format and through the kernels qkv decodes with (int8 through its kernel, float weights
+    through ``frozen_linear``'s layouts; Q/K/V stacked as decoding stacks them)."""
     int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
     if int8:
         stacks: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -122,16 +123,7 @@ def products_alone(model: torch.nn.Module, steps: int):
                     int8_linear(rows[q.shape[1]], q, s)
 
         return run
-    with torch.no_grad():
-        weights = decode_weights(model)
-    inputs = {w.shape[0]: torch.randn(1, w.shape[0], dtype=w.dtype) for w in weights}
-
-    def run_float() -> None:
-        for _ in range(steps):
-            for w in weights:
-                inputs[w.shape[0]] @ w
-
-    return run_float
+    return products_only(decode_layers(model), 1, steps)
 
 
 def train_lm(config: str, out: Path, steps: int) -> tuple[torch.nn.Module, torch.Tensor]:

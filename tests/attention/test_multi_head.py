@@ -292,6 +292,34 @@ def test_a_few_rows_multiply_a_packed_weight_with_linears_numbers(rows):
         assert torch.equal(layer(x), out)  # the kept copy serves the next call
 
 
+@pytest.mark.parametrize("rows", [1, 2, 256, 257])
+def test_bf16_products_pack_from_one_row_up_where_onednn_has_bf16_kernels(rows):
+    """bf16 products of 1 to PACKED_MAX_ROWS rows (decoding's single rows included) run on a oneDNN-packed weight
+    where oneDNN has bf16 kernels (BF16_PACKS), alone and stacked, each output the fp32 product of the bf16 operands
+    and bias rounded once to bf16; the unpacked routes round the product, then its sum with the bias."""
+    from qkv.attention.frozen import BF16_PACKS, PACKED_MAX_ROWS, FrozenLinear, frozen_weights, kept, stacked_linear
+
+    torch.manual_seed(0)
+    width = 512
+    layers = (FrozenLinear(width, width, dtype=torch.bfloat16), torch.nn.Linear(width, 64, dtype=torch.bfloat16))
+    x = (torch.randn(rows, width) * 3).bfloat16()
+    with torch.no_grad(), frozen_weights():
+        out = layers[0](x)
+        stacked = stacked_linear(x, layers[0], "qkv", layers)
+        packs = BF16_PACKS and rows <= PACKED_MAX_ROWS
+        assert (kept(layers[0], "packed") is not None) == packs
+        assert (kept(layers[0], "qkv_packed") is not None) == packs
+        products = torch.cat([x.float() @ m.weight.float().t() for m in layers], -1)
+        reference = products + torch.cat([m.bias.float() for m in layers])
+    assert out.dtype == stacked.dtype == torch.bfloat16
+    # one rounding to 8 significant bits (two without packing: the product's, then the sum's), and fp32 accumulation
+    # in another order, tiny beside the sum of the terms' magnitudes
+    rounded = (reference.abs() if packs else reference.abs() + products.abs()) * 2.0**-8
+    floor = 1e-5 * torch.cat([x.float().abs() @ m.weight.float().abs().t() for m in layers], -1)
+    assert ((stacked.float() - reference).abs() <= rounded + floor).all()
+    assert ((out.float() - reference[:, :width]).abs() <= rounded[:, :width] + floor[:, :width]).all()
+
+
 def test_a_model_used_inside_frozen_weights_still_deep_copies_and_saves(tmp_path):
     """Derived layouts (a oneDNN-packed weight cannot be copied at all) are kept beside the modules, so a deep copy
     and torch.save of a model that has decoded work, and give the same numbers."""

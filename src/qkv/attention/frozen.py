@@ -25,6 +25,7 @@ from qkv.attention.int8 import Int8Linear, int8_linear
 T = TypeVar("T")
 
 __all__ = [
+    "BF16_PACKS",
     "ONEDNN_AVAILABLE",
     "PACKED_MAX_ROWS",
     "PACKED_MIN_WEIGHTS",
@@ -61,6 +62,14 @@ ONEDNN_AVAILABLE = (
     torch.backends.mkldnn.is_available()
     and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
+# bf16 products pack from one row up, wherever oneDNN has bf16 kernels (AVX-512 and newer): ATen's own bf16
+# vector-matrix products stream a weight at 15-29 GB/s there, oneDNN's packed ones at 33-70 GB/s (one row, GPT-2
+# small's shapes, 2-core AMD EPYC with AVX512-BF16), which took a bf16 decoding step of that shape from 24-28 ms to
+# 17 ms with the same tokens. (fp32 one-row products keep the layouts above: packing gained only ~10% there, and
+# on AVX2 small layers lost.)
+BF16_PACKS = ONEDNN_AVAILABLE and bool(
+    getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()  # (absent from older builds)
 )
 
 
@@ -120,9 +129,10 @@ def kept(owner: nn.Module, name: str) -> object | None:
 
 
 def frozen_linear(x: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(x)``; inside :func:`frozen_weights`, 2 to ``PACKED_MAX_ROWS`` rows of fp32 input by a weight of at
-    least ``PACKED_MIN_WEIGHTS`` entries multiply a cached oneDNN-packed copy (see the constants' comment), and one
-    row by a layer that widens (or keeps) its input multiplies a cached ``(in, out)`` copy.
+    """``layer(x)``; inside :func:`frozen_weights`, 2 to ``PACKED_MAX_ROWS`` rows of fp32 input (1 to
+    ``PACKED_MAX_ROWS`` of bf16 where :data:`BF16_PACKS`) by a weight of at least ``PACKED_MIN_WEIGHTS`` entries
+    multiply a cached oneDNN-packed copy (see the constants' comments), and one fp32 row by a layer that widens (or
+    keeps) its input multiplies a cached ``(in, out)`` copy.
 
     Decoding multiplies one row by each weight, a vector-matrix product whose speed on CPU is set by how fast the
     weight streams from memory. Which layout streams faster depends on the shape: for a layer with at least as many
@@ -210,13 +220,18 @@ def _packs(x: Tensor, layers: tuple[nn.Linear, ...]) -> bool:
     """Whether ``x``'s product with the layers' weights (stacked) runs on a oneDNN-packed weight (see
     ``PACKED_MAX_ROWS``): inside :func:`frozen_weights` only, which the caller checks."""
     rows = x.numel() // max(x.shape[-1], 1)
+    if x.dtype == torch.float32:
+        fewest = 2
+    elif x.dtype == torch.bfloat16 and BF16_PACKS:
+        fewest = 1
+    else:
+        return False
     return (
         ONEDNN_AVAILABLE
-        and 2 <= rows <= PACKED_MAX_ROWS
+        and fewest <= rows <= PACKED_MAX_ROWS
         and sum(layer.weight.numel() for layer in layers) >= PACKED_MIN_WEIGHTS
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and all(layer.weight.dtype == torch.float32 for layer in layers)
+        and all(layer.weight.dtype == x.dtype for layer in layers)
     )
 
 
