@@ -316,6 +316,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=400, help="training steps of the speculative pair (400)")
     args = parser.parse_args()
     report = Report("Decoding (small vocabulary, batched prompts, speculative)", "python benchmarks/decoding.py")
+    report.precision = "fp32, bf16 (its batched row)" if native_cpu_bf16() else "fp32"
     small_vocabulary(report)
     step_overhead(report)
     batched(report)
