@@ -254,7 +254,7 @@ def batched(report: Report, new_tokens: int = 64) -> None:
             "HF generate",
             ">= 2",
             speedup=True,
-        )  # fmt: skip
+        )
     )
     matmul_floor_row(report, "Bound: its bf16 matmuls alone vs HF", ours_bf16, run_hf, rows=len(prompts),
                      steps=new_tokens)  # fmt: skip
