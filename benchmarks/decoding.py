@@ -230,7 +230,8 @@ def batched(report: Report, new_tokens: int = 64) -> None:
             speedup=True,
         )
     )
-    same = all(torch.equal(a, b[0]) for a, b in zip(run_batch(), run_one_by_one()))
+    fp32_batch = run_batch()
+    same = all(torch.equal(a, b[0]) for a, b in zip(fp32_batch, run_one_by_one()))
     report.notes.append(
         f"Batched: {tokens / t_batch:,.0f} tokens/s (qkv batch) vs {tokens / t_hf:,.0f} (HF batch) vs "
         f"{tokens / t_single:,.0f} (qkv one by one); batch output equal to one by one: {same}."
@@ -258,7 +259,7 @@ def batched(report: Report, new_tokens: int = 64) -> None:
     )
     matmul_floor_row(report, "Bound: its bf16 matmuls alone vs HF", ours_bf16, run_hf, rows=len(prompts),
                      steps=new_tokens)  # fmt: skip
-    fp32_tokens = torch.cat([t[0, -new_tokens:] for t in run_one_by_one()])
+    fp32_tokens = torch.cat([t[-new_tokens:] for t in fp32_batch])  # (equal to one by one: checked above)
     bf16_tokens = torch.cat([t[-new_tokens:] for t in run_batch_bf16()])
     report.notes.append(
         f"Batched bf16: {tokens / t_bf16:,.0f} tokens/s; {(bf16_tokens == fp32_tokens).float().mean():.3f} of its "
