@@ -536,6 +536,58 @@ def test_causal_and_window_are_exactly_the_mask_functions(backend, causal, windo
         assert (seen[..., window:] == window).all() and seen.max() == window
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("n", "kv_heads", "causal"), [(1, 4, False), (2, 4, False), (37, 2, False), (37, 4, True)])
+def test_strict_causal_is_keys_strictly_before_the_query(backend, n, kv_heads, causal):
+    """``mods.causal(strict=True)`` (PixelSNAIL's raster order; the fused backend runs it on SDPA's causal kernel,
+    shifted one position) equals a function of your own with the same values, forward and backward, grouped heads
+    too: query i sees keys 0..i-1, the first query nothing (zeros)."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, n, 8, generator=g)
+    k, v = torch.randn(2, kv_heads, n, 8, generator=g), torch.randn(2, kv_heads, n, 6, generator=g)
+    results = []
+    for mask_mod in (mods.causal(strict=True), lambda b, h, q_idx, kv_idx: kv_idx < q_idx):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out, weights = qkv.attend(*leaves, mask_mod=mask_mod, causal=causal, backend=backend, return_weights=True)
+        out.pow(2).sum().backward()
+        results.append([out, weights, *(t.grad for t in leaves)])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, **FP32)
+    out, weights = results[0][:2]
+    assert torch.equal(out[:, :, 0], torch.zeros_like(out[:, :, 0]))
+    assert torch.equal(weights.gt(0), torch.ones(n, n, dtype=torch.bool).tril(-1).expand_as(weights))
+
+
+def test_strict_causal_runs_fused_where_a_dense_mask_would_be_too_large():
+    """The shifted kernel needs no dense mask, so ``auto`` keeps SDPA for long sequences (a function of your own
+    with the same values is materialised, and past the limit goes to the chunked backend)."""
+    from qkv.attention.backends import choose_backend
+    from qkv.attention.call import build_call
+
+    q = torch.zeros(1, 2, 4096, 8)
+    options = dict(causal=False, window=None, bias=None, score="scaled_dot", scale=None, dropout=0.0)
+    strict = build_call(q, q, q, None, return_weights=False, mask_mod=mods.causal(strict=True), **options)
+    own = build_call(q, q, q, None, return_weights=False, mask_mod=lambda b, h, qi, kv: kv < qi, **options)
+    assert (choose_backend(strict), choose_backend(own)) == ("fused", "chunked")
+
+
+def test_strict_causal_reaches_sdpa_as_its_causal_kernel_without_a_mask(monkeypatch):
+    """What the fused backend hands SDPA: queries 1..n-1 and keys 0..n-2, ``is_causal``, no mask."""
+    from qkv.attention.backends import fused
+
+    seen = []
+    real = fused._sdpa
+
+    def spy(q, k, v, attn_mask, dropout, is_causal, scale, kwargs):
+        seen.append((q.shape[2], k.shape[2], attn_mask, is_causal))
+        return real(q, k, v, attn_mask, dropout, is_causal, scale, kwargs)
+
+    monkeypatch.setattr(fused, "_sdpa", spy)
+    q = torch.randn(1, 2, 9, 4)
+    qkv.attend(q, q, q, mask_mod=mods.causal(strict=True), backend="fused")
+    assert seen == [(8, 8, None, True)]
+
+
 def test_window_mask_tensor_and_sliding_window_agree_with_the_definition():
     """Keys t - w + 1 .. t for an int w; t - left .. t + right for a tuple (queries are the last q_len keys)."""
     for window in (1, 3, (2, 0), (1, 4)):

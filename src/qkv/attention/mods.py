@@ -45,6 +45,7 @@ __all__ = [
     "index_grid",
     "is_additive",
     "is_relative",
+    "is_strictly_causal",
     "additive_bias",
     "or_masks",
     "prefix_lm",
@@ -191,13 +192,29 @@ def captured_tensors(fn: object) -> list[Tensor]:
 # --------------------------------------------------------------------------------------------------- mask functions
 
 
-def causal() -> MaskMod:
-    """Key at or before the query: exactly what ``qkv.attend(causal=True)`` allows."""
+def causal(strict: bool = False) -> MaskMod:
+    """Key at or before the query: exactly what ``qkv.attend(causal=True)`` allows. ``strict``: keys strictly
+    before the query (its own position excluded, so the first query sees nothing and gets zeros), the mask of
+    models whose keys read the very value the query predicts (PixelSNAIL); the fused backend runs it on SDPA's
+    causal kernel, one position shifted, instead of a dense mask (see :func:`is_strictly_causal`)."""
+    if strict:
+        return strictly_causal_mod
 
     def causal_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return q_idx >= kv_idx
 
     return causal_mod
+
+
+def strictly_causal_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    """``causal(strict=True)``: key strictly before the query."""
+    return kv_idx < q_idx
+
+
+def is_strictly_causal(mask_mod: MaskMod | None) -> bool:
+    """Whether ``mask_mod`` is :func:`causal` ``(strict=True)`` itself (a backend may then skip evaluating it; a
+    user's function with the same values is evaluated as any other)."""
+    return mask_mod is strictly_causal_mod
 
 
 def sliding_window(window: Window) -> MaskMod:

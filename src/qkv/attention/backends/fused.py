@@ -8,6 +8,8 @@ It serves every score that is a dot product after transforming q and k (``dot``,
 * a bool mask keeps PyTorch's polarity (True = may attend), a bias becomes a float mask with ``-inf`` where masked;
 * rows with no allowed key are given one dummy key and their output is zeroed afterwards, so no PyTorch version or
   kernel can produce NaN for them;
+* ``mods.causal(strict=True)`` (keys strictly before the query) is SDPA's causal kernel on queries ``1..n-1`` and
+  keys ``0..n-2``, the first query's row zero: no dense mask, and the kernel skips the masked half;
 * weights, when asked for, are recomputed by the reference softmax (SDPA never returns them).
 """
 
@@ -20,7 +22,7 @@ from torch import Tensor
 from qkv.attention.backends.reference import reference_weights
 from qkv.attention.call import AttentionCall, repeat_kv
 from qkv.attention.masks import Span
-from qkv.attention.mods import evaluate_mask, index_grid, is_additive
+from qkv.attention.mods import evaluate_mask, index_grid, is_additive, is_strictly_causal
 
 __all__ = ["fused_attention", "fused_unsupported_reason"]
 
@@ -37,7 +39,7 @@ def fused_unsupported_reason(call: AttentionCall) -> str | None:
         return f"score {call.score.extra_name()!r} is not a dot product of (transformed) q and k"
     if call.score_mod is not None and not is_additive(call.score_mod):
         return "its score_mod is not additive (SDPA applies no function to the scores)"
-    if call.mask_mod is not None or call.score_mod is not None:
+    if (call.mask_mod is not None and not _strictly_causal(call)) or call.score_mod is not None:
         size = _dense_mod_size(call)
         if size > DENSE_MOD_LIMIT:
             return f"its mask/score function would need a dense tensor of {size:,} elements"
@@ -55,6 +57,20 @@ def _dense_mod_size(call: AttentionCall) -> int:
         shape = call.score_mod(call.q.new_zeros(1, 1, 1, 1), probe.b, probe.h, probe.q, probe.kv).shape
         batch, heads = max(batch, shape[0]), max(heads, shape[1])
     return batch * heads * call.q_len * call.k_len
+
+
+def _strictly_causal(call: AttentionCall) -> bool:
+    """Whether the call's only mask is ``mods.causal(strict=True)`` (``causal=True`` besides it changes nothing),
+    over as many queries as keys, two or more (one query sees nothing: the general path's empty row): the shifted
+    causal kernel computes it exactly."""
+    return (
+        is_strictly_causal(call.mask_mod)
+        and call.mask is None
+        and call.bias is None
+        and call.score_mod is None
+        and (call.span.unbounded or call.span == _CAUSAL)
+        and call.q_len == call.k_len >= 2
+    )
 
 
 def _sdpa_mask(call: AttentionCall) -> tuple[Tensor | None, bool, Tensor | None]:
@@ -116,16 +132,22 @@ def fused_attention(call: AttentionCall) -> tuple[Tensor, Tensor | None]:
     assert pair is not None, fused_unsupported_reason(call)
     q, k = pair
     v = call.v
-    attn_mask, is_causal, empty_rows = _sdpa_mask(call)
     kwargs = {}
     if call.group > 1:
         if _HAS_ENABLE_GQA:
             kwargs["enable_gqa"] = True
         else:  # pragma: no cover - torch < 2.5
             k, v = repeat_kv(k, call.group), repeat_kv(v, call.group)
-    out = _sdpa(q, k, v, attn_mask, call.dropout, is_causal, call.scale, kwargs)
-    if empty_rows is not None:
-        out = out.masked_fill(empty_rows, 0.0)
+    if _strictly_causal(call):
+        # query i sees keys 0..i-1: query i against key j is row i-1, column j of a causal attention of queries
+        # 1..n-1 over keys 0..n-2; query 0 sees nothing (zeros, as an empty row gets everywhere in qkv)
+        rest = _sdpa(q[:, :, 1:], k[:, :, :-1], v[:, :, :-1], None, call.dropout, True, call.scale, kwargs)
+        out = torch.cat([rest.new_zeros(rest.shape[0], rest.shape[1], 1, rest.shape[3]), rest], dim=2)
+    else:
+        attn_mask, is_causal, empty_rows = _sdpa_mask(call)
+        out = _sdpa(q, k, v, attn_mask, call.dropout, is_causal, call.scale, kwargs)
+        if empty_rows is not None:
+            out = out.masked_fill(empty_rows, 0.0)
     weights = None
     if call.return_weights:
         with torch.no_grad():

@@ -44,9 +44,16 @@ def _levels_input(images: Tensor, levels: int) -> Tensor:
     return (images / (levels - 1) * 2 - 1)[..., None]
 
 
-def _class_bias(embedding: nn.Embedding | None, labels: Tensor | None) -> Tensor | float:
-    """``(batch, channels, 1, 1)`` added to every position, or 0 without a label."""
-    return 0.0 if embedding is None or labels is None else embedding(labels)[:, :, None, None]
+def _class_bias(
+    embedding: nn.Embedding | None, labels: Tensor | None, dtype: torch.dtype | None = None
+) -> Tensor | float:
+    """``(batch, channels, 1, 1)`` added to every position (in ``dtype``: the activations', so that a bf16 gate
+    is not promoted to fp32 by an fp32 bias — a PixelSNAIL training step took 0.91 s that way, 0.83 s in bf16), or
+    0 without a label."""
+    if embedding is None or labels is None:
+        return 0.0
+    bias = embedding(labels)[:, :, None, None]
+    return bias if dtype is None else bias.to(dtype)
 
 
 def _head(c: PixelConfig) -> nn.Module:
@@ -131,7 +138,7 @@ class GatedLayer(nn.Module):
         and the gated output ``(batch, channels, R, W)``. The columns are padded here."""
         half = self.half_kernel
         v_pre = self.vertical(F.pad(v_rows, (half, half, 0, 0)))
-        return v_pre, self.gate(v_pre + _class_bias(self.label, labels))
+        return v_pre, self.gate(v_pre + _class_bias(self.label, labels, v_pre.dtype))
 
     def horizontal_stack(self, h_cols: Tensor, v_pre_above: Tensor, h: Tensor, labels: Tensor | None) -> Tensor:
         """``h_cols (batch, in_channels, R, W + half)``: the horizontal input (the first layer's already shifted
@@ -140,7 +147,7 @@ class GatedLayer(nn.Module):
         ``(batch, channels, R, W)`` (unused by the first layer) -> the new horizontal stream ``(batch, channels, R,
         W)``. Called on whole images by :meth:`forward` and on one pixel by cached sampling."""
         h_pre = self.horizontal(h_cols) + self.vertical_to_horizontal(v_pre_above)
-        h_out = self.dropout(self.horizontal_out(self.gate(h_pre + _class_bias(self.label, labels))))
+        h_out = self.dropout(self.horizontal_out(self.gate(h_pre + _class_bias(self.label, labels, h_pre.dtype))))
         return h_out if self.first else h + h_out
 
 

@@ -17,16 +17,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qkv.attention import MultiHeadAttention
+from qkv.attention import MultiHeadAttention, mods
 from qkv.models.pixels.base import PixelConfig
 from qkv.models.pixels.convolutional import GatedPixelCNN
 
 __all__ = ["PixelSNAIL"]
 
 
-def strictly_before(_batch: Tensor, _head: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-    """The mask function of raster order, strict: query pixel ``q_idx`` sees key pixels ``kv_idx < q_idx``."""
-    return kv_idx < q_idx
+#: the mask function of raster order, strict: query pixel ``q_idx`` sees key pixels ``kv_idx < q_idx`` (qkv's own,
+#: which the fused backend runs on SDPA's causal kernel instead of a dense 784 x 784 mask)
+strictly_before = mods.causal(strict=True)
 
 
 class AttentionBlock(nn.Module):
