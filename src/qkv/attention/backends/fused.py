@@ -59,15 +59,18 @@ def _dense_mod_size(call: AttentionCall) -> int:
     return batch * heads * call.q_len * call.k_len
 
 
+def _no_mask_tensors(call: AttentionCall) -> bool:
+    """No bool mask, no bias and no score function: only the span and the mask function decide."""
+    return call.mask is None and call.bias is None and call.score_mod is None
+
+
 def _strictly_causal(call: AttentionCall) -> bool:
     """Whether the call's only mask is ``mods.causal(strict=True)`` (``causal=True`` besides it changes nothing),
     over as many queries as keys, two or more (one query sees nothing: the general path's empty row): the shifted
     causal kernel computes it exactly."""
     return (
         is_strictly_causal(call.mask_mod)
-        and call.mask is None
-        and call.bias is None
-        and call.score_mod is None
+        and _no_mask_tensors(call)
         and (call.span.unbounded or call.span == _CAUSAL)
         and call.q_len == call.k_len >= 2
     )
@@ -76,10 +79,8 @@ def _strictly_causal(call: AttentionCall) -> bool:
 def _sdpa_mask(call: AttentionCall) -> tuple[Tensor | None, bool, Tensor | None]:
     """Returns ``(attn_mask, is_causal, empty_rows)`` in SDPA's terms; ``empty_rows`` marks rows to zero."""
     if (
-        call.mask is None
-        and call.bias is None
+        _no_mask_tensors(call)
         and call.mask_mod is None
-        and call.score_mod is None
         and (call.span.unbounded or (call.span == _CAUSAL and call.q_len == call.k_len))
     ):
         return None, not call.span.unbounded, None
