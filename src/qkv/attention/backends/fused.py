@@ -10,10 +10,13 @@ It serves every score that is a dot product after transforming q and k (``dot``,
   kernel can produce NaN for them;
 * ``mods.causal(strict=True)`` (keys strictly before the query) is SDPA's causal kernel on queries ``1..n-1`` and
   keys ``0..n-2``, the first query's row zero: no dense mask, and the kernel skips the masked half;
+* bf16 on the CPU runs the kernel in fp32 where that is faster (a backward to follow, one query): :func:`_sdpa`;
 * weights, when asked for, are recomputed by the reference softmax (SDPA never returns them).
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,7 @@ from torch import Tensor
 
 from qkv.attention.backends.reference import reference_weights
 from qkv.attention.call import AttentionCall, repeat_kv
+from qkv.attention.frozen import BF16_PACKS
 from qkv.attention.masks import Span
 from qkv.attention.mods import evaluate_mask, index_grid, is_additive, is_strictly_causal
 
@@ -105,26 +109,47 @@ def _sdpa_mask(call: AttentionCall) -> tuple[Tensor | None, bool, Tensor | None]
 
 
 def _sdpa(q, k, v, attn_mask, dropout, is_causal, scale, kwargs) -> Tensor:  # noqa: ANN001
-    """``F.scaled_dot_product_attention``, in fp32 for half-precision inputs on the CPU.
+    """``F.scaled_dot_product_attention``; on the CPU, half-precision inputs run in fp32 unless
+    :func:`_native_bf16_pays`.
 
-    PyTorch's CPU flash-attention kernels are several times slower in bf16/fp16 than in fp32 (the backward most:
-    7.0 vs 2.4 ms forward+backward at the baby GPT's shapes on an AVX512-BF16 CPU), so there the kernel runs in fp32
-    and its output returns to the input dtype; the result is at least as accurate. Autocast is paused for the call,
-    as it would cast the inputs straight back.
+    PyTorch's CPU flash-attention kernels are several times slower in bf16/fp16 than in fp32 where a backward
+    follows (7.0 vs 2.4 ms forward+backward at the baby GPT's shapes on an AVX512-BF16 CPU) and for one query (a
+    decoding step), so there the kernel runs in fp32 and its output returns to the input dtype; the result is at
+    least as accurate. Autocast, where on, is paused for the call, as it would cast the inputs straight back.
     """
     half = q.dtype in (torch.bfloat16, torch.float16)
-    if not (half and q.device.type == "cpu"):
+    if not (half and q.device.type == "cpu") or _native_bf16_pays(q, k, v):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal, scale=scale, **kwargs
         )
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         attn_mask = attn_mask.float()
-    with torch.autocast(device_type="cpu", enabled=False):
+    # (entering an autocast context costs ~9 us: a decoding step's every layer would pay it for nothing)
+    paused = torch.autocast(device_type="cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext()
+    with paused:
         out = F.scaled_dot_product_attention(
             q.float(), k.float(), v.float(), attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal,
             scale=scale, **kwargs,
         )  # fmt: skip
     return out.to(q.dtype)
+
+
+def _native_bf16_pays(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether CPU bf16 attention runs faster in bf16 than converted to fp32: without a backward to follow, for two
+    or more queries, where oneDNN has bf16 kernels.
+
+    Measured on a 2-core AMD EPYC with AVX512-BF16 (forward only, 2 threads), fp32's time (conversions included)
+    over bf16's was 1.3-1.6x for 2-16 queries over 160 keys (a prompt, a speculative check), 1.3-2.0x for causal
+    prompts of 8-16 tokens, 1.4-3.0x at MiniLM's shapes (8-256 sentences of 8-64 tokens, head dim 32, padding
+    mask); one query (a decoding step) ran 0.35-0.5x over 64-256 keys, 0.25-0.5x with grouped heads or a padding
+    mask, so it stays in fp32.
+    """
+    return (
+        q.dtype == torch.bfloat16
+        and BF16_PACKS
+        and q.shape[-2] > 1
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    )
 
 
 def fused_attention(call: AttentionCall) -> tuple[Tensor, Tensor | None]:
