@@ -108,3 +108,23 @@ def test_zero_new_tokens_returns_the_prompts_on_every_strategy(strategy):
     ] == [p.tolist() for p in prompts for _ in range(n)]
     if strategy != "beam":
         assert list(generate_stream(model, prompt, max_new_tokens=0, strategy=strategy)) == []
+
+
+def test_calls_inside_one_frozen_weights_context_derive_the_decoding_layouts_once(model):
+    """Each generate call derives its decoding layouts (the stacked Q/K/V weight here) afresh: the weights may have
+    changed between calls. A caller who promises they do not wraps the calls in one ``frozen_weights()`` context,
+    and the second call reuses the first's, with the same tokens."""
+    from qkv.attention import frozen_weights
+    from qkv.attention.frozen import kept
+
+    attn = model.blocks[0].attn
+    a = generate(model, prompt(), max_new_tokens=4)
+    first = kept(attn, "qkv")
+    b = generate(model, prompt(), max_new_tokens=4)
+    assert first is not None and kept(attn, "qkv") is not first
+    with frozen_weights():
+        c = generate(model, prompt(), max_new_tokens=4)
+        inside = kept(attn, "qkv")
+        d = generate(model, prompt(), max_new_tokens=4)
+        assert kept(attn, "qkv") is inside
+    assert torch.equal(a, c) and torch.equal(b, d)

@@ -79,7 +79,10 @@ def frozen_weights(generation: int | None = None) -> Iterator[None]:
 
     Each context starts a new generation, so nothing derived earlier is reused. A caller that owns a model nobody else
     can change (``qkv.embed``'s cached encoder) passes a ``generation`` of its own (:func:`new_generation`) to every
-    context, and the derived tensors of one call serve the next.
+    context, and the derived tensors of one call serve the next. Contexts nest, an inner one keeping the outer
+    generation: several ``qkv.generate`` calls inside one ``with frozen_weights():`` derive their layouts once (a
+    bf16 GPT-2-small-shaped model spends ~90 ms of oneDNN packing per call on a 2-core CPU), on the caller's promise
+    that no weight changes in between.
     """
     if _generation.get() is not None:  # nested: keep the outer generation
         yield
