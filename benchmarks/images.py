@@ -5,6 +5,7 @@ Transformer's sampling on its KV cache against recomputation.
     python benchmarks/images.py --steps 50   # a quick look (every config cut to 50 steps)
     python benchmarks/images.py --mnist DIR  # binarized MNIST against the papers' tables: images-mnist.md
     python benchmarks/images.py --mnist DIR --models made,pixelcnn --minutes 20   # some models, a time budget each
+    python benchmarks/images.py --mnist DIR --models gated --steps 6200           # a step count instead
 
 The MNIST mode is described in ``benchmarks/images_mnist.py``.
 
@@ -68,7 +69,11 @@ def main() -> None:
             parser.error(f"--mnist {args.mnist}: not a directory with MNIST's four IDX files (plain or .gz)")
         if args.minutes is not None and args.minutes <= 0:
             parser.error(f"--minutes must be positive, got {args.minutes:g}")
-        run_mnist(args.mnist, models, args.minutes, args.samples)
+        if args.minutes is not None and args.steps is not None:
+            parser.error("--minutes and --steps each set the training length: give one")
+        if args.steps is not None and args.steps <= 0:
+            parser.error(f"--steps must be positive, got {args.steps}")
+        run_mnist(args.mnist, models, args.minutes, args.samples, args.steps)
         return
     work = scratch_directory("qkv-bench-images-")
     results = {}

@@ -5,8 +5,9 @@ log-likelihood of the full test set (10,000 images) in nats per image, the unit 
 layer, one mask) and 86.64 (an ensemble of masks), Germain et al. 2015; PixelCNN 81.30 and Row LSTM 80.54,
 van den Oord et al. 2016. Gated PixelCNN, PixelSNAIL and the pixel Transformer have no published binarized-MNIST
 figure; they are held to the CPU-budget target of 84 nats. ``--minutes M`` gives every model M minutes of training on
-this machine (its step count measured by a 20-step probe; the cosine schedule then runs its full course); without
-it, each config's own steps. Results accumulate in ``benchmarks/results/images-mnist.json`` (one entry per model,
+this machine (its step count measured by a 20-step probe; the cosine schedule then runs its full course; an hour's
+run on two cores has taken 0.79x to 1.04x the budget that way); ``--steps N`` gives every model N steps; without
+either, each config's own steps. Results accumulate in ``benchmarks/results/images-mnist.json`` (one entry per model,
 with its own date, budget, device and precision), so models may be measured in separate runs; the Markdown table
 ``images-mnist.md`` is rebuilt from all of them. Each model's samples are drawn beside their nearest training
 images (the text's check that the model does not copy) into ``docs/mnist-samples-<name>.png``; Gated PixelCNN's,
@@ -72,11 +73,13 @@ def steps_for(name: str, data: Path, minutes: float, work: Path) -> int:
     return max(100, int(0.95 * minutes * 60e3 / probe["ms_per_iter"]))
 
 
-def measure(name: str, data: Path, minutes: float | None, work: Path) -> dict:
-    """Train one model on its budget; the entry the table keeps for it."""
+def measure(name: str, data: Path, minutes: float | None, work: Path, steps: int | None = None) -> dict:
+    """Train one model on its budget (``steps``, else the steps that fill ``minutes``, else its config's); the
+    entry the table keeps for it."""
     sets = []
-    if minutes is not None:
+    if steps is None and minutes is not None:
         steps = steps_for(name, data, minutes, work)
+    if steps is not None:
         sets = [f"train.steps={steps}", f"train.eval_interval={max(1, steps // 20)}",
                 f"train.checkpoint_interval={steps}"]  # fmt: skip
     metrics, seconds = _train(name, data, work / name, sets)
@@ -177,11 +180,11 @@ def _record(key: str, entry: dict) -> dict[str, dict]:
     return entries
 
 
-def run(data: Path, models: list[str], minutes: float | None, samples: int) -> None:
+def run(data: Path, models: list[str], minutes: float | None, samples: int, steps: int | None = None) -> None:
     """Measure ``models`` one after another, merging each into the results and rewriting the table."""
     work = Path(tempfile.mkdtemp(prefix="qkv-mnist-"))
     for name in models:
-        entry = measure(name, data, minutes, work)
+        entry = measure(name, data, minutes, work, steps)
         print(f"{name}: {entry['test_nats']:.2f} nats per test image, {entry['train_seconds']} s training", flush=True)
         _record(name, entry)
         if name in SAMPLED and samples:
