@@ -28,7 +28,7 @@ CASES = [
     ("train", lambda r, f: ["train", str(f / "dir")], "does not exist (it is a directory)"),
     ("train", lambda r, f: ["train", str(f / "bad.toml")], "not valid TOML"),
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.stpes=1"], "did you mean 'steps'"),
-    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=fast"], "must be a float"),
+    ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=fast"], "must be a number"),
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "steps=1"], "section.key"),
     (
         "train",

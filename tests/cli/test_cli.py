@@ -154,7 +154,7 @@ def _corrupt(run_dir: Path, tmp_path: Path) -> Path:
         (lambda d, t: ["generate", str(d), "--prompt", "안녕"], "never saw in training"),
         (lambda d, t: ["generate", str(d / "metrics.json"), "--prompt", "x"], "is a file"),
         (lambda d, t: ["train", str(d / "c.toml"), "--set", "train.stepz=3", "--out", str(t / "o")], "did you mean"),
-        (lambda d, t: ["train", str(d / "c.toml"), "--set", "train.steps=x", "--out", str(t / "o")], "must be a int"),
+        (lambda d, t: ["train", str(d / "c.toml"), "--set", "train.steps=x", "--out", str(t / "o")], "an integer"),
         (lambda d, t: ["train", str(t / "missing.toml")], "does not exist"),
         (lambda d, t: ["train", str(d / "c.toml"), "--out", str(d)], "already holds a run"),
         (lambda d, t: ["train", str(d / "c.toml"), "--resume", "--out", str(t / "empty")], "does not exist"),

@@ -44,7 +44,7 @@ def make_trainer(out: Path, overrides=(), **kw) -> Trainer:
 def test_overrides_are_checked():
     with pytest.raises(ConfigError, match="did you mean 'steps'"):
         load_run_config(None, ["train.stpes=3"])
-    with pytest.raises(ConfigError, match="must be a int"):
+    with pytest.raises(ConfigError, match="must be an integer"):
         load_run_config(None, ["train.steps=many"])
     with pytest.raises(ConfigError, match="unknown config section 'trian'.*'train'"):
         load_run_config(None, ["trian.steps=3"])

@@ -316,7 +316,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
     else:  # pragma: no cover - only the types above appear in configs
         return value
-    raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r} ({type(value).__name__})")
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[annotation]
+    raise ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
 def _merge(target: Any, data: dict[str, Any], prefix: str) -> None:
