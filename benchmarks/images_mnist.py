@@ -6,7 +6,7 @@ layer, one mask) and 86.64 (an ensemble of masks), Germain et al. 2015; PixelCNN
 van den Oord et al. 2016. Gated PixelCNN, PixelSNAIL and the pixel Transformer have no published binarized-MNIST
 figure; they are held to the CPU-budget target of 84 nats. ``--minutes M`` gives every model M minutes of training on
 this machine (its step count measured by a 20-step probe; the cosine schedule then runs its full course; an hour's
-run on two cores has taken 0.79x to 1.04x the budget that way); ``--steps N`` gives every model N steps; without
+run on two cores has taken 0.61x to 1.04x the budget that way); ``--steps N`` gives every model N steps; without
 either, each config's own steps. Results accumulate in ``benchmarks/results/images-mnist.json`` (one entry per model,
 with its own date, budget, device and precision), so models may be measured in separate runs; the Markdown table
 ``images-mnist.md`` is rebuilt from all of them. Each model's samples are drawn beside their nearest training
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from qkv.benchmarking.report import Report, Row
+from qkv.benchmarking.scratch import scratch_directory
 from qkv.cli import main as qkv_main
 from qkv.decoding.images import sample_images
 from qkv.devices import describe_hardware
@@ -54,7 +54,10 @@ def _train(name: str, data: Path, out: Path, sets: list[str]) -> tuple[dict, flo
     for setting in [f"data.path={json.dumps(str(data))}", *sets]:
         args += ["--set", setting]
     start = time.perf_counter()
-    if qkv_main(args) != 0:
+    code = qkv_main(args)
+    if code == 130:  # (qkv train has said what it kept)
+        raise KeyboardInterrupt
+    if code != 0:
         raise SystemExit(f"training {name} failed")
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - start
 
@@ -182,7 +185,7 @@ def _record(key: str, entry: dict) -> dict[str, dict]:
 
 def run(data: Path, models: list[str], minutes: float | None, samples: int, steps: int | None = None) -> None:
     """Measure ``models`` one after another, merging each into the results and rewriting the table."""
-    work = Path(tempfile.mkdtemp(prefix="qkv-mnist-"))
+    work = scratch_directory("qkv-mnist-")  # (its checkpoints: removed when the run ends)
     for name in models:
         entry = measure(name, data, minutes, work, steps)
         print(f"{name}: {entry['test_nats']:.2f} nats per test image, {entry['train_seconds']} s training", flush=True)
