@@ -30,6 +30,20 @@ CASES = [
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.stpes=1"], "did you mean 'steps'"),
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "train.lr=fast"], "must be a number"),
     ("train", lambda r, f: ["train", str(f / "ok.toml"), "--set", "steps=1"], "section.key"),
+    (  # more than any machine's address space, so refused everywhere (not an allocation that might succeed)
+        "train",
+        lambda r, f: [
+            "train",
+            str(f / "ok.toml"),
+            "--set",
+            "model.embed_dim=10000000000000",
+            "--set",
+            "model.num_heads=1",
+            "--out",
+            str(f / "o0"),
+        ],  # fmt: skip
+        "does not fit in memory",
+    ),
     (
         "train",
         lambda r, f: ["train", str(f / "ok.toml"), "--set", f"data.path={f / 'empty.txt'}", "--out", str(f / "o1")],
